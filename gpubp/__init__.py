@@ -1,0 +1,25 @@
+"""gpubp: backpropagation for multilayer perceptrons, readable line by line, on CPU or GPU.
+
+The four equations (row form, see gpubp.mlp) and where they live:
+
+- BP1 ``delta[L] = (softmax(z[L]) - Y) / n``        ops.softmax_minus_y
+- BP2 ``delta[l] = (delta[l+1] @ W[l+1].T) * f'(z[l])``  ops.backprop_delta
+- BP3 ``db[l] = delta[l].sum(0)``                   MLP._loss_and_grads
+- BP4 ``dW[l] = a[l-1].T @ delta[l]``               MLP._loss_and_grads
+"""
+
+__version__ = "0.1.0"
+
+from .backend import Backend, cuda_status, get_backend, to_numpy
+from .errors import BackendUnavailableError, DataError, DivergenceError
+from .mlp import MLP
+from .optim import SGD, Adam
+from .saving import load_model, save_model
+from .schedules import Schedule
+from .train import History, TrainConfig, Trainer, fit
+
+__all__ = [
+    "MLP", "fit", "Trainer", "TrainConfig", "History", "SGD", "Adam", "Schedule",
+    "Backend", "get_backend", "cuda_status", "to_numpy", "save_model", "load_model",
+    "BackendUnavailableError", "DataError", "DivergenceError", "__version__",
+]

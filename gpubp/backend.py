@@ -1,0 +1,175 @@
+"""Choice of array library: NumPy on the CPU or CuPy on an NVIDIA GPU, and transfers between them.
+
+This is the only module (with ``gpubp.kernels``) that imports cupy. Everything else receives the
+array module as ``xp`` from a :class:`Backend` and writes the same code for both.
+
+CuPy works on its *current* device (device 0 unless ``CUDA_VISIBLE_DEVICES`` or
+``cupy.cuda.Device(i).use()`` says otherwise); gpubp does not pick among several GPUs itself.
+"""
+
+from __future__ import annotations
+
+import functools
+import platform
+from dataclasses import dataclass
+from types import ModuleType
+
+import numpy as np
+
+from .errors import BackendUnavailableError
+
+_ALIASES = {
+    "auto": "auto",
+    "cpu": "cpu",
+    "numpy": "cpu",
+    "cuda": "cuda",
+    "gpu": "cuda",
+    "cupy": "cuda",
+}
+
+# Share of the free GPU memory a training set may take before batches are sent from the host.
+_DEVICE_DATA_SHARE = 0.5
+
+
+@dataclass(frozen=True)
+class CudaStatus:
+    """Whether CuPy and a CUDA device are usable, and why not when they are not."""
+
+    usable: bool
+    reason: str
+    cupy_version: str | None = None
+    devices: tuple[str, ...] = ()
+
+
+@functools.lru_cache(maxsize=1)
+def cuda_status() -> CudaStatus:
+    """Probe CuPy and the CUDA devices once; never raises.
+
+    Returns
+    -------
+    CudaStatus
+        ``usable`` is True when CuPy imports and at least one device answers; ``reason`` says
+        what was found (or what failed: CuPy not installed, its import error, no device).
+    """
+    try:
+        import cupy
+    except ImportError as exc:
+        return CudaStatus(
+            False,
+            f"CuPy is not installed ({exc}); install gpubp[cuda12] or gpubp[cuda13] "
+            "to match your CUDA driver",
+        )
+    except Exception as exc:  # a broken CuPy install raises all sorts of errors at import
+        return CudaStatus(False, f"CuPy failed to import: {type(exc).__name__}: {exc}")
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+        devices = tuple(_device_name(cupy, i) for i in range(count))
+    except Exception as exc:
+        return CudaStatus(
+            False,
+            f"CuPy {cupy.__version__} imported but CUDA is unusable: {type(exc).__name__}: {exc}",
+            cupy.__version__,
+        )
+    if count == 0:
+        return CudaStatus(False, "CuPy imported but no CUDA device is visible", cupy.__version__)
+    return CudaStatus(True, f"CuPy {cupy.__version__}, {count} CUDA device(s)", cupy.__version__, devices)
+
+
+def _device_name(cupy: ModuleType, i: int) -> str:
+    """'NVIDIA H100 80GB HBM3 (79.1 GiB)' for device i."""
+    props = cupy.cuda.runtime.getDeviceProperties(i)
+    name = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
+    return f"{name} ({props['totalGlobalMem'] / 2**30:.1f} GiB)"
+
+
+@dataclass(frozen=True, eq=False)
+class Backend:
+    """An array module plus the few operations that differ between host and device.
+
+    Attributes
+    ----------
+    name : {"cpu", "cuda"}
+    xp : module
+        ``numpy`` or ``cupy``.
+    device : str
+        Human-readable description of where the arrays live.
+    """
+
+    name: str
+    xp: ModuleType
+    device: str
+
+    def asarray(self, a, dtype=None):
+        """Array ``a`` (host or device) as an array of this backend, copied only when needed."""
+        return self.xp.asarray(a, dtype=dtype)
+
+    def to_host(self, a) -> np.ndarray:
+        """Array ``a`` of this backend (or of NumPy) as a NumPy array."""
+        return to_numpy(a)
+
+    def synchronize(self) -> None:
+        """Wait for queued device work to finish (timing needs it; a no-op on the CPU)."""
+        if self.name == "cuda":
+            self.xp.cuda.get_current_stream().synchronize()
+
+    def fits(self, nbytes: int) -> bool:
+        """Whether ``nbytes`` of data may be kept on this device (always True on the CPU)."""
+        if self.name != "cuda":
+            return True
+        free, _total = self.xp.cuda.runtime.memGetInfo()
+        return nbytes <= _DEVICE_DATA_SHARE * (free + self.xp.get_default_memory_pool().free_bytes())
+
+    def __repr__(self) -> str:
+        return f"Backend({self.name!r}, {self.device!r})"
+
+
+def to_numpy(a) -> np.ndarray:
+    """Any array (NumPy, CuPy, or array-like) as a NumPy array on the host."""
+    if type(a).__module__.split(".")[0] == "cupy":
+        return a.get()
+    return np.asarray(a)
+
+
+@functools.lru_cache(maxsize=None)
+def _cpu_backend() -> Backend:
+    cpu = platform.processor() or platform.machine() or "CPU"
+    return Backend("cpu", np, f"cpu ({cpu}, NumPy {np.__version__})")
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_backend() -> Backend:
+    status = cuda_status()
+    if not status.usable:
+        raise BackendUnavailableError(f"device 'cuda' is not usable: {status.reason}")
+    import cupy
+
+    current = cupy.cuda.runtime.getDevice()
+    return Backend("cuda", cupy, f"cuda:{current} {status.devices[current]}, CuPy {status.cupy_version}")
+
+
+def get_backend(name: str | Backend = "auto") -> Backend:
+    """The backend for a device name.
+
+    Parameters
+    ----------
+    name : {"auto", "cpu", "cuda"} or Backend
+        "numpy" and "cupy" (and "gpu") are aliases. "auto" takes CuPy when it imports and a GPU
+        is visible, NumPy otherwise (``cuda_status().reason`` says why).
+
+    Raises
+    ------
+    ValueError
+        For an unknown name.
+    BackendUnavailableError
+        For "cuda" when CuPy is missing, fails to import, or sees no device.
+    """
+    if isinstance(name, Backend):
+        return name
+    key = _ALIASES.get(str(name).lower()) if isinstance(name, str) else None
+    if key is None:
+        raise ValueError(f"unknown device {name!r}: expected one of 'auto', 'cpu', 'cuda'")
+    if key == "auto":
+        return _cuda_backend() if cuda_status().usable else _cpu_backend()
+    if key == "cuda":
+        return _cuda_backend()
+    return _cpu_backend()

@@ -1,0 +1,204 @@
+"""The ``gpubp`` command: ``gpubp train`` and ``gpubp info``.
+
+Bad arguments or data end with one line on stderr and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+from pathlib import Path
+
+from . import __version__
+from .backend import cuda_status, get_backend
+from .data import load_dataset, split, standardize
+from .errors import BackendUnavailableError, DataError, DivergenceError
+from .mlp import MLP
+from .ops import ACTIVATIONS
+from .optim import DEFAULT_LR, OPTIMIZERS
+from .schedules import SCHEDULES
+from .train import fit
+
+
+class _UsageError(Exception):
+    """A bad command line; main() prints it as one line and exits 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise _UsageError(f"{self.prog}: {message}")
+
+
+def _hidden(text: str) -> list[int]:
+    """'128' or '256,128' (or 'none' for no hidden layer) -> [widths]."""
+    if text.strip().lower() in ("", "none"):
+        return []
+    try:
+        widths = [int(part) for part in text.replace(" ", ",").split(",") if part]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected widths like 128 or 256,128, got {text!r}") from None
+    if any(w < 1 for w in widths):
+        raise argparse.ArgumentTypeError(f"layer widths must be >= 1, got {text!r}")
+    return widths
+
+
+def _positive(kind):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
+        if not value > 0 or value != value or value == float("inf"):
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+        return value
+
+    return parse
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text!r}")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="gpubp", description="Train multilayer perceptrons by backpropagation on CPU or GPU.")
+    parser.add_argument("--version", action="version", version=f"gpubp {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    train = sub.add_parser("train", help="train a network and report its test accuracy")
+    train.add_argument("--dataset", default="digits",
+                       help="digits (bundled with scikit-learn), an IDX folder, file.npz or file.csv")
+    train.add_argument("--hidden", type=_hidden, default=[128], help="hidden widths, e.g. 256,128 (default 128)")
+    train.add_argument("--activation", choices=ACTIVATIONS, default="relu")
+    train.add_argument("--optimizer", choices=OPTIMIZERS, default="adam")
+    train.add_argument("--lr", type=_positive(float),
+                       help="peak learning rate (default: " +
+                            ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LR.items()) + ")")
+    train.add_argument("--momentum", type=float, default=0.9, help="for momentum and nesterov (default 0.9)")
+    train.add_argument("--schedule", choices=SCHEDULES, default="constant")
+    train.add_argument("--warmup-epochs", type=int, default=0)
+    train.add_argument("--alpha", type=float, default=0.0, help="L2 penalty (default 0)")
+    train.add_argument("--epochs", type=_positive(int), default=30)
+    train.add_argument("--batch-size", type=_positive(int), default=32)
+    train.add_argument("--val-fraction", type=_fraction, default=0.1,
+                       help="share of the training part held out for validation (default 0.1)")
+    train.add_argument("--patience", type=_positive(int),
+                       help="stop after this many epochs without validation improvement")
+    train.add_argument("--test-fraction", type=_fraction, default=0.2,
+                       help="share held out for the test when the data set has no test part (default 0.2)")
+    train.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "numpy", "cupy", "gpu"))
+    train.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--out", type=Path, help="save the trained model to this .npz file")
+    train.add_argument("--plot", type=Path, help="write loss and accuracy curves to this PNG file")
+    train.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+
+    sub.add_parser("info", help="versions, devices found, and whether CuPy/CUDA is usable")
+    return parser
+
+
+def _check_outputs(args) -> None:
+    """Fail before training when an output cannot be written."""
+    for option, path in (("--out", args.out), ("--plot", args.plot)):
+        if path is not None and not path.parent.is_dir():
+            raise _UsageError(f"gpubp train: {option} {path}: folder {path.parent} does not exist")
+    if args.plot is not None:
+        from .plotting import require_matplotlib
+
+        try:
+            require_matplotlib()
+        except ImportError as exc:
+            raise _UsageError(f"gpubp train: --plot: {exc}") from None
+
+
+def _train(args) -> int:
+    _check_outputs(args)
+    backend = get_backend(args.device)
+    note = "" if backend.name == "cuda" or args.device != "auto" else f"  [no GPU: {cuda_status().reason}]"
+    print(f"device: {backend.device}{note}", flush=True)
+
+    train_set, test_set = load_dataset(args.dataset)
+    if test_set is None:
+        if args.test_fraction == 0:
+            raise _UsageError("gpubp train: --test-fraction must be > 0 when the data set has no test part")
+        train_set, test_set = split(train_set, args.test_fraction, seed=args.seed)
+    scaler, (train_set, test_set) = standardize(train_set, test_set)
+    print(f"data: {args.dataset}: {len(train_set)} train / {len(test_set)} test samples, "
+          f"{train_set.X.shape[1]} features, {train_set.n_classes} classes", flush=True)
+
+    sizes = [train_set.X.shape[1], *args.hidden, train_set.n_classes]
+    net = MLP(sizes, args.activation, backend, args.dtype, seed=args.seed, alpha=args.alpha)
+    print(f"model: {'-'.join(map(str, sizes))} {args.activation}, {args.dtype}, "
+          f"{net.n_params:,} parameters; {args.optimizer}, {args.epochs} epochs of batch {args.batch_size}",
+          flush=True)
+    verbose = 0 if args.quiet else (2 if sys.stderr.isatty() else 1)
+    history = fit(
+        net, train_set.X, train_set.y, epochs=args.epochs, batch_size=args.batch_size,
+        optimizer=args.optimizer, lr=args.lr, momentum=args.momentum, schedule=args.schedule,
+        warmup_epochs=args.warmup_epochs, validation_fraction=args.val_fraction,
+        patience=args.patience, seed=args.seed, verbose=verbose,
+    )
+    test_loss, test_acc = net.evaluate(test_set.X, test_set.y)
+    print(f"trained {history.epochs} epochs in {sum(history.seconds):.1f}s"
+          + (f" (stopped early, best epoch {history.best_epoch})" if history.stopped_early else ""))
+    print(f"test loss: {test_loss:.4f}")
+    print(f"test accuracy: {test_acc:.4f}")
+    if args.out is not None:
+        from .saving import save_model
+
+        save_model(net, args.out, extra={"classes": train_set.classes, "input_mean": scaler.mean_,
+                                         "input_scale": scaler.scale_})
+        print(f"saved model: {args.out}")
+    if args.plot is not None:
+        from .plotting import plot_history
+
+        plot_history(history, args.plot, title=f"{args.dataset}: {'-'.join(map(str, sizes))}")
+        print(f"saved plot: {args.plot}")
+    return 0
+
+
+def _info() -> int:
+    import numpy
+    import sklearn
+    import tqdm
+
+    print(f"gpubp {__version__}")
+    print(f"python {platform.python_version()} on {platform.system()} {platform.machine()}")
+    print(f"numpy {numpy.__version__}, scikit-learn {sklearn.__version__}, tqdm {tqdm.__version__}")
+    status = cuda_status()
+    print(f"cuda usable: {'yes' if status.usable else 'no'} ({status.reason})")
+    for i, name in enumerate(status.devices):
+        print(f"  cuda:{i} {name}")
+    print(f"auto device: {get_backend('auto').device}")
+    return 0
+
+
+def main(argv=None) -> int:
+    """Entry point of the ``gpubp`` command; returns the exit status."""
+    try:
+        args = _parser().parse_args(argv)
+        if args.command == "info":
+            return _info()
+        return _train(args)
+    except _UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (DataError, BackendUnavailableError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except DivergenceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

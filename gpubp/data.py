@@ -1,0 +1,239 @@
+"""Data sets: scikit-learn's digits, MNIST IDX folders, .npz and .csv files; splitting and scaling.
+
+Every loader returns a :class:`Dataset` whose labels are class indices 0..C-1 with the original
+labels kept in ``classes``. Bad files raise :class:`gpubp.errors.DataError` (a ValueError) that
+names the file and the problem.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from sklearn.model_selection import train_test_split
+from sklearn.preprocessing import StandardScaler
+
+from .errors import DataError
+from .idx import find_idx_pairs, load_idx_pair
+
+_LABEL_NAMES = ("label", "labels", "y", "target", "class")
+
+
+@dataclass
+class Dataset:
+    """Inputs X (n, d) float, labels y (n,) int64 in 0..C-1, and the original labels (C,)."""
+
+    X: np.ndarray
+    y: np.ndarray
+    classes: np.ndarray
+    name: str = ""
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.classes)
+
+    def __len__(self) -> int:
+        return self.X.shape[0]
+
+
+def encode_labels(labels, classes=None) -> tuple[np.ndarray, np.ndarray]:
+    """Class indices for arbitrary labels.
+
+    Parameters
+    ----------
+    labels : array (n,)
+    classes : array (C,), optional
+        Known classes (sorted); labels outside them raise DataError. Found from labels if None.
+
+    Returns
+    -------
+    y : int64 array (n,) with ``classes[y] == labels``
+    classes : array (C,)
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 1:
+        raise DataError(f"labels must be 1-D, got shape {labels.shape}")
+    if classes is None:
+        classes, y = np.unique(labels, return_inverse=True)
+        return y.astype(np.int64), classes
+    y = np.searchsorted(classes, labels)
+    y_clipped = np.minimum(y, len(classes) - 1)
+    unknown = classes[y_clipped] != labels
+    if unknown.any():
+        raise DataError(f"labels {np.unique(labels[unknown])[:5].tolist()} are not among the training classes")
+    return y.astype(np.int64), classes
+
+
+def _dataset(X, labels, name: str, classes=None) -> Dataset:
+    X = np.asarray(X, dtype=np.float64)
+    if X.ndim != 2 or X.shape[0] == 0 or X.shape[1] == 0:
+        raise DataError(f"{name}: expected a non-empty 2-D array of samples, got shape {X.shape}")
+    if len(labels) != X.shape[0]:
+        raise DataError(f"{name}: {X.shape[0]} samples but {len(labels)} labels")
+    if not np.isfinite(X).all():
+        row = int(np.argwhere(~np.isfinite(X))[0, 0])
+        raise DataError(f"{name}: NaN or infinity in the inputs (first in sample {row})")
+    y, classes = encode_labels(labels, classes)
+    return Dataset(X, y, classes, name)
+
+
+def load_digits() -> Dataset:
+    """scikit-learn's bundled 8x8 digits: 1797 samples, 64 features (0..16), 10 classes."""
+    from sklearn.datasets import load_digits as sk_load_digits
+
+    bunch = sk_load_digits()
+    return _dataset(bunch.data, bunch.target, "digits")
+
+
+def load_idx_folder(folder) -> tuple[Dataset, Dataset | None]:
+    """MNIST-style IDX files in a folder (raw or .gz).
+
+    A ``train``/``t10k`` pair gives a training and a test set; a folder with only one pair
+    gives that set and None for the test set (split it with :func:`split`).
+    """
+    pairs = find_idx_pairs(folder)
+    if "train" in pairs:
+        train = _dataset(*load_idx_pair(*pairs["train"]), f"{folder} (train)")
+        test_key = next((k for k in ("t10k", "test") if k in pairs), None)
+        if test_key is None:
+            return train, None
+        test = _dataset(*load_idx_pair(*pairs[test_key]), f"{folder} ({test_key})", train.classes)
+        return train, test
+    if len(pairs) > 1:
+        raise DataError(f"{folder}: several IDX pairs {sorted(pairs)} and none named 'train'")
+    (prefix, files), = pairs.items()
+    return _dataset(*load_idx_pair(*files), f"{folder} ({prefix or 'idx'})"), None
+
+
+def load_npz(path) -> Dataset:
+    """Arrays ``X`` (n, d) and ``y`` (n,) from a .npz file (no pickled objects)."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            keys = set(f.files)
+            if not {"X", "y"} <= keys:
+                raise DataError(f"{path}: needs arrays named 'X' and 'y', found {sorted(keys)}")
+            X, labels = f["X"], f["y"]
+    except DataError:
+        raise
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise DataError(f"{path}: not a readable .npz file ({exc})") from None
+    if labels.ndim != 1:
+        raise DataError(f"{path}: y must be 1-D labels, got shape {labels.shape}")
+    if not (np.issubdtype(X.dtype, np.number) or X.dtype == bool):
+        raise DataError(f"{path}: X must be numeric, got dtype {X.dtype}")
+    return _dataset(X, labels, str(path))
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def load_csv(path, label_column: str | int | None = None) -> Dataset:
+    """A comma-separated file with one label column and numeric feature columns.
+
+    Parameters
+    ----------
+    path : str or Path
+    label_column : str or int, optional
+        Column name (with a header row) or index. Defaults to a column named label, labels, y,
+        target or class when there is a header, else the first column.
+
+    A header row is recognised when any of its fields is not a number.
+    """
+    path = Path(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            first = f.readline()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read {path}: {exc}") from None
+    fields = [field.strip() for field in first.strip().split(",")]
+    if not first.strip():
+        raise DataError(f"{path}: empty file")
+    has_header = not all(_is_number(field) for field in fields)
+    if isinstance(label_column, str):
+        if not has_header or label_column not in fields:
+            raise DataError(f"{path}: no column named {label_column!r} (header: {fields if has_header else 'none'})")
+        col = fields.index(label_column)
+    elif label_column is not None:
+        col = int(label_column)
+        if not -len(fields) <= col < len(fields):
+            raise DataError(f"{path}: label column {col} out of range for {len(fields)} columns")
+        col %= len(fields)
+    else:
+        lowered = [field.lower() for field in fields]
+        col = next((lowered.index(n) for n in _LABEL_NAMES if has_header and n in lowered), 0)
+    if len(fields) < 2:
+        raise DataError(f"{path}: needs a label column and at least one feature column")
+    features = [i for i in range(len(fields)) if i != col]
+    skip = 1 if has_header else 0
+    try:
+        X = np.loadtxt(path, delimiter=",", skiprows=skip, usecols=features, ndmin=2, dtype=np.float64)
+        labels = np.loadtxt(path, delimiter=",", skiprows=skip, usecols=[col], dtype=str, ndmin=1)
+    except ValueError as exc:
+        raise DataError(f"{path}: {exc}") from None
+    labels = np.char.strip(labels)
+    if all(_is_number(v) for v in labels[: min(len(labels), 1000)]):
+        try:
+            numeric = labels.astype(np.float64)
+            if np.array_equal(numeric, np.round(numeric)):
+                labels = numeric.astype(np.int64)
+        except ValueError:
+            pass
+    return _dataset(X, labels, str(path))
+
+
+def load_dataset(spec: str) -> tuple[Dataset, Dataset | None]:
+    """A data set named on the command line: "digits", an IDX folder, a .npz or a .csv file.
+
+    Returns the training set and, when the source has one (an IDX train/t10k folder), the test
+    set; otherwise None for the test set.
+    """
+    if spec == "digits":
+        return load_digits(), None
+    path = Path(spec)
+    if not path.exists():
+        raise DataError(f"no such data set or file: {spec!r} (expected digits, an IDX folder, a .npz or a .csv file)")
+    if path.is_dir():
+        return load_idx_folder(path)
+    suffix = path.suffix.lower()
+    if suffix == ".npz":
+        return load_npz(path), None
+    if suffix == ".csv":
+        return load_csv(path), None
+    raise DataError(f"{spec}: unknown data format {suffix!r} (expected an IDX folder, .npz or .csv)")
+
+
+def split(data: Dataset, test_fraction: float = 0.2, seed: int | None = 0) -> tuple[Dataset, Dataset]:
+    """Stratified train/test split: each class keeps its share in both parts.
+
+    Raises DataError when a class has too few samples to appear in both parts.
+    """
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction!r}")
+    try:
+        X_tr, X_te, y_tr, y_te = train_test_split(
+            data.X, data.y, test_size=test_fraction, stratify=data.y, random_state=seed
+        )
+    except ValueError as exc:
+        raise DataError(f"{data.name}: cannot split {len(data)} samples stratified by class: {exc}") from None
+    return (
+        Dataset(X_tr, y_tr, data.classes, f"{data.name} (train)"),
+        Dataset(X_te, y_te, data.classes, f"{data.name} (test)"),
+    )
+
+
+def standardize(train: Dataset, *others: Dataset) -> tuple[StandardScaler, list[Dataset]]:
+    """Scale features to zero mean and unit variance, fitted on ``train`` only.
+
+    Returns the fitted scaler (``mean_``, ``scale_``) and the scaled copies of train and others.
+    """
+    scaler = StandardScaler().fit(train.X)
+    scaled = [Dataset(scaler.transform(d.X), d.y, d.classes, d.name) for d in (train, *others)]
+    return scaler, scaled

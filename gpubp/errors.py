@@ -1,0 +1,13 @@
+"""Exceptions gpubp raises on purpose, each with a message that says what to do."""
+
+
+class BackendUnavailableError(RuntimeError):
+    """The requested device ("cuda") cannot be used here; the message says why."""
+
+
+class DataError(ValueError):
+    """A data file or array is missing, malformed, truncated or inconsistent."""
+
+
+class DivergenceError(FloatingPointError):
+    """Training produced a non-finite loss; the message names the epoch and suggests a fix."""

@@ -1,0 +1,244 @@
+"""The network: parameters, the forward pass and the backward pass (BP1-BP4).
+
+Row form throughout: a batch is a matrix whose rows are samples, so a layer is
+``z = a_prev @ W + b`` with W of shape (n_in, n_out). The textbook derivation (Nielsen,
+"Neural Networks and Deep Learning", ch. 2) uses column vectors, ``z = W a + b`` with W of shape
+(n_out, n_in); every equation here is the transpose of the one there.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import ops
+from .backend import Backend, get_backend
+from .validation import check_dtype, check_positive_int, check_sizes, check_X, check_y
+
+
+def init_params(sizes: list[int], activation: str, seed) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Initial weights and biases, drawn on the host in float64.
+
+    Weights are uniform in [-r, r]: He for layers feeding a ReLU, ``r = sqrt(6 / n_in)``, and
+    Glorot otherwise (sigmoid, tanh, identity and the softmax layer), ``r = sqrt(6 / (n_in + n_out))``.
+    Biases start at zero. One ``numpy.random.default_rng(seed)`` draws layer by layer, so a seed
+    gives the same network on every device and dtype (up to the final rounding).
+
+    Returns
+    -------
+    weights : list of (sizes[l], sizes[l+1]) arrays
+    biases : list of (sizes[l+1],) arrays
+    """
+    rng = np.random.default_rng(seed)
+    weights, biases = [], []
+    last = len(sizes) - 2
+    for l, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        if activation == "relu" and l < last:
+            r = np.sqrt(6.0 / n_in)
+        else:
+            r = np.sqrt(6.0 / (n_in + n_out))
+        weights.append(rng.uniform(-r, r, size=(n_in, n_out)))
+        biases.append(np.zeros(n_out))
+    return weights, biases
+
+
+class MLP:
+    """A fully connected network with a softmax + cross-entropy output.
+
+    Parameters
+    ----------
+    sizes : list of int
+        Layer widths ``[n0, n1, ..., nL]``: n0 input features, nL >= 2 classes.
+    activation : {"relu", "sigmoid", "tanh", "identity"}
+        Activation of every hidden layer.
+    backend : {"auto", "cpu", "cuda"} or Backend
+        Where the parameters live and the arithmetic runs (see :func:`gpubp.backend.get_backend`).
+    dtype : {"float32", "float64"}
+        Dtype of parameters and computation.
+    seed : int or None
+        Seed of the host generator that draws the initial parameters (:func:`init_params`).
+    alpha : float
+        L2 penalty: the loss gains ``alpha / (2 n) * sum ||W||^2`` over a batch of n rows.
+
+    Attributes
+    ----------
+    weights : list of arrays
+        ``weights[l]`` has shape (sizes[l], sizes[l+1]), on the backend's device.
+    biases : list of arrays
+        ``biases[l]`` has shape (sizes[l+1],).
+    """
+
+    def __init__(self, sizes, activation="relu", backend="auto", dtype="float32", seed=None, alpha=0.0):
+        self.sizes = check_sizes(sizes)
+        self.activation = ops.check_activation(activation)
+        self.backend: Backend = get_backend(backend)
+        self.xp = self.backend.xp
+        self.dtype = check_dtype(dtype)
+        if not np.isfinite(alpha) or alpha < 0:
+            raise ValueError(f"alpha (L2 penalty) must be a finite number >= 0, got {alpha!r}")
+        self.alpha = float(alpha)
+        self.seed = seed
+        weights, biases = init_params(self.sizes, self.activation, seed)
+        self.weights = [self.backend.asarray(W, self.dtype) for W in weights]
+        self.biases = [self.backend.asarray(b, self.dtype) for b in biases]
+
+    def __repr__(self) -> str:
+        widths = "-".join(map(str, self.sizes))
+        return f"MLP({widths}, {self.activation}, {self.dtype.name}, {self.backend.name})"
+
+    @property
+    def n_classes(self) -> int:
+        return self.sizes[-1]
+
+    @property
+    def n_params(self) -> int:
+        """Number of trainable scalars."""
+        return sum(n_in * n_out + n_out for n_in, n_out in zip(self.sizes[:-1], self.sizes[1:]))
+
+    @property
+    def params(self) -> list:
+        """Weights then biases, the arrays themselves (an optimizer updates them in place)."""
+        return self.weights + self.biases
+
+    # ------------------------------------------------------------------ forward and backward
+
+    def _forward(self, X):
+        """Hidden activations a[0] = X, ..., a[L-1] and the output logits z[L] (n, nL)."""
+        xp = self.xp
+        a = [X]
+        for W, b in zip(self.weights[:-1], self.biases[:-1]):
+            z = a[-1] @ W  # (n, sizes[l+1])
+            a.append(ops.bias_activation(xp, z, b, self.activation))
+        zL = a[-1] @ self.weights[-1]  # (n, nL)
+        zL += self.biases[-1]
+        return a, zL
+
+    def _loss_and_grads(self, X, y):
+        """loss_and_grads on device arrays already checked: X (n, n0) of self.dtype, y (n,) ints."""
+        xp = self.xp
+        n = X.shape[0]
+        a, zL = self._forward(X)
+        L = len(self.weights)
+        dW, db = [None] * L, [None] * L
+        # BP1: delta[L] = (softmax(z[L]) - Y) / n, with the mean cross-entropy from the same pass
+        delta, loss = ops.softmax_minus_y(xp, zL, y)
+        for l in reversed(range(L)):
+            # BP3: db[l] = sum over the batch of delta[l]
+            db[l] = delta.sum(axis=0)
+            # BP4: dW[l] = a[l-1].T @ delta[l]  (+ alpha/n * W[l] for the L2 term)
+            dW[l] = a[l].T @ delta
+            if self.alpha:
+                dW[l] += (self.alpha / n) * self.weights[l]
+            if l > 0:
+                # BP2: delta[l-1] = (delta[l] @ W[l].T) * f'(z[l-1]), f' from the saved a
+                delta = ops.backprop_delta(xp, delta @ self.weights[l].T, a[l], self.activation)
+        if self.alpha:
+            loss = loss + (self.alpha / (2 * n)) * sum(xp.vdot(W, W) for W in self.weights)
+        return loss, dW, db
+
+    def loss_and_grads(self, X, y):
+        """Mean cross-entropy of a batch and its gradient by backpropagation.
+
+        Parameters
+        ----------
+        X : array (n, sizes[0])
+            Inputs, host or device; converted to the network's dtype and device.
+        y : integer array (n,)
+            Class indices in 0..sizes[-1]-1.
+
+        Returns
+        -------
+        loss : 0-d array on the device
+            Mean cross-entropy plus the L2 term; ``float(loss)`` for a Python number.
+        dW : list of arrays shaped like ``weights``
+        db : list of arrays shaped like ``biases``
+        """
+        X = self.backend.asarray(self._check_X(X), self.dtype)
+        y = self.backend.asarray(check_y(y, X.shape[0], self.n_classes))
+        return self._loss_and_grads(X, y)
+
+    def _check_X(self, X):
+        """X checked (2-D, n0 features, finite, non-empty); device arrays stay on the device."""
+        xp = self.xp
+        if xp is not np and isinstance(X, xp.ndarray):
+            if X.ndim != 2 or X.shape[1] != self.sizes[0] or X.shape[0] == 0:
+                raise ValueError(f"X must have shape (n >= 1, {self.sizes[0]}), got {X.shape}")
+            if not bool(xp.isfinite(X).all()):
+                raise ValueError("X contains NaN or infinity; clean or impute the data first")
+            return X
+        return check_X(X, self.sizes[0])
+
+    # ------------------------------------------------------------------ prediction
+
+    def predict_proba(self, X, batch_size: int = 4096):
+        """Class probabilities, computed ``batch_size`` rows at a time so memory stays bounded.
+
+        Parameters
+        ----------
+        X : array (n, sizes[0]), host or device
+        batch_size : int
+
+        Returns
+        -------
+        array (n, sizes[-1]) on the network's device
+        """
+        check_positive_int(batch_size, "batch_size")
+        X = self._check_X(X)
+        n = X.shape[0]
+        P = self.xp.empty((n, self.n_classes), dtype=self.dtype)  # (n, C)
+        for start in range(0, n, batch_size):
+            _, zL = self._forward(self.backend.asarray(X[start : start + batch_size], self.dtype))
+            P[start : start + batch_size] = ops.softmax(self.xp, zL)
+        return P
+
+    def predict(self, X, batch_size: int = 4096):
+        """Most probable class index for each row: integer array (n,) on the device."""
+        return self.predict_proba(X, batch_size).argmax(axis=1)
+
+    def evaluate(self, X, y, batch_size: int = 4096) -> tuple[float, float]:
+        """Mean cross-entropy (without the L2 term) and accuracy over all rows of X, batched.
+
+        Parameters
+        ----------
+        X : array (n, sizes[0]), host or device
+        y : integer array (n,)
+        batch_size : int
+
+        Returns
+        -------
+        loss, accuracy : float, float
+        """
+        check_positive_int(batch_size, "batch_size")
+        X = self._check_X(X)
+        y = check_y(y, X.shape[0], self.n_classes)
+        return self._evaluate(X, y, batch_size)
+
+    def _evaluate(self, X, y, batch_size: int) -> tuple[float, float]:
+        """evaluate() on checked arrays, host or device."""
+        xp = self.xp
+        loss_sum, correct = 0.0, 0
+        for start in range(0, X.shape[0], batch_size):
+            _, zL = self._forward(self.backend.asarray(X[start : start + batch_size], self.dtype))
+            yb = self.backend.asarray(y[start : start + batch_size])
+            loss_sum = loss_sum + ops.cross_entropy(xp, zL, yb) * yb.shape[0]
+            correct = correct + (zL.argmax(axis=1) == yb).sum()
+        return float(loss_sum) / X.shape[0], int(correct) / X.shape[0]
+
+    def score(self, X, y, batch_size: int = 4096) -> float:
+        """Accuracy: the fraction of rows of X whose predicted class equals y."""
+        return self.evaluate(X, y, batch_size)[1]
+
+    # ------------------------------------------------------------------ parameters
+
+    def get_params(self) -> list:
+        """Copies of weights then biases (for restoring later with :meth:`set_params`)."""
+        return [p.copy() for p in self.params]
+
+    def set_params(self, values) -> None:
+        """Overwrite weights then biases in place from ``values`` (host or device arrays)."""
+        values = list(values)
+        if len(values) != len(self.params):
+            raise ValueError(f"expected {len(self.params)} arrays (weights then biases), got {len(values)}")
+        for p, v in zip(self.params, values):
+            if tuple(v.shape) != p.shape:
+                raise ValueError(f"parameter of shape {p.shape} cannot take an array of shape {v.shape}")
+            p[...] = self.backend.asarray(v, self.dtype)

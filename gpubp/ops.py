@@ -1,0 +1,114 @@
+"""The per-layer arithmetic: activations, their derivatives, softmax and cross-entropy.
+
+Every function takes the array module ``xp`` (numpy or cupy) first and works on either. These are
+the reference (NumPy) versions of the steps that hand-written CUDA kernels fuse on the GPU; a
+kernel's docstring names its twin here by the same stem.
+
+Rows are samples: ``z`` and ``a`` are (n, width), labels ``y`` are (n,) integers in 0..C-1.
+"""
+
+from __future__ import annotations
+
+ACTIVATIONS = ("relu", "sigmoid", "tanh", "identity")
+
+
+def check_activation(name: str) -> str:
+    """``name`` if it is a known hidden activation, else a ValueError listing them."""
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}: expected one of {', '.join(ACTIVATIONS)}")
+    return name
+
+
+def sigmoid(xp, z):
+    """1 / (1 + exp(-z)) without overflow: exp is only taken of -|z|. Shape of z."""
+    e = xp.exp(-xp.abs(z))
+    return xp.where(z >= 0, 1, e) / (1 + e)
+
+
+def activate(xp, z, name: str):
+    """a = f(z) for a hidden layer, written over ``z`` (which is returned). z: (n, width)."""
+    if name == "relu":
+        return xp.maximum(z, 0, out=z)
+    if name == "sigmoid":
+        z[...] = sigmoid(xp, z)
+        return z
+    if name == "tanh":
+        return xp.tanh(z, out=z)
+    if name == "identity":
+        return z
+    raise ValueError(f"unknown activation {name!r}")
+
+
+def bias_activation(xp, z, b, name: str):
+    """a = f(z + b), written over ``z``. z: (n, width) pre-bias product a_prev @ W; b: (width,)."""
+    z += b
+    return activate(xp, z, name)
+
+
+def backprop_delta(xp, g, a, name: str):
+    """BP2's elementwise half: delta = g * f'(z), written over g = delta_next @ W.T.
+
+    f'(z) is taken from the saved activation a = f(z): relu (a > 0), sigmoid a(1 - a),
+    tanh 1 - a^2, identity 1.
+
+    g, a: (n, width). Returns g.
+    """
+    if name == "relu":
+        return xp.multiply(g, a > 0, out=g)
+    if name == "sigmoid":
+        g *= a * (1 - a)
+    elif name == "tanh":
+        g *= 1 - a * a
+    elif name != "identity":
+        raise ValueError(f"unknown activation {name!r}")
+    return g
+
+
+def log_softmax(xp, z):
+    """log p for p = softmax(z) row by row, with the row max subtracted first. z: (n, C)."""
+    shifted = z - z.max(axis=1, keepdims=True)
+    return shifted - xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))
+
+
+def softmax(xp, z):
+    """p = exp(z - max) / sum(exp(z - max)) row by row. z: (n, C) -> (n, C)."""
+    p = z - z.max(axis=1, keepdims=True)
+    xp.exp(p, out=p)
+    p /= p.sum(axis=1, keepdims=True)
+    return p
+
+
+def cross_entropy(xp, z, y):
+    """Mean cross-entropy -mean(log softmax(z)[i, y_i]) of logits z (n, C) and labels y (n,)."""
+    n = z.shape[0]
+    return -log_softmax(xp, z)[xp.arange(n), y].mean()
+
+
+def softmax_minus_y(xp, z, y):
+    """BP1 and the loss from one pass over the logits: delta = (softmax(z) - Y) / n.
+
+    Parameters
+    ----------
+    z : array (n, C)
+        Output-layer logits; not modified.
+    y : integer array (n,)
+        Class indices in 0..C-1 (checked by the caller).
+
+    Returns
+    -------
+    delta : array (n, C), dtype of z
+        ``(p - Y) / n`` where Y is one-hot of y.
+    loss : 0-d array, dtype of z
+        Mean cross-entropy ``mean(log sum exp(z_i) - z_i[y_i])``, finite for any finite z.
+    """
+    n = z.shape[0]
+    rows = xp.arange(n)
+    zmax = z.max(axis=1, keepdims=True)  # (n, 1)
+    delta = z - zmax  # (n, C) shifted logits, all <= 0
+    xp.exp(delta, out=delta)
+    s = delta.sum(axis=1, keepdims=True)  # (n, 1), >= 1
+    loss = (xp.log(s[:, 0]) + zmax[:, 0] - z[rows, y]).mean()
+    delta /= s  # p
+    delta[rows, y] -= 1  # p - Y
+    delta /= n
+    return delta, loss

@@ -1,0 +1,104 @@
+"""Checks run once where data and settings enter the library, with messages that name the problem."""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from .backend import to_numpy
+
+FLOAT_DTYPES = ("float32", "float64")
+
+
+def check_dtype(dtype) -> np.dtype:
+    """numpy dtype for "float32" or "float64"; ValueError for anything else."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        dt = None
+    if dt is None or dt.name not in FLOAT_DTYPES:
+        raise ValueError(f"unsupported dtype {dtype!r}: expected 'float32' or 'float64'")
+    return dt
+
+
+def check_positive_int(value, name: str, minimum: int = 1) -> int:
+    """``value`` as an int >= minimum, else a ValueError naming the setting."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def check_sizes(sizes) -> list[int]:
+    """Layer widths [n0, ..., nL] with n0 >= 1, hidden widths >= 1 and nL >= 2 classes."""
+    try:
+        sizes = list(sizes)
+    except TypeError:
+        raise ValueError(f"sizes must be a list of layer widths, got {sizes!r}") from None
+    if len(sizes) < 2:
+        raise ValueError(f"sizes needs at least an input and an output width, got {sizes!r}")
+    for i, width in enumerate(sizes):
+        check_positive_int(width, f"sizes[{i}] (layer width)")
+    if sizes[-1] < 2:
+        raise ValueError(f"the softmax output needs at least 2 classes, got sizes[-1] = {sizes[-1]}")
+    return [int(w) for w in sizes]
+
+
+def check_X(X, n_features: int | None = None, name: str = "X") -> np.ndarray:
+    """Host array (n, n_features) of finite numbers, n >= 1; ValueError naming what is wrong."""
+    try:
+        X = to_numpy(X)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name} is not a numeric array: {exc}") from None
+    if X.dtype == object or not (np.issubdtype(X.dtype, np.number) or X.dtype == bool):
+        raise ValueError(f"{name} must hold numbers, got dtype {X.dtype} (ragged rows or text?)")
+    if np.issubdtype(X.dtype, np.complexfloating):
+        raise ValueError(f"{name} must hold real numbers, got dtype {X.dtype}")
+    if X.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (n_samples, n_features), got shape {X.shape}")
+    if X.shape[0] == 0:
+        raise ValueError(f"{name} is empty: shape {X.shape}")
+    if n_features is not None and X.shape[1] != n_features:
+        raise ValueError(
+            f"{name} has {X.shape[1]} features per row but the network expects {n_features} "
+            f"(shape {X.shape})"
+        )
+    if not np.isfinite(X).all():
+        bad = np.argwhere(~np.isfinite(X))[0]
+        raise ValueError(
+            f"{name} contains NaN or infinity (first at row {bad[0]}, column {bad[1]}: "
+            f"{X[tuple(bad)]}); clean or impute the data first"
+        )
+    return X
+
+
+def check_y(y, n_samples: int, n_classes: int, name: str = "y") -> np.ndarray:
+    """Host int64 labels (n_samples,) in 0..n_classes-1; ValueError naming what is wrong."""
+    try:
+        y = to_numpy(y)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name} is not an array of class indices: {exc}") from None
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1:
+        raise ValueError(
+            f"{name} must be 1-D class indices of shape ({n_samples},), got shape {y.shape}"
+        )
+    if y.shape[0] != n_samples:
+        raise ValueError(f"X has {n_samples} rows but {name} has {y.shape[0]} labels")
+    if np.issubdtype(y.dtype, np.floating):
+        if not np.isfinite(y).all() or not np.array_equal(y, np.round(y)):
+            raise ValueError(f"{name} must hold integer class indices, got non-integer values")
+    elif not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(
+            f"{name} must hold integer class indices 0..{n_classes - 1}, got dtype {y.dtype}; "
+            "encode labels first (gpubp.data.encode_labels)"
+        )
+    y = y.astype(np.int64)
+    lo, hi = int(y.min()), int(y.max())
+    if lo < 0 or hi >= n_classes:
+        raise ValueError(
+            f"{name} holds labels from {lo} to {hi} but the network has {n_classes} classes "
+            f"(0..{n_classes - 1})"
+        )
+    return y
