@@ -1,0 +1,129 @@
+"""The MLP: initialisation, shapes, dtypes, stability, batched prediction and bad input."""
+
+import numpy as np
+import pytest
+
+from gpubp import MLP
+
+
+def test_shapes_and_initialisation_bounds():
+    net = MLP([30, 20, 10, 3], "relu", backend="cpu", seed=0)
+    assert [W.shape for W in net.weights] == [(30, 20), (20, 10), (10, 3)]
+    assert [b.shape for b in net.biases] == [(20,), (10,), (3,)]
+    assert net.n_params == 30 * 20 + 20 + 20 * 10 + 10 + 10 * 3 + 3
+    # He uniform into ReLU layers, Glorot uniform into the softmax layer
+    bounds = [np.sqrt(6 / 30), np.sqrt(6 / 20), np.sqrt(6 / 13)]
+    for W, r in zip(net.weights, bounds):
+        assert np.abs(W).max() <= r
+        assert np.abs(W).max() > 0.8 * r  # drawn over the whole range, not a narrower one
+    assert all(not b.any() for b in net.biases)
+    tanh = MLP([30, 20, 3], "tanh", backend="cpu", seed=0)
+    assert np.abs(tanh.weights[0]).max() <= np.sqrt(6 / 50)
+
+
+def test_same_seed_same_network_in_both_dtypes():
+    a = MLP([8, 6, 3], seed=7, backend="cpu", dtype="float64")
+    b = MLP([8, 6, 3], seed=7, backend="cpu", dtype="float32")
+    c = MLP([8, 6, 3], seed=8, backend="cpu", dtype="float64")
+    for Wa, Wb in zip(a.weights, b.weights):
+        assert Wb.dtype == np.float32
+        np.testing.assert_array_equal(Wa.astype(np.float32), Wb)
+    assert not np.array_equal(a.weights[0], c.weights[0])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_dtype_is_kept_end_to_end(dtype, rng):
+    net = MLP([5, 4, 3], "sigmoid", backend="cpu", dtype=dtype, seed=0, alpha=0.1)
+    loss, dW, db = net.loss_and_grads(rng.normal(size=(6, 5)), rng.integers(0, 3, 6))
+    assert np.asarray(loss).dtype == dtype
+    assert all(g.dtype == dtype for g in dW + db)
+    assert net.predict_proba(rng.normal(size=(2, 5))).dtype == dtype
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_extreme_logits_give_finite_loss_and_exact_gradients(dtype):
+    net = MLP([2, 2], backend="cpu", dtype=dtype, seed=0)
+    net.set_params([np.array([[1000.0, -1000.0], [0.0, 0.0]]), np.zeros(2)])
+    X = np.array([[1.0, 0.0], [-1.0, 0.0]])  # logits [1000, -1000] and [-1000, 1000]
+    with np.errstate(over="raise", divide="raise", invalid="raise"):
+        loss, dW, db = net.loss_and_grads(X, np.array([0, 0]))
+    # row 0 is right with certainty (loss 0), row 1 wrong by 2000: mean loss 1000
+    assert float(loss) == pytest.approx(1000.0, rel=1e-6)
+    # delta = (p - Y) / 2 = [[0, 0], [-1, 1]] / 2
+    # dW = X.T @ delta = [[1*0 + (-1)*(-0.5), 1*0 + (-1)*0.5], [0, 0]] = [[0.5, -0.5], [0, 0]]
+    # db = delta.sum(0) = [-0.5, 0.5]
+    np.testing.assert_array_equal(dW[0], np.array([[0.5, -0.5], [0, 0]], dtype=dtype))
+    np.testing.assert_array_equal(db[0], np.array([-0.5, 0.5], dtype=dtype))
+
+
+def test_batched_prediction_matches_whole(rng):
+    net = MLP([6, 9, 4], "tanh", backend="cpu", dtype="float64", seed=1)
+    X = rng.normal(size=(53, 6))
+    whole = net.predict_proba(X, batch_size=1000)
+    np.testing.assert_allclose(net.predict_proba(X, batch_size=7), whole, rtol=1e-14)
+    np.testing.assert_allclose(whole.sum(axis=1), 1.0, rtol=1e-12)
+    np.testing.assert_array_equal(net.predict(X, batch_size=5), whole.argmax(axis=1))
+    y = whole.argmax(axis=1)
+    assert net.score(X, y) == 1.0
+    loss, acc = net.evaluate(X, y, batch_size=10)
+    assert acc == 1.0
+    assert loss == pytest.approx(-np.mean(np.log(whole.max(axis=1))), rel=1e-12)
+
+
+def test_params_round_trip(rng):
+    net = MLP([3, 4, 2], backend="cpu", seed=0)
+    saved = net.get_params()
+    for p in net.params:
+        p += 1
+    net.set_params(saved)
+    for p, s in zip(net.params, saved):
+        np.testing.assert_array_equal(p, s)
+    with pytest.raises(ValueError, match="shape"):
+        net.set_params([np.zeros((4, 3))] + saved[1:])
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(sizes=[4]), "at least an input and an output"),
+        (dict(sizes=[4, 0, 3]), r"sizes\[1\]"),
+        (dict(sizes=[4, 3, 1]), "at least 2 classes"),
+        (dict(sizes=[4, 2.5, 3]), r"sizes\[1\]"),
+        (dict(sizes=[4, 3], activation="softplus"), "unknown activation"),
+        (dict(sizes=[4, 3], dtype="float16"), "unsupported dtype"),
+        (dict(sizes=[4, 3], alpha=-1.0), "alpha"),
+        (dict(sizes=[4, 3], backend="tpu"), "unknown device"),
+    ],
+)
+def test_bad_construction(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        MLP(**{"backend": "cpu", **kwargs})
+
+
+@pytest.mark.parametrize(
+    "X, y, message",
+    [
+        (np.zeros((3, 5)), np.zeros(3, int), "5 features per row but the network expects 4"),
+        (np.zeros(4), np.zeros(1, int), "must be 2-D"),
+        (np.zeros((0, 4)), np.zeros(0, int), "empty"),
+        (np.array([[0, 0, np.nan, 0]]), np.zeros(1, int), "NaN or infinity .*row 0, column 2"),
+        (np.zeros((2, 4)), np.array([0, 3]), "labels from 0 to 3 but the network has 3 classes"),
+        (np.zeros((2, 4)), np.array([0, -1]), "labels from -1"),
+        (np.zeros((2, 4)), np.array([0.5, 1.0]), "integer class indices"),
+        (np.zeros((2, 4)), np.array(["a", "b"]), "encode labels first"),
+        (np.zeros((2, 4)), np.zeros(3, int), "X has 2 rows but y has 3 labels"),
+        (np.zeros((2, 4)), np.zeros((2, 2), int), "must be 1-D"),
+        ([[0, 0], [0, 0, 0]], np.zeros(2, int), "not a numeric array|must hold numbers"),
+        (np.array([["a", "b", "c", "d"]]), np.zeros(1, int), "must hold numbers"),
+    ],
+)
+def test_bad_input_names_the_problem(X, y, message):
+    net = MLP([4, 3], backend="cpu", seed=0)
+    with pytest.raises(ValueError, match=message):
+        net.loss_and_grads(X, y)
+
+
+def test_bad_batch_size():
+    net = MLP([4, 3], backend="cpu", seed=0)
+    with pytest.raises(ValueError, match="batch_size must be an integer >= 1, got 0"):
+        net.predict_proba(np.zeros((2, 4)), batch_size=0)
