@@ -1,0 +1,111 @@
+"""Optimizers against scikit-learn's own implementations, and the learning-rate schedules."""
+
+import numpy as np
+import pytest
+from sklearn.neural_network._stochastic_optimizers import AdamOptimizer, SGDOptimizer
+
+from gpubp.optim import SGD, Adam, make_optimizer
+from gpubp.schedules import Schedule
+
+
+def run_both(ours, theirs_factory, steps, rng, lr):
+    params = [rng.normal(size=(4, 3)), rng.normal(size=3)]
+    theirs_params = [p.copy() for p in params]
+    theirs = theirs_factory(theirs_params)
+    for _ in range(steps):
+        grads = [rng.normal(size=p.shape) for p in params]
+        ours.step(params, grads, lr)
+        theirs.update_params(theirs_params, [g.copy() for g in grads])
+    return params, theirs_params
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_sgd_momentum_matches_scikit_learn(nesterov, rng):
+    ours, theirs = run_both(
+        SGD(momentum=0.9, nesterov=nesterov),
+        lambda p: SGDOptimizer(p, learning_rate_init=0.05, momentum=0.9, nesterov=nesterov),
+        steps=20, rng=rng, lr=0.05,
+    )
+    for a, b in zip(ours, theirs):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+
+
+def test_adam_matches_scikit_learn(rng):
+    ours, theirs = run_both(
+        Adam(beta1=0.8, beta2=0.99, eps=1e-7),
+        lambda p: AdamOptimizer(p, learning_rate_init=0.01, beta_1=0.8, beta_2=0.99, epsilon=1e-7),
+        steps=20, rng=rng, lr=0.01,
+    )
+    for a, b in zip(ours, theirs):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+
+
+def test_sgd_by_hand():
+    # p = 1, g = 0.5, lr = 0.1, momentum 0.9:
+    # step 1: v = -0.05,                p = 0.95
+    # step 2: v = 0.9 * -0.05 - 0.05 = -0.095, p = 0.855
+    p = [np.array([1.0])]
+    opt = SGD(momentum=0.9)
+    opt.step(p, [np.array([0.5])], 0.1)
+    assert p[0][0] == pytest.approx(0.95)
+    opt.step(p, [np.array([0.5])], 0.1)
+    assert p[0][0] == pytest.approx(0.855)
+    plain = [np.array([1.0])]
+    make_optimizer("sgd").step(plain, [np.array([0.5])], 0.1)
+    assert plain[0][0] == pytest.approx(0.95)
+
+
+def test_adam_first_step_moves_each_weight_by_about_lr():
+    # m = 0.1 g, v = 0.001 g^2, lr_t = lr sqrt(0.001) / 0.1: the step is lr * sign(g) (up to eps)
+    p = [np.array([1.0, -2.0, 3.0])]
+    Adam().step(p, [np.array([10.0, -0.01, 3.0])], 0.01)
+    np.testing.assert_allclose(p[0], [0.99, -1.99, 2.99], rtol=1e-6)
+
+
+def test_optimizers_keep_float32(rng):
+    for opt in (SGD(momentum=0.9, nesterov=True), Adam()):
+        p = [rng.normal(size=5).astype(np.float32)]
+        opt.step(p, [rng.normal(size=5).astype(np.float32)], 0.1)
+        assert p[0].dtype == np.float32
+        state = opt.velocity if isinstance(opt, SGD) else opt.m + opt.v
+        assert all(s.dtype == np.float32 for s in state)
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: SGD(momentum=1.0), "momentum"),
+        (lambda: SGD(momentum=-0.1), "momentum"),
+        (lambda: SGD(momentum=0.0, nesterov=True), "nesterov"),
+        (lambda: Adam(beta1=1.0), "beta1"),
+        (lambda: Adam(eps=0), "eps"),
+        (lambda: make_optimizer("rmsprop"), "unknown optimizer"),
+    ],
+)
+def test_bad_optimizer_settings(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_constant_schedule_with_warmup():
+    s = Schedule(0.1, total_steps=100, kind="constant", warmup_steps=4)
+    assert [s(t) for t in range(5)] == pytest.approx([0.025, 0.05, 0.075, 0.1, 0.1])
+    assert s(99) == 0.1
+
+
+def test_cosine_schedule():
+    s = Schedule(1.0, total_steps=11, kind="cosine", warmup_steps=0, final_lr=0.1)
+    assert s(0) == pytest.approx(1.0)
+    assert s(5) == pytest.approx(0.55)  # halfway: the mean of the start and the end
+    assert s(10) == pytest.approx(0.1)
+    rates = [s(t) for t in range(11)]
+    assert all(a > b for a, b in zip(rates, rates[1:]))
+    warm = Schedule(1.0, total_steps=12, kind="cosine", warmup_steps=2)
+    assert [warm(0), warm(1), warm(2), warm(11)] == pytest.approx([0.5, 1.0, 1.0, 0.0])
+
+
+def test_bad_schedules():
+    with pytest.raises(ValueError, match="unknown schedule"):
+        Schedule(0.1, 10, kind="step")
+    with pytest.raises(ValueError, match="does not fit"):
+        Schedule(0.1, 10, warmup_steps=11)
