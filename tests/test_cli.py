@@ -1,0 +1,106 @@
+"""The gpubp command run as a subprocess, the way a user runs it."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from gpubp import load_model
+from gpubp.backend import cuda_status
+
+from .conftest import REPO
+
+
+def gpubp(*args, cwd=REPO, timeout=120):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", "gpubp", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def assert_one_line_error(result, *fragments):
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_train_with_no_arguments_reaches_95_percent_on_digits():
+    result = gpubp("train")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout.splitlines()
+    assert out[0].startswith("device: ")
+    assert sum(line.startswith("epoch ") for line in out) == 30
+    last = out[-1]
+    assert last.startswith("test accuracy: 0.9") and float(last.split()[-1]) >= 0.95
+
+
+def test_train_writes_the_model_and_the_plot(tmp_path):
+    model, plot = tmp_path / "m.npz", tmp_path / "curves.png"
+    result = gpubp("train", "--epochs", "3", "--hidden", "32,16", "--activation", "tanh",
+                   "--optimizer", "nesterov", "--schedule", "cosine", "--dtype", "float64",
+                   "--out", str(model), "--plot", str(plot), "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert "epoch " not in result.stdout
+    net, extra = load_model(model, backend="cpu")
+    assert net.sizes == [64, 32, 16, 10] and net.dtype == np.float64
+    assert extra["classes"].tolist() == list(range(10)) and extra["input_mean"].shape == (64,)
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_train_on_a_csv_file(tmp_path):
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 150)
+    X = np.eye(3)[y] * 4 + rng.normal(size=(150, 3))
+    path = tmp_path / "d.csv"
+    np.savetxt(path, np.column_stack([X, y]), delimiter=",", header="a,b,c,label", comments="")
+    result = gpubp("train", "--dataset", str(path), "--epochs", "20", "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert "120 train / 30 test samples, 3 features, 3 classes" in result.stdout
+    assert float(result.stdout.splitlines()[-1].split()[-1]) >= 0.9
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["train", "--epochs", "0"], "--epochs: must be > 0"),
+        (["train", "--lr", "-1"], "--lr: must be > 0"),
+        (["train", "--hidden", "12,x"], "--hidden"),
+        (["train", "--activation", "swish"], "invalid choice: 'swish'"),
+        (["train", "--dataset", "nowhere.csv"], "no such data set or file"),
+        (["train", "--bogus"], "unrecognized arguments: --bogus"),
+        (["train", "--out", "/no/such/folder/m.npz"], "folder /no/such/folder does not exist"),
+        (["train", "--val-fraction", "1.5"], "--val-fraction"),
+        ([], "the following arguments are required"),
+    ],
+)
+def test_bad_arguments_give_one_line_and_status_2(args, fragment):
+    assert_one_line_error(gpubp(*args), fragment)
+
+
+def test_corrupt_data_file_gives_one_line_and_status_2(tmp_path):
+    path = tmp_path / "broken.npz"
+    path.write_bytes(b"PK\x03\x04 not really a zip")
+    assert_one_line_error(gpubp("train", "--dataset", str(path)), "not a readable .npz file")
+
+
+@pytest.mark.skipif(cuda_status().usable, reason="a GPU is usable here")
+def test_cuda_requested_without_a_gpu():
+    assert_one_line_error(gpubp("train", "--device", "cuda"), "device 'cuda' is not usable")
+
+
+def test_info_reports_versions_and_cuda():
+    result = gpubp("info")
+    assert result.returncode == 0, result.stderr
+    assert "gpubp 0.1.0" in result.stdout and "numpy " in result.stdout
+    assert "cuda usable: " in result.stdout and "auto device: " in result.stdout
+
+
+@pytest.mark.skipif(shutil.which("gpubp") is None, reason="the gpubp script is not installed on PATH")
+def test_installed_console_script():
+    result = subprocess.run(["gpubp", "--version"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout.strip() == "gpubp 0.1.0"

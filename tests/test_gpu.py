@@ -1,0 +1,85 @@
+"""The whole model on CuPy against the NumPy reference (needs a GPU: marker ``gpu``).
+
+Same seed on both backends must give the same loss, every dW and db, and the same parameters
+after 20 optimizer steps: float64 to rtol 1e-10, float32 to rtol 1e-4.
+"""
+
+import numpy as np
+import pytest
+
+from gpubp import MLP, fit, get_backend, to_numpy
+from gpubp.optim import make_optimizer
+from gpubp.ops import ACTIVATIONS
+
+from .conftest import assert_close
+
+pytestmark = pytest.mark.gpu
+
+RTOL = {"float64": 1e-10, "float32": 1e-4}
+ATOL = {"float64": 1e-12, "float32": 1e-6}  # for gradients that are exactly zero on one side
+
+
+def pair(activation, dtype, sizes=(20, 32, 16, 5), alpha=0.1):
+    cpu = MLP(list(sizes), activation, backend="cpu", dtype=dtype, seed=11, alpha=alpha)
+    gpu = MLP(list(sizes), activation, backend="cuda", dtype=dtype, seed=11, alpha=alpha)
+    return cpu, gpu
+
+
+def data(n=64, d=20, classes=5, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(n, d)), rng.integers(0, classes, n)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_loss_and_every_gradient_match_numpy(activation, dtype):
+    cpu, gpu = pair(activation, dtype)
+    for Wc, Wg in zip(cpu.params, gpu.params):
+        np.testing.assert_array_equal(Wc, to_numpy(Wg))  # same seed, same initial network
+    X, y = data()
+    loss_c, dW_c, db_c = cpu.loss_and_grads(X, y)
+    loss_g, dW_g, db_g = gpu.loss_and_grads(X, y)
+    assert_close(to_numpy(loss_g), loss_c, RTOL[dtype], what=f"{activation} {dtype} loss")
+    for l, (gc, gg) in enumerate(zip(dW_c + db_c, dW_g + db_g)):
+        assert type(gg).__module__.startswith("cupy")
+        assert_close(to_numpy(gg), gc, RTOL[dtype], ATOL[dtype], what=f"{activation} {dtype} grad {l}")
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("optimizer", ["momentum", "nesterov", "adam"])
+def test_parameters_after_20_steps_match_numpy(optimizer, dtype):
+    cpu, gpu = pair("relu", dtype)
+    opt_c, opt_g = make_optimizer(optimizer), make_optimizer(optimizer)
+    X, y = data(n=320)
+    for step in range(20):
+        rows = slice(16 * step, 16 * step + 16)
+        _, dW, db = cpu.loss_and_grads(X[rows], y[rows])
+        opt_c.step(cpu.params, dW + db, 0.01)
+        _, dW, db = gpu.loss_and_grads(X[rows], y[rows])
+        opt_g.step(gpu.params, dW + db, 0.01)
+    for l, (pc, pg) in enumerate(zip(cpu.params, gpu.params)):
+        assert_close(to_numpy(pg), pc, RTOL[dtype], ATOL[dtype], what=f"{optimizer} {dtype} param {l}")
+
+
+def test_fit_on_the_gpu_matches_the_cpu():
+    cpu, gpu = pair("tanh", "float64")
+    X, y = data(n=200)
+    h_c = fit(cpu, X, y, epochs=3, batch_size=32, seed=4, validation_fraction=0.2)
+    h_g = fit(gpu, X, y, epochs=3, batch_size=32, seed=4, validation_fraction=0.2)
+    assert h_g.device.startswith("cuda")
+    np.testing.assert_allclose(h_g.train_loss, h_c.train_loss, rtol=1e-10)
+    np.testing.assert_allclose(h_g.val_accuracy, h_c.val_accuracy, rtol=0)
+    for pc, pg in zip(cpu.params, gpu.params):
+        assert_close(to_numpy(pg), pc, 1e-10, 1e-12, what="parameters after fit")
+    P = gpu.predict_proba(X, batch_size=37)
+    assert_close(to_numpy(P), cpu.predict_proba(X), 1e-10, 1e-14, what="predict_proba")
+
+
+def test_device_arrays_are_accepted_and_labels_checked_on_the_host():
+    xp = get_backend("cuda").xp
+    _, gpu = pair("relu", "float32")
+    X, y = data()
+    loss, _, _ = gpu.loss_and_grads(xp.asarray(X), xp.asarray(y))
+    assert np.isfinite(float(loss))
+    with pytest.raises(ValueError, match="labels from 0 to 5 but the network has 5 classes"):
+        gpu.loss_and_grads(X, np.where(y == 0, 5, y))
