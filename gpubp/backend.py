@@ -16,6 +16,7 @@ from types import ModuleType
 
 import numpy as np
 
+from . import kernels, ops
 from .errors import BackendUnavailableError
 
 _ALIASES = {
@@ -93,11 +94,15 @@ class Backend:
         ``numpy`` or ``cupy``.
     device : str
         Human-readable description of where the arrays live.
+    kernels : module
+        The fused BP steps and optimizer updates: :mod:`gpubp.kernels` on "cuda", their NumPy
+        twins in :mod:`gpubp.ops` on "cpu" (same function names and signatures).
     """
 
     name: str
     xp: ModuleType
     device: str
+    kernels: ModuleType
 
     def asarray(self, a, dtype=None):
         """Array ``a`` (host or device) as an array of this backend, copied only when needed."""
@@ -123,17 +128,24 @@ class Backend:
         return f"Backend({self.name!r}, {self.device!r})"
 
 
+def _is_cupy(a) -> bool:
+    return type(a).__module__.split(".")[0] == "cupy"
+
+
 def to_numpy(a) -> np.ndarray:
     """Any array (NumPy, CuPy, or array-like) as a NumPy array on the host."""
-    if type(a).__module__.split(".")[0] == "cupy":
-        return a.get()
-    return np.asarray(a)
+    return a.get() if _is_cupy(a) else np.asarray(a)
+
+
+def backend_for(a) -> Backend:
+    """The backend an array belongs to: "cuda" for a CuPy array, else "cpu"."""
+    return _cuda_backend() if _is_cupy(a) else _cpu_backend()
 
 
 @functools.lru_cache(maxsize=None)
 def _cpu_backend() -> Backend:
     cpu = platform.processor() or platform.machine() or "CPU"
-    return Backend("cpu", np, f"cpu ({cpu}, NumPy {np.__version__})")
+    return Backend("cpu", np, f"cpu ({cpu}, NumPy {np.__version__})", ops)
 
 
 @functools.lru_cache(maxsize=None)
@@ -144,7 +156,8 @@ def _cuda_backend() -> Backend:
     import cupy
 
     current = cupy.cuda.runtime.getDevice()
-    return Backend("cuda", cupy, f"cuda:{current} {status.devices[current]}, CuPy {status.cupy_version}")
+    device = f"cuda:{current} {status.devices[current]}, CuPy {status.cupy_version}"
+    return Backend("cuda", cupy, device, kernels)
 
 
 def get_backend(name: str | Backend = "auto") -> Backend:

@@ -1,4 +1,4 @@
-"""The ``gpubp`` command: ``gpubp train`` and ``gpubp info``.
+"""The ``gpubp`` command: ``gpubp train``, ``gpubp info`` and ``gpubp check``.
 
 Bad arguments or data end with one line on stderr and exit status 2, never a traceback.
 """
@@ -100,6 +100,8 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--quiet", action="store_true", help="no per-epoch lines")
 
     sub.add_parser("info", help="versions, devices found, and whether CuPy/CUDA is usable")
+    sub.add_parser("check", help="compare the GPU kernels and model with the CPU reference "
+                                 "(exit 1 on a mismatch, 3 when no GPU is usable)")
     return parser
 
 
@@ -179,12 +181,32 @@ def _info() -> int:
     return 0
 
 
+def _check() -> int:
+    from . import kernels
+    from .parity import format_table, kernel_checks, model_checks
+
+    status = cuda_status()
+    if not status.usable:
+        print(f"no usable GPU: {status.reason}")
+        print("nothing was compared")
+        return 3
+    gpu, cpu = get_backend("cuda"), get_backend("cpu")
+    print(f"comparing {gpu.device} with {cpu.device}", flush=True)
+    results = kernel_checks(gpu, kernels) + model_checks(cpu, gpu)
+    print(format_table(results))
+    failed = [r for r in results if not r.passed]
+    print(f"{len(results) - len(failed)} passed, {len(failed)} failed")
+    return 1 if failed else 0
+
+
 def main(argv=None) -> int:
     """Entry point of the ``gpubp`` command; returns the exit status."""
     try:
         args = _parser().parse_args(argv)
         if args.command == "info":
             return _info()
+        if args.command == "check":
+            return _check()
         return _train(args)
     except _UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)

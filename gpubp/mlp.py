@@ -12,7 +12,7 @@ import numpy as np
 
 from . import ops
 from .backend import Backend, get_backend
-from .validation import check_dtype, check_positive_int, check_sizes, check_X, check_y
+from .validation import check_dtype, check_positive_int, check_sample_weight, check_sizes, check_X, check_y
 
 
 def init_params(sizes: list[int], activation: str, seed) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -103,24 +103,25 @@ class MLP:
 
     def _forward(self, X):
         """Hidden activations a[0] = X, ..., a[L-1] and the output logits z[L] (n, nL)."""
-        xp = self.xp
+        xp, kernels = self.xp, self.backend.kernels
         a = [X]
         for W, b in zip(self.weights[:-1], self.biases[:-1]):
             z = a[-1] @ W  # (n, sizes[l+1])
-            a.append(ops.bias_activation(xp, z, b, self.activation))
+            a.append(kernels.bias_activation(xp, z, b, self.activation))
         zL = a[-1] @ self.weights[-1]  # (n, nL)
         zL += self.biases[-1]
         return a, zL
 
-    def _loss_and_grads(self, X, y):
+    def _loss_and_grads(self, X, y, sample_weight=None):
         """loss_and_grads on device arrays already checked: X (n, n0) of self.dtype, y (n,) ints."""
-        xp = self.xp
-        n = X.shape[0]
+        xp, kernels = self.xp, self.backend.kernels
+        # n: the batch size, or the total sample weight, that the loss is averaged over
+        n = X.shape[0] if sample_weight is None else float(sample_weight.sum())
         a, zL = self._forward(X)
         L = len(self.weights)
         dW, db = [None] * L, [None] * L
         # BP1: delta[L] = (softmax(z[L]) - Y) / n, with the mean cross-entropy from the same pass
-        delta, loss = ops.softmax_minus_y(xp, zL, y)
+        delta, loss = kernels.softmax_minus_y(xp, zL, y, sample_weight)
         for l in reversed(range(L)):
             # BP3: db[l] = sum over the batch of delta[l]
             db[l] = delta.sum(axis=0)
@@ -130,12 +131,12 @@ class MLP:
                 dW[l] += (self.alpha / n) * self.weights[l]
             if l > 0:
                 # BP2: delta[l-1] = (delta[l] @ W[l].T) * f'(z[l-1]), f' from the saved a
-                delta = ops.backprop_delta(xp, delta @ self.weights[l].T, a[l], self.activation)
+                delta = kernels.backprop_delta(xp, delta @ self.weights[l].T, a[l], self.activation)
         if self.alpha:
             loss = loss + (self.alpha / (2 * n)) * sum(xp.vdot(W, W) for W in self.weights)
         return loss, dW, db
 
-    def loss_and_grads(self, X, y):
+    def loss_and_grads(self, X, y, sample_weight=None):
         """Mean cross-entropy of a batch and its gradient by backpropagation.
 
         Parameters
@@ -143,7 +144,10 @@ class MLP:
         X : array (n, sizes[0])
             Inputs, host or device; converted to the network's dtype and device.
         y : integer array (n,)
-            Class indices in 0..sizes[-1]-1.
+            Class indices in 0..sizes[-1]-1, checked on the host before any kernel sees them.
+        sample_weight : array (n,), optional
+            Non-negative weights, not all zero: the loss becomes ``sum(w_i l_i) / sum(w)`` and
+            the L2 term ``alpha / (2 sum(w)) * sum ||W||^2`` (scikit-learn's convention).
 
         Returns
         -------
@@ -154,7 +158,9 @@ class MLP:
         """
         X = self.backend.asarray(self._check_X(X), self.dtype)
         y = self.backend.asarray(check_y(y, X.shape[0], self.n_classes))
-        return self._loss_and_grads(X, y)
+        if sample_weight is not None:
+            sample_weight = self.backend.asarray(check_sample_weight(sample_weight, X.shape[0]), self.dtype)
+        return self._loss_and_grads(X, y, sample_weight)
 
     def _check_X(self, X):
         """X checked (2-D, n0 features, finite, non-empty); device arrays stay on the device."""

@@ -84,7 +84,18 @@ def cross_entropy(xp, z, y):
     return -log_softmax(xp, z)[xp.arange(n), y].mean()
 
 
-def softmax_minus_y(xp, z, y):
+def row_scale(n: int, dtype, sample_weight=None):
+    """Factor of each row in BP1 and the loss: 1/n, or w_i / sum(w) as an (n, 1) array.
+
+    sample_weight, when given, is an (n,) array on the device, checked by the caller.
+    """
+    if sample_weight is None:
+        return dtype.type(1.0 / n)
+    w = sample_weight.astype(dtype, copy=False)
+    return (w / w.sum())[:, None]
+
+
+def softmax_minus_y(xp, z, y, sample_weight=None):
     """BP1 and the loss from one pass over the logits: delta = (softmax(z) - Y) / n.
 
     Parameters
@@ -93,22 +104,52 @@ def softmax_minus_y(xp, z, y):
         Output-layer logits; not modified.
     y : integer array (n,)
         Class indices in 0..C-1 (checked by the caller).
+    sample_weight : array (n,), optional
+        Non-negative weights; rows are then scaled by w_i / sum(w) instead of 1/n.
 
     Returns
     -------
     delta : array (n, C), dtype of z
-        ``(p - Y) / n`` where Y is one-hot of y.
+        ``(p - Y) * scale`` where Y is one-hot of y and scale is 1/n or w_i / sum(w).
     loss : 0-d array, dtype of z
-        Mean cross-entropy ``mean(log sum exp(z_i) - z_i[y_i])``, finite for any finite z.
+        ``sum_i scale_i * (log sum exp(z_i) - z_i[y_i])``: the (weighted) mean cross-entropy,
+        finite for any finite z.
     """
     n = z.shape[0]
     rows = xp.arange(n)
+    scale = row_scale(n, z.dtype, sample_weight)  # scalar or (n, 1)
     zmax = z.max(axis=1, keepdims=True)  # (n, 1)
     delta = z - zmax  # (n, C) shifted logits, all <= 0
     xp.exp(delta, out=delta)
     s = delta.sum(axis=1, keepdims=True)  # (n, 1), >= 1
-    loss = (xp.log(s[:, 0]) + zmax[:, 0] - z[rows, y]).mean()
+    row_losses = xp.log(s) + zmax - z[rows, y][:, None]  # (n, 1)
+    loss = (row_losses * scale).sum()
     delta /= s  # p
     delta[rows, y] -= 1  # p - Y
-    delta /= n
+    delta *= scale
     return delta, loss
+
+
+def sgd_momentum_update(xp, p, g, v, lr: float, momentum: float, nesterov: bool) -> None:
+    """In place: v = momentum v - lr g; p += v, or p += momentum v - lr g (Nesterov).
+
+    p, g, v: arrays of one shape and dtype.
+    """
+    v *= momentum
+    v -= lr * g
+    if nesterov:
+        p += momentum * v - lr * g
+    else:
+        p += v
+
+
+def adam_update(xp, p, g, m, v, lr_t: float, beta1: float, beta2: float, eps: float) -> None:
+    """In place: m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g^2; p -= lr_t m / (sqrt(v) + eps).
+
+    lr_t carries Adam's bias correction for this step. p, g, m, v: arrays of one shape and dtype.
+    """
+    m *= beta1
+    m += (1 - beta1) * g  # 1 - beta1 in double, then rounded to p's dtype (as the kernel does)
+    v *= beta2
+    v += (1 - beta2) * (g * g)
+    p -= lr_t * m / (xp.sqrt(v) + eps)

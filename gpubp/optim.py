@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import math
 
+from .backend import backend_for
+
 
 def _check_rate(value, name: str, low: float, high: float, high_open: bool) -> float:
     ok = isinstance(value, (int, float)) and math.isfinite(value) and low <= value
@@ -58,20 +60,15 @@ class SGD:
 
     def step(self, params, grads, lr: float) -> None:
         """Update every array of ``params`` in place from the matching array of ``grads``."""
-        mu = self.momentum
-        if mu == 0:
+        if self.momentum == 0:
             for p, g in zip(params, grads):
                 p -= lr * g
             return
         if self.velocity is None:
             self.velocity = [_zeros_like(p) for p in params]
         for p, g, v in zip(params, grads, self.velocity):
-            v *= mu
-            v -= lr * g  # v = mu v - lr g
-            if self.nesterov:
-                p += mu * v - lr * g
-            else:
-                p += v
+            b = backend_for(p)
+            b.kernels.sgd_momentum_update(b.xp, p, g, v, lr, self.momentum, self.nesterov)
 
 
 class Adam:
@@ -103,11 +100,8 @@ class Adam:
         b1, b2 = self.beta1, self.beta2
         lr_t = lr * math.sqrt(1 - b2**self.t) / (1 - b1**self.t)
         for p, g, m, v in zip(params, grads, self.m, self.v):
-            m *= b1
-            m += (1 - b1) * g
-            v *= b2
-            v += (1 - b2) * (g * g)
-            p -= lr_t * m / (v**0.5 + self.eps)
+            b = backend_for(p)
+            b.kernels.adam_update(b.xp, p, g, m, v, lr_t, b1, b2, self.eps)
 
 
 OPTIMIZERS = ("adam", "sgd", "momentum", "nesterov")

@@ -102,3 +102,18 @@ def check_y(y, n_samples: int, n_classes: int, name: str = "y") -> np.ndarray:
             f"(0..{n_classes - 1})"
         )
     return y
+
+
+def check_sample_weight(sample_weight, n_samples: int) -> np.ndarray:
+    """Host float64 weights (n_samples,), finite, >= 0 and not all zero."""
+    try:
+        w = np.asarray(to_numpy(sample_weight), dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"sample_weight must be numbers: {exc}") from None
+    if w.shape != (n_samples,):
+        raise ValueError(f"sample_weight must have shape ({n_samples},), got {w.shape}")
+    if not np.isfinite(w).all() or (w < 0).any():
+        raise ValueError("sample_weight must be finite and >= 0")
+    if not w.sum() > 0:
+        raise ValueError("sample_weight sums to 0: at least one sample needs a positive weight")
+    return w

@@ -1,0 +1,178 @@
+"""The BP steps as hand-written CUDA kernels, built from the sources in kernels/ with CuPy.
+
+Each public function here has the signature of its NumPy twin in :mod:`gpubp.ops` (same name)
+and does in one pass over memory what the twin does in several:
+
+- ``bias_activation``: z + b and the activation (ElementwiseKernel per activation);
+- ``backprop_delta``: BP2's g * f'(a) with f' from the saved activation (ElementwiseKernel);
+- ``softmax_minus_y``: BP1 and the loss; a row max and a row sum of exp (a reduction kernel)
+  feed one ElementwiseKernel that writes delta and each row's loss;
+- ``softmax_minus_y_rows``: the same in a single RawKernel, one warp per row;
+- ``sgd_momentum_update`` and ``adam_update``: one pass over each parameter.
+
+The per-element math lives in ``kernels/gpubp_math.cuh`` as host+device functions, so the CPU
+tests compile the same source with g++. Kernels are built once per name and memoized; cupy is
+imported only when a kernel is first used, so this module imports on machines without it.
+Labels must be checked on the host before they reach a kernel (the GPU does not bounds-check):
+``MLP.loss_and_grads`` and ``fit`` do this.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+
+from .ops import row_scale
+
+ACTIVATION_CODES = {"identity": 0, "relu": 1, "sigmoid": 2, "tanh": 3}
+_WARPS_PER_BLOCK = 8  # rows per block of softmax_minus_y_rows
+
+
+@dataclass(frozen=True)
+class ElementwiseSpec:
+    """The parts of a CuPy ElementwiseKernel, and the NumPy twin it must agree with."""
+
+    name: str
+    in_params: str
+    out_params: str
+    operation: str
+    twin: str
+
+
+def _specs() -> dict[str, ElementwiseSpec]:
+    specs = {}
+    for act, code in ACTIVATION_CODES.items():
+        specs[f"gpubp_bias_{act}"] = ElementwiseSpec(
+            f"gpubp_bias_{act}", "T z, T b", "T a",
+            f"a = gpubp::activate<{code}>(z + b)", "ops.bias_activation")
+        if act != "identity":
+            specs[f"gpubp_backprop_delta_{act}"] = ElementwiseSpec(
+                f"gpubp_backprop_delta_{act}", "T a", "T g",
+                f"g = g * gpubp::derivative_from_a<{code}>(a)", "ops.backprop_delta")
+    specs["gpubp_softmax_minus_y"] = ElementwiseSpec(
+        "gpubp_softmax_minus_y",
+        "T z, T zmax, T sumexp, I y, T scale, int64 C",
+        "T delta, raw T loss_rows",
+        # i is the 64-bit flat index over (n, C): row i / C, column i % C
+        "const long long col = i % C;\n"
+        "const bool is_label = (col == (long long)y);\n"
+        "delta = gpubp::softmax_minus_y(z, zmax, sumexp, is_label, scale);\n"
+        "if (is_label) loss_rows[i / C] = gpubp::row_loss(z, zmax, sumexp, scale);",
+        "ops.softmax_minus_y")
+    specs["gpubp_sgd_momentum"] = ElementwiseSpec(
+        "gpubp_sgd_momentum", "T g, T lr, T mu, bool nesterov", "T p, T v",
+        "gpubp::sgd_momentum(p, v, g, lr, mu, nesterov)", "ops.sgd_momentum_update")
+    specs["gpubp_adam"] = ElementwiseSpec(
+        "gpubp_adam",
+        "T g, T lr_t, T beta1, T one_minus_beta1, T beta2, T one_minus_beta2, T eps",
+        "T p, T m, T v",
+        "gpubp::adam(p, m, v, g, lr_t, beta1, one_minus_beta1, beta2, one_minus_beta2, eps)",
+        "ops.adam_update")
+    return specs
+
+
+ELEMENTWISE_SPECS = _specs()
+
+
+def source_dir() -> Path:
+    """Folder holding the CUDA sources: kernels/ of a source checkout or an editable install,
+    else gpubp/_cuda/ inside an installed wheel."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parent / "kernels", here / "_cuda"):
+        if (candidate / "gpubp_math.cuh").is_file():
+            return candidate
+    raise FileNotFoundError(
+        f"gpubp's CUDA sources (gpubp_math.cuh) are in neither {here.parent / 'kernels'} nor "
+        f"{here / '_cuda'}; reinstall gpubp"
+    )
+
+
+@functools.lru_cache(maxsize=None)
+def read_source(name: str) -> str:
+    """Text of one file of the CUDA sources."""
+    return (source_dir() / name).read_text()
+
+
+@functools.lru_cache(maxsize=None)
+def _elementwise(name: str):
+    import cupy
+
+    spec = ELEMENTWISE_SPECS[name]
+    return cupy.ElementwiseKernel(spec.in_params, spec.out_params, spec.operation, spec.name,
+                                  preamble=read_source("gpubp_math.cuh"))
+
+
+@functools.lru_cache(maxsize=None)
+def _row_sumexp():
+    """sumexp[i] = sum_j exp(z[i, j] - zmax[i]) over the reduced axis."""
+    import cupy
+
+    return cupy.ReductionKernel("T z, T zmax", "T sumexp", "gpubp::math_exp(z - zmax)", "a + b",
+                                "sumexp = a", "0", "gpubp_row_sumexp",
+                                preamble=read_source("gpubp_math.cuh"))
+
+
+@functools.lru_cache(maxsize=None)
+def _rows_module():
+    import cupy
+
+    return cupy.RawModule(code=read_source("gpubp_math.cuh") + read_source("softmax_rows.cu"))
+
+
+def bias_activation(xp, z, b, name: str):
+    """a = f(z + b) in one pass, written over z. z: (n, width); b: (width,). Twin: ops.bias_activation."""
+    _elementwise(f"gpubp_bias_{name}")(z, b, z)
+    return z
+
+
+def backprop_delta(xp, g, a, name: str):
+    """BP2's g * f'(a) in one pass, written over g = delta_next @ W.T. Twin: ops.backprop_delta."""
+    if name != "identity":
+        _elementwise(f"gpubp_backprop_delta_{name}")(a, g)
+    return g
+
+
+def softmax_minus_y(xp, z, y, sample_weight=None):
+    """BP1 and the loss: delta (n, C) = (softmax(z) - Y) * scale, loss = sum of row losses.
+
+    A max and a sum-of-exp reduction per row, then one ElementwiseKernel writes delta and each
+    row's loss. z: (n, C), any strides; y: (n,) int labels checked on the host.
+    Twin: ops.softmax_minus_y.
+    """
+    n, C = z.shape
+    scale = row_scale(n, z.dtype, sample_weight)  # scalar or (n, 1)
+    zmax = z.max(axis=1, keepdims=True)  # (n, 1)
+    sumexp = _row_sumexp()(z, zmax, axis=1, keepdims=True)  # (n, 1)
+    delta = xp.empty((n, C), dtype=z.dtype)
+    loss_rows = xp.zeros(n, dtype=z.dtype)
+    _elementwise("gpubp_softmax_minus_y")(z, zmax, sumexp, y.reshape(n, 1), scale, C, delta, loss_rows)
+    return delta, loss_rows.sum()
+
+
+def softmax_minus_y_rows(xp, z, y, sample_weight=None):
+    """softmax_minus_y in a single RawKernel launch, one warp per row. Twin: ops.softmax_minus_y."""
+    n, C = z.shape
+    z = xp.ascontiguousarray(z)
+    y = xp.ascontiguousarray(y, dtype=xp.int64)
+    scale = row_scale(n, z.dtype, sample_weight)  # scalar or (n, 1)
+    scale = xp.full(n, scale, dtype=z.dtype) if sample_weight is None else xp.ascontiguousarray(scale[:, 0])
+    delta = xp.empty((n, C), dtype=z.dtype)
+    loss_rows = xp.empty(n, dtype=z.dtype)
+    suffix = {"float32": "f32", "float64": "f64"}[z.dtype.name]
+    kernel = _rows_module().get_function(f"gpubp_softmax_minus_y_rows_{suffix}")
+    blocks = (n + _WARPS_PER_BLOCK - 1) // _WARPS_PER_BLOCK
+    kernel((blocks,), (32 * _WARPS_PER_BLOCK,), (z, y, scale, delta, loss_rows, xp.int64(n), xp.int64(C)))
+    return delta, loss_rows.sum()
+
+
+def sgd_momentum_update(xp, p, g, v, lr: float, momentum: float, nesterov: bool) -> None:
+    """One pass: v = momentum v - lr g; p += v (or the Nesterov step). Twin: ops.sgd_momentum_update."""
+    t = p.dtype.type
+    _elementwise("gpubp_sgd_momentum")(g, t(lr), t(momentum), bool(nesterov), p, v)
+
+
+def adam_update(xp, p, g, m, v, lr_t: float, beta1: float, beta2: float, eps: float) -> None:
+    """One pass of Adam over p, m and v. Twin: ops.adam_update."""
+    t = p.dtype.type
+    _elementwise("gpubp_adam")(g, t(lr_t), t(beta1), t(1 - beta1), t(beta2), t(1 - beta2), t(eps), p, m, v)

@@ -1,0 +1,72 @@
+"""The machinery of ``gpubp check``, run on the CPU: it passes a faithful implementation, fails
+a wrong one, and the command says plainly when nothing could be compared."""
+
+import types
+
+import numpy as np
+import pytest
+
+from gpubp import MLP, get_backend, ops, parity
+from gpubp.backend import cuda_status
+
+from .test_cli import gpubp
+
+
+def test_compare_reads_worst_error_against_rtol():
+    ok = parity.compare("x", "float64", [1.0, 2.0 + 1e-13], [1.0, 2.0], rtol=1e-12, atol=1e-15)
+    assert ok.passed and ok.worst == pytest.approx(5e-14, rel=1e-3)
+    bad = parity.compare("x", "float64", [1.0, 2.1], [1.0, 2.0], rtol=1e-12, atol=1e-15)
+    assert not bad.passed and bad.worst == pytest.approx(0.05)
+    nan = parity.compare("x", "float32", [np.nan], [1.0], rtol=1e-5, atol=1e-7)
+    assert not nan.passed
+    small = parity.compare("x", "float32", [1e-9], [0.0], rtol=1e-5, atol=1e-7)
+    assert small.passed  # below atol
+
+
+def test_the_numpy_twins_pass_their_own_checks():
+    cpu = get_backend("cpu")
+    results = parity.kernel_checks(cpu, ops)
+    assert results and all(r.passed for r in results), parity.format_table([r for r in results if not r.passed])
+    names = {r.check.split(" [")[0] for r in results}
+    assert {"bias_activation sigmoid", "backprop_delta tanh", "softmax_minus_y weighted delta",
+            "sgd_nesterov_update p", "adam_update v"} <= names
+    assert {r.check.split("[")[1] for r in results} == {"contiguous]", "strided]"}
+
+
+def test_a_wrong_kernel_is_caught():
+    def wrong_backprop_delta(xp, g, a, name):
+        if name == "sigmoid":
+            g *= a  # forgot the (1 - a)
+            return g
+        return ops.backprop_delta(xp, g, a, name)
+
+    broken = types.SimpleNamespace(**{name: getattr(ops, name) for name in (
+        "bias_activation", "softmax_minus_y", "sgd_momentum_update", "adam_update")},
+        backprop_delta=wrong_backprop_delta)
+    failed = [r for r in parity.kernel_checks(get_backend("cpu"), broken) if not r.passed]
+    assert failed and {r.check.split(" [")[0] for r in failed} == {"backprop_delta sigmoid"}
+
+
+def test_model_checks_pass_on_identical_backends():
+    cpu = get_backend("cpu")
+    results = parity.model_checks(cpu, cpu, steps=3)
+    assert len(results) == 2 * (4 + 2) and all(r.passed for r in results)
+    assert "check" in parity.format_table(results).splitlines()[0]
+
+
+def test_labels_are_checked_before_any_kernel_runs(monkeypatch):
+    net = MLP([4, 3], backend="cpu", seed=0)
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("a kernel ran on unchecked labels")
+
+    monkeypatch.setattr(ops, "softmax_minus_y", must_not_run)
+    with pytest.raises(ValueError, match="labels from 0 to 3 but the network has 3 classes"):
+        net.loss_and_grads(np.zeros((2, 4)), np.array([0, 3]))
+
+
+@pytest.mark.skipif(cuda_status().usable, reason="a GPU is usable here")
+def test_check_command_without_a_gpu_compares_nothing():
+    result = gpubp("check")
+    assert result.returncode == 3
+    assert "no usable GPU: " in result.stdout and "nothing was compared" in result.stdout
