@@ -109,7 +109,7 @@ def _row_sumexp():
     import cupy
 
     return cupy.ReductionKernel("T z, T zmax", "T sumexp", "gpubp::math_exp(z - zmax)", "a + b",
-                                "sumexp = a", "0", "gpubp_row_sumexp",
+                                "sumexp = a", "0", "gpubp_row_sumexp", reduce_type="T",
                                 preamble=read_source("gpubp_math.cuh"))
 
 
