@@ -104,3 +104,13 @@ def test_info_reports_versions_and_cuda():
 def test_installed_console_script():
     result = subprocess.run(["gpubp", "--version"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and result.stdout.strip() == "gpubp 0.1.0"
+
+
+def test_plot_without_matplotlib_fails_before_training(monkeypatch, tmp_path, capsys):
+    from gpubp import cli
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if it were not installed
+    status = cli.main(["train", "--plot", str(tmp_path / "curves.png")])
+    err = capsys.readouterr()
+    assert status == 2 and "epoch " not in err.out
+    assert err.err.strip() == "error: gpubp train: --plot: plotting needs matplotlib: pip install 'gpubp[plot]'"
