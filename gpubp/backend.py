@@ -121,8 +121,27 @@ class Backend:
         """Whether ``nbytes`` of data may be kept on this device (always True on the CPU)."""
         if self.name != "cuda":
             return True
-        free, _total = self.xp.cuda.runtime.memGetInfo()
-        return nbytes <= _DEVICE_DATA_SHARE * (free + self.xp.get_default_memory_pool().free_bytes())
+        return nbytes <= _DEVICE_DATA_SHARE * self.free_memory()
+
+    def free_memory(self) -> int | None:
+        """Bytes that can still be allocated: free device memory plus CuPy's cached blocks on
+        "cuda"; the kernel's MemAvailable on a Linux CPU; None where unknown."""
+        if self.name == "cuda":
+            free, _total = self.xp.cuda.runtime.memGetInfo()
+            return free + self.xp.get_default_memory_pool().free_bytes()
+        try:
+            with open("/proc/meminfo") as f:
+                for line in f:
+                    if line.startswith("MemAvailable:"):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        return None
+
+    def release_memory(self) -> None:
+        """Hand CuPy's cached free blocks back to the device (after running out of memory)."""
+        if self.name == "cuda":
+            self.xp.get_default_memory_pool().free_all_blocks()
 
     def __repr__(self) -> str:
         return f"Backend({self.name!r}, {self.device!r})"
@@ -135,6 +154,11 @@ def _is_cupy(a) -> bool:
 def to_numpy(a) -> np.ndarray:
     """Any array (NumPy, CuPy, or array-like) as a NumPy array on the host."""
     return a.get() if _is_cupy(a) else np.asarray(a)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether an exception means an allocation failed (NumPy's MemoryError, CuPy's OutOfMemoryError)."""
+    return isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"
 
 
 def backend_for(a) -> Backend:

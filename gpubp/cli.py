@@ -13,12 +13,24 @@ from pathlib import Path
 from . import __version__
 from .backend import cuda_status, get_backend
 from .data import load_dataset, split, standardize
-from .errors import BackendUnavailableError, DataError, DivergenceError
+from .checkpoint import read_checkpoint
+from .errors import BackendUnavailableError, DataError, DeviceMemoryError, DivergenceError
+from .interrupt import TrainingInterrupted
 from .mlp import MLP
 from .ops import ACTIVATIONS
 from .optim import DEFAULT_LR, OPTIMIZERS
 from .schedules import SCHEDULES
 from .train import fit
+
+
+DEFAULT_CHECKPOINT = "gpubp-checkpoint.npz"
+# Options a resumed run takes from its checkpoint, with the name each has there.
+_FROM_CHECKPOINT_CONFIG = {"optimizer": "optimizer", "lr": "lr", "momentum": "momentum",
+                           "schedule": "schedule", "warmup_epochs": "warmup_epochs",
+                           "batch_size": "batch_size", "val_fraction": "validation_fraction",
+                           "patience": "patience", "seed": "seed", "clip_norm": "clip_norm"}
+_FROM_CHECKPOINT_MODEL = ("hidden", "activation", "dtype", "alpha")
+_FROM_CHECKPOINT_EXTRA = ("dataset", "test_fraction")
 
 
 class _UsageError(Exception):
@@ -98,6 +110,14 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--out", type=Path, help="save the trained model to this .npz file")
     train.add_argument("--plot", type=Path, help="write loss and accuracy curves to this PNG file")
     train.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+    train.add_argument("--clip-norm", type=_positive(float), help="clip gradients to this global L2 norm")
+    train.add_argument("--checkpoint", type=Path,
+                       help=f"checkpoint file (default {DEFAULT_CHECKPOINT}, written only when interrupted)")
+    train.add_argument("--checkpoint-every", type=_positive(int),
+                       help="write the checkpoint every N epochs (default 1 with --checkpoint)")
+    train.add_argument("--resume", type=Path,
+                       help="continue the run saved in this checkpoint (data, model and settings come from it; "
+                            "--epochs may raise the total)")
 
     sub.add_parser("info", help="versions, devices found, and whether CuPy/CUDA is usable")
     sub.add_parser("check", help="compare the GPU kernels and model with the CPU reference "
@@ -105,9 +125,34 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _apply_checkpoint(args) -> None:
+    """Fill args from the checkpoint named by --resume; refuse options that would contradict it."""
+    checkpoint = read_checkpoint(args.resume)
+    defaults = vars(_parser().parse_args(["train"]))
+    fixed = [*_FROM_CHECKPOINT_CONFIG, *_FROM_CHECKPOINT_MODEL, *_FROM_CHECKPOINT_EXTRA]
+    given = [name for name in fixed if getattr(args, name) != defaults[name]]
+    if given:
+        option = "--" + given[0].replace("_", "-")
+        raise _UsageError(f"gpubp train: {option} cannot be changed when resuming: it comes from {args.resume}")
+    meta = checkpoint.meta
+    if not all(key in meta["extra"] for key in _FROM_CHECKPOINT_EXTRA):
+        raise _UsageError(f"gpubp train: {args.resume} was not written by gpubp train; "
+                          "resume it with gpubp.fit(..., resume=PATH)")
+    for name, key in _FROM_CHECKPOINT_CONFIG.items():
+        setattr(args, name, meta["config"][key])
+    args.hidden = meta["model"]["sizes"][1:-1]
+    args.activation, args.dtype, args.alpha = (meta["model"][k] for k in ("activation", "dtype", "alpha"))
+    for name in _FROM_CHECKPOINT_EXTRA:
+        setattr(args, name, meta["extra"][name])
+    if args.epochs == defaults["epochs"]:
+        args.epochs = meta["config"]["epochs"]
+    if args.checkpoint is None:
+        args.checkpoint = args.resume
+
+
 def _check_outputs(args) -> None:
     """Fail before training when an output cannot be written."""
-    for option, path in (("--out", args.out), ("--plot", args.plot)):
+    for option, path in (("--out", args.out), ("--plot", args.plot), ("--checkpoint", args.checkpoint)):
         if path is not None and not path.parent.is_dir():
             raise _UsageError(f"gpubp train: {option} {path}: folder {path.parent} does not exist")
     if args.plot is not None:
@@ -120,6 +165,8 @@ def _check_outputs(args) -> None:
 
 
 def _train(args) -> int:
+    if args.resume is not None:
+        _apply_checkpoint(args)
     _check_outputs(args)
     backend = get_backend(args.device)
     note = "" if backend.name == "cuda" or args.device != "auto" else f"  [no GPU: {cuda_status().reason}]"
@@ -140,11 +187,17 @@ def _train(args) -> int:
           f"{net.n_params:,} parameters; {args.optimizer}, {args.epochs} epochs of batch {args.batch_size}",
           flush=True)
     verbose = 0 if args.quiet else (2 if sys.stderr.isatty() else 1)
+    dataset = args.dataset if args.dataset == "digits" else str(Path(args.dataset).resolve())
+    checkpoint_every = args.checkpoint_every or (1 if args.checkpoint is not None else None)
+    if args.resume is not None:
+        print(f"resuming: {args.resume}", flush=True)
     history = fit(
         net, train_set.X, train_set.y, epochs=args.epochs, batch_size=args.batch_size,
         optimizer=args.optimizer, lr=args.lr, momentum=args.momentum, schedule=args.schedule,
         warmup_epochs=args.warmup_epochs, validation_fraction=args.val_fraction,
-        patience=args.patience, seed=args.seed, verbose=verbose,
+        patience=args.patience, seed=args.seed, clip_norm=args.clip_norm, verbose=verbose,
+        checkpoint=str(args.checkpoint or DEFAULT_CHECKPOINT), checkpoint_every=checkpoint_every,
+        resume=args.resume, checkpoint_extra={"dataset": dataset, "test_fraction": args.test_fraction},
     )
     test_loss, test_acc = net.evaluate(test_set.X, test_set.y)
     print(f"trained {history.epochs} epochs in {sum(history.seconds):.1f}s"
@@ -214,9 +267,13 @@ def main(argv=None) -> int:
     except (DataError, BackendUnavailableError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except DivergenceError as exc:
+    except (DivergenceError, DeviceMemoryError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except TrainingInterrupted as exc:
+        resume = f"; resume with: gpubp train --resume {exc.checkpoint}" if exc.checkpoint else ""
+        print(f"{exc}{resume}", file=sys.stderr)
+        return exc.exit_status
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -11,3 +11,7 @@ class DataError(ValueError):
 
 class DivergenceError(FloatingPointError):
     """Training produced a non-finite loss; the message names the epoch and suggests a fix."""
+
+
+class DeviceMemoryError(MemoryError):
+    """Training ran out of device (or host) memory; the message suggests a batch size that fits."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import ops
-from .backend import Backend, get_backend
+from .backend import Backend, get_backend, is_out_of_memory
 from .validation import check_dtype, check_positive_int, check_sample_weight, check_sizes, check_X, check_y
 
 
@@ -175,8 +175,26 @@ class MLP:
 
     # ------------------------------------------------------------------ prediction
 
+    def _logit_batches(self, X, batch_size: int):
+        """(start, stop, logits) over the rows of a checked X, batch by batch. A batch that runs
+        out of memory is retried at half the size, down to one row, before giving up."""
+        start, n = 0, X.shape[0]
+        while start < n:
+            stop = min(start + batch_size, n)
+            try:
+                _, zL = self._forward(self.backend.asarray(X[start:stop], self.dtype))
+            except Exception as exc:
+                if not is_out_of_memory(exc) or stop - start == 1:
+                    raise
+                self.backend.release_memory()
+                batch_size = max(1, (stop - start) // 2)
+                continue
+            yield start, stop, zL
+            start = stop
+
     def predict_proba(self, X, batch_size: int = 4096):
-        """Class probabilities, computed ``batch_size`` rows at a time so memory stays bounded.
+        """Class probabilities, computed ``batch_size`` rows at a time so memory stays bounded
+        (a batch that does not fit in memory is split further).
 
         Parameters
         ----------
@@ -189,11 +207,9 @@ class MLP:
         """
         check_positive_int(batch_size, "batch_size")
         X = self._check_X(X)
-        n = X.shape[0]
-        P = self.xp.empty((n, self.n_classes), dtype=self.dtype)  # (n, C)
-        for start in range(0, n, batch_size):
-            _, zL = self._forward(self.backend.asarray(X[start : start + batch_size], self.dtype))
-            P[start : start + batch_size] = ops.softmax(self.xp, zL)
+        P = self.xp.empty((X.shape[0], self.n_classes), dtype=self.dtype)  # (n, C)
+        for start, stop, zL in self._logit_batches(X, batch_size):
+            P[start:stop] = ops.softmax(self.xp, zL)
         return P
 
     def predict(self, X, batch_size: int = 4096):
@@ -220,12 +236,10 @@ class MLP:
 
     def _evaluate(self, X, y, batch_size: int) -> tuple[float, float]:
         """evaluate() on checked arrays, host or device."""
-        xp = self.xp
         loss_sum, correct = 0.0, 0
-        for start in range(0, X.shape[0], batch_size):
-            _, zL = self._forward(self.backend.asarray(X[start : start + batch_size], self.dtype))
-            yb = self.backend.asarray(y[start : start + batch_size])
-            loss_sum = loss_sum + ops.cross_entropy(xp, zL, yb) * yb.shape[0]
+        for start, stop, zL in self._logit_batches(X, batch_size):
+            yb = self.backend.asarray(y[start:stop])
+            loss_sum = loss_sum + ops.cross_entropy(self.xp, zL, yb) * (stop - start)
             correct = correct + (zL.argmax(axis=1) == yb).sum()
         return float(loss_sum) / X.shape[0], int(correct) / X.shape[0]
 

@@ -58,6 +58,15 @@ class SGD:
     def __repr__(self) -> str:
         return f"SGD(momentum={self.momentum}, nesterov={self.nesterov})"
 
+    def state(self) -> tuple[dict, dict]:
+        """(settings and step count, state arrays by name) for a checkpoint."""
+        arrays = {f"velocity_{i}": v for i, v in enumerate(self.velocity or [])}
+        return {"name": "sgd", "momentum": self.momentum, "nesterov": self.nesterov}, arrays
+
+    def load_state(self, arrays: dict, params) -> None:
+        """Restore the arrays of :meth:`state` next to ``params`` (same device and dtype)."""
+        self.velocity = _restore(arrays, "velocity", params)
+
     def step(self, params, grads, lr: float) -> None:
         """Update every array of ``params`` in place from the matching array of ``grads``."""
         if self.momentum == 0:
@@ -91,6 +100,17 @@ class Adam:
     def __repr__(self) -> str:
         return f"Adam(beta1={self.beta1}, beta2={self.beta2}, eps={self.eps})"
 
+    def state(self) -> tuple[dict, dict]:
+        """(settings and step count, state arrays by name) for a checkpoint."""
+        arrays = {f"m_{i}": m for i, m in enumerate(self.m or [])}
+        arrays.update({f"v_{i}": v for i, v in enumerate(self.v or [])})
+        return {"name": "adam", "beta1": self.beta1, "beta2": self.beta2, "eps": self.eps, "t": self.t}, arrays
+
+    def load_state(self, arrays: dict, params) -> None:
+        """Restore the arrays of :meth:`state` next to ``params`` (same device and dtype)."""
+        self.m = _restore(arrays, "m", params)
+        self.v = _restore(arrays, "v", params)
+
     def step(self, params, grads, lr: float) -> None:
         """Update every array of ``params`` in place from the matching array of ``grads``."""
         if self.m is None:
@@ -102,6 +122,46 @@ class Adam:
         for p, g, m, v in zip(params, grads, self.m, self.v):
             b = backend_for(p)
             b.kernels.adam_update(b.xp, p, g, m, v, lr_t, b1, b2, self.eps)
+
+
+def _restore(arrays: dict, prefix: str, params) -> list | None:
+    """State arrays prefix_0.. moved next to params, or None when the optimizer had not stepped."""
+    found = [arrays[f"{prefix}_{i}"] for i in range(len(params)) if f"{prefix}_{i}" in arrays]
+    if not found:
+        return None
+    if len(found) != len(params):
+        raise ValueError(f"optimizer state has {len(found)} '{prefix}' arrays for {len(params)} parameters")
+    restored = []
+    for p, a in zip(params, found):
+        if tuple(a.shape) != p.shape:
+            raise ValueError(f"optimizer state '{prefix}' of shape {a.shape} does not fit a parameter of shape {p.shape}")
+        r = _zeros_like(p)
+        r[...] = backend_for(p).asarray(a, p.dtype)
+        restored.append(r)
+    return restored
+
+
+def optimizer_from_state(settings: dict):
+    """A fresh SGD or Adam with the settings (and Adam's step count) of :meth:`state`."""
+    if settings.get("name") == "sgd":
+        return SGD(settings["momentum"], settings["nesterov"])
+    if settings.get("name") == "adam":
+        opt = Adam(settings["beta1"], settings["beta2"], settings["eps"])
+        opt.t = int(settings["t"])
+        return opt
+    raise ValueError(f"unknown optimizer state {settings!r}")
+
+
+def clip_by_global_norm(xp, grads, max_norm: float):
+    """Scale all gradients in place by min(1, max_norm / ||grads||), the norm over all of them.
+
+    Returns the norm before clipping (a 0-d array on the gradients' device; no host sync).
+    """
+    norm = xp.sqrt(sum(xp.vdot(g, g) for g in grads))
+    factor = xp.minimum(1, max_norm / (norm + 1e-12))
+    for g in grads:
+        g *= factor
+    return norm
 
 
 OPTIMIZERS = ("adam", "sgd", "momentum", "nesterov")

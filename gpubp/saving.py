@@ -9,6 +9,7 @@ never leaves a half-written model where a good one was.
 
 from __future__ import annotations
 
+import glob
 import os
 import tempfile
 import zipfile
@@ -23,10 +24,17 @@ FORMAT_VERSION = 1
 
 
 def atomic_write(path, write) -> Path:
-    """Call ``write(file)`` on a temporary file beside ``path``, fsync it, rename it to ``path``."""
+    """Call ``write(file)`` on a temporary file beside ``path``, fsync it, rename it to ``path``.
+
+    A crash or kill at any moment leaves either the old file or the new one at ``path``. A
+    temporary file that a killed writer left beside ``path`` is removed on the next write.
+    """
     path = Path(path)
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -35,7 +43,28 @@ def atomic_write(path, write) -> Path:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync_folder(path.parent)
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (where the platform allows opening folders)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def save_model(net: MLP, path, extra: dict | None = None) -> Path:

@@ -1,29 +1,43 @@
-"""Mini-batch training: shuffling, validation, early stopping, callbacks, progress and history.
+"""Mini-batch training: shuffling, validation, early stopping, callbacks, progress, history,
+checkpoints, resuming, and stopping cleanly on a signal, divergence or lack of memory.
 
 ``fit(net, X, y, ...)`` checks its settings once (:class:`TrainConfig`) and hands them to a
 :class:`Trainer`. The training set is moved to the device once when it fits (else batches are
 sent from the host); each epoch draws a permutation from a seeded host generator, and batches are
 gathered by index on the device. Arrays stay in the network's dtype throughout.
+
+Everything that decides what the next step computes -- parameters, optimizer state, step count,
+the shuffling generator's state and the current epoch's row order -- is in the checkpoint, so a
+resumed run ends with exactly the parameters of an uninterrupted one (bitwise, on the CPU).
 """
 
 from __future__ import annotations
 
 import math
+import re
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 from sklearn.model_selection import train_test_split
 from tqdm.auto import tqdm
 
-from .errors import DivergenceError
+from . import __version__
+from .backend import is_out_of_memory
+from .checkpoint import Checkpoint, data_fingerprint, read_checkpoint, write_checkpoint
+from .errors import DeviceMemoryError, DivergenceError
+from .interrupt import TrainingInterrupted, catch_stop_signals
 from .mlp import MLP
-from .optim import DEFAULT_LR, OPTIMIZERS, SGD, Adam, check_lr, make_optimizer
+from .optim import (DEFAULT_LR, OPTIMIZERS, SGD, Adam, check_lr, clip_by_global_norm, make_optimizer,
+                    optimizer_from_state)
 from .schedules import SCHEDULES, Schedule
 from .validation import check_positive_int, check_X, check_y
 
 Callback = Callable[[int, dict], "bool | None"]
+# Settings a resumed run may change; all others must equal the checkpoint's.
+_CHANGEABLE_ON_RESUME = ("epochs", "verbose", "checkpoint", "checkpoint_every")
 
 
 @dataclass
@@ -43,6 +57,9 @@ class TrainConfig:
     restore_best: bool = True
     shuffle: bool = True
     seed: int | None = None
+    clip_norm: float | None = None
+    checkpoint: str | None = None
+    checkpoint_every: int | None = None
     verbose: int = 0
 
     def __post_init__(self):
@@ -70,6 +87,18 @@ class TrainConfig:
             check_positive_int(self.patience, "patience")
         if not (isinstance(self.min_delta, (int, float)) and self.min_delta >= 0):
             raise ValueError(f"min_delta must be a number >= 0, got {self.min_delta!r}")
+        if self.clip_norm is not None and not (
+            isinstance(self.clip_norm, (int, float)) and math.isfinite(self.clip_norm) and self.clip_norm > 0
+        ):
+            raise ValueError(f"clip_norm must be a finite number > 0, got {self.clip_norm!r}")
+        if self.checkpoint is not None:
+            self.checkpoint = str(self.checkpoint)
+            if not Path(self.checkpoint).parent.is_dir():
+                raise ValueError(f"checkpoint {self.checkpoint}: folder {Path(self.checkpoint).parent} does not exist")
+        if self.checkpoint_every is not None:
+            check_positive_int(self.checkpoint_every, "checkpoint_every")
+            if self.checkpoint is None:
+                raise ValueError("checkpoint_every needs a checkpoint path")
         if self.verbose not in (0, 1, 2):
             raise ValueError(f"verbose must be 0, 1 or 2, got {self.verbose!r}")
 
@@ -82,6 +111,12 @@ class TrainConfig:
         if self.optimizer.nesterov:
             return "nesterov"
         return "momentum" if self.optimizer.momentum else "sgd"
+
+    def as_dict(self) -> dict:
+        """The settings as plain values (an optimizer instance by its name)."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values["optimizer"] = self.optimizer_name
+        return values
 
 
 @dataclass
@@ -105,7 +140,28 @@ class History:
         return asdict(self)
 
 
-def fit(net: MLP, X, y, *, validation_data=None, callbacks: tuple[Callback, ...] = (), **settings) -> History:
+@dataclass
+class RunState:
+    """Where a run stands; with the parameters and optimizer state, all a checkpoint needs."""
+
+    epoch: int = 0  # epochs completed
+    step: int = 0  # optimizer steps taken
+    position: int = 0  # rows of the current epoch already trained (0 between epochs)
+    loss_sum: float = 0.0  # their summed loss
+    epoch_seconds: float = 0.0  # time spent in the current epoch before a stop
+    rng_state: dict | None = None  # shuffling generator, after drawing the current order
+    split_seed: int = 0  # seed of the validation split
+    best_score: float = math.inf
+    waited: int = 0  # epochs without improvement
+    order: np.ndarray | None = None  # current epoch's row order (host), None between epochs
+    best_params: list | None = None  # best epoch's parameters (device), for restore_best
+
+    SCALARS = ("epoch", "step", "position", "loss_sum", "epoch_seconds", "rng_state", "split_seed",
+               "best_score", "waited")
+
+
+def fit(net: MLP, X, y, *, validation_data=None, callbacks: tuple[Callback, ...] = (), resume=None,
+        checkpoint_extra: dict | None = None, **settings) -> History:
     """Train ``net`` in place by mini-batch gradient descent and return its history.
 
     Parameters
@@ -120,6 +176,12 @@ def fit(net: MLP, X, y, *, validation_data=None, callbacks: tuple[Callback, ...]
     callbacks : sequence of callables ``cb(epoch, logs) -> bool | None``
         Called after every epoch with ``logs`` holding that epoch's ``train_loss``, ``val_loss``,
         ``val_accuracy``, ``lr`` and ``seconds``; returning True stops training.
+    resume : path, optional
+        A checkpoint to continue from. The network, data and settings must be the ones it was
+        written with (``epochs``, ``verbose`` and the checkpoint settings may change); the
+        parameters, optimizer state and history continue from it.
+    checkpoint_extra : dict, optional
+        JSON-able values stored in each checkpoint's ``meta["extra"]``.
     epochs : int, default 20
     batch_size : int, default 64
         The last batch of an epoch may be smaller.
@@ -143,6 +205,12 @@ def fit(net: MLP, X, y, *, validation_data=None, callbacks: tuple[Callback, ...]
     shuffle : bool, default True
     seed : int, optional
         Seeds the shuffling and the validation split.
+    clip_norm : float, optional
+        Scale the gradients so that their global L2 norm is at most this.
+    checkpoint : path, optional
+        Checkpoint file, written when training is interrupted by SIGINT/SIGTERM and, with
+        ``checkpoint_every``, every that many epochs and after the last one.
+    checkpoint_every : int, optional
     verbose : {0, 1, 2}, default 0
         1 prints a line per epoch, 2 adds a progress bar over each epoch's batches.
 
@@ -153,18 +221,26 @@ def fit(net: MLP, X, y, *, validation_data=None, callbacks: tuple[Callback, ...]
     Raises
     ------
     ValueError
-        For bad settings or data (the message names which).
+        For bad settings or data, or a checkpoint that does not match (the message says which).
+    gpubp.DataError
+        For an unreadable, corrupted or foreign checkpoint.
     DivergenceError
-        When the training loss becomes NaN or infinite.
+        When a training loss or a parameter becomes NaN or infinite (names the epoch and step).
+    DeviceMemoryError
+        When a step does not fit in memory (suggests a batch size that would).
+    TrainingInterrupted
+        On SIGINT or SIGTERM, after the current step and the checkpoint.
     """
     config = TrainConfig(**settings)
-    return Trainer(net, config, callbacks).run(X, y, validation_data)
+    trainer = Trainer(net, config, callbacks, checkpoint_extra)
+    return trainer.run(X, y, validation_data, resume)
 
 
 class Trainer:
     """Runs the epochs of one :class:`TrainConfig` on one network."""
 
-    def __init__(self, net: MLP, config: TrainConfig, callbacks: tuple[Callback, ...] = ()):
+    def __init__(self, net: MLP, config: TrainConfig, callbacks: tuple[Callback, ...] = (),
+                 checkpoint_extra: dict | None = None):
         if not isinstance(net, MLP):
             raise ValueError(f"net must be a gpubp.MLP, got {type(net).__name__}")
         for cb in callbacks:
@@ -173,14 +249,20 @@ class Trainer:
         self.net = net
         self.config = config
         self.callbacks = tuple(callbacks)
+        self.extra = dict(checkpoint_extra or {})
         self.optimizer = (
             make_optimizer(config.optimizer, config.momentum)
             if isinstance(config.optimizer, str)
             else config.optimizer
         )
-        self.rng = np.random.default_rng(config.seed)
+        self.state = RunState()
+        self.history = History(device=net.backend.device)
+        self.last_checkpoint: str | None = None
+        self._fingerprint: str | None = None
 
-    def _split(self, X, y, validation_data):
+    # ------------------------------------------------------------------ setting up
+
+    def _split(self, X, y, validation_data, split_seed: int):
         """Training and validation arrays on the host, checked; validation may be None."""
         net = self.net
         X = check_X(X, net.sizes[0])
@@ -201,80 +283,150 @@ class Trainer:
             )
         try:
             X, Xv, y, yv = train_test_split(
-                X, y, test_size=self.config.validation_fraction, stratify=y,
-                random_state=int(self.rng.integers(2**31)),
+                X, y, test_size=self.config.validation_fraction, stratify=y, random_state=split_seed
             )
         except ValueError as exc:
             raise ValueError(f"cannot hold out validation_fraction={self.config.validation_fraction}: {exc}") from None
         return X, y, (Xv, yv)
 
-    def run(self, X, y, validation_data=None) -> History:
+    def _check_resumable(self, checkpoint: Checkpoint) -> None:
+        net, meta = self.net, checkpoint.meta
+        mine = {"sizes": net.sizes, "activation": net.activation, "dtype": net.dtype.name, "alpha": net.alpha}
+        if meta["model"] != mine:
+            raise ValueError(f"{checkpoint.path} holds the network {meta['model']}, not {mine}")
+        now = self.config.as_dict()
+        changed = [f"{k}={meta['config'].get(k)!r} there, {now[k]!r} here" for k in now
+                   if k not in _CHANGEABLE_ON_RESUME and meta["config"].get(k) != now[k]]
+        if changed:
+            raise ValueError(f"resuming {checkpoint.path} needs its training settings: " + "; ".join(changed))
+        if self.config.epochs < meta["state"]["epoch"]:
+            raise ValueError(f"{checkpoint.path} has trained {meta['state']['epoch']} epochs, "
+                             f"more than epochs={self.config.epochs}")
+
+    def _restore(self, checkpoint: Checkpoint) -> None:
+        net, meta = self.net, checkpoint.meta
+        net.set_params(checkpoint.params)
+        self.optimizer = optimizer_from_state(meta["optimizer"])
+        self.optimizer.load_state(checkpoint.prefixed("opt_"), net.params)
+        self.state = RunState(**{k: meta["state"][k] for k in RunState.SCALARS})
+        self.state.order = checkpoint.arrays.get("order")
+        best = checkpoint.prefixed("best_")
+        if best:
+            self.state.best_params = [net.backend.asarray(best[str(i)], net.dtype) for i in range(len(best))]
+        self.history = History(**{**meta["history"], "device": net.backend.device})
+        self.last_checkpoint = str(checkpoint.path)
+
+    def run(self, X, y, validation_data=None, resume=None) -> History:
         """Train for the configured epochs (or until stopped) and return the history."""
         net, cfg, backend = self.net, self.config, self.net.backend
-        X, y, validation = self._split(X, y, validation_data)
+        checkpoint = read_checkpoint(resume) if resume is not None else None
+        if checkpoint is not None:
+            self._check_resumable(checkpoint)
+        rng = np.random.default_rng(cfg.seed)
+        split_seed = checkpoint.meta["state"]["split_seed"] if checkpoint else int(rng.integers(2**31))
+        X, y, validation = self._split(X, y, validation_data, split_seed)
         X = np.ascontiguousarray(X, dtype=net.dtype)
-        n = X.shape[0]
+        if cfg.checkpoint is not None or checkpoint is not None:
+            self._fingerprint = data_fingerprint(X, y)
+        if checkpoint is not None:
+            if checkpoint.meta["data"] != self._fingerprint:
+                raise ValueError(f"the training data differ from those {checkpoint.path} was trained on")
+            self._restore(checkpoint)
+        else:
+            self.state = RunState(rng_state=rng.bit_generator.state, split_seed=split_seed)
         on_device = backend.fits(X.nbytes)
         if on_device:
             X, y = backend.asarray(X), backend.asarray(y)
         if validation is not None and backend.fits(validation[0].nbytes):
             validation = (backend.asarray(validation[0], net.dtype), backend.asarray(validation[1]))
+        with catch_stop_signals() as stop:
+            self._epochs(X, y, validation, on_device, stop)
+        history, best = self.history, self.state.best_params
+        if best is not None and history.best_epoch != history.epochs:
+            net.set_params(best)
+        return history
+
+    # ------------------------------------------------------------------ the loop
+
+    def _epochs(self, X, y, validation, on_device: bool, stop) -> None:
+        net, cfg, state, backend = self.net, self.config, self.state, self.net.backend
+        n = X.shape[0]
         steps_per_epoch = math.ceil(n / cfg.batch_size)
         schedule = Schedule(cfg.lr, cfg.epochs * steps_per_epoch, cfg.schedule,
                             cfg.warmup_epochs * steps_per_epoch)
-        history = History(device=backend.device)
-        best_score, best_params, waited, step = math.inf, None, 0, 0
-
-        for epoch in range(1, cfg.epochs + 1):
-            t0 = time.perf_counter()
-            order = self.rng.permutation(n) if cfg.shuffle else np.arange(n)
-            if on_device:
-                order = backend.asarray(order)
-            bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}", leave=False,
-                       disable=cfg.verbose < 2)
-            loss_sum = 0.0
-            for start in range(0, n, cfg.batch_size):
+        rng = np.random.default_rng()
+        rng.bit_generator.state = state.rng_state
+        for epoch in range(state.epoch + 1, cfg.epochs + 1):
+            t0 = time.perf_counter() - state.epoch_seconds
+            if state.position == 0:
+                state.order = rng.permutation(n) if cfg.shuffle else np.arange(n)
+                state.rng_state = rng.bit_generator.state
+                state.loss_sum = 0.0
+            order = backend.asarray(state.order) if on_device else state.order
+            losses, loss_sum = [], state.loss_sum
+            bar = tqdm(total=steps_per_epoch, initial=state.position // cfg.batch_size,
+                       desc=f"epoch {epoch}", leave=False, disable=cfg.verbose < 2)
+            for start in range(state.position, n, cfg.batch_size):
                 idx = order[start : start + cfg.batch_size]
-                Xb, yb = backend.asarray(X[idx]), backend.asarray(y[idx])
-                loss, dW, db = net._loss_and_grads(Xb, yb)
-                lr = schedule(step)
-                self.optimizer.step(net.params, dW + db, lr)
-                loss_sum = loss_sum + loss * yb.shape[0]
-                step += 1
+                loss = self._step(X, y, idx, schedule(state.step), epoch)
+                losses.append(loss)
+                loss_sum = loss_sum + loss * idx.shape[0]
+                state.step += 1
+                state.position = start + idx.shape[0]
                 bar.update()
+                if stop.signum is not None:
+                    bar.close()
+                    self._interrupt(stop.signum, epoch, losses, loss_sum, t0)
             bar.close()
-            train_loss = float(loss_sum) / n
-            if not math.isfinite(train_loss):
-                raise DivergenceError(
-                    f"training diverged in epoch {epoch}: the mean training loss is {train_loss}; "
-                    f"try a lower learning rate than {cfg.lr:g}"
-                )
-            logs = {"train_loss": train_loss, "val_loss": None, "val_accuracy": None, "lr": lr}
+            self._check_finite(epoch, losses)
+            logs = {"train_loss": float(loss_sum) / n, "val_loss": None, "val_accuracy": None,
+                    "lr": schedule(max(state.step - 1, 0))}
             if validation is not None:
                 logs["val_loss"], logs["val_accuracy"] = net._evaluate(*validation, batch_size=4096)
             logs["seconds"] = time.perf_counter() - t0
-            self._record(history, logs)
+            state.epoch, state.position, state.order, state.loss_sum, state.epoch_seconds = epoch, 0, None, 0.0, 0.0
+            self._record(logs)
             if cfg.verbose:
                 tqdm.write(_epoch_line(epoch, cfg.epochs, logs))
-
-            monitored = logs["val_loss"] if validation is not None else train_loss
-            if monitored < best_score - cfg.min_delta:
-                best_score, waited, history.best_epoch = monitored, 0, epoch
-                if cfg.patience is not None and cfg.restore_best:
-                    best_params = net.get_params()
-            else:
-                waited += 1
-            stop = any([bool(cb(epoch, dict(logs))) for cb in self.callbacks])  # call every one
-            if cfg.patience is not None and waited >= cfg.patience:
-                history.stopped_early = stop = True
-            if stop:
+            halt = self._early_stopping(epoch, logs)
+            halt = any([bool(cb(epoch, dict(logs))) for cb in self.callbacks]) or halt  # call every one
+            if cfg.checkpoint_every and (epoch % cfg.checkpoint_every == 0 or halt or epoch == cfg.epochs):
+                self.save(cfg.checkpoint)
+            if halt:
                 break
-        if best_params is not None and history.best_epoch != history.epochs:
-            net.set_params(best_params)
-        return history
 
-    @staticmethod
-    def _record(history: History, logs: dict) -> None:
+    def _step(self, X, y, idx, lr: float, epoch: int):
+        """One optimizer step on the rows idx; returns the batch loss (0-d, on the device)."""
+        net, backend = self.net, self.net.backend
+        try:
+            loss, dW, db = net._loss_and_grads(backend.asarray(X[idx]), backend.asarray(y[idx]))
+            grads = dW + db
+            if self.config.clip_norm is not None:
+                clip_by_global_norm(net.xp, grads, self.config.clip_norm)
+            self.optimizer.step(net.params, grads, lr)
+        except Exception as exc:
+            if is_out_of_memory(exc):
+                backend.release_memory()
+                raise DeviceMemoryError(self._memory_advice(exc, epoch)) from None
+            raise
+        return loss
+
+    def _early_stopping(self, epoch: int, logs: dict) -> bool:
+        """Track the best epoch; True when patience has run out."""
+        cfg, state, history = self.config, self.state, self.history
+        monitored = logs["val_loss"] if logs["val_loss"] is not None else logs["train_loss"]
+        if monitored < state.best_score - cfg.min_delta:
+            state.best_score, state.waited, history.best_epoch = monitored, 0, epoch
+            if cfg.patience is not None and cfg.restore_best:
+                state.best_params = self.net.get_params()
+        else:
+            state.waited += 1
+        if cfg.patience is not None and state.waited >= cfg.patience:
+            history.stopped_early = True
+        return history.stopped_early
+
+    def _record(self, logs: dict) -> None:
+        history = self.history
         history.train_loss.append(logs["train_loss"])
         history.lr.append(logs["lr"])
         history.seconds.append(logs["seconds"])
@@ -282,9 +434,80 @@ class Trainer:
             history.val_loss.append(logs["val_loss"])
             history.val_accuracy.append(logs["val_accuracy"])
 
+    # ------------------------------------------------------------------ stopping
+
+    def _check_finite(self, epoch: int, losses: list) -> None:
+        """DivergenceError naming the first step whose loss (or the parameters) went non-finite."""
+        xp = self.net.xp
+        bad = None
+        if losses:
+            finite = xp.isfinite(xp.stack([xp.asarray(loss) for loss in losses]))
+            if not bool(finite.all()):
+                bad = int(xp.argmin(finite))
+        if bad is None and all(bool(xp.isfinite(p).all()) for p in self.net.params):
+            return
+        step = self.state.step - len(losses) + (bad if bad is not None else len(losses) - 1) + 1
+        what = "the loss" if bad is not None else "a parameter"
+        kept = (f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint
+                else "no checkpoint was written")
+        raise DivergenceError(
+            f"training diverged in epoch {epoch} at step {step}: {what} became NaN or infinite; "
+            f"{kept}; try a lower learning rate than {self.config.lr:g}"
+            + ("" if self.config.clip_norm else " or gradient clipping (clip_norm)")
+        )
+
+    def _interrupt(self, signum: int, epoch: int, losses: list, loss_sum, t0: float) -> None:
+        self._check_finite(epoch, losses)
+        self.state.loss_sum = float(loss_sum)
+        self.state.epoch_seconds = time.perf_counter() - t0
+        if self.config.checkpoint is not None:
+            self.save(self.config.checkpoint)
+        raise TrainingInterrupted(signum, self.config.checkpoint, epoch, self.state.step)
+
+    def _memory_advice(self, exc: BaseException, epoch: int) -> str:
+        net, bs, backend = self.net, self.config.batch_size, self.net.backend
+        free = backend.free_memory()
+        asked = re.search(r"allocat(?:e|ing) ([0-9][0-9.,]*(?: ?[KMGT]i?B| bytes)?)", str(exc))
+        per_row = net.dtype.itemsize * sum(net.sizes) * 3  # activations, deltas, temporaries
+        fixed = net.dtype.itemsize * net.n_params * 4  # parameters, gradients, optimizer state
+        fits = int((0.8 * free - fixed) // per_row) if free else 0
+        suggestion = 2 ** int(math.log2(min(max(fits, 1), max(bs // 2, 1))))
+        free_text = f"{free / 2**30:.2f} GiB free" if free is not None else "free memory unknown"
+        return (f"out of {backend.name} memory in epoch {self.state.epoch + 1} "
+                f"(step {self.state.step + 1}) at batch size {bs}: the allocation asked for "
+                f"{asked.group(1) if asked else 'more than was free'}, with {free_text}; "
+                f"batch size {suggestion} should fit (or use a smaller network)")
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def save(self, path) -> Path:
+        """Write the run's checkpoint to ``path`` (atomically)."""
+        net, state = self.net, self.state
+        settings, opt_arrays = self.optimizer.state()
+        meta = {
+            "model": {"sizes": net.sizes, "activation": net.activation, "dtype": net.dtype.name,
+                      "alpha": net.alpha},
+            "optimizer": settings,
+            "config": self.config.as_dict(),
+            "state": {k: getattr(state, k) for k in RunState.SCALARS},
+            "history": self.history.as_dict(),
+            "data": self._fingerprint,
+            "extra": self.extra,
+            "gpubp_version": __version__,
+        }
+        host = net.backend.to_host
+        arrays = {f"param_{i}": host(p) for i, p in enumerate(net.params)}
+        arrays.update({f"opt_{k}": host(v) for k, v in opt_arrays.items()})
+        arrays.update({f"best_{i}": host(p) for i, p in enumerate(state.best_params or [])})
+        if state.position:
+            arrays["order"] = np.asarray(state.order)
+        path = write_checkpoint(path, meta, arrays)
+        self.last_checkpoint = str(path)
+        return path
+
 
 def _epoch_line(epoch: int, epochs: int, logs: dict) -> str:
-    """'epoch  3/20  train_loss 0.1234  val_loss 0.1500  val_acc 0.9583  lr 1.0e-03  0.05s'."""
+    """'epoch  3/20  train_loss 0.1234  val_loss 0.1500  val_acc 0.9583  lr 1.0e-03  0.050s'."""
     width = len(str(epochs))
     parts = [f"epoch {epoch:>{width}}/{epochs}", f"train_loss {logs['train_loss']:.4f}"]
     if logs["val_loss"] is not None:

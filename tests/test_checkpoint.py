@@ -1,0 +1,239 @@
+"""Checkpoints: resume equals uninterrupted (bitwise, on the CPU), interruption by signal,
+divergence, bad files, mismatched resumes, clipping and running out of memory."""
+
+import json
+import os
+import signal
+
+import numpy as np
+import pytest
+
+from gpubp import MLP, DataError, DivergenceError, fit, save_model
+from gpubp.checkpoint import read_checkpoint, write_checkpoint
+from gpubp.errors import DeviceMemoryError
+from gpubp.interrupt import TrainingInterrupted
+from gpubp.optim import SGD, clip_by_global_norm
+
+SETTINGS = dict(epochs=6, batch_size=16, optimizer="nesterov", schedule="cosine", warmup_epochs=1,
+                validation_fraction=0.2, patience=10, seed=3)
+
+
+def problem(n=150, d=5, classes=3, seed=0):
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(scale=2, size=(classes, d))
+    y = rng.integers(0, classes, n)
+    return centers[y] + rng.normal(size=(n, d)), y
+
+
+def new_net(dtype="float64"):
+    return MLP([5, 12, 3], "tanh", backend="cpu", dtype=dtype, seed=1, alpha=1e-3)
+
+
+def assert_same_run(net_a, hist_a, net_b, hist_b):
+    for pa, pb in zip(net_a.params, net_b.params):
+        np.testing.assert_array_equal(pa, pb)
+    assert hist_a.train_loss == hist_b.train_loss
+    assert hist_a.val_loss == hist_b.val_loss and hist_a.lr == hist_b.lr
+    assert hist_a.epochs == hist_b.epochs
+
+
+@pytest.mark.parametrize("optimizer", ["nesterov", "adam"])
+def test_stopped_after_k_epochs_and_resumed_equals_uninterrupted(tmp_path, optimizer):
+    X, y = problem()
+    settings = {**SETTINGS, "optimizer": optimizer}
+    whole = new_net()
+    h_whole = fit(whole, X, y, **settings)
+
+    ckpt = tmp_path / "run.npz"
+    first = new_net()
+    fit(first, X, y, checkpoint=ckpt, checkpoint_every=1, callbacks=[lambda epoch, logs: epoch == 2], **settings)
+    assert read_checkpoint(ckpt).meta["state"]["epoch"] == 2
+    resumed = new_net()  # a fresh process would start from a fresh network
+    h_resumed = fit(resumed, X, y, resume=ckpt, **settings)
+    assert_same_run(whole, h_whole, resumed, h_resumed)
+
+
+def test_interrupted_mid_epoch_by_sigint_and_resumed_equals_uninterrupted(tmp_path, monkeypatch):
+    X, y = problem()
+    whole = new_net()
+    h_whole = fit(whole, X, y, **SETTINGS)
+
+    ckpt = tmp_path / "run.npz"
+    original, steps = SGD.step, []
+
+    def step_then_signal(self, params, grads, lr):
+        original(self, params, grads, lr)
+        steps.append(1)
+        if len(steps) == 17:  # inside epoch 3 (8 steps per epoch)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(SGD, "step", step_then_signal)
+    interrupted = new_net()
+    with pytest.raises(TrainingInterrupted) as info:
+        fit(interrupted, X, y, checkpoint=ckpt, **SETTINGS)
+    monkeypatch.setattr(SGD, "step", original)
+    assert info.value.exit_status == 130 and info.value.step == 17 and info.value.epoch == 3
+    assert info.value.checkpoint == str(ckpt) and "SIGINT" in str(info.value)
+    meta = read_checkpoint(ckpt).meta
+    assert meta["state"]["epoch"] == 2 and meta["state"]["position"] == 16
+    assert [p.name for p in tmp_path.iterdir()] == ["run.npz"]  # no partial files
+
+    resumed = new_net()
+    h_resumed = fit(resumed, X, y, resume=ckpt, **SETTINGS)
+    assert_same_run(whole, h_whole, resumed, h_resumed)
+
+
+def test_sigterm_gives_143_and_a_loadable_checkpoint(tmp_path, monkeypatch):
+    X, y = problem()
+    original = SGD.step
+
+    def step_then_term(self, params, grads, lr):
+        original(self, params, grads, lr)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(SGD, "step", step_then_term)
+    with pytest.raises(TrainingInterrupted) as info:
+        fit(new_net(), X, y, checkpoint=tmp_path / "c.npz", **SETTINGS)
+    assert info.value.exit_status == 143 and info.value.step == 1
+    assert read_checkpoint(tmp_path / "c.npz").meta["state"]["step"] == 1
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers are put back
+
+
+def test_divergence_names_the_step_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    X, y = problem()
+    ckpt = tmp_path / "c.npz"
+    calls = []
+    original = MLP._loss_and_grads
+
+    def nan_at_step_20(self, Xb, yb, sample_weight=None):
+        loss, dW, db = original(self, Xb, yb, sample_weight)
+        calls.append(1)
+        return (loss * np.nan if len(calls) == 20 else loss), dW, db
+
+    monkeypatch.setattr(MLP, "_loss_and_grads", nan_at_step_20)
+    with pytest.raises(DivergenceError, match=rf"epoch 3 at step 20: the loss .*last good checkpoint is {ckpt}"):
+        fit(new_net(), X, y, checkpoint=ckpt, checkpoint_every=1, **SETTINGS)
+    assert read_checkpoint(ckpt).meta["state"]["epoch"] == 2
+
+
+def test_clipping_by_global_norm(rng):
+    grads = [rng.normal(size=(4, 3)), rng.normal(size=3)]
+    norm = np.sqrt(sum((g**2).sum() for g in grads))
+    before = [g.copy() for g in grads]
+    assert float(clip_by_global_norm(np, grads, norm / 4)) == pytest.approx(norm)
+    assert np.sqrt(sum((g**2).sum() for g in grads)) == pytest.approx(norm / 4)
+    np.testing.assert_allclose(grads[0], before[0] / 4)
+    unchanged = [g.copy() for g in grads]
+    clip_by_global_norm(np, grads, 1e6)
+    np.testing.assert_array_equal(grads[0], unchanged[0])
+    X, y = problem()
+    history = fit(new_net(), X, y, epochs=2, clip_norm=0.5, seed=0)
+    assert history.epochs == 2
+
+
+def test_out_of_memory_suggests_a_batch_size(monkeypatch):
+    X, y = problem()
+
+    def no_memory(self, Xb, yb, sample_weight=None):
+        raise MemoryError("Unable to allocate 3.00 GiB for an array with shape (1000000, 800)")
+
+    monkeypatch.setattr(MLP, "_loss_and_grads", no_memory)
+    with pytest.raises(DeviceMemoryError, match=r"epoch 1 \(step 1\) at batch size 64: .*asked for 3.00 GiB, "
+                                                r"with .* free; batch size \d+ should fit"):
+        fit(new_net(), X, y, epochs=1, batch_size=64)
+
+
+def test_prediction_splits_batches_that_do_not_fit(monkeypatch, rng):
+    net = new_net()
+    X = rng.normal(size=(100, 5))
+    expected = net.predict_proba(X, batch_size=100)
+    original, sizes = MLP._forward, []
+
+    def small_batches_only(self, Xb):
+        if Xb.shape[0] > 8:
+            raise MemoryError("Unable to allocate")
+        sizes.append(Xb.shape[0])
+        return original(self, Xb)
+
+    monkeypatch.setattr(MLP, "_forward", small_batches_only)
+    np.testing.assert_array_equal(net.predict_proba(X, batch_size=64), expected)
+    assert max(sizes) == 8 and sum(sizes) == 100
+
+
+def test_bad_checkpoint_files(tmp_path):
+    X, y = problem()
+    good = tmp_path / "good.npz"
+    fit(new_net(), X, y, epochs=1, checkpoint=good, checkpoint_every=1)
+    raw = good.read_bytes()
+    cases = {
+        "truncated.npz": (raw[: len(raw) // 2], "truncated or corrupted"),
+        "empty.npz": (b"", "truncated or corrupted"),
+        "text.npz": (b"hello, not a checkpoint", "truncated or corrupted"),
+    }
+    flipped = bytearray(raw)
+    flipped[len(raw) // 3] ^= 0xFF  # inside a stored array: zip CRC or our checksum catches it
+    cases["flipped.npz"] = (bytes(flipped), "corrupted|checksum")
+    for name, (content, message) in cases.items():
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(DataError, match=message):
+            read_checkpoint(tmp_path / name)
+    np.savez(tmp_path / "foreign.npz", weights=np.zeros(3))
+    with pytest.raises(DataError, match="not a gpubp checkpoint"):
+        read_checkpoint(tmp_path / "foreign.npz")
+    save_model(new_net(), tmp_path / "model.npz")
+    with pytest.raises(DataError, match="a gpubp model file, not a checkpoint"):
+        read_checkpoint(tmp_path / "model.npz")
+    with pytest.raises(DataError, match="no checkpoint at"):
+        read_checkpoint(tmp_path / "missing.npz")
+    c = read_checkpoint(good)
+    write_checkpoint(tmp_path / "future.npz", {**c.meta, "version": 99}, c.arrays)
+    with pytest.raises(DataError, match="format version 99, this gpubp reads 1"):
+        read_checkpoint(tmp_path / "future.npz")
+    write_checkpoint(tmp_path / "shape.npz", c.meta, {**c.arrays, "param_0": np.zeros((5, 13))})
+    with pytest.raises(DataError, match=r"parameter 0 is float64 \(5, 13\), the model 5-12-3 float64 needs"):
+        read_checkpoint(tmp_path / "shape.npz")
+    write_checkpoint(tmp_path / "dtype.npz", c.meta, {**c.arrays, "param_1": c.arrays["param_1"].astype(np.float32)})
+    with pytest.raises(DataError, match="parameter 1 is float32"):
+        read_checkpoint(tmp_path / "dtype.npz")
+
+
+def test_checkpoint_holds_no_pickle_and_states_its_contents(tmp_path):
+    X, y = problem()
+    ckpt = tmp_path / "c.npz"
+    fit(new_net(), X, y, epochs=2, checkpoint=ckpt, checkpoint_every=1, patience=5, seed=0)
+    with np.load(ckpt, allow_pickle=False) as f:  # loads without pickle
+        meta = json.loads(f["meta"].tobytes())
+        names = set(f.files)
+    assert meta["format"] == "gpubp-checkpoint" and meta["version"] == 1
+    assert meta["model"]["sizes"] == [5, 12, 3] and meta["optimizer"]["name"] == "adam"
+    assert meta["optimizer"]["t"] == 2 * 3 and meta["state"]["epoch"] == 2
+    assert len(meta["history"]["train_loss"]) == 2 and meta["config"]["epochs"] == 2
+    assert {"param_0", "param_3", "opt_m_0", "opt_v_3", "best_0", "checksum"} <= names
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(settings={"lr": 0.5}), "lr=0.05 there, 0.5 here"),
+        (dict(settings={"epochs": 1}), "more than epochs=1"),
+        (dict(net=MLP([5, 13, 3], "tanh", backend="cpu", dtype="float64", seed=1, alpha=1e-3)), "holds the network"),
+        (dict(data=problem(seed=1)), "training data differ"),
+    ],
+)
+def test_resume_refuses_what_does_not_match(tmp_path, change, message):
+    X, y = problem()
+    ckpt = tmp_path / "c.npz"
+    settings = dict(epochs=3, optimizer="momentum", seed=0)
+    fit(new_net(), X, y, checkpoint=ckpt, checkpoint_every=1, callbacks=[lambda e, logs: e == 2], **settings)
+    X2, y2 = change.get("data", (X, y))
+    with pytest.raises(ValueError, match=message):
+        fit(change.get("net", new_net()), X2, y2, resume=ckpt, **{**settings, **change.get("settings", {})})
+
+
+def test_checkpoint_settings_are_checked():
+    with pytest.raises(ValueError, match="folder .* does not exist"):
+        fit(new_net(), *problem(), checkpoint="/no/such/folder/c.npz")
+    with pytest.raises(ValueError, match="checkpoint_every needs a checkpoint path"):
+        fit(new_net(), *problem(), checkpoint_every=2)
+    with pytest.raises(ValueError, match="clip_norm must be a finite number > 0"):
+        fit(new_net(), *problem(), clip_norm=0)
