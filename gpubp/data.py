@@ -7,7 +7,6 @@ names the file and the problem.
 
 from __future__ import annotations
 
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,8 +117,8 @@ def load_npz(path) -> Dataset:
             X, labels = f["X"], f["y"]
     except DataError:
         raise
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        raise DataError(f"{path}: not a readable .npz file ({exc})") from None
+    except Exception as exc:  # a damaged zip or .npy header can fail in many ways
+        raise DataError(f"{path}: not a readable .npz file ({type(exc).__name__}: {exc})") from None
     if labels.ndim != 1:
         raise DataError(f"{path}: y must be 1-D labels, got shape {labels.shape}")
     if not (np.issubdtype(X.dtype, np.number) or X.dtype == bool):

@@ -12,7 +12,6 @@ from __future__ import annotations
 import glob
 import os
 import tempfile
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -113,8 +112,8 @@ def load_model(path, backend="auto") -> tuple[MLP, dict]:
     try:
         with np.load(path, allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        raise DataError(f"{path}: not a readable gpubp model file ({exc})") from None
+    except Exception as exc:  # a damaged zip or .npy header can fail in many ways
+        raise DataError(f"{path}: not a readable gpubp model file ({type(exc).__name__}: {exc})") from None
     if "format_version" not in arrays or "sizes" not in arrays:
         raise DataError(f"{path}: not a gpubp model file (arrays: {sorted(arrays)[:8]})")
     version = int(arrays["format_version"])

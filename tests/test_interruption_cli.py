@@ -1,0 +1,97 @@
+"""The command under signals: SIGINT/SIGTERM stop cleanly; SIGKILL at any moment, often in the
+middle of writing a checkpoint, always leaves the newest checkpoint loadable and resumable."""
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from gpubp.checkpoint import read_checkpoint
+
+from .conftest import REPO
+
+EPOCHS = "100000"  # far more than a test waits for
+LONG_RUN = ["train", "--epochs", EPOCHS, "--hidden", "256,256", "--batch-size", "32"]
+
+
+def start(*args, cwd):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "gpubp", *args], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_epoch(proc, epoch, timeout=60):
+    """Read the run's output until the line of the given epoch."""
+    deadline = time.monotonic() + timeout
+    for line in proc.stdout:
+        words = line.split()
+        if words[:1] == ["epoch"] and words[1].split("/")[0] == str(epoch):
+            return line
+        assert time.monotonic() < deadline, f"no line for epoch {epoch}"
+    raise AssertionError(f"process ended before epoch {epoch}")
+
+
+def finish(path, cwd):
+    """Resume the checkpoint at path for one more epoch; the run must complete."""
+    done = read_checkpoint(path).meta["state"]["epoch"]
+    result = subprocess.run([sys.executable, "-m", "gpubp", "train", "--resume", str(path),
+                             "--epochs", str(done + 1), "--quiet"], cwd=cwd, capture_output=True,
+                            text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.returncode == 0, result.stderr
+    assert "resuming: " in result.stdout and "test accuracy: " in result.stdout
+    return done
+
+
+@pytest.mark.parametrize("signum, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_writes_a_checkpoint_and_exits_with_the_documented_status(tmp_path, signum, status):
+    proc = start(*LONG_RUN, "--checkpoint", "run.npz", cwd=tmp_path)
+    wait_for_epoch(proc, 2)
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == status, err
+    name = signal.Signals(signum).name
+    assert f"interrupted by {name}" in err and "checkpoint written to run.npz" in err
+    assert "resume with: gpubp train --resume run.npz" in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.npz"]  # no partial files
+    assert finish(tmp_path / "run.npz", tmp_path) >= 2
+
+
+def test_default_checkpoint_on_interrupt(tmp_path):
+    proc = start("train", "--epochs", EPOCHS, cwd=tmp_path)
+    wait_for_epoch(proc, 1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "checkpoint written to gpubp-checkpoint.npz" in err
+    assert read_checkpoint(tmp_path / "gpubp-checkpoint.npz").meta["state"]["step"] > 0
+
+
+@pytest.mark.slow
+def test_sigkill_at_20_moments_never_loses_the_newest_checkpoint(tmp_path):
+    ckpt = tmp_path / "run.npz"
+    rng = random.Random(2026)
+    during_write = 0
+    for i in range(20):
+        args = ["train", "--resume", "run.npz", "--quiet"] if ckpt.exists() else \
+            [*LONG_RUN, "--checkpoint", "run.npz", "--checkpoint-every", "1", "--quiet"]
+        proc = start(*args, cwd=tmp_path)
+        if i % 2:  # wait for a checkpoint write to be under way, then kill
+            deadline = time.monotonic() + 30
+            while not any(p.name.endswith(".tmp") for p in tmp_path.iterdir()):
+                assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+                time.sleep(0.0005)
+        else:  # anywhere: start-up, training, writing
+            time.sleep(rng.uniform(0.3, 2.5))
+        proc.kill()
+        proc.wait(timeout=30)
+        proc.stdout.close()
+        proc.stderr.close()
+        during_write += any(p.name.endswith(".tmp") for p in tmp_path.iterdir())
+        if ckpt.exists():
+            read_checkpoint(ckpt)  # whole and loadable, whatever the moment
+    assert ckpt.exists() and during_write >= 5, during_write
+    finish(ckpt, tmp_path)
+    assert not any(p.name.endswith(".tmp") for p in tmp_path.iterdir())  # the next write cleaned up
