@@ -11,7 +11,9 @@ The four equations (row form, see gpubp.mlp) and where they live:
 __version__ = "0.1.0"
 
 from .backend import Backend, cuda_status, get_backend, to_numpy
-from .errors import BackendUnavailableError, DataError, DivergenceError
+from .checkpoint import read_checkpoint
+from .errors import BackendUnavailableError, DataError, DeviceMemoryError, DivergenceError
+from .interrupt import TrainingInterrupted
 from .mlp import MLP
 from .optim import SGD, Adam
 from .saving import load_model, save_model
@@ -21,5 +23,6 @@ from .train import History, TrainConfig, Trainer, fit
 __all__ = [
     "MLP", "fit", "Trainer", "TrainConfig", "History", "SGD", "Adam", "Schedule",
     "Backend", "get_backend", "cuda_status", "to_numpy", "save_model", "load_model",
-    "BackendUnavailableError", "DataError", "DivergenceError", "__version__",
+    "read_checkpoint", "BackendUnavailableError", "DataError", "DeviceMemoryError", "DivergenceError",
+    "TrainingInterrupted", "__version__",
 ]

@@ -114,3 +114,52 @@ def test_plot_without_matplotlib_fails_before_training(monkeypatch, tmp_path, ca
     err = capsys.readouterr()
     assert status == 2 and "epoch " not in err.out
     assert err.err.strip() == "error: gpubp train: --plot: plotting needs matplotlib: pip install 'gpubp[plot]'"
+
+
+@pytest.mark.parametrize(
+    "name, content, fragment",
+    [
+        ("nan.csv", "label,a,b\n0,1,nan\n1,2,3\n", "NaN or infinity"),
+        ("ragged.csv", "0,1,2\n1,2\n", "columns"),
+        ("text.csv", "label,a\n0,x\n", "could not convert"),
+        ("empty.csv", "", "empty file"),
+        ("one.csv", "label,a\n0,1\n", "cannot split"),
+    ],
+)
+def test_bad_data_files_give_one_line_and_status_2(tmp_path, name, content, fragment):
+    (tmp_path / name).write_text(content)
+    assert_one_line_error(gpubp("train", "--dataset", str(tmp_path / name)), fragment)
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--batch-size", "0"], "--batch-size: must be > 0"),
+        (["--hidden", "64,0"], "layer widths must be >= 1"),
+        (["--lr", "0"], "--lr: must be > 0"),
+        (["--clip-norm", "-1"], "--clip-norm: must be > 0"),
+        (["--checkpoint-every", "0"], "--checkpoint-every: must be > 0"),
+        (["--resume", "/no/such/ckpt.npz"], "no checkpoint at /no/such/ckpt.npz"),
+    ],
+)
+def test_absurd_settings_give_one_line_and_status_2(args, fragment):
+    assert_one_line_error(gpubp("train", *args), fragment)
+
+
+def test_truncated_idx_folder_gives_one_line_and_status_2(tmp_path):
+    import gzip
+
+    (tmp_path / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(b"\x00\x00\x08\x03" + (5).to_bytes(4, "big")))
+    (tmp_path / "train-labels-idx1-ubyte.gz").write_bytes(gzip.compress(b"\x00\x00\x08\x01"))
+    assert_one_line_error(gpubp("train", "--dataset", str(tmp_path)), "truncated header")
+
+
+def test_resume_refuses_a_changed_setting_and_a_model_file(tmp_path):
+    ckpt = tmp_path / "c.npz"
+    done = gpubp("train", "--epochs", "1", "--checkpoint", str(ckpt), "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert_one_line_error(gpubp("train", "--resume", str(ckpt), "--hidden", "32"),
+                          "--hidden cannot be changed when resuming")
+    model = tmp_path / "m.npz"
+    assert gpubp("train", "--epochs", "1", "--out", str(model), "--quiet").returncode == 0
+    assert_one_line_error(gpubp("train", "--resume", str(model)), "a gpubp model file, not a checkpoint")

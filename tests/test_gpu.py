@@ -83,3 +83,16 @@ def test_device_arrays_are_accepted_and_labels_checked_on_the_host():
     assert np.isfinite(float(loss))
     with pytest.raises(ValueError, match="labels from 0 to 5 but the network has 5 classes"):
         gpu.loss_and_grads(X, np.where(y == 0, 5, y))
+
+
+def test_a_checkpoint_written_on_the_gpu_resumes_on_the_cpu(tmp_path):
+    X, y = data(n=200)
+    settings = dict(epochs=4, batch_size=32, optimizer="adam", seed=2)
+    _, gpu = pair("relu", "float64")
+    fit(gpu, X, y, checkpoint=tmp_path / "c.npz", checkpoint_every=1,
+        callbacks=[lambda epoch, logs: epoch == 2], **settings)
+    cpu, whole = pair("relu", "float64")
+    fit(cpu, X, y, resume=tmp_path / "c.npz", **settings)
+    fit(whole, X, y, **settings)  # uninterrupted, on the GPU
+    for pc, pg in zip(cpu.params, whole.params):
+        assert_close(pc, to_numpy(pg), 1e-10, 1e-12, what="resumed on the CPU vs uninterrupted on the GPU")
