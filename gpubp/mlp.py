@@ -12,7 +12,8 @@ import numpy as np
 
 from . import ops
 from .backend import Backend, get_backend, is_out_of_memory
-from .validation import check_dtype, check_positive_int, check_sample_weight, check_sizes, check_X, check_y
+from .validation import (check_dtype, check_positive_int, check_sample_weight, check_sizes, check_targets,
+                         check_X, check_y)
 
 
 def init_params(sizes: list[int], activation: str, seed) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -58,6 +59,11 @@ class MLP:
         Seed of the host generator that draws the initial parameters (:func:`init_params`).
     alpha : float
         L2 penalty: the loss gains ``alpha / (2 n) * sum ||W||^2`` over a batch of n rows.
+    output : {"softmax", "logistic", "identity", "exp"}
+        Output layer and loss (see :data:`gpubp.ops.OUTPUTS`): softmax with cross-entropy over
+        nL >= 2 classes (labels are class indices), or per-output logistic with binary
+        cross-entropy, identity with half squared error, exp with Poisson deviance (targets
+        are an (n, nL) array).
 
     Attributes
     ----------
@@ -67,8 +73,12 @@ class MLP:
         ``biases[l]`` has shape (sizes[l+1],).
     """
 
-    def __init__(self, sizes, activation="relu", backend="auto", dtype="float32", seed=None, alpha=0.0):
-        self.sizes = check_sizes(sizes)
+    def __init__(self, sizes, activation="relu", backend="auto", dtype="float32", seed=None, alpha=0.0,
+                 output="softmax"):
+        if output not in ops.OUTPUTS:
+            raise ValueError(f"unknown output {output!r}: expected one of {', '.join(ops.OUTPUTS)}")
+        self.output = output
+        self.sizes = check_sizes(sizes, min_outputs=2 if output == "softmax" else 1)
         self.activation = ops.check_activation(activation)
         self.backend: Backend = get_backend(backend)
         self.xp = self.backend.xp
@@ -83,7 +93,7 @@ class MLP:
 
     def __repr__(self) -> str:
         widths = "-".join(map(str, self.sizes))
-        return f"MLP({widths}, {self.activation}, {self.dtype.name}, {self.backend.name})"
+        return f"MLP({widths}, {self.activation}, {self.output}, {self.dtype.name}, {self.backend.name})"
 
     @property
     def n_classes(self) -> int:
@@ -120,8 +130,11 @@ class MLP:
         a, zL = self._forward(X)
         L = len(self.weights)
         dW, db = [None] * L, [None] * L
-        # BP1: delta[L] = (softmax(z[L]) - Y) / n, with the mean cross-entropy from the same pass
-        delta, loss = kernels.softmax_minus_y(xp, zL, y, sample_weight)
+        # BP1: delta[L] = (a[L] - Y) / n, with the mean loss from the same pass
+        if self.output == "softmax":
+            delta, loss = kernels.softmax_minus_y(xp, zL, y, sample_weight)
+        else:
+            delta, loss = ops.output_minus_y(xp, zL, y, self.output, sample_weight)
         for l in reversed(range(L)):
             # BP3: db[l] = sum over the batch of delta[l]
             db[l] = delta.sum(axis=0)
@@ -143,8 +156,9 @@ class MLP:
         ----------
         X : array (n, sizes[0])
             Inputs, host or device; converted to the network's dtype and device.
-        y : integer array (n,)
-            Class indices in 0..sizes[-1]-1, checked on the host before any kernel sees them.
+        y : integer array (n,), or array (n, sizes[-1]) for a non-softmax output
+            Class indices in 0..sizes[-1]-1, checked on the host before any kernel sees them;
+            or the targets of a logistic, identity or exp output.
         sample_weight : array (n,), optional
             Non-negative weights, not all zero: the loss becomes ``sum(w_i l_i) / sum(w)`` and
             the L2 term ``alpha / (2 sum(w)) * sum ||W||^2`` (scikit-learn's convention).
@@ -157,7 +171,10 @@ class MLP:
         db : list of arrays shaped like ``biases``
         """
         X = self.backend.asarray(self._check_X(X), self.dtype)
-        y = self.backend.asarray(check_y(y, X.shape[0], self.n_classes))
+        if self.output == "softmax":
+            y = self.backend.asarray(check_y(y, X.shape[0], self.n_classes))
+        else:
+            y = self.backend.asarray(check_targets(y, X.shape[0], self.sizes[-1], self.output), self.dtype)
         if sample_weight is not None:
             sample_weight = self.backend.asarray(check_sample_weight(sample_weight, X.shape[0]), self.dtype)
         return self._loss_and_grads(X, y, sample_weight)
@@ -192,9 +209,10 @@ class MLP:
             yield start, stop, zL
             start = stop
 
-    def predict_proba(self, X, batch_size: int = 4096):
-        """Class probabilities, computed ``batch_size`` rows at a time so memory stays bounded
-        (a batch that does not fit in memory is split further).
+    def predict_output(self, X, batch_size: int = 4096):
+        """The output layer's activations a[L], computed ``batch_size`` rows at a time so memory
+        stays bounded (a batch that does not fit in memory is split further): probabilities
+        for softmax and logistic outputs, predictions for identity and exp outputs.
 
         Parameters
         ----------
@@ -207,14 +225,26 @@ class MLP:
         """
         check_positive_int(batch_size, "batch_size")
         X = self._check_X(X)
-        P = self.xp.empty((X.shape[0], self.n_classes), dtype=self.dtype)  # (n, C)
+        A = self.xp.empty((X.shape[0], self.sizes[-1]), dtype=self.dtype)  # (n, nL)
         for start, stop, zL in self._logit_batches(X, batch_size):
-            P[start:stop] = ops.softmax(self.xp, zL)
-        return P
+            A[start:stop] = ops.output_activation(self.xp, zL, self.output)
+        return A
+
+    def predict_proba(self, X, batch_size: int = 4096):
+        """Class probabilities (n, sizes[-1]) of a softmax or logistic output; see predict_output."""
+        if self.output not in ("softmax", "logistic"):
+            raise ValueError(f"predict_proba needs a softmax or logistic output, not {self.output!r}; "
+                             "use predict_output")
+        return self.predict_output(X, batch_size)
 
     def predict(self, X, batch_size: int = 4096):
-        """Most probable class index for each row: integer array (n,) on the device."""
+        """Most probable class index for each row of a softmax network: integer array (n,)."""
+        self._require_softmax("predict")
         return self.predict_proba(X, batch_size).argmax(axis=1)
+
+    def _require_softmax(self, what: str) -> None:
+        if self.output != "softmax":
+            raise ValueError(f"{what} needs a softmax output (class labels), not {self.output!r}")
 
     def evaluate(self, X, y, batch_size: int = 4096) -> tuple[float, float]:
         """Mean cross-entropy (without the L2 term) and accuracy over all rows of X, batched.
@@ -229,6 +259,7 @@ class MLP:
         -------
         loss, accuracy : float, float
         """
+        self._require_softmax("evaluate")
         check_positive_int(batch_size, "batch_size")
         X = self._check_X(X)
         y = check_y(y, X.shape[0], self.n_classes)

@@ -10,6 +10,10 @@ Rows are samples: ``z`` and ``a`` are (n, width), labels ``y`` are (n,) integers
 from __future__ import annotations
 
 ACTIVATIONS = ("relu", "sigmoid", "tanh", "identity")
+# Output layers and their losses: softmax + cross-entropy over classes; logistic + binary
+# cross-entropy per output (binary and multilabel); identity + half squared error; exp + Poisson
+# deviance. Each pairs its activation with its loss so that BP1 is delta = (a[L] - Y) * scale.
+OUTPUTS = ("softmax", "logistic", "identity", "exp")
 
 
 def check_activation(name: str) -> str:
@@ -128,6 +132,56 @@ def softmax_minus_y(xp, z, y, sample_weight=None):
     delta[rows, y] -= 1  # p - Y
     delta *= scale
     return delta, loss
+
+
+def output_minus_y(xp, z, Y, output: str, sample_weight=None):
+    """BP1 and the loss for the non-softmax output layers: delta = (f(z) - Y) * scale.
+
+    Parameters
+    ----------
+    z : array (n, k)
+        Output-layer pre-activations; not modified.
+    Y : array (n, k)
+        Targets: 0/1 indicators for "logistic", real values for "identity", counts >= 0 for "exp".
+    output : {"logistic", "identity", "exp"}
+    sample_weight : array (n,), optional
+
+    Returns
+    -------
+    delta : array (n, k)
+    loss : 0-d array
+        ``sum_i scale_i * sum_j l(z_ij, Y_ij)`` with, per element, binary cross-entropy
+        ``log(1 + e^z) - Y z`` (computed without overflow), half squared error
+        ``(z - Y)^2 / 2``, or Poisson deviance ``Y log Y - Y z - Y + e^z``.
+    """
+    scale = row_scale(z.shape[0], z.dtype, sample_weight)  # scalar or (n, 1)
+    if output == "logistic":
+        a = sigmoid(xp, z)
+        losses = xp.maximum(z, 0) - Y * z + xp.log1p(xp.exp(-xp.abs(z)))
+    elif output == "identity":
+        a = z.copy()
+        losses = 0.5 * (z - Y) ** 2
+    elif output == "exp":
+        a = xp.exp(z)
+        y_log_y = xp.where(Y > 0, Y * xp.log(xp.where(Y > 0, Y, 1)), 0)
+        losses = y_log_y - Y * z - Y + a
+    else:
+        raise ValueError(f"unknown output {output!r}: expected one of {', '.join(OUTPUTS[1:])}")
+    loss = (losses.sum(axis=1, keepdims=True) * scale).sum()
+    a -= Y
+    a *= scale
+    return a, loss
+
+
+def output_activation(xp, z, output: str):
+    """a[L] = f(z[L]) for any output layer: probabilities, or predictions for regression."""
+    if output == "softmax":
+        return softmax(xp, z)
+    if output == "logistic":
+        return sigmoid(xp, z)
+    if output == "exp":
+        return xp.exp(z)
+    return z
 
 
 def sgd_momentum_update(xp, p, g, v, lr: float, momentum: float, nesterov: bool) -> None:

@@ -1,6 +1,6 @@
 """Save a trained network to one .npz file (no pickle) and load it back on any device.
 
-The file holds ``format_version``, ``sizes``, ``activation``, ``dtype``, ``alpha``, the arrays
+The file holds ``format_version``, ``sizes``, ``activation``, ``dtype``, ``alpha``, ``output``, the arrays
 ``W0..W{L-1}`` and ``b0..b{L-1}`` (host copies), and any extra arrays the caller adds under
 ``extra_<name>`` (the command line stores the classes and the input scaling there). It is written
 to a temporary file in the same folder, flushed to disk and renamed over the target, so a crash
@@ -86,6 +86,7 @@ def save_model(net: MLP, path, extra: dict | None = None) -> Path:
         "activation": np.array(net.activation),
         "dtype": np.array(net.dtype.name),
         "alpha": np.array(net.alpha),
+        "output": np.array(net.output),
     }
     for l, (W, b) in enumerate(zip(net.weights, net.biases)):
         arrays[f"W{l}"] = net.backend.to_host(W)
@@ -121,7 +122,9 @@ def load_model(path, backend="auto") -> tuple[MLP, dict]:
         raise DataError(f"{path}: model format version {version}, this gpubp reads {FORMAT_VERSION}")
     sizes = [int(s) for s in arrays["sizes"]]
     try:
-        net = MLP(sizes, str(arrays["activation"]), backend, str(arrays["dtype"]), alpha=float(arrays["alpha"]))
+        output = str(arrays.get("output", "softmax"))
+        net = MLP(sizes, str(arrays["activation"]), backend, str(arrays["dtype"]), alpha=float(arrays["alpha"]),
+                  output=output)
         net.set_params([arrays[f"W{l}"] for l in range(len(sizes) - 1)] +
                        [arrays[f"b{l}"] for l in range(len(sizes) - 1)])
     except (KeyError, ValueError) as exc:

@@ -243,6 +243,9 @@ class Trainer:
                  checkpoint_extra: dict | None = None):
         if not isinstance(net, MLP):
             raise ValueError(f"net must be a gpubp.MLP, got {type(net).__name__}")
+        if net.output != "softmax":
+            raise ValueError(f"fit trains softmax classifiers; a network with a {net.output!r} output "
+                             "is trained by gpubp.MLPClassifier or gpubp.MLPRegressor")
         for cb in callbacks:
             if not callable(cb):
                 raise ValueError(f"callbacks must be callables cb(epoch, logs), got {cb!r}")

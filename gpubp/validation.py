@@ -29,8 +29,8 @@ def check_positive_int(value, name: str, minimum: int = 1) -> int:
     return int(value)
 
 
-def check_sizes(sizes) -> list[int]:
-    """Layer widths [n0, ..., nL] with n0 >= 1, hidden widths >= 1 and nL >= 2 classes."""
+def check_sizes(sizes, min_outputs: int = 2) -> list[int]:
+    """Layer widths [n0, ..., nL], all >= 1, and nL >= min_outputs (2 classes for a softmax)."""
     try:
         sizes = list(sizes)
     except TypeError:
@@ -39,7 +39,7 @@ def check_sizes(sizes) -> list[int]:
         raise ValueError(f"sizes needs at least an input and an output width, got {sizes!r}")
     for i, width in enumerate(sizes):
         check_positive_int(width, f"sizes[{i}] (layer width)")
-    if sizes[-1] < 2:
+    if sizes[-1] < min_outputs:
         raise ValueError(f"the softmax output needs at least 2 classes, got sizes[-1] = {sizes[-1]}")
     return [int(w) for w in sizes]
 
@@ -117,3 +117,23 @@ def check_sample_weight(sample_weight, n_samples: int) -> np.ndarray:
     if not w.sum() > 0:
         raise ValueError("sample_weight sums to 0: at least one sample needs a positive weight")
     return w
+
+
+def check_targets(Y, n_samples: int, n_outputs: int, output: str, name: str = "y") -> np.ndarray:
+    """Host float64 targets (n_samples, n_outputs) for a logistic, identity or exp output layer:
+    finite; 0..1 for "logistic"; >= 0 for "exp" (Poisson)."""
+    try:
+        Y = np.asarray(to_numpy(Y), dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name} must hold numbers: {exc}") from None
+    if Y.ndim == 1 and n_outputs == 1:
+        Y = Y[:, None]
+    if Y.shape != (n_samples, n_outputs):
+        raise ValueError(f"{name} must have shape ({n_samples}, {n_outputs}), got {Y.shape}")
+    if not np.isfinite(Y).all():
+        raise ValueError(f"{name} contains NaN or infinity")
+    if output == "logistic" and ((Y < 0) | (Y > 1)).any():
+        raise ValueError(f"{name} for a logistic output must lie in [0, 1]")
+    if output == "exp" and (Y < 0).any():
+        raise ValueError(f"{name} for a Poisson (exp) output must be >= 0")
+    return Y

@@ -54,3 +54,25 @@ def test_gradient_check_detects_a_wrong_gradient(rng):
     wrong[1, 2] += 1e-4
     assert relative_error(dW[0], numeric) < 1e-6
     assert relative_error(wrong, numeric) > 1e-6
+
+
+@pytest.mark.parametrize("output", ["logistic", "identity", "exp"])
+def test_other_output_layers_match_central_differences(output, rng):
+    net = MLP([5, 7, 3], "tanh", backend="cpu", dtype="float64", seed=3, alpha=0.4, output=output)
+    X = rng.normal(size=(9, 5))
+    Y = {"logistic": rng.integers(0, 2, (9, 3)), "identity": rng.normal(size=(9, 3)),
+         "exp": rng.poisson(2.0, (9, 3))}[output].astype(float)
+    w = rng.uniform(0.5, 2.0, 9)
+    for weights in (None, w):
+        _, dW, db = net.loss_and_grads(X, Y, weights)
+        for p, grad in zip(net.params, dW + db):
+            numeric = np.empty_like(p)
+            for idx in np.ndindex(p.shape):
+                old = p[idx]
+                p[idx] = old + H
+                up = float(net.loss_and_grads(X, Y, weights)[0])
+                p[idx] = old - H
+                down = float(net.loss_and_grads(X, Y, weights)[0])
+                p[idx] = old
+                numeric[idx] = (up - down) / (2 * H)
+            assert relative_error(grad, numeric) < 1e-6, output

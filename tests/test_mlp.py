@@ -127,3 +127,43 @@ def test_bad_batch_size():
     net = MLP([4, 3], backend="cpu", seed=0)
     with pytest.raises(ValueError, match="batch_size must be an integer >= 1, got 0"):
         net.predict_proba(np.zeros((2, 4)), batch_size=0)
+
+
+def test_non_softmax_outputs_losses_agree_with_scikit_learn(rng):
+    from sklearn.neural_network._base import binary_log_loss, poisson_loss, squared_loss
+
+    X = rng.normal(size=(20, 4))
+    targets = {"logistic": rng.integers(0, 2, (20, 1)).astype(float),
+               "identity": rng.normal(size=(20, 1)), "exp": rng.poisson(3.0, (20, 1)).astype(float)}
+    reference = {"logistic": binary_log_loss, "identity": squared_loss, "exp": poisson_loss}
+    for output, Y in targets.items():
+        net = MLP([4, 6, 1], "relu", backend="cpu", dtype="float64", seed=0, output=output)
+        A = net.predict_output(X)
+        loss, _, _ = net.loss_and_grads(X, Y)
+        assert float(loss) == pytest.approx(reference[output](Y, A), rel=1e-10), output
+    with pytest.raises(ValueError, match="predict_proba needs a softmax or logistic output"):
+        MLP([4, 1], backend="cpu", output="identity").predict_proba(X)
+    with pytest.raises(ValueError, match="predict needs a softmax output"):
+        MLP([4, 1], backend="cpu", output="logistic").predict(X)
+
+
+@pytest.mark.parametrize(
+    "output, Y, message",
+    [
+        ("logistic", np.full((3, 2), 2.0), r"must lie in \[0, 1\]"),
+        ("exp", -np.ones((3, 2)), "must be >= 0"),
+        ("identity", np.ones((3, 3)), r"must have shape \(3, 2\)"),
+        ("identity", np.array([[np.nan, 0]] * 3), "NaN or infinity"),
+    ],
+)
+def test_bad_targets_for_other_outputs(output, Y, message):
+    net = MLP([4, 2], backend="cpu", output=output)
+    with pytest.raises(ValueError, match=message):
+        net.loss_and_grads(np.zeros((3, 4)), Y)
+
+
+def test_fit_refuses_non_softmax_networks():
+    from gpubp import fit
+
+    with pytest.raises(ValueError, match="fit trains softmax classifiers"):
+        fit(MLP([4, 1], backend="cpu", output="identity"), np.zeros((4, 4)), np.zeros(4))
