@@ -14,6 +14,7 @@ from .backend import Backend, cuda_status, get_backend, to_numpy
 from .checkpoint import read_checkpoint
 from .errors import BackendUnavailableError, DataError, DeviceMemoryError, DivergenceError
 from .interrupt import TrainingInterrupted
+from .estimators import MLPClassifier, MLPRegressor, load_estimator
 from .mlp import MLP
 from .optim import SGD, Adam
 from .saving import load_model, save_model
@@ -21,7 +22,7 @@ from .schedules import Schedule
 from .train import History, TrainConfig, Trainer, fit
 
 __all__ = [
-    "MLP", "fit", "Trainer", "TrainConfig", "History", "SGD", "Adam", "Schedule",
+    "MLP", "MLPClassifier", "MLPRegressor", "load_estimator", "fit", "Trainer", "TrainConfig", "History", "SGD", "Adam", "Schedule",
     "Backend", "get_backend", "cuda_status", "to_numpy", "save_model", "load_model",
     "read_checkpoint", "BackendUnavailableError", "DataError", "DeviceMemoryError", "DivergenceError",
     "TrainingInterrupted", "__version__",

@@ -294,6 +294,8 @@ class Trainer:
 
     def _check_resumable(self, checkpoint: Checkpoint) -> None:
         net, meta = self.net, checkpoint.meta
+        if "config" not in meta:
+            raise ValueError(f"{checkpoint.path} is not a training checkpoint (a saved estimator?)")
         mine = {"sizes": net.sizes, "activation": net.activation, "dtype": net.dtype.name, "alpha": net.alpha}
         if meta["model"] != mine:
             raise ValueError(f"{checkpoint.path} holds the network {meta['model']}, not {mine}")
