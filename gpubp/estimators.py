@@ -210,6 +210,8 @@ class _BaseMLP(BaseEstimator):
                 raise ValueError("Input sample_weight contains NaN or infinity.")
             if (sample_weight < 0).any():
                 raise ValueError("Negative values in data passed to sample_weight")
+            if not sample_weight.sum() > 0:
+                raise ValueError("Sample weights must contain at least one non-zero number.")
         return sample_weight
 
     def _initialize(self, Y, layer_units, dtype):
@@ -473,7 +475,8 @@ class _BaseMLP(BaseEstimator):
         params = {k: v for k, v in self.get_params().items()}
         if not (params["random_state"] is None or isinstance(params["random_state"], numbers.Integral)):
             params["random_state"] = None  # a RandomState object cannot be stored without pickle
-        params["hidden_layer_sizes"] = list(np.atleast_1d(params["hidden_layer_sizes"]).tolist())
+        sizes = params["hidden_layer_sizes"]
+        params["hidden_layer_sizes"] = int(sizes) if isinstance(sizes, numbers.Integral) else [int(s) for s in sizes]
         if params["dtype"] is not None:
             params["dtype"] = np.dtype(params["dtype"]).name
         if "class_weight" in params and isinstance(params["class_weight"], dict):
@@ -524,7 +527,10 @@ def load_estimator(path, device="auto"):
     kinds = {"MLPClassifier": MLPClassifier, "MLPRegressor": MLPRegressor}
     if meta.get("estimator") not in kinds:
         raise DataError(f"{path}: a gpubp checkpoint, not a saved estimator")
-    estimator = kinds[meta["estimator"]](**{**meta["params"], "device": device})
+    params = dict(meta["params"])
+    if isinstance(params["hidden_layer_sizes"], list):
+        params["hidden_layer_sizes"] = tuple(params["hidden_layer_sizes"])
+    estimator = kinds[meta["estimator"]](**{**params, "device": device})
     arrays, params = checkpoint.arrays, checkpoint.params
     L = len(params) // 2
     estimator.coefs_, estimator.intercepts_ = params[:L], params[L:]
