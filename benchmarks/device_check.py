@@ -11,7 +11,10 @@
    256 and 4096 and of 4096-4096-4096-10 at batch 4096, gpubp on CuPy against PyTorch eager on
    the same card, same initial weights, float32 with TF32 off on both, after checking that the
    two give the same loss and gradients;
-5. writes JSON and a markdown table to $OUT (when set) and to benchmarks/results/.
+5. times gpubp.MLPClassifier((512, 512)) fitting 60,000 synthetic 784-feature samples (float32,
+   2 epochs) on the cuda device against the same estimator on the CPU, after checking that both
+   give the same loss curve;
+6. writes JSON and a markdown table to $OUT (when set) and to benchmarks/results/.
 
 Targets (H100/H200): every elementwise kernel >= 70% of copy bandwidth; the fused BP2 and
 softmax-minus-y kernels >= 2x faster than the plain CuPy chains; a gpubp step <= 1.1x PyTorch
@@ -48,6 +51,7 @@ N_ELEMENTS = 16 * 2**20
 ELEMENTWISE_TARGET = 0.70  # of copy bandwidth
 FUSED_SPEEDUP_TARGET = 2.0  # over the plain CuPy chain
 STEP_TARGETS = {"784-512-512-10 b256": 1.5, "4096-4096-4096-10 b4096": 1.1}
+ESTIMATOR_SPEEDUP_TARGET = 10.0  # cuda over cpu, issue 4
 STEP_CASES = [([784, 512, 512, 10], 256), ([784, 512, 512, 10], 4096), ([4096, 4096, 4096, 10], 4096)]
 
 
@@ -264,6 +268,35 @@ def step_timings(cp) -> list[dict]:
     return rows
 
 
+def estimator_timings() -> dict:
+    """MLPClassifier((512, 512)) on 60,000 x 784 float32 samples: cuda vs cpu fit time."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+
+    from gpubp import MLPClassifier
+
+    warnings.simplefilter("ignore", ConvergenceWarning)
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 10, 60000)
+    X = (rng.normal(size=(10, 784))[y] + rng.normal(size=(60000, 784))).astype(np.float32)
+    settings = dict(hidden_layer_sizes=(512, 512), max_iter=2, random_state=0, tol=0.0, n_iter_no_change=5)
+    check = [MLPClassifier(device=d, **{**settings, "hidden_layer_sizes": (64,)}).fit(X[:5000], y[:5000])
+             for d in ("cpu", "cuda")]
+    error = float(np.max(np.abs(np.array(check[1].loss_curve_) - check[0].loss_curve_) / np.array(check[0].loss_curve_)))
+    times = {"cpu": [], "cuda": []}
+    for _ in range(3):
+        for device in ("cuda", "cpu"):
+            t0 = time.perf_counter()
+            MLPClassifier(device=device, **settings).fit(X, y)
+            times[device].append(time.perf_counter() - t0)
+    medians = {k: statistics.median(v) for k, v in times.items()}
+    speedup = medians["cpu"] / medians["cuda"]
+    return {"seconds": times, "median_seconds": medians, "speedup": speedup, "loss_curve_rel_error": error,
+            "agree": error < 1e-3, "target": f">= {ESTIMATOR_SPEEDUP_TARGET}x",
+            "met": bool(error < 1e-3 and speedup >= ESTIMATOR_SPEEDUP_TARGET)}
+
+
 def markdown(report: dict) -> str:
     v = report["versions"]
     t = report["gpu_tests"]
@@ -298,6 +331,11 @@ def markdown(report: dict) -> str:
         lines.append(f"| {r['case']} | {r['gpubp_ms']:.3f} | {r['torch_ms']:.3f} | {r['ratio']:.2f}x | "
                      f"{r['gpubp_tflops']:.1f} | {r['max_rel_error']:.1e} | {r.get('target', '')} | "
                      f"{('yes' if r['met'] else 'NO') if 'met' in r else ''} |")
+    e = report["estimator"]
+    lines += ["", "## MLPClassifier((512, 512)), 60,000 x 784 float32, 2 epochs (median of 3)", "",
+              f"cuda {e['median_seconds']['cuda']:.2f} s, cpu {e['median_seconds']['cpu']:.2f} s: "
+              f"{e['speedup']:.1f}x (target {e['target']}: {'met' if e['met'] else 'NOT met'}; "
+              f"float32 loss curves agree to {e['loss_curve_rel_error']:.1e})"]
     return "\n".join(lines) + "\n"
 
 
@@ -318,6 +356,7 @@ def main() -> int:
     print(report["gpu_tests"]["tail"], flush=True)
     report["kernels"] = kernel_timings(cp)
     report["steps"] = step_timings(cp)
+    report["estimator"] = estimator_timings()
     text = markdown(report)
     card = re.sub(r"[^A-Za-z0-9]+", "-", report["versions"]["gpu"]).strip("-")
     stem = f"device_check-{datetime.date.today():%Y-%m-%d}-{card}"

@@ -43,6 +43,8 @@ def test_markdown_report_states_card_versions_and_verdicts():
         "steps": [{"case": "784-512-512-10 b256", "gpubp_ms": 0.3, "torch_ms": 0.25, "ratio": 1.2,
                    "gpubp_tflops": 1.1, "max_rel_error": 1e-6, "agree": True, "target": "<= 1.5x torch",
                    "met": True}],
+        "estimator": {"median_seconds": {"cuda": 1.5, "cpu": 30.0}, "speedup": 20.0, "loss_curve_rel_error": 1e-7,
+                      "target": ">= 10.0x", "met": True},
     }
     text = dc.markdown(report)
     assert text.startswith("# Device check: NVIDIA H100 80GB HBM3, 2026-11-26 10:00 UTC")
@@ -50,3 +52,4 @@ def test_markdown_report_states_card_versions_and_verdicts():
     assert "| backprop_delta sigmoid (BP2) | 0.080 | 2500 | 96 | 0.300 | 3.75x |" in text
     assert "| 784-512-512-10 b256 | 0.300 | 0.250 | 1.20x |" in text
     assert text.count("| yes |") == 2
+    assert "cuda 1.50 s, cpu 30.00 s: 20.0x (target >= 10.0x: met" in text
