@@ -1,4 +1,4 @@
-"""The ``gpubp`` command: ``gpubp train``, ``gpubp info`` and ``gpubp check``.
+"""The ``gpubp`` command: ``gpubp train``, ``gpubp info``, ``gpubp check`` and ``gpubp bench``.
 
 Bad arguments or data end with one line on stderr and exit status 2, never a traceback.
 """
@@ -122,6 +122,9 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("info", help="versions, devices found, and whether CuPy/CUDA is usable")
     sub.add_parser("check", help="compare the GPU kernels and model with the CPU reference "
                                  "(exit 1 on a mismatch, 3 when no GPU is usable)")
+    bench = sub.add_parser("bench", help="a quick CPU speed comparison with scikit-learn (and PyTorch if installed)")
+    bench.add_argument("--pairs", type=_positive(int), default=3, help="paired runs per library (default 3)")
+    bench.add_argument("--samples", type=_positive(int), default=4000, help="synthetic samples (default 4000)")
     return parser
 
 
@@ -252,6 +255,27 @@ def _check() -> int:
     return 1 if failed else 0
 
 
+def _bench(args) -> int:
+    import numpy as np
+
+    from . import bench
+
+    rng = np.random.default_rng(0)
+    n = args.samples
+    y = rng.integers(0, 10, n + 1000)
+    X = rng.normal(size=(10, 784))[y] + 2 * rng.normal(size=(n + 1000, 784))
+    machine = bench.machine_info()
+    rates = {"float32": bench.matmul_rate("float32")}
+    print(f"{machine['cpu']}, {machine['cores']} cores, {', '.join(machine['blas'])}; "
+          f"torch {machine['torch'] or 'not installed'}; float32 matmul {rates['float32']:.0f} GFLOP/s", flush=True)
+    print(f"{n} synthetic 784-feature samples; one epoch per run, median of {args.pairs} paired runs", flush=True)
+    rows = [bench.time_case(bench.Case((784, 512, 512, 10), 256, "float32", optimizer), X[:n], y[:n], X[n:], y[n:],
+                            args.pairs, rates)
+            for optimizer in ("momentum", "adam")]
+    print(bench.format_rows(rows))
+    return 0 if all(row["agree"] for row in rows) else 1
+
+
 def main(argv=None) -> int:
     """Entry point of the ``gpubp`` command; returns the exit status."""
     try:
@@ -260,6 +284,8 @@ def main(argv=None) -> int:
             return _info()
         if args.command == "check":
             return _check()
+        if args.command == "bench":
+            return _bench(args)
         return _train(args)
     except _UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -1,0 +1,1 @@
+"""Benchmark scripts: each checks correctness first, then times, then writes results."""

@@ -1,0 +1,210 @@
+"""Measuring training speed against scikit-learn and PyTorch, and against the matmul limit.
+
+Used by ``gpubp bench`` (a quick run on the user's machine) and ``benchmarks/bench_cpu.py`` (the
+full run that writes results). Every comparison first checks that the libraries learn the same
+problem from the same initial weights, then times whole epochs in paired, alternating runs and
+reports medians, so that a shared, noisy machine affects all libraries alike.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import statistics
+import time
+import warnings
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from . import __version__
+from .mlp import MLP
+from .train import fit
+
+LIBRARIES = ("gpubp", "sklearn", "torch")
+
+
+@dataclass
+class Case:
+    """One benchmark configuration."""
+
+    sizes: tuple[int, ...]
+    batch_size: int
+    dtype: str
+    optimizer: str  # "momentum" (SGD, momentum 0.9) or "adam"
+
+    @property
+    def label(self) -> str:
+        return f"{'-'.join(map(str, self.sizes))} b{self.batch_size} {self.dtype} {self.optimizer}"
+
+    def flops_per_epoch(self, n: int) -> float:
+        """6 n sum(n_in n_out) - 2 n n0 n1: forward, dW and delta products, no delta for the input."""
+        pairs = sum(a * b for a, b in zip(self.sizes[:-1], self.sizes[1:]))
+        return 6.0 * n * pairs - 2.0 * n * self.sizes[0] * self.sizes[1]
+
+
+def machine_info() -> dict:
+    """CPU model, cores, BLAS libraries and versions of everything involved, and the date."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    import sklearn
+    import threadpoolctl
+
+    info = {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+        "numpy": np.__version__, "sklearn": sklearn.__version__, "gpubp": __version__,
+        "blas": sorted({f"{i['internal_api']} {i.get('version')} {i.get('architecture') or ''} "
+                        f"({i['num_threads']} threads)".replace("  ", " ")
+                        for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"}),
+    }
+    torch = _torch()
+    info["torch"] = torch.__version__ if torch else None
+    return info
+
+
+def _torch():
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
+
+
+def matmul_rate(dtype: str, n: int = 2048, repeat: int = 5) -> float:
+    """Measured GFLOP/s of an n x n by n x n NumPy matrix product (median of repeat)."""
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(n, n)).astype(dtype), rng.normal(size=(n, n)).astype(dtype)
+    a @ b
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t0)
+    return 2.0 * n**3 / statistics.median(times) / 1e9
+
+
+class Runner:
+    """Trains one epoch of a Case with each library from the same initial weights."""
+
+    def __init__(self, case: Case, X: np.ndarray, y: np.ndarray, lr: float | None = None):
+        self.case, self.y = case, y
+        self.X = np.ascontiguousarray(X, dtype=case.dtype)
+        self.lr = lr or (1e-3 if case.optimizer == "adam" else 0.01)
+        self.init = MLP(list(case.sizes), "relu", "cpu", case.dtype, seed=0).get_params()
+        self.torch = _torch()
+
+    def available(self) -> tuple[str, ...]:
+        return tuple(lib for lib in LIBRARIES if lib != "torch" or self.torch is not None)
+
+    def gpubp(self, epochs: int = 1) -> MLP:
+        net = MLP(list(self.case.sizes), "relu", "cpu", self.case.dtype, seed=0)
+        net.set_params(self.init)
+        fit(net, self.X, self.y, epochs=epochs, batch_size=self.case.batch_size, optimizer=self.case.optimizer,
+            lr=self.lr, momentum=0.9, seed=0)
+        return net
+
+    def sklearn(self, epochs: int = 1):
+        from sklearn.exceptions import ConvergenceWarning
+        from sklearn.neural_network import MLPClassifier
+
+        L = len(self.case.sizes) - 1
+        clf = MLPClassifier(self.case.sizes[1:-1], solver="sgd" if self.case.optimizer == "momentum" else "adam",
+                            alpha=0.0, batch_size=self.case.batch_size, learning_rate_init=self.lr, momentum=0.9,
+                            nesterovs_momentum=False, max_iter=epochs, tol=0.0, n_iter_no_change=epochs + 1,
+                            random_state=0, warm_start=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            warnings.simplefilter("ignore", UserWarning)  # the one-row-per-class batch is small
+            one_of_each = np.unique(self.y, return_index=True)[1]
+            clf.partial_fit(self.X[one_of_each], self.y[one_of_each], classes=np.arange(self.case.sizes[-1]))
+            clf.coefs_ = [p.copy() for p in self.init[:L]]
+            clf.intercepts_ = [p.copy() for p in self.init[L:]]
+            clf.fit(self.X, self.y)
+        return clf
+
+    def torch_model(self, epochs: int = 1):
+        torch = self.torch
+        dtype = getattr(torch, self.case.dtype)
+        L = len(self.case.sizes) - 1
+        layers = []
+        for W, b in zip(self.init[:L], self.init[L:]):
+            lin = torch.nn.Linear(*W.shape, dtype=dtype)
+            with torch.no_grad():
+                lin.weight.copy_(torch.from_numpy(np.ascontiguousarray(W.T)))
+                lin.bias.copy_(torch.from_numpy(b))
+            layers += [lin, torch.nn.ReLU()]
+        model = torch.nn.Sequential(*layers[:-1])
+        opt = (torch.optim.Adam(model.parameters(), lr=self.lr) if self.case.optimizer == "adam"
+               else torch.optim.SGD(model.parameters(), lr=self.lr, momentum=0.9))
+        X, y = torch.from_numpy(self.X), torch.from_numpy(self.y.astype(np.int64))
+        generator = torch.Generator().manual_seed(0)
+        for _ in range(epochs):
+            order = torch.randperm(len(X), generator=generator)
+            for start in range(0, len(X), self.case.batch_size):
+                idx = order[start : start + self.case.batch_size]
+                opt.zero_grad(set_to_none=True)
+                torch.nn.functional.cross_entropy(model(X[idx]), y[idx]).backward()
+                opt.step()
+        return model
+
+    def run(self, library: str) -> float:
+        """Seconds for one epoch with ``library``."""
+        train = {"gpubp": self.gpubp, "sklearn": self.sklearn, "torch": self.torch_model}[library]
+        t0 = time.perf_counter()
+        train()
+        return time.perf_counter() - t0
+
+    def accuracies(self, X_test, y_test, epochs: int = 2) -> dict:
+        """Test accuracy of each library after a short training from the shared start."""
+        X_test = np.asarray(X_test, dtype=self.case.dtype)
+        result = {"gpubp": self.gpubp(epochs).score(X_test, y_test),
+                  "sklearn": float(self.sklearn(epochs).score(X_test, y_test))}
+        if self.torch is not None:
+            model = self.torch_model(epochs)
+            with self.torch.no_grad():
+                logits = model(self.torch.from_numpy(X_test))
+            result["torch"] = float((logits.argmax(1).numpy() == y_test).mean())
+        return result
+
+
+def time_case(case: Case, X, y, X_test, y_test, pairs: int, rates: dict) -> dict:
+    """Agreement check, then paired alternating epoch timings for one case."""
+    runner = Runner(case, X, y)
+    libraries = runner.available()
+    accuracy = runner.accuracies(X_test, y_test)
+    chance = 1.0 / case.sizes[-1]
+    agree = all(a > 2 * chance for a in accuracy.values()) and max(accuracy.values()) - min(accuracy.values()) < 0.1
+    times = {lib: [] for lib in libraries}
+    if agree:
+        for pair in range(pairs):
+            for lib in (libraries if pair % 2 == 0 else tuple(reversed(libraries))):
+                times[lib].append(runner.run(lib))
+    flops = case.flops_per_epoch(len(X))
+    row = {**asdict(case), "label": case.label, "accuracy": accuracy, "agree": agree, "seconds": times}
+    if agree:
+        medians = {lib: statistics.median(t) for lib, t in times.items()}
+        row["median_seconds"] = medians
+        row["ratio_to_gpubp"] = {lib: medians[lib] / medians["gpubp"] for lib in libraries}
+        row["gflops"] = {lib: flops / medians[lib] / 1e9 for lib in libraries}
+        row["pct_of_matmul"] = {lib: 100 * row["gflops"][lib] / rates[case.dtype] for lib in libraries}
+    return row
+
+
+def format_rows(rows: list[dict]) -> str:
+    """Plain-text table of time_case results."""
+    lines = [f"{'case':<36} {'library':<8} {'epoch s':>8} {'x gpubp':>8} {'GFLOP/s':>8} {'% matmul':>8} {'acc':>6}"]
+    for row in rows:
+        if not row["agree"]:
+            lines.append(f"{row['label']:<36} accuracies disagree, not timed: {row['accuracy']}")
+            continue
+        for lib in row["median_seconds"]:
+            lines.append(f"{row['label']:<36} {lib:<8} {row['median_seconds'][lib]:>8.3f} "
+                         f"{row['ratio_to_gpubp'][lib]:>8.2f} {row['gflops'][lib]:>8.1f} "
+                         f"{row['pct_of_matmul'][lib]:>8.0f} {row['accuracy'][lib]:>6.3f}")
+    return "\n".join(lines)

@@ -1,0 +1,51 @@
+"""The benchmark machinery: FLOP counts, the quick `gpubp bench`, and the RESULTS.md renderer."""
+
+import json
+
+import pytest
+
+from gpubp import bench
+
+from .test_cli import gpubp
+
+
+def test_flop_count_of_an_epoch():
+    case = bench.Case((784, 512, 512, 10), 256, "float32", "adam")
+    pairs = 784 * 512 + 512 * 512 + 512 * 10
+    assert case.flops_per_epoch(1000) == 6 * 1000 * pairs - 2 * 1000 * 784 * 512
+    assert case.label == "784-512-512-10 b256 float32 adam"
+
+
+def test_matmul_rate_is_measured():
+    assert bench.matmul_rate("float64", n=256, repeat=2) > 0.1
+
+
+def test_quick_bench_command():
+    result = gpubp("bench", "--pairs", "1", "--samples", "600", timeout=300)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "GFLOP/s" in lines[0]
+    rows = [line for line in lines if line.startswith("784-512-512-10 b256 float32")]
+    assert {row.split()[4] for row in rows} >= {"gpubp", "sklearn"}
+
+
+def test_results_markdown_names_the_machine_and_the_verdicts(tmp_path):
+    from benchmarks.results_md import render
+
+    row = {"sizes": [784, 100, 10], "batch_size": 256, "dtype": "float32", "optimizer": "adam",
+           "label": "784-100-10 b256 float32 adam", "agree": True,
+           "accuracy": {"gpubp": 0.9, "sklearn": 0.91}, "median_seconds": {"gpubp": 0.02, "sklearn": 0.03},
+           "ratio_to_gpubp": {"gpubp": 1.0, "sklearn": 1.5}, "gflops": {"gpubp": 100.0, "sklearn": 66.0},
+           "pct_of_matmul": {"gpubp": 40.0, "sklearn": 27.0}}
+    report = {"machine": {"cpu": "Test CPU", "cores": 2, "blas": ["openblas 0.3"], "python": "3.11",
+                          "numpy": "2.0", "sklearn": "1.9", "torch": None, "gpubp": "0.1.0", "date": "today"},
+              "matmul_gflops": {"float32": 250.0}, "pairs": 3, "data": "synthetic", "rows": [row],
+              "targets": [{"target": "784-100-10: gpubp <= 0.5x scikit-learn", "value": 0.67, "met": False}]}
+    (tmp_path / "cpu-2026-01-01.json").write_text(json.dumps(report))
+    text = render(tmp_path, tmp_path / "RESULTS.md").read_text()
+    assert "Machine: Test CPU, 2 cores; BLAS: openblas 0.3" in text
+    assert "| 784-100-10 b256 float32 adam | sklearn | 0.030 | 1.50 | 66 | 27 | 0.910 |" in text
+    assert "| 784-100-10: gpubp <= 0.5x scikit-learn | 0.67 | NO |" in text
+    assert "## GPU" in text and "No results yet" in text
+    pytest.importorskip("matplotlib")
+    assert (tmp_path / "cpu-2026-01-01-epoch-time.png").read_bytes()[:4] == b"\x89PNG"
