@@ -53,3 +53,24 @@ def test_markdown_report_states_card_versions_and_verdicts():
     assert "| 784-512-512-10 b256 | 0.300 | 0.250 | 1.20x |" in text
     assert text.count("| yes |") == 2
     assert "cuda 1.50 s, cpu 30.00 s: 20.0x (target >= 10.0x: met" in text
+
+
+@pytest.mark.skipif(cuda_status().usable, reason="a GPU is usable here")
+def test_gpu_benchmark_without_a_gpu_measures_nothing():
+    script = REPO / "benchmarks" / "bench_gpu.py"
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 3 and "nothing was measured" in result.stdout
+
+
+def test_gpu_benchmark_markdown():
+    spec = importlib.util.spec_from_file_location("bench_gpu", REPO / "benchmarks" / "bench_gpu.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    row = {"case": "784-512-512-10 b256", "mode": "fp32", "max_rel_error": 1e-6, "agree": True,
+           "ms": {"gpubp": 0.3, "torch eager": 0.25, "torch.compile": 0.2, "torch CUDA graph": 0.1},
+           "tflops": {"gpubp": 2.0}, "fraction_of_ceiling": 0.04, "ratio_to_eager": 1.2,
+           "target": "<= 1.5x eager", "met": True}
+    report = {"gpu": "NVIDIA H200 (139.8 GiB)", "date": "today", "cupy": "14.0", "torch": "2.9", "numpy": "2.3",
+              "modes": [{"mode": "fp32", "rows": [row]}]}
+    text = module.markdown(report)
+    assert "| 784-512-512-10 b256 | fp32 | 0.300 | 0.250 | 0.200 | 0.100 | 1.20 | 2.0 | 4% | <= 1.5x eager | yes |" in text
