@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import platform
 import statistics
@@ -29,6 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import sklearn  # noqa: E402
+from benchmarks.results_md import write_results  # noqa: E402
 import threadpoolctl  # noqa: E402
 from sklearn import neural_network as sk  # noqa: E402
 from sklearn.exceptions import ConvergenceWarning  # noqa: E402
@@ -111,12 +111,7 @@ def main() -> int:
             + f"\nratio gpubp / scikit-learn, both float32: {ratio:.2f} (target <= {TARGET}: "
             f"{'met' if report['met'] else 'NOT met'}); gpubp float32 / scikit-learn on float64 input: "
             f"{medians['gpubp'] / medians['sklearn, float64 input']:.2f}\n")
-    folders = [REPO / "benchmarks" / "results"] + ([Path(os.environ["OUT"])] if os.environ.get("OUT") else [])
-    stem = f"estimator_cpu-{datetime.date.today():%Y-%m-%d}"
-    for folder in folders:
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / f"{stem}.json").write_text(json.dumps(report, indent=1) + "\n")
-        (folder / f"{stem}.md").write_text(text)
+    write_results(f"estimator_cpu-{datetime.date.today():%Y-%m-%d}", report, text)
     print(text)
     return 0
 

@@ -33,6 +33,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.results_md import write_results  # noqa: E402
 from gpubp import MLP, get_backend  # noqa: E402
 from gpubp.backend import cuda_status  # noqa: E402
 from gpubp.bench import Case  # noqa: E402
@@ -215,12 +216,8 @@ def main() -> int:
     report = {"gpu": gpu, "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
               "cupy": cp.__version__, "torch": torch.__version__, "numpy": np.__version__, "modes": modes}
     text = markdown(report)
-    stem = f"gpu-{datetime.date.today():%Y-%m-%d}-{re.sub(r'[^A-Za-z0-9]+', '-', gpu).strip('-')}"
-    folders = [REPO / "benchmarks" / "results"] + ([Path(os.environ["OUT"])] if os.environ.get("OUT") else [])
-    for folder in folders:
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / f"{stem}.json").write_text(json.dumps(report, indent=1) + "\n")
-        (folder / f"{stem}.md").write_text(text)
+    write_results(f"gpu-{datetime.date.today():%Y-%m-%d}-{re.sub(r'[^A-Za-z0-9]+', '-', gpu).strip('-')}",
+                  report, text)
     print(text)
     return 0
 

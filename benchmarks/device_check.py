@@ -34,6 +34,7 @@ import re
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -43,6 +44,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.results_md import write_results  # noqa: E402
 from gpubp import MLP, get_backend, kernels, ops  # noqa: E402
 from gpubp.backend import cuda_status  # noqa: E402
 from gpubp.optim import SGD  # noqa: E402
@@ -346,10 +348,7 @@ def main() -> int:
         return 3
     import cupy as cp
 
-    out_dir = Path(os.environ["OUT"]) if os.environ.get("OUT") else None
-    results_dir = REPO / "benchmarks" / "results"
-    results_dir.mkdir(parents=True, exist_ok=True)
-    scratch = out_dir or results_dir
+    scratch = Path(os.environ["OUT"]) if os.environ.get("OUT") else Path(tempfile.mkdtemp(prefix="gpubp-check-"))
     report = {"versions": versions(cp)}
     print(json.dumps(report["versions"], indent=1), flush=True)
     report["gpu_tests"] = run_gpu_tests(scratch)
@@ -359,10 +358,7 @@ def main() -> int:
     report["estimator"] = estimator_timings()
     text = markdown(report)
     card = re.sub(r"[^A-Za-z0-9]+", "-", report["versions"]["gpu"]).strip("-")
-    stem = f"device_check-{datetime.date.today():%Y-%m-%d}-{card}"
-    for folder in filter(None, (out_dir, results_dir)):
-        (folder / f"{stem}.json").write_text(json.dumps(report, indent=1) + "\n")
-        (folder / f"{stem}.md").write_text(text)
+    write_results(f"device_check-{datetime.date.today():%Y-%m-%d}-{card}", report, text)
     print(text)
     return 0 if report["gpu_tests"].get("failed") == 0 else 1
 

@@ -6,7 +6,23 @@ Each section names the machine that produced it. Plots need matplotlib (gpubp[be
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def write_results(stem: str, report: dict, text: str) -> list[Path]:
+    """Write report as STEM.json and text as STEM.md to benchmarks/results/ and to $OUT when set
+    (the device machine returns what is under $OUT)."""
+    folders = [RESULTS] + ([Path(os.environ["OUT"])] if os.environ.get("OUT") else [])
+    written = []
+    for folder in folders:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{stem}.json").write_text(json.dumps(report, indent=1) + "\n")
+        (folder / f"{stem}.md").write_text(text)
+        written.append(folder / f"{stem}.json")
+    return written
 
 
 def _newest(folder: Path, pattern: str):

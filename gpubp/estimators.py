@@ -22,7 +22,6 @@ CPU-only machine. Pickling works too and holds host arrays only.
 
 from __future__ import annotations
 
-import json
 import numbers
 import warnings
 
