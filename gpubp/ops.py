@@ -184,26 +184,41 @@ def output_activation(xp, z, output: str):
     return z
 
 
-def sgd_momentum_update(xp, p, g, v, lr: float, momentum: float, nesterov: bool) -> None:
+def sgd_momentum_update(xp, p, g, v, lr: float, momentum: float, nesterov: bool, scratch=None) -> None:
     """In place: v = momentum v - lr g; p += v, or p += momentum v - lr g (Nesterov).
 
-    p, g, v: arrays of one shape and dtype.
+    p, g, v: arrays of one shape and dtype. scratch: optional pair of arrays of that shape and
+    dtype for the intermediate products, so that no temporaries are allocated on each step.
     """
+    s1, s2 = scratch if scratch is not None else (xp.empty_like(p), xp.empty_like(p))
+    xp.multiply(g, lr, out=s1)  # lr g
     v *= momentum
-    v -= lr * g
+    v -= s1
     if nesterov:
-        p += momentum * v - lr * g
+        xp.multiply(v, momentum, out=s2)
+        s2 -= s1
+        p += s2
     else:
         p += v
 
 
-def adam_update(xp, p, g, m, v, lr_t: float, beta1: float, beta2: float, eps: float) -> None:
+def adam_update(xp, p, g, m, v, lr_t: float, beta1: float, beta2: float, eps: float, scratch=None) -> None:
     """In place: m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g^2; p -= lr_t m / (sqrt(v) + eps).
 
-    lr_t carries Adam's bias correction for this step. p, g, m, v: arrays of one shape and dtype.
+    lr_t carries Adam's bias correction for this step. p, g, m, v: arrays of one shape and dtype;
+    scratch: optional pair of arrays like them for the intermediate results.
+    1 - beta is computed in double, then rounded to p's dtype (as the kernel does).
     """
+    s1, s2 = scratch if scratch is not None else (xp.empty_like(p), xp.empty_like(p))
     m *= beta1
-    m += (1 - beta1) * g  # 1 - beta1 in double, then rounded to p's dtype (as the kernel does)
+    xp.multiply(g, 1 - beta1, out=s1)
+    m += s1
     v *= beta2
-    v += (1 - beta2) * (g * g)
-    p -= lr_t * m / (xp.sqrt(v) + eps)
+    xp.multiply(g, g, out=s1)
+    s1 *= 1 - beta2
+    v += s1
+    xp.multiply(m, lr_t, out=s1)
+    xp.sqrt(v, out=s2)
+    s2 += eps
+    s1 /= s2
+    p -= s1
