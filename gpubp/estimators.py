@@ -180,13 +180,13 @@ class _BaseMLP(BaseEstimator):
         if self.dtype is not None:
             X = X.astype(self.dtype)
         n_samples, n_features = X.shape
-        sample_weight = self._sample_weight(sample_weight, y, n_samples, X.dtype)
+        sample_weight = self._sample_weight(sample_weight, n_samples, X.dtype)
         Y = y.reshape(-1, 1) if y.ndim == 1 else y
         self.n_outputs_ = Y.shape[1]
         layer_units = [n_features, *hidden, self.n_outputs_]
         self._random_state = check_random_state(self.random_state)
         if first_pass:
-            self._initialize(Y, layer_units, X.dtype)
+            self._initialize(layer_units, X.dtype)
         net = self._network(X.dtype)
         if self.solver in _STOCHASTIC:
             self._fit_stochastic(net, X, Y, sample_weight, incremental, validation_data)
@@ -198,7 +198,8 @@ class _BaseMLP(BaseEstimator):
                              "large values and need to be preprocessed.")
         return self
 
-    def _sample_weight(self, sample_weight, y, n_samples, dtype):
+    def _sample_weight(self, sample_weight, n_samples, dtype):
+        """Checked sample weights (n_samples,) in dtype, or None."""
         if sample_weight is not None:
             sample_weight = np.asarray(sample_weight, dtype=dtype)
             if sample_weight.ndim == 0:
@@ -213,7 +214,8 @@ class _BaseMLP(BaseEstimator):
                 raise ValueError("Sample weights must contain at least one non-zero number.")
         return sample_weight
 
-    def _initialize(self, Y, layer_units, dtype):
+    def _initialize(self, layer_units, dtype):
+        """Fresh parameters from scikit-learn's stream and bounds, and empty training records."""
         self.n_iter_ = 0
         self.t_ = 0
         self.n_layers_ = len(layer_units)
@@ -244,12 +246,12 @@ class _BaseMLP(BaseEstimator):
     def _network(self, dtype=None):
         """The MLP on the device holding coefs_ and intercepts_ (made again when they changed)."""
         dtype = np.dtype(dtype or self.coefs_[0].dtype)
-        net = getattr(self, "_net", None)
-        if net is None or net.dtype != dtype or getattr(self, "_net_source", None) is not self.coefs_:
+        net, backend = getattr(self, "_net", None), get_backend(self.device)
+        stale = net is None or net.dtype != dtype or net.backend is not backend
+        if stale or getattr(self, "_net_source", None) is not self.coefs_:
             sizes = [self.coefs_[0].shape[0]] + [c.shape[1] for c in self.coefs_]
-            output = {"logistic": "logistic", "softmax": "softmax", "identity": "identity", "exp": "exp"}
-            net = MLP(sizes, _ACTIVATION_NAMES[self.activation], self.device, dtype.name, alpha=self.alpha,
-                      output=output[self.out_activation_])
+            net = MLP(sizes, _ACTIVATION_NAMES[self.activation], backend, dtype.name, alpha=self.alpha,
+                      output=self.out_activation_)
             net.set_params(list(self.coefs_) + list(self.intercepts_))
             self._net, self._net_source = net, self.coefs_
         net.alpha = float(self.alpha)
@@ -600,8 +602,8 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         self._y_raw = y
         return X, self._label_binarizer.transform(y).astype(X.dtype)
 
-    def _sample_weight(self, sample_weight, y, n_samples, dtype):
-        sample_weight = super()._sample_weight(sample_weight, y, n_samples, dtype)
+    def _sample_weight(self, sample_weight, n_samples, dtype):
+        sample_weight = super()._sample_weight(sample_weight, n_samples, dtype)
         if self.class_weight is None:
             return sample_weight
         weights = compute_sample_weight(self.class_weight, self._y_raw).astype(dtype)

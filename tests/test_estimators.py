@@ -220,3 +220,13 @@ def test_validation_data_class_weight_and_verbose(digits, capsys):
         b = MLPClassifier(hidden_layer_sizes=(5,), max_iter=3, random_state=0, device="cpu").fit(
             X, yb, sample_weight=np.where(yb == 1, 4.0, 1.0))
     np.testing.assert_array_equal(a.coefs_[0], b.coefs_[0])
+
+
+def test_changing_the_device_after_fit_moves_the_network(digits):
+    X, y = digits
+    clf = MLPClassifier(hidden_layer_sizes=(5,), max_iter=2, device="cpu").fit(X, y)
+    before = clf.predict_proba(X)
+    clf.set_params(device="numpy")  # an alias of the same backend: same result, no error
+    np.testing.assert_array_equal(clf.predict_proba(X), before)
+    clf.coefs_ = [c * 0 for c in clf.coefs_]  # new parameters are picked up
+    assert np.allclose(clf.predict_proba(X), clf.predict_proba(X)[0])
