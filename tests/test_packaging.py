@@ -30,3 +30,20 @@ def test_wheel_carries_the_kernel_sources_and_finds_them(tmp_path):
     assert result.returncode == 0, result.stderr
     where, size = result.stdout.split()
     assert where == str(site / "gpubp" / "_cuda") and int(size) > 1000
+
+
+@pytest.mark.slow
+def test_editable_install_finds_the_sources_in_the_checkout(tmp_path):
+    venv = tmp_path / "venv"
+    made = subprocess.run([sys.executable, "-m", "venv", str(venv)],
+                          capture_output=True, text=True, timeout=300)
+    assert made.returncode == 0, made.stderr
+    python = venv / "bin" / "python"
+    installed = subprocess.run([str(python), "-m", "pip", "install", "-q", "-e", str(REPO)],
+                               capture_output=True, text=True, timeout=900)
+    assert installed.returncode == 0, installed.stderr
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run([str(python), "-c", "import gpubp.kernels as k; print(k.source_dir())"],
+                            cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str(REPO / "kernels")
