@@ -1,0 +1,497 @@
+"""The shared machinery of gpubp.MLPClassifier and gpubp.MLPRegressor: scikit-learn's training
+algorithm (initial stream, batch order, SGD schedules and Adam, stopping rules, lbfgs) on gpubp's
+MLP, device placement, batched prediction, pickling and saving. See gpubp.estimators."""
+
+from __future__ import annotations
+
+import numbers
+import warnings
+
+import numpy as np
+import scipy.optimize
+from scipy import sparse
+from sklearn.base import BaseEstimator, is_classifier
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.model_selection import train_test_split
+from sklearn.utils import check_random_state, gen_batches, shuffle
+from sklearn.utils.validation import check_is_fitted, validate_data
+from tqdm.auto import tqdm
+
+from .backend import get_backend, to_numpy
+from .checkpoint import write_checkpoint
+from .mlp import MLP
+from .optim import SGD, Adam, optimizer_from_state
+
+_STOCHASTIC = ("sgd", "adam")
+_ACTIVATION_NAMES = {"identity": "identity", "logistic": "sigmoid", "tanh": "tanh", "relu": "relu"}
+_PREDICT_BATCH = 4096  # rows per device batch in predict
+
+
+class _LearningRate:
+    """scikit-learn's learning-rate bookkeeping for SGD (constant, invscaling, adaptive) and Adam."""
+
+    def __init__(self, solver: str, schedule: str, init: float, power_t: float):
+        self.solver, self.schedule, self.init, self.power_t = solver, schedule, init, power_t
+        self.value = init
+
+    def iteration_ends(self, time_step: int) -> None:
+        if self.solver == "sgd" and self.schedule == "invscaling":
+            self.value = float(self.init) / (time_step + 1) ** self.power_t
+
+    def trigger_stopping(self, msg: str, verbose) -> bool:
+        """True to stop; adaptive SGD divides the rate by 5 instead while it is above 1e-6."""
+        if self.solver != "sgd" or self.schedule != "adaptive":
+            if verbose:
+                print(msg + " Stopping.")
+            return True
+        if self.value <= 1e-6:
+            if verbose:
+                print(msg + " Learning rate too small. Stopping.")
+            return True
+        self.value /= 5.0
+        if verbose:
+            print(msg + " Setting learning rate to %f" % self.value)
+        return False
+
+
+def invalid_parameter(name: str, owner, expected: str, got) -> ValueError:
+    return ValueError(f"The '{name}' parameter of {type(owner).__name__} must be {expected}. Got {got!r} instead.")
+
+
+class BaseMLP(BaseEstimator):
+    """Shared fitting and prediction of MLPClassifier and MLPRegressor."""
+
+    def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, solver="adam", alpha=0.0001,
+                 batch_size="auto", learning_rate="constant", learning_rate_init=0.001, power_t=0.5,
+                 max_iter=200, shuffle=True, random_state=None, tol=1e-4, verbose=False, warm_start=False,
+                 momentum=0.9, nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
+                 beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000,
+                 device="auto", dtype=None):
+        self.hidden_layer_sizes = hidden_layer_sizes
+        self.activation = activation
+        self.solver = solver
+        self.alpha = alpha
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.learning_rate_init = learning_rate_init
+        self.power_t = power_t
+        self.max_iter = max_iter
+        self.shuffle = shuffle
+        self.random_state = random_state
+        self.tol = tol
+        self.verbose = verbose
+        self.warm_start = warm_start
+        self.momentum = momentum
+        self.nesterovs_momentum = nesterovs_momentum
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.beta_1 = beta_1
+        self.beta_2 = beta_2
+        self.epsilon = epsilon
+        self.n_iter_no_change = n_iter_no_change
+        self.max_fun = max_fun
+        self.device = device
+        self.dtype = dtype
+
+    # ------------------------------------------------------------------ parameters
+
+    def _check_params(self) -> list[int]:
+        """Check every setting once, as scikit-learn does at fit; returns the hidden widths."""
+        def number(name, low, high=np.inf, low_open=False, high_open=False, integer=False):
+            value = getattr(self, name)
+            kind = numbers.Integral if integer else numbers.Real
+            ok = isinstance(value, kind) and not isinstance(value, bool)
+            ok = ok and (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
+            if not ok:
+                interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open or high == np.inf else ']'}"
+                raise invalid_parameter(name, self, f"{'an int' if integer else 'a float'} in the range {interval}", value)
+
+        def choice(name, options):
+            if getattr(self, name) not in options:
+                raise invalid_parameter(name, self, f"a str among {set(options)}", getattr(self, name))
+
+        sizes = self.hidden_layer_sizes
+        sizes = list(sizes) if hasattr(sizes, "__iter__") else [sizes]
+        if not all(isinstance(s, numbers.Integral) and not isinstance(s, bool) for s in sizes):
+            raise invalid_parameter("hidden_layer_sizes", self, "an int or a sequence of ints", self.hidden_layer_sizes)
+        if np.any(np.array(sizes) <= 0):
+            raise ValueError(f"hidden_layer_sizes must be > 0, got {sizes}.")
+        choice("activation", _ACTIVATION_NAMES)
+        choice("solver", ("lbfgs", "sgd", "adam"))
+        choice("learning_rate", ("constant", "invscaling", "adaptive"))
+        number("alpha", 0)
+        if self.batch_size != "auto":
+            number("batch_size", 1, integer=True)
+        number("learning_rate_init", 0, low_open=True)
+        number("power_t", 0)
+        number("max_iter", 1, integer=True)
+        number("tol", 0)
+        number("momentum", 0, 1, high_open=True)
+        number("validation_fraction", 0, 1, low_open=True, high_open=True)
+        number("beta_1", 0, 1, high_open=True)
+        number("beta_2", 0, 1, high_open=True)
+        number("epsilon", 0, low_open=True)
+        number("n_iter_no_change", 1, integer=True)
+        number("max_fun", 1, integer=True)
+        for flag in ("shuffle", "warm_start", "nesterovs_momentum", "early_stopping"):
+            if not isinstance(getattr(self, flag), (bool, np.bool_)):
+                raise invalid_parameter(flag, self, "an instance of 'bool'", getattr(self, flag))
+        if self.dtype not in (None, "float32", "float64", np.float32, np.float64):
+            raise invalid_parameter("dtype", self, "None, 'float32' or 'float64'", self.dtype)
+        get_backend(self.device)  # unknown names and an unusable "cuda" fail here, with the reason
+        return [int(s) for s in sizes]
+
+    def _check_solver(self):
+        if self.solver not in _STOCHASTIC:
+            raise AttributeError(f"partial_fit is only available for stochastic optimizers. {self.solver} is not "
+                                 "stochastic.")
+        return True
+
+    # ------------------------------------------------------------------ fitting
+
+    def _fit(self, X, y, sample_weight=None, incremental=False, validation_data=None):
+        hidden = self._check_params()
+        first_pass = not hasattr(self, "coefs_") or (not self.warm_start and not incremental)
+        X, y = self._validate_input(X, y, incremental, reset=first_pass)
+        if self.dtype is not None:
+            X = X.astype(self.dtype)
+        n_samples, n_features = X.shape
+        sample_weight = self._sample_weight(sample_weight, n_samples, X.dtype)
+        Y = y.reshape(-1, 1) if y.ndim == 1 else y
+        self.n_outputs_ = Y.shape[1]
+        layer_units = [n_features, *hidden, self.n_outputs_]
+        self._random_state = check_random_state(self.random_state)
+        if first_pass:
+            self._initialize(layer_units, X.dtype)
+        net = self._network(X.dtype)
+        if self.solver in _STOCHASTIC:
+            self._fit_stochastic(net, X, Y, sample_weight, incremental, validation_data)
+        else:
+            self._fit_lbfgs(net, X, Y, sample_weight)
+        self._sync_from(net)
+        if not all(np.isfinite(w).all() for w in self.coefs_ + self.intercepts_):
+            raise ValueError("Solver produced non-finite parameter weights. The input data may contain "
+                             "large values and need to be preprocessed.")
+        return self
+
+    def _sample_weight(self, sample_weight, n_samples, dtype):
+        """Checked sample weights (n_samples,) in dtype, or None."""
+        if sample_weight is not None:
+            sample_weight = np.asarray(sample_weight, dtype=dtype)
+            if sample_weight.ndim == 0:
+                sample_weight = np.full(n_samples, sample_weight, dtype=dtype)
+            if sample_weight.shape != (n_samples,):
+                raise ValueError(f"sample_weight.shape == {sample_weight.shape}, expected {(n_samples,)}!")
+            if not np.isfinite(sample_weight).all():
+                raise ValueError("Input sample_weight contains NaN or infinity.")
+            if (sample_weight < 0).any():
+                raise ValueError("Negative values in data passed to sample_weight")
+            if not sample_weight.sum() > 0:
+                raise ValueError("Sample weights must contain at least one non-zero number.")
+        return sample_weight
+
+    def _initialize(self, layer_units, dtype):
+        """Fresh parameters from scikit-learn's stream and bounds, and empty training records."""
+        self.n_iter_ = 0
+        self.t_ = 0
+        self.n_layers_ = len(layer_units)
+        self.out_activation_ = self._out_activation()
+        self.coefs_, self.intercepts_ = [], []
+        factor = 2.0 if self.activation == "logistic" else 6.0
+        for fan_in, fan_out in zip(layer_units[:-1], layer_units[1:]):
+            bound = np.sqrt(factor / (fan_in + fan_out))
+            self.coefs_.append(self._random_state.uniform(-bound, bound, (fan_in, fan_out)).astype(dtype, copy=False))
+            self.intercepts_.append(self._random_state.uniform(-bound, bound, fan_out).astype(dtype, copy=False))
+        self._net = None
+        self._optimizer = None
+        self._lr = None
+        self._best_params = None
+        if self.solver in _STOCHASTIC:
+            self.loss_curve_ = []
+            self.validation_loss_curve_ = []
+            self._no_improvement_count = 0
+            if self.early_stopping:
+                self.validation_scores_ = []
+                self.best_validation_score_ = -np.inf
+                self.best_loss_ = None
+            else:
+                self.best_loss_ = np.inf
+                self.validation_scores_ = None
+                self.best_validation_score_ = None
+
+    def _network(self, dtype=None):
+        """The MLP on the device holding coefs_ and intercepts_ (made again when they changed)."""
+        dtype = np.dtype(dtype or self.coefs_[0].dtype)
+        net, backend = getattr(self, "_net", None), get_backend(self.device)
+        stale = net is None or net.dtype != dtype or net.backend is not backend
+        if stale or getattr(self, "_net_source", None) is not self.coefs_:
+            sizes = [self.coefs_[0].shape[0]] + [c.shape[1] for c in self.coefs_]
+            net = MLP(sizes, _ACTIVATION_NAMES[self.activation], backend, dtype.name, alpha=self.alpha,
+                      output=self.out_activation_)
+            net.set_params(list(self.coefs_) + list(self.intercepts_))
+            self._net, self._net_source = net, self.coefs_
+        net.alpha = float(self.alpha)
+        return net
+
+    def _sync_from(self, net) -> None:
+        """Host copies of the device parameters in coefs_ and intercepts_."""
+        L = len(net.weights)
+        host = [to_numpy(p) for p in net.params]
+        self.coefs_, self.intercepts_ = host[:L], host[L:]
+        self._net_source = self.coefs_
+
+    def _batch_loss(self, net, Xb, Yb, wb):
+        """Loss as scikit-learn reports it, gradients as scikit-learn computes them."""
+        loss, dW, db = net._loss_and_grads(Xb, Yb, wb)
+        if net.output == "identity" and self.n_outputs_ > 1:
+            # scikit-learn's squared loss averages over the outputs; its gradient does not
+            n = Xb.shape[0] if wb is None else float(wb.sum())
+            l2 = (self.alpha / (2 * n)) * sum(net.xp.vdot(W, W) for W in net.weights)
+            loss = (loss - l2) / self.n_outputs_ + l2
+        return loss, dW, db
+
+    def _make_optimizer(self):
+        if self.solver == "adam":
+            return Adam(self.beta_1, self.beta_2, self.epsilon)
+        nesterov = bool(self.nesterovs_momentum) and self.momentum > 0
+        return SGD(self.momentum, nesterov)
+
+    def _split_validation(self, X, Y, sample_weight, validation_data):
+        if validation_data is not None:
+            Xv, yv = validation_data
+            Xv = validate_data(self, Xv, accept_sparse=["csr", "csc"], dtype=X.dtype, reset=False)
+            return X, Y, sample_weight, Xv, np.asarray(yv), None
+        if not self.early_stopping:
+            return X, Y, sample_weight, None, None, None
+        stratify = Y if is_classifier(self) and self.n_outputs_ == 1 else None
+        arrays = (X, Y) if sample_weight is None else (X, Y, sample_weight)
+        parts = train_test_split(*arrays, random_state=self._random_state,
+                                 test_size=self.validation_fraction, stratify=stratify)
+        X, Xv, Y, Yv = parts[:4]
+        sample_weight, wv = (parts[4], parts[5]) if sample_weight is not None else (None, None)
+        if Xv.shape[0] < 2:
+            raise ValueError("The validation set is too small. Increase 'validation_fraction' or the size of "
+                             "your dataset.")
+        yv = self._label_binarizer.inverse_transform(Yv) if is_classifier(self) else Yv
+        if not is_classifier(self) and self.n_outputs_ == 1:
+            yv = yv.ravel()
+        return X, Y, sample_weight, Xv, yv, wv
+
+    def _fit_stochastic(self, net, X, Y, sample_weight, incremental, validation_data):
+        backend = net.backend
+        saved = self.__dict__.pop("_optimizer_state", None)  # left by unpickling
+        if incremental and self._optimizer is None and saved is not None:
+            self._optimizer = optimizer_from_state(saved[0])
+            self._optimizer.load_state(saved[1], net.params)
+        if not incremental or self._optimizer is None:
+            self._optimizer = self._make_optimizer()
+            self._lr = _LearningRate(self.solver, self.learning_rate, self.learning_rate_init, self.power_t)
+        if self.early_stopping and getattr(self, "_best_params", None) is None:
+            self._best_params = net.get_params()
+        if self.early_stopping and incremental:
+            raise ValueError("partial_fit does not support early_stopping=True")
+        X, Y, sample_weight, Xv, yv, wv = self._split_validation(X, Y, sample_weight, validation_data)
+        n_samples = X.shape[0]
+        if self.batch_size == "auto":
+            batch_size = min(200, n_samples)
+        else:
+            if self.batch_size > n_samples:
+                warnings.warn("Got `batch_size` less than 1 or larger than sample size. It is going to be clipped")
+            batch_size = int(np.clip(self.batch_size, 1, n_samples))
+        on_device = not sparse.issparse(X) and backend.fits(X.nbytes)
+        Xd = backend.asarray(X, net.dtype) if on_device else X
+        Yd = _device_targets(net, Y)
+        wd = None if sample_weight is None else backend.asarray(sample_weight, net.dtype)
+        sample_idx = np.arange(n_samples, dtype=int)
+        try:
+            self.n_iter_ = 0
+            for _ in range(self.max_iter):
+                if self.shuffle:
+                    sample_idx = shuffle(sample_idx, random_state=self._random_state)
+                idx_dev = backend.asarray(sample_idx)
+                accumulated = 0.0
+                bar = tqdm(total=-(-n_samples // batch_size), leave=False, disable=not self.verbose or self.verbose < 2)
+                for batch in gen_batches(n_samples, batch_size):
+                    rows, rows_host = (idx_dev[batch], sample_idx[batch]) if self.shuffle else (batch, batch)
+                    Xb = Xd[rows] if on_device else backend.asarray(_dense(X[rows_host]), net.dtype)
+                    loss, dW, db = self._batch_loss(net, Xb, Yd[rows], None if wd is None else wd[rows])
+                    accumulated = accumulated + loss * (batch.stop - batch.start)
+                    self._optimizer.step(net.params, dW + db, self._lr.value)
+                    bar.update()
+                bar.close()
+                self.n_iter_ += 1
+                self.loss_ = float(accumulated) / n_samples
+                self.t_ += n_samples
+                self.loss_curve_.append(self.loss_)
+                if self.verbose:
+                    print("Iteration %d, loss = %.8f" % (self.n_iter_, self.loss_))
+                if Xv is not None:
+                    self.validation_loss_curve_.append(self._validation_loss(net, Xv, yv, wv))
+                self._update_no_improvement_count(net, Xv, yv, wv)
+                self._lr.iteration_ends(self.t_)
+                if self._no_improvement_count > self.n_iter_no_change:
+                    what = "Validation score" if self.early_stopping else "Training loss"
+                    msg = (f"{what} did not improve more than tol={self.tol:f} for "
+                           f"{self.n_iter_no_change} consecutive epochs.")
+                    if self._lr.trigger_stopping(msg, self.verbose):
+                        break
+                    self._no_improvement_count = 0
+                if incremental:
+                    break
+                if self.n_iter_ == self.max_iter:
+                    warnings.warn(f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached and the "
+                                  "optimization hasn't converged yet.", ConvergenceWarning)
+        except KeyboardInterrupt:
+            warnings.warn("Training interrupted by user.")
+        if self.early_stopping:
+            net.set_params(self._best_params)
+
+    def _update_no_improvement_count(self, net, Xv, yv, wv):
+        if self.early_stopping:
+            score = self._score_net(net, Xv, yv, wv)
+            self.validation_scores_.append(score)
+            if self.verbose:
+                print("Validation score: %f" % score)
+            if score < self.best_validation_score_ + self.tol:
+                self._no_improvement_count += 1
+            else:
+                self._no_improvement_count = 0
+            if score > self.best_validation_score_:
+                self.best_validation_score_ = score
+                self._best_params = net.get_params()
+        else:
+            if self.loss_curve_[-1] > self.best_loss_ - self.tol:
+                self._no_improvement_count += 1
+            else:
+                self._no_improvement_count = 0
+            if self.loss_curve_[-1] < self.best_loss_:
+                self.best_loss_ = self.loss_curve_[-1]
+
+    def _validation_loss(self, net, Xv, yv, wv) -> float:
+        Yv = self._targets(yv)
+        loss_sum, n = 0.0, 0.0
+        for batch in gen_batches(Xv.shape[0], _PREDICT_BATCH):
+            Xb = net.backend.asarray(_dense(Xv[batch]), net.dtype)
+            Yb = _device_targets(net, Yv[batch])
+            wb = None if wv is None else net.backend.asarray(wv[batch], net.dtype)
+            loss, _, _ = self._batch_loss(net, Xb, Yb, wb)
+            weight = (batch.stop - batch.start) if wv is None else float(wv[batch].sum())
+            loss_sum, n = loss_sum + float(loss) * weight, n + weight
+        return loss_sum / n
+
+    def _fit_lbfgs(self, net, X, Y, sample_weight):
+        backend = net.backend
+        Xd = backend.asarray(_dense(X), net.dtype)
+        Yd = _device_targets(net, Y)
+        wd = None if sample_weight is None else backend.asarray(sample_weight, net.dtype)
+        shapes = [p.shape for p in net.params]
+        bounds = np.cumsum([0] + [int(np.prod(s)) for s in shapes])
+
+        def unpack(packed):
+            net.set_params([packed[a:b].reshape(s) for a, b, s in zip(bounds[:-1], bounds[1:], shapes)])
+
+        def loss_and_grad(packed):
+            unpack(packed)
+            loss, dW, db = self._batch_loss(net, Xd, Yd, wd)
+            return float(loss), np.concatenate([to_numpy(g).ravel() for g in dW + db]).astype(np.float64)
+
+        packed = np.concatenate([p.ravel() for p in self.coefs_ + self.intercepts_])
+        result = scipy.optimize.minimize(loss_and_grad, packed, method="L-BFGS-B", jac=True,
+                                         options={"maxfun": self.max_fun, "maxiter": self.max_iter, "gtol": self.tol})
+        if result.status != 0:
+            warnings.warn(f"lbfgs failed to converge after {result.nit} iteration(s) (status={result.status}):\n"
+                          f"{result.message}.\n\nIncrease the number of iterations to improve the convergence "
+                          f"(max_iter={self.max_iter}).", ConvergenceWarning)
+        self.n_iter_ = min(result.nit, self.max_iter)
+        self.loss_ = float(result.fun)
+        unpack(result.x)
+
+    # ------------------------------------------------------------------ prediction
+
+    def _forward(self, X, check_input=True):
+        """Output-layer activations (n, n_outputs) on the host, computed in device batches."""
+        check_is_fitted(self)
+        if check_input:
+            X = validate_data(self, X, accept_sparse=["csr", "csc"], reset=False)
+        net = self._network()
+        out = np.empty((X.shape[0], self.n_outputs_), dtype=net.dtype)
+        for batch in gen_batches(X.shape[0], _PREDICT_BATCH):
+            out[batch] = to_numpy(net.predict_output(_dense(X[batch]).astype(net.dtype, copy=False)))
+        return out
+
+    def _score_net(self, net, X, y, sample_weight):
+        self._net, self._net_source = net, self.coefs_  # score the parameters being trained
+        return self._score(X, y, sample_weight)
+
+    # ------------------------------------------------------------------ persistence
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.pop("_net", None)
+        state.pop("_net_source", None)
+        optimizer = state.pop("_optimizer", None)
+        if optimizer is not None:
+            settings, arrays = optimizer.state()
+            state["_optimizer_state"] = (settings, {k: to_numpy(v) for k, v in arrays.items()})
+        if state.get("_best_params") is not None:
+            state["_best_params"] = [to_numpy(p) for p in state["_best_params"]]
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._optimizer = None  # rebuilt from _optimizer_state by the next partial_fit
+
+    _FITTED = ("loss_", "best_loss_", "loss_curve_", "validation_loss_curve_", "validation_scores_",
+               "best_validation_score_", "n_iter_", "t_", "n_features_in_", "n_layers_", "n_outputs_",
+               "out_activation_")
+
+    def save(self, path):
+        """Write the fitted estimator to a .npz file (no pickle) that :func:`load_estimator` reads
+        on any machine, with or without a GPU."""
+        check_is_fitted(self)
+        params = {k: v for k, v in self.get_params().items()}
+        if not (params["random_state"] is None or isinstance(params["random_state"], numbers.Integral)):
+            params["random_state"] = None  # a RandomState object cannot be stored without pickle
+        sizes = params["hidden_layer_sizes"]
+        params["hidden_layer_sizes"] = int(sizes) if isinstance(sizes, numbers.Integral) else [int(s) for s in sizes]
+        if params["dtype"] is not None:
+            params["dtype"] = np.dtype(params["dtype"]).name
+        if "class_weight" in params and isinstance(params["class_weight"], dict):
+            params["class_weight"] = None  # keys may not be JSON; the weights are baked into the fit
+        fitted = {k: _jsonable(getattr(self, k)) for k in self._FITTED if hasattr(self, k)}
+        meta = {"estimator": type(self).__name__, "params": params, "fitted": fitted}
+        arrays = {}
+        if hasattr(self, "feature_names_in_"):
+            arrays["feature_names_in"] = self.feature_names_in_.astype(str)
+        if is_classifier(self):
+            if self.classes_.dtype == object and not all(isinstance(c, str) for c in self.classes_):
+                raise ValueError("save needs classes that are numbers or strings")
+            arrays["classes"] = self.classes_.astype(str) if self.classes_.dtype == object else self.classes_
+            meta["label_type"] = self._label_binarizer.y_type_
+            meta["classes_are_objects"] = bool(self.classes_.dtype == object)
+        meta["model"] = {"sizes": [self.coefs_[0].shape[0]] + [c.shape[1] for c in self.coefs_],
+                         "dtype": self.coefs_[0].dtype.name}
+        arrays.update({f"param_{i}": p for i, p in enumerate(self.coefs_ + self.intercepts_)})
+        return write_checkpoint(path, meta, arrays)
+
+
+def _device_targets(net, Y):
+    """Targets on the device as the network takes them: class indices for a softmax output
+    (from the one-hot rows), the (n, k) matrix otherwise."""
+    if net.output == "softmax":
+        return net.backend.asarray(np.asarray(Y).argmax(axis=1))
+    return net.backend.asarray(Y, net.dtype)
+
+
+def _dense(X):
+    return X.toarray() if sparse.issparse(X) else X
+
+
+def _jsonable(value):
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    return value
