@@ -36,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -54,6 +55,7 @@ ELEMENTWISE_TARGET = 0.70  # of copy bandwidth
 FUSED_SPEEDUP_TARGET = 2.0  # over the plain CuPy chain
 STEP_TARGETS = {"784-512-512-10 b256": 1.5, "4096-4096-4096-10 b4096": 1.1}
 ESTIMATOR_SPEEDUP_TARGET = 10.0  # cuda over cpu, issue 4
+SLOW_TESTS_SECONDS = 120
 STEP_CASES = [([784, 512, 512, 10], 256), ([784, 512, 512, 10], 4096), ([4096, 4096, 4096, 10], 4096)]
 
 
@@ -85,24 +87,40 @@ def versions(cp) -> dict:
     return info
 
 
-def run_gpu_tests(out_dir: Path) -> dict:
-    """pytest -m gpu; counts from its JUnit XML report."""
-    report = out_dir / "pytest-gpu.xml"
-    cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider",
+def run_gpu_tests(out_dir: Path, marker: str = "gpu and not slow", timeout: float | None = None) -> dict:
+    """pytest -m MARKER; counts from its JUnit XML report (and the names of failed tests)."""
+    report = out_dir / f"pytest-{marker.replace(' ', '-')}.xml"
+    cmd = [sys.executable, "-m", "pytest", "-m", marker, "-q", "-p", "no:cacheprovider",
            f"--junitxml={report}", str(REPO / "tests")]
     t0 = time.perf_counter()
-    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True,
-                            env={**os.environ, "PYTHONPATH": str(REPO)})
-    counts = {"exit_status": result.returncode, "seconds": round(time.perf_counter() - t0, 1)}
+    try:
+        result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout,
+                                env={**os.environ, "PYTHONPATH": str(REPO)})
+    except subprocess.TimeoutExpired:
+        return {"marker": marker, "exit_status": None, "passed": 0, "failed": -1, "skipped": 0,
+                "seconds": timeout, "tail": f"stopped after {timeout} s"}
+    counts = {"marker": marker, "exit_status": result.returncode, "seconds": round(time.perf_counter() - t0, 1)}
     try:
         suite = ET.parse(report).getroot()
         suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
         total, failures, errors, skipped = (int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped"))
         counts.update(passed=total - failures - errors - skipped, failed=failures + errors, skipped=skipped)
+        counts["failed_tests"] = _failures(suite)
     except (ET.ParseError, OSError, AttributeError) as exc:
         counts.update(passed=0, failed=-1, skipped=0, report_error=str(exc))
     counts["tail"] = "\n".join((result.stdout + result.stderr).strip().splitlines()[-15:])
     return counts
+
+
+def _failures(suite) -> list[str]:
+    """'test name: message' for each failed or erroring test case of a JUnit suite."""
+    found = []
+    for case in suite.iter("testcase"):
+        problem = case.find("failure")
+        problem = problem if problem is not None else case.find("error")
+        if problem is not None:
+            found.append(f"{case.get('name')}: {problem.get('message', '')[:200]}")
+    return found
 
 
 def gpu_median_ms(cp, fn, repeat=50) -> float:
@@ -299,46 +317,80 @@ def estimator_timings() -> dict:
             "met": bool(error < 1e-3 and speedup >= ESTIMATOR_SPEEDUP_TARGET)}
 
 
-def markdown(report: dict) -> str:
-    v = report["versions"]
-    t = report["gpu_tests"]
-    lines = [
-        f"# Device check: {v['gpu']}, {v['date']}",
-        "",
-        f"Driver {v['driver']} (CUDA {v['driver_cuda']}), CUDA runtime {v['runtime_cuda']}, "
-        f"CuPy {v['cupy']}, NumPy {v['numpy']}, Python {v['python']}.",
-        "",
-        f"`pytest -m gpu`: {t.get('passed')} passed, {t.get('failed')} failed, "
-        f"{t.get('skipped')} skipped ({t.get('seconds')} s).",
-        "",
-        f"## Kernels, float32, {N_ELEMENTS // 2**20}M elements (median of CUDA-event times)",
-        "",
-        "| kernel | ms | GB/s | % of copy | plain CuPy ms | speedup | rel. error | target | met |",
-        "|---|---:|---:|---:|---:|---:|---:|---|---|",
-    ]
-    for r in report["kernels"]:
+def _kernel_lines(rows) -> list[str]:
+    lines = [f"## Kernels, float32, {N_ELEMENTS // 2**20}M elements (median of CUDA-event times)", "",
+             "| kernel | ms | GB/s | % of copy | plain CuPy ms | speedup | rel. error | target | met |",
+             "|---|---:|---:|---:|---:|---:|---:|---|---|"]
+    for r in rows:
         if "chain_ms" not in r:
             lines.append(f"| {r['kernel']} | {r['ms']:.3f} | {r['gbs']:.0f} | 100 | | | | | |")
             continue
         lines.append(f"| {r['kernel']} | {r['ms']:.3f} | {r['gbs']:.0f} | {r['pct_copy']:.0f} | "
                      f"{r['chain_ms']:.3f} | {r['speedup']:.2f}x | {r['rel_error']:.1e} | {r['target']} | "
                      f"{'yes' if r['met'] else 'NO'} |")
-    lines += ["", "## Training step, float32, TF32 off (median host time around a device sync)", "",
-              "| network, batch | gpubp ms | PyTorch eager ms | ratio | gpubp TFLOP/s | rel. error | target | met |",
-              "|---|---:|---:|---:|---:|---:|---|---|"]
-    for r in report["steps"]:
+    return lines
+
+
+def _step_lines(rows) -> list[str]:
+    lines = ["## Training step, float32, TF32 off (median host time around a device sync)", "",
+             "| network, batch | gpubp ms | PyTorch eager ms | ratio | gpubp TFLOP/s | rel. error | target | met |",
+             "|---|---:|---:|---:|---:|---:|---|---|"]
+    for r in rows:
         if "skipped" in r:
             lines.append(f"| {r['case']} | skipped: {r['skipped']} | | | | | | |")
             continue
         lines.append(f"| {r['case']} | {r['gpubp_ms']:.3f} | {r['torch_ms']:.3f} | {r['ratio']:.2f}x | "
                      f"{r['gpubp_tflops']:.1f} | {r['max_rel_error']:.1e} | {r.get('target', '')} | "
                      f"{('yes' if r['met'] else 'NO') if 'met' in r else ''} |")
-    e = report["estimator"]
-    lines += ["", "## MLPClassifier((512, 512)), 60,000 x 784 float32, 2 epochs (median of 3)", "",
-              f"cuda {e['median_seconds']['cuda']:.2f} s, cpu {e['median_seconds']['cpu']:.2f} s: "
-              f"{e['speedup']:.1f}x (target {e['target']}: {'met' if e['met'] else 'NOT met'}; "
-              f"float32 loss curves agree to {e['loss_curve_rel_error']:.1e})"]
+    return lines
+
+
+def _estimator_lines(e) -> list[str]:
+    return ["## MLPClassifier((512, 512)), 60,000 x 784 float32, 2 epochs (median of 3)", "",
+            f"cuda {e['median_seconds']['cuda']:.2f} s, cpu {e['median_seconds']['cpu']:.2f} s: "
+            f"{e['speedup']:.1f}x (target {e['target']}: {'met' if e['met'] else 'NOT met'}; "
+            f"float32 loss curves agree to {e['loss_curve_rel_error']:.1e})"]
+
+
+SECTIONS = {"kernels": _kernel_lines, "steps": _step_lines, "estimator": _estimator_lines}
+
+
+def markdown(report: dict) -> str:
+    v = report["versions"]
+    t = report.get("gpu_tests", {})
+    lines = [
+        f"# Device check: {v['gpu']}, {v['date']}",
+        "",
+        f"Driver {v['driver']} (CUDA {v['driver_cuda']}), CUDA runtime {v['runtime_cuda']}, "
+        f"CuPy {v['cupy']}, NumPy {v['numpy']}, Python {v['python']}.",
+        "",
+        f"`pytest -m \"{t.get('marker', 'gpu')}\"`: {t.get('passed')} passed, {t.get('failed')} failed, "
+        f"{t.get('skipped')} skipped ({t.get('seconds')} s).",
+    ]
+    slow = report.get("gpu_slow_tests")
+    if slow:
+        lines += ["", f"`pytest -m \"{slow['marker']}\"` (scikit-learn's checks on cuda): {slow.get('passed')} "
+                      f"passed, {slow.get('failed')} failed, {slow.get('skipped')} skipped ({slow.get('seconds')} s)."]
+        lines += [f"- failed: {name}" for name in slow.get("failed_tests", [])]
+    for name, render in SECTIONS.items():
+        section = report.get(name)
+        lines.append("")
+        if section is None:
+            lines.append(f"## {name}: not run")
+        elif isinstance(section, dict) and "error" in section:
+            lines.append(f"## {name}: failed: {section['error']}")
+        else:
+            lines += render(section)
     return "\n".join(lines) + "\n"
+
+
+def _run_section(report: dict, name: str, measure) -> None:
+    """report[name] = measure(), or the error it raised (so one failure loses no other section)."""
+    try:
+        report[name] = measure()
+    except Exception as exc:  # recorded in the report, with the traceback's end printed
+        report[name] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
+        traceback.print_exc()
 
 
 def main() -> int:
@@ -350,17 +402,23 @@ def main() -> int:
 
     scratch = Path(os.environ["OUT"]) if os.environ.get("OUT") else Path(tempfile.mkdtemp(prefix="gpubp-check-"))
     report = {"versions": versions(cp)}
+    card = re.sub(r"[^A-Za-z0-9]+", "-", report["versions"]["gpu"]).strip("-")
+    stem = f"device_check-{datetime.date.today():%Y-%m-%d}-{card}"
     print(json.dumps(report["versions"], indent=1), flush=True)
     report["gpu_tests"] = run_gpu_tests(scratch)
     print(report["gpu_tests"]["tail"], flush=True)
-    report["kernels"] = kernel_timings(cp)
-    report["steps"] = step_timings(cp)
-    report["estimator"] = estimator_timings()
+    for name, measure in (("kernels", lambda: kernel_timings(cp)), ("steps", lambda: step_timings(cp)),
+                          ("estimator", estimator_timings)):
+        _run_section(report, name, measure)
+        write_results(stem, report, markdown(report))  # what is measured so far survives a timeout
+    # last, in the time left: scikit-learn's estimator checks on the cuda device (many small fits)
+    report["gpu_slow_tests"] = run_gpu_tests(scratch, "gpu and slow", timeout=SLOW_TESTS_SECONDS)
+    write_results(stem, report, markdown(report))
     text = markdown(report)
-    card = re.sub(r"[^A-Za-z0-9]+", "-", report["versions"]["gpu"]).strip("-")
-    write_results(f"device_check-{datetime.date.today():%Y-%m-%d}-{card}", report, text)
     print(text)
-    return 0 if report["gpu_tests"].get("failed") == 0 else 1
+    failed = report["gpu_tests"].get("failed") != 0 or any("error" in report[n] for n in SECTIONS
+                                                            if isinstance(report[n], dict))
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

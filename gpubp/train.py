@@ -448,7 +448,7 @@ class Trainer:
         if losses:
             finite = xp.isfinite(xp.stack([xp.asarray(loss) for loss in losses]))
             if not bool(finite.all()):
-                bad = int(xp.argmin(finite))
+                bad = int(xp.argmin(finite.astype(xp.int8)))  # first False
         if bad is None and all(bool(xp.isfinite(p).all()) for p in self.net.params):
             return
         step = self.state.step - len(losses) + (bad if bad is not None else len(losses) - 1) + 1

@@ -74,3 +74,19 @@ def test_gpu_benchmark_markdown():
               "modes": [{"mode": "fp32", "rows": [row]}]}
     text = module.markdown(report)
     assert "| 784-512-512-10 b256 | fp32 | 0.300 | 0.250 | 0.200 | 0.100 | 1.20 | 2.0 | 4% | <= 1.5x eager | yes |" in text
+
+
+def test_a_failed_section_is_reported_and_the_others_kept():
+    dc = load_script()
+    report = {"versions": {"gpu": "G", "date": "d", "driver": "1", "driver_cuda": "13.0", "runtime_cuda": "13.0",
+                           "cupy": "14", "numpy": "2", "python": "3.12"},
+              "gpu_tests": {"passed": 1, "failed": 0, "skipped": 0, "seconds": 1.0}}
+
+    def broken():
+        raise AttributeError("module 'cupy' has no attribute 'x'")
+
+    dc._run_section(report, "kernels", broken)
+    dc._run_section(report, "steps", lambda: [{"case": "all", "skipped": "no torch"}])
+    text = dc.markdown(report)
+    assert "## kernels: failed: AttributeError: module 'cupy' has no attribute 'x'" in text
+    assert "| all | skipped: no torch |" in text and "## estimator: not run" in text

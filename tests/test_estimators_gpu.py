@@ -47,6 +47,7 @@ def test_fitted_on_the_gpu_predicts_on_the_cpu(tmp_path):
     np.testing.assert_array_equal(loaded.predict(X / 16), gpu.predict(X / 16))
 
 
+@pytest.mark.slow  # many small fits: the device check runs these last, in the time left
 @parametrize_with_checks([MLPClassifier(max_iter=100, device="cuda"), MLPRegressor(max_iter=100, device="cuda")])
 def test_sklearn_checks_on_the_gpu(estimator, check):
     with warnings.catch_warnings():
