@@ -74,13 +74,17 @@ def test_sigkill_at_20_moments_never_loses_the_newest_checkpoint(tmp_path):
     ckpt = tmp_path / "run.npz"
     rng = random.Random(2026)
     during_write = 0
+    def temporaries():
+        return {p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")}
+
     for i in range(20):
         args = ["train", "--resume", "run.npz", "--quiet"] if ckpt.exists() else \
             [*LONG_RUN, "--checkpoint", "run.npz", "--checkpoint-every", "1", "--quiet"]
+        left_before = temporaries()  # from an earlier kill; the next write removes them
         proc = start(*args, cwd=tmp_path)
-        if i % 2:  # wait for a checkpoint write to be under way, then kill
+        if i % 2:  # wait for a new checkpoint write to be under way, then kill
             deadline = time.monotonic() + 30
-            while not any(p.name.endswith(".tmp") for p in tmp_path.iterdir()):
+            while not temporaries() - left_before:
                 assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
                 time.sleep(0.0005)
         else:  # anywhere: start-up, training, writing
@@ -89,7 +93,7 @@ def test_sigkill_at_20_moments_never_loses_the_newest_checkpoint(tmp_path):
         proc.wait(timeout=30)
         proc.stdout.close()
         proc.stderr.close()
-        during_write += any(p.name.endswith(".tmp") for p in tmp_path.iterdir())
+        during_write += bool(temporaries() - left_before)  # killed while writing this run's file
         if ckpt.exists():
             read_checkpoint(ckpt)  # whole and loadable, whatever the moment
     assert ckpt.exists() and during_write >= 5, during_write
