@@ -106,6 +106,16 @@ def render(results: Path, out: Path) -> Path:
         lines += _cpu_section(path, report, _plot_cpu(path, report)) + [""]
     else:
         lines += ["## CPU", "", "No results yet: run `PYTHONPATH=. python benchmarks/bench_cpu.py`.", ""]
+    path, report = _newest(results, "estimator_cpu-*.json")
+    if report:
+        m, med = report["machine"], report["median_seconds"]
+        lines += [f"## CPU: gpubp.MLPClassifier vs scikit-learn's ({path.name})", "",
+                  f"Machine: {m['cpu']}, {m['cores']} cores; BLAS: {'; '.join(m['blas'])}; {report['date']}. "
+                  f"{report['data']}; {report['network']}; {report['epochs']} epochs; median of {report['pairs']} "
+                  "paired runs.", "", "| estimator | median fit s |", "|---|---:|"]
+        lines += [f"| {name} | {seconds:.2f} |" for name, seconds in med.items()]
+        lines += ["", f"gpubp / scikit-learn (both float32): {report['ratio_gpubp_to_sklearn']:.2f} "
+                      f"(target {report['target']}: {'met' if report['met'] else 'NOT met'}).", ""]
     path, report = _newest(results, "device_check-*.json")
     if report:
         from benchmarks.device_check import markdown
