@@ -163,3 +163,21 @@ def test_resume_refuses_a_changed_setting_and_a_model_file(tmp_path):
     model = tmp_path / "m.npz"
     assert gpubp("train", "--epochs", "1", "--out", str(model), "--quiet").returncode == 0
     assert_one_line_error(gpubp("train", "--resume", str(model)), "a gpubp model file, not a checkpoint")
+
+
+def test_stopped_after_k_epochs_and_resumed_from_the_command_line_is_bitwise_equal(tmp_path):
+    first = gpubp("train", "--epochs", "3", "--checkpoint", str(tmp_path / "c.npz"), "--quiet", "--seed", "4")
+    assert first.returncode == 0, first.stderr
+    resumed = gpubp("train", "--resume", str(tmp_path / "c.npz"), "--epochs", "6", "--out", str(tmp_path / "b.npz"),
+                    "--quiet")
+    whole = gpubp("train", "--epochs", "6", "--out", str(tmp_path / "a.npz"), "--quiet", "--seed", "4")
+    assert resumed.returncode == 0 and whole.returncode == 0, resumed.stderr + whole.stderr
+    a, _ = load_model(tmp_path / "a.npz", backend="cpu")
+    b, _ = load_model(tmp_path / "b.npz", backend="cpu")
+    for pa, pb in zip(a.params, b.params):
+        np.testing.assert_array_equal(pa, pb)
+    from gpubp.checkpoint import read_checkpoint
+
+    history = read_checkpoint(tmp_path / "c.npz").meta["history"]  # the resumed run kept writing here
+    assert len(history["train_loss"]) == 6  # continued, not restarted
+    assert resumed.stdout.splitlines()[-3:-1] == whole.stdout.splitlines()[-3:-1]  # same test loss and accuracy
