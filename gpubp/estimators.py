@@ -81,15 +81,7 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
                  momentum=0.9, nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
                  beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000,
                  device="auto", dtype=None, class_weight=None):
-        super().__init__(hidden_layer_sizes, activation, solver=solver, alpha=alpha, batch_size=batch_size,
-                         learning_rate=learning_rate, learning_rate_init=learning_rate_init, power_t=power_t,
-                         max_iter=max_iter, shuffle=shuffle, random_state=random_state, tol=tol,
-                         verbose=verbose, warm_start=warm_start, momentum=momentum,
-                         nesterovs_momentum=nesterovs_momentum, early_stopping=early_stopping,
-                         validation_fraction=validation_fraction, beta_1=beta_1, beta_2=beta_2,
-                         epsilon=epsilon, n_iter_no_change=n_iter_no_change, max_fun=max_fun,
-                         device=device, dtype=dtype)
-        self.class_weight = class_weight
+        self._store(locals())
 
     def _out_activation(self) -> str:
         return "softmax" if self._label_binarizer.y_type_ == "multiclass" else "logistic"
@@ -195,15 +187,7 @@ class MLPRegressor(RegressorMixin, BaseMLP):
                  warm_start=False, momentum=0.9, nesterovs_momentum=True, early_stopping=False,
                  validation_fraction=0.1, beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10,
                  max_fun=15000, device="auto", dtype=None):
-        super().__init__(hidden_layer_sizes, activation, solver=solver, alpha=alpha, batch_size=batch_size,
-                         learning_rate=learning_rate, learning_rate_init=learning_rate_init, power_t=power_t,
-                         max_iter=max_iter, shuffle=shuffle, random_state=random_state, tol=tol,
-                         verbose=verbose, warm_start=warm_start, momentum=momentum,
-                         nesterovs_momentum=nesterovs_momentum, early_stopping=early_stopping,
-                         validation_fraction=validation_fraction, beta_1=beta_1, beta_2=beta_2,
-                         epsilon=epsilon, n_iter_no_change=n_iter_no_change, max_fun=max_fun,
-                         device=device, dtype=dtype)
-        self.loss = loss
+        self._store(locals())
 
     def _check_params(self):
         if self.loss not in ("squared_error", "poisson"):
