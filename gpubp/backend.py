@@ -16,7 +16,7 @@ from types import ModuleType
 
 import numpy as np
 
-from . import kernels, ops
+from . import host_kernels, kernels
 from .errors import BackendUnavailableError
 
 _ALIASES = {
@@ -95,8 +95,9 @@ class Backend:
     device : str
         Human-readable description of where the arrays live.
     kernels : module
-        The fused BP steps and optimizer updates: :mod:`gpubp.kernels` on "cuda", their NumPy
-        twins in :mod:`gpubp.ops` on "cpu" (same function names and signatures).
+        The fused BP steps and optimizer updates: :mod:`gpubp.kernels` on "cuda"; on "cpu"
+        :mod:`gpubp.host_kernels`, the NumPy twins from :mod:`gpubp.ops` with the optimizer
+        updates run in cache-sized blocks over threads (same function names and signatures).
     """
 
     name: str
@@ -169,7 +170,7 @@ def backend_for(a) -> Backend:
 @functools.lru_cache(maxsize=None)
 def _cpu_backend() -> Backend:
     cpu = platform.processor() or platform.machine() or "CPU"
-    return Backend("cpu", np, f"cpu ({cpu}, NumPy {np.__version__})", ops)
+    return Backend("cpu", np, f"cpu ({cpu}, NumPy {np.__version__})", host_kernels)
 
 
 @functools.lru_cache(maxsize=None)

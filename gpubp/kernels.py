@@ -166,14 +166,14 @@ def softmax_minus_y_rows(xp, z, y, sample_weight=None):
     return delta, loss_rows.sum()
 
 
-def sgd_momentum_update(xp, p, g, v, lr: float, momentum: float, nesterov: bool, scratch=None) -> None:
-    """One pass: v = momentum v - lr g; p += v (or the Nesterov step); needs no scratch.
+def sgd_momentum_update(xp, p, g, v, lr: float, momentum: float, nesterov: bool) -> None:
+    """One pass: v = momentum v - lr g; p += v (or the Nesterov step).
     Twin: ops.sgd_momentum_update."""
     t = p.dtype.type
     _elementwise("gpubp_sgd_momentum")(g, t(lr), t(momentum), bool(nesterov), p, v)
 
 
-def adam_update(xp, p, g, m, v, lr_t: float, beta1: float, beta2: float, eps: float, scratch=None) -> None:
-    """One pass of Adam over p, m and v; needs no scratch. Twin: ops.adam_update."""
+def adam_update(xp, p, g, m, v, lr_t: float, beta1: float, beta2: float, eps: float) -> None:
+    """One pass of Adam over p, m and v. Twin: ops.adam_update."""
     t = p.dtype.type
     _elementwise("gpubp_adam")(g, t(lr_t), t(beta1), t(1 - beta1), t(beta2), t(1 - beta2), t(eps), p, m, v)

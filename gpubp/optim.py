@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-
 from .backend import backend_for
 
 
@@ -29,21 +27,6 @@ def _zeros_like(p):
     z = p.copy()
     z[...] = 0
     return z
-
-
-class _Scratch:
-    """Two reusable buffers for the NumPy updates' intermediate results, sized to the largest
-    parameter, so a step allocates nothing (the CUDA kernels need none)."""
-
-    def __init__(self):
-        self.buffers = None
-
-    def pair(self, backend, p):
-        if backend.name != "cpu":
-            return None
-        if self.buffers is None or self.buffers[0].size < p.size or self.buffers[0].dtype != p.dtype:
-            self.buffers = tuple(np.empty(p.size, dtype=p.dtype) for _ in range(2))
-        return tuple(b[: p.size].reshape(p.shape) for b in self.buffers)
 
 
 def check_lr(lr) -> float:
@@ -71,7 +54,6 @@ class SGD:
             raise ValueError("nesterov=True needs momentum > 0")
         self.nesterov = bool(nesterov)
         self.velocity: list | None = None
-        self._scratch = _Scratch()
 
     def __repr__(self) -> str:
         return f"SGD(momentum={self.momentum}, nesterov={self.nesterov})"
@@ -95,7 +77,7 @@ class SGD:
             self.velocity = [_zeros_like(p) for p in params]
         for p, g, v in zip(params, grads, self.velocity):
             b = backend_for(p)
-            b.kernels.sgd_momentum_update(b.xp, p, g, v, lr, self.momentum, self.nesterov, self._scratch.pair(b, p))
+            b.kernels.sgd_momentum_update(b.xp, p, g, v, lr, self.momentum, self.nesterov)
 
 
 class Adam:
@@ -114,7 +96,6 @@ class Adam:
         self.t = 0
         self.m: list | None = None
         self.v: list | None = None
-        self._scratch = _Scratch()
 
     def __repr__(self) -> str:
         return f"Adam(beta1={self.beta1}, beta2={self.beta2}, eps={self.eps})"
@@ -140,7 +121,7 @@ class Adam:
         lr_t = lr * math.sqrt(1 - b2**self.t) / (1 - b1**self.t)
         for p, g, m, v in zip(params, grads, self.m, self.v):
             b = backend_for(p)
-            b.kernels.adam_update(b.xp, p, g, m, v, lr_t, b1, b2, self.eps, self._scratch.pair(b, p))
+            b.kernels.adam_update(b.xp, p, g, m, v, lr_t, b1, b2, self.eps)
 
 
 def _restore(arrays: dict, prefix: str, params) -> list | None:

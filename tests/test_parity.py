@@ -6,7 +6,7 @@ import types
 import numpy as np
 import pytest
 
-from gpubp import MLP, get_backend, ops, parity
+from gpubp import MLP, get_backend, host_kernels, ops, parity
 from gpubp.backend import cuda_status
 
 from .test_cli import gpubp
@@ -23,9 +23,10 @@ def test_compare_reads_worst_error_against_rtol():
     assert small.passed  # below atol
 
 
-def test_the_numpy_twins_pass_their_own_checks():
+def test_the_cpu_backends_kernels_pass_the_checks():
     cpu = get_backend("cpu")
-    results = parity.kernel_checks(cpu, ops)
+    assert cpu.kernels is host_kernels
+    results = parity.kernel_checks(cpu, host_kernels)
     assert results and all(r.passed for r in results), parity.format_table([r for r in results if not r.passed])
     names = {r.check.split(" [")[0] for r in results}
     assert {"bias_activation sigmoid", "backprop_delta tanh", "softmax_minus_y weighted delta",
