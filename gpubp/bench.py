@@ -153,9 +153,35 @@ class Runner:
                 opt.step()
         return model
 
+    def products(self, matmul=np.matmul) -> None:
+        """One epoch of the matrix products alone, at the case's shapes: for every batch, each
+        layer's forward a @ W, its dW = a.T @ delta and (past the first layer) delta @ W.T. Their
+        time is the floor that no implementation on this BLAS can go below."""
+        n, batch = len(self.X), self.case.batch_size
+        W, hidden = self._product_operands()
+        for start in range(0, n, batch):
+            rows = min(batch, n - start)
+            a = [self.X[start : start + rows]] + [h[:rows] for h in hidden]
+            for l in reversed(range(len(W))):
+                delta = matmul(a[l], W[l])  # (rows, sizes[l+1]); stands in for the output's delta too
+                matmul(a[l].T, delta)
+                if l > 0:
+                    matmul(delta, W[l].T)
+
+    def _product_operands(self):
+        """Random weights and hidden activations of the case's shapes, made once."""
+        if not hasattr(self, "_operands"):
+            sizes, dtype = self.case.sizes, self.case.dtype
+            rng = np.random.default_rng(0)
+            W = [rng.normal(size=(a, b)).astype(dtype) for a, b in zip(sizes[:-1], sizes[1:])]
+            hidden = [rng.normal(size=(self.case.batch_size, s)).astype(dtype) for s in sizes[1:-1]]
+            self._operands = W, hidden
+        return self._operands
+
     def run(self, library: str) -> float:
-        """Seconds for one epoch with ``library``."""
-        train = {"gpubp": self.gpubp, "sklearn": self.sklearn, "torch": self.torch_model}[library]
+        """Seconds for one epoch with ``library`` (or "products": the matrix products alone)."""
+        train = {"gpubp": self.gpubp, "sklearn": self.sklearn, "torch": self.torch_model,
+                 "products": self.products}[library]
         t0 = time.perf_counter()
         train()
         return time.perf_counter() - t0
@@ -181,24 +207,31 @@ def time_case(case: Case, X, y, X_test, y_test, pairs: int, rates: dict) -> dict
     chance = 1.0 / case.sizes[-1]
     agree = all(a > 2 * chance for a in accuracy.values()) and max(accuracy.values()) - min(accuracy.values()) < 0.1
     times = {lib: [] for lib in libraries}
+    floor = []
     if agree:
         for pair in range(pairs):
             for lib in (libraries if pair % 2 == 0 else tuple(reversed(libraries))):
                 times[lib].append(runner.run(lib))
+            floor.append(runner.run("products"))
     flops = case.flops_per_epoch(len(X))
-    row = {**asdict(case), "label": case.label, "accuracy": accuracy, "agree": agree, "seconds": times}
+    row = {**asdict(case), "label": case.label, "accuracy": accuracy, "agree": agree, "seconds": times,
+           "products_seconds": floor}
     if agree:
         medians = {lib: statistics.median(t) for lib, t in times.items()}
         row["median_seconds"] = medians
         row["ratio_to_gpubp"] = {lib: medians[lib] / medians["gpubp"] for lib in libraries}
         row["gflops"] = {lib: flops / medians[lib] / 1e9 for lib in libraries}
         row["pct_of_matmul"] = {lib: 100 * row["gflops"][lib] / rates[case.dtype] for lib in libraries}
+        # the epoch's matrix products alone, at its shapes: the floor for any library on this BLAS
+        row["products_median_seconds"] = statistics.median(floor)
+        row["pct_of_products"] = {lib: 100 * row["products_median_seconds"] / medians[lib] for lib in libraries}
     return row
 
 
 def format_rows(rows: list[dict]) -> str:
     """Plain-text table of time_case results."""
-    lines = [f"{'case':<36} {'library':<8} {'epoch s':>8} {'x gpubp':>8} {'GFLOP/s':>8} {'% matmul':>8} {'acc':>6}"]
+    lines = [f"{'case':<36} {'library':<8} {'epoch s':>8} {'x gpubp':>8} {'GFLOP/s':>8} {'% matmul':>8} "
+             f"{'% prod':>7} {'acc':>6}"]
     for row in rows:
         if not row["agree"]:
             lines.append(f"{row['label']:<36} accuracies disagree, not timed: {row['accuracy']}")
@@ -206,5 +239,6 @@ def format_rows(rows: list[dict]) -> str:
         for lib in row["median_seconds"]:
             lines.append(f"{row['label']:<36} {lib:<8} {row['median_seconds'][lib]:>8.3f} "
                          f"{row['ratio_to_gpubp'][lib]:>8.2f} {row['gflops'][lib]:>8.1f} "
-                         f"{row['pct_of_matmul'][lib]:>8.0f} {row['accuracy'][lib]:>6.3f}")
+                         f"{row['pct_of_matmul'][lib]:>8.0f} {row['pct_of_products'][lib]:>7.0f} "
+                         f"{row['accuracy'][lib]:>6.3f}")
     return "\n".join(lines)

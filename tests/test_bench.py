@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from gpubp import bench
@@ -14,6 +15,21 @@ def test_flop_count_of_an_epoch():
     pairs = 784 * 512 + 512 * 512 + 512 * 10
     assert case.flops_per_epoch(1000) == 6 * 1000 * pairs - 2 * 1000 * 784 * 512
     assert case.label == "784-512-512-10 b256 float32 adam"
+
+
+def test_the_products_floor_does_the_counted_flops():
+    """The products timed as the floor are exactly the FLOPs the GFLOP/s figures count."""
+    case = bench.Case((30, 20, 16, 5), 8, "float64", "momentum")
+    rng = np.random.default_rng(0)
+    runner = bench.Runner(case, rng.normal(size=(27, 30)), rng.integers(0, 5, 27))
+    flops = []
+
+    def counting(a, b):
+        flops.append(2 * a.shape[0] * a.shape[1] * b.shape[1])
+        return np.matmul(a, b)
+
+    runner.products(matmul=counting)
+    assert sum(flops) == case.flops_per_epoch(27)
 
 
 def test_matmul_rate_is_measured():
@@ -36,16 +52,17 @@ def test_results_markdown_names_the_machine_and_the_verdicts(tmp_path):
            "label": "784-100-10 b256 float32 adam", "agree": True,
            "accuracy": {"gpubp": 0.9, "sklearn": 0.91}, "median_seconds": {"gpubp": 0.02, "sklearn": 0.03},
            "ratio_to_gpubp": {"gpubp": 1.0, "sklearn": 1.5}, "gflops": {"gpubp": 100.0, "sklearn": 66.0},
-           "pct_of_matmul": {"gpubp": 40.0, "sklearn": 27.0}}
+           "pct_of_matmul": {"gpubp": 40.0, "sklearn": 27.0}, "pct_of_products": {"gpubp": 80.0, "sklearn": 53.3}}
     report = {"machine": {"cpu": "Test CPU", "cores": 2, "blas": ["openblas 0.3"], "python": "3.11",
                           "numpy": "2.0", "sklearn": "1.9", "torch": None, "gpubp": "0.1.0", "date": "today"},
               "matmul_gflops": {"float32": 250.0}, "pairs": 3, "data": "synthetic", "rows": [row],
-              "targets": [{"target": "784-100-10: gpubp <= 0.5x scikit-learn", "value": 0.67, "met": False}]}
+              "targets": [{"target": "784-100-10: gpubp <= 0.5x scikit-learn", "value": 0.67, "met": False,
+                           "limit": 0.53}]}
     (tmp_path / "cpu-2026-01-01.json").write_text(json.dumps(report))
     text = render(tmp_path, tmp_path / "RESULTS.md").read_text()
     assert "Machine: Test CPU, 2 cores; BLAS: openblas 0.3" in text
-    assert "| 784-100-10 b256 float32 adam | sklearn | 0.030 | 1.50 | 66 | 27 | 0.910 |" in text
-    assert "| 784-100-10: gpubp <= 0.5x scikit-learn | 0.67 | NO |" in text
+    assert "| 784-100-10 b256 float32 adam | sklearn | 0.030 | 1.50 | 66 | 27 | 53 | 0.910 |" in text
+    assert "| 784-100-10: gpubp <= 0.5x scikit-learn | 0.67 | NO | 0.53 |" in text
     assert "## GPU" in text and "No results yet" in text
     pytest.importorskip("matplotlib")
     assert (tmp_path / "cpu-2026-01-01-epoch-time.png").read_bytes()[:4] == b"\x89PNG"
