@@ -59,7 +59,7 @@ def data():
 def targets(rows: list[dict]) -> list[dict]:
     """The issue's targets, each with the measured value, whether it is met, and its limit: the
     value the matrix products alone reach (measured in the same pairs), which no implementation
-    on this BLAS can beat."""
+    that does these products with this BLAS can beat."""
     found = []
     for row in rows:
         if not row.get("agree"):

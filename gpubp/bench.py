@@ -156,7 +156,8 @@ class Runner:
     def products(self, matmul=np.matmul) -> None:
         """One epoch of the matrix products alone, at the case's shapes: for every batch, each
         layer's forward a @ W, its dW = a.T @ delta and (past the first layer) delta @ W.T. Their
-        time is the floor that no implementation on this BLAS can go below."""
+        time is the floor for any implementation that does these products with this BLAS (on small
+        networks the floor is itself noisy and can exceed a whole epoch's median)."""
         n, batch = len(self.X), self.case.batch_size
         W, hidden = self._product_operands()
         for start in range(0, n, batch):
