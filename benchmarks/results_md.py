@@ -85,6 +85,11 @@ def _plot_cpu(path: Path, report: dict) -> list[str]:
         width = 0.8 / len(libraries)
         for i, lib in enumerate(libraries):
             ax.bar([j + i * width for j in range(len(rows))], [r[key][lib] for r in rows], width, label=lib)
+        if all("products_median_seconds" in r for r in rows):
+            floor = [r["products_median_seconds"] if key == "median_seconds"
+                     else r["pct_of_matmul"]["gpubp"] * 100 / r["pct_of_products"]["gpubp"] for r in rows]
+            ax.scatter([j + 0.4 - width / 2 for j in range(len(rows))], floor, marker="_", s=300, color="black",
+                       zorder=3, label="matrix products alone")
         ax.set_xticks([j + 0.4 - width / 2 for j in range(len(rows))])
         ax.set_xticklabels([r["label"] for r in rows], rotation=70, ha="right", fontsize=7)
         ax.set_ylabel(ylabel)

@@ -52,7 +52,8 @@ def test_results_markdown_names_the_machine_and_the_verdicts(tmp_path):
            "label": "784-100-10 b256 float32 adam", "agree": True,
            "accuracy": {"gpubp": 0.9, "sklearn": 0.91}, "median_seconds": {"gpubp": 0.02, "sklearn": 0.03},
            "ratio_to_gpubp": {"gpubp": 1.0, "sklearn": 1.5}, "gflops": {"gpubp": 100.0, "sklearn": 66.0},
-           "pct_of_matmul": {"gpubp": 40.0, "sklearn": 27.0}, "pct_of_products": {"gpubp": 80.0, "sklearn": 53.3}}
+           "pct_of_matmul": {"gpubp": 40.0, "sklearn": 27.0}, "pct_of_products": {"gpubp": 80.0, "sklearn": 53.3},
+           "products_median_seconds": 0.016}
     report = {"machine": {"cpu": "Test CPU", "cores": 2, "blas": ["openblas 0.3"], "python": "3.11",
                           "numpy": "2.0", "sklearn": "1.9", "torch": None, "gpubp": "0.1.0", "date": "today"},
               "matmul_gflops": {"float32": 250.0}, "pairs": 3, "data": "synthetic", "rows": [row],
