@@ -6,8 +6,8 @@
 Correctness first: in float64 both estimators must give the same loss curve (rtol 1e-6).
 Then each pair fits gpubp and scikit-learn back to back (alternating which goes first) and the
 ratio of medians is reported, beside the time of the same epochs' matrix products alone (the
-floor for any implementation on this BLAS, so the lowest ratio reachable). Uses ../shared/data/mnist-t10k when present, synthetic data
-otherwise. Writes JSON and markdown to benchmarks/results/ (and $OUT when set).
+floor for any implementation that does them with this BLAS, so the lowest ratio reachable).
+Uses ../shared/data/mnist-t10k when present, synthetic data otherwise. Writes JSON and markdown to benchmarks/results/ (and $OUT when set).
 Target (issue 4): gpubp's time <= 0.5x scikit-learn's.
 """
 
@@ -118,7 +118,7 @@ def main() -> int:
             + "".join(f"| {k} | {medians[k]:.2f} | {', '.join(f'{t:.2f}' for t in times[k])} |\n" for k in times)
             + f"\nratio gpubp / scikit-learn, both float32: {ratio:.2f} (target <= {TARGET}: "
             f"{'met' if report['met'] else 'NOT met'}); the matrix products alone / scikit-learn: {limit:.2f} "
-            "(the lowest ratio any implementation on this BLAS could reach); gpubp float32 / scikit-learn on "
+            "(the lowest ratio reachable with this BLAS); gpubp float32 / scikit-learn on "
             f"float64 input: {medians['gpubp'] / medians['sklearn, float64 input']:.2f}\n")
     write_results(f"estimator_cpu-{datetime.date.today():%Y-%m-%d}", report, text)
     print(text)

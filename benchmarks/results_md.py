@@ -56,8 +56,9 @@ def _cpu_section(path: Path, report: dict, plots: list[str]) -> list[str]:
             lines.append(f"| {row['label']} | {lib} | {seconds:.3f} | {row['ratio_to_gpubp'][lib]:.2f} | "
                          f"{row['gflops'][lib]:.0f} | {row['pct_of_matmul'][lib]:.0f} | "
                          f"{row['pct_of_products'][lib]:.0f} | {row['accuracy'][lib]:.3f} |")
-    lines += ["", "Limit: the value the matrix products alone reach; no implementation that does "
-              "these products with this BLAS can do better, so a target beyond its limit cannot be met on this machine.", "",
+    lines += ["", "Limit: the value the matrix products alone reach; no implementation that does these "
+              "products with this BLAS can do better, so a target beyond its limit cannot be met on this "
+              "machine.", "",
               "| target | measured | met | limit |", "|---|---:|---|---:|"]
     for t in report["targets"]:
         lines.append(f"| {t['target']} | {t['value']:.2f} | {'yes' if t['met'] else 'NO'} | {t['limit']:.2f} |")

@@ -97,7 +97,7 @@ class Backend:
     kernels : module
         The fused BP steps and optimizer updates: :mod:`gpubp.kernels` on "cuda"; on "cpu"
         :mod:`gpubp.host_kernels`, the NumPy twins from :mod:`gpubp.ops` with the optimizer
-        updates run in cache-sized blocks over threads (same function names and signatures).
+        updates run in cache-sized blocks (same function names and signatures).
     """
 
     name: str
