@@ -28,6 +28,14 @@ from .ops import row_scale
 ACTIVATION_CODES = {"identity": 0, "relu": 1, "sigmoid": 2, "tanh": 3}
 _WARPS_PER_BLOCK = 8  # rows per block of softmax_minus_y_rows
 
+# NVRTC fuses a * b + c into one multiply-add by default (--fmad=true): it rounds once where NumPy
+# rounds twice, so float32 results would drift from the twins by more than their tolerance
+# (1 - a*a for a near 1, the momentum and Adam updates). The kernels are memory-bound (8 to 28
+# bytes per element for a handful of flops), so separate multiplies and adds cost no time worth
+# measuring; benchmarks/device_check.py times both builds to show it. CuPy adds -ftz=true itself:
+# float32 denormals are flushed, so a float32 result below 1.2e-38 may read 0 on the GPU.
+COMPILE_OPTIONS = ("--fmad=false",)
+
 
 @dataclass(frozen=True)
 class ElementwiseSpec:
@@ -95,12 +103,13 @@ def read_source(name: str) -> str:
 
 
 @functools.lru_cache(maxsize=None)
-def _elementwise(name: str):
+def elementwise_kernel(name: str):
+    """The cupy.ElementwiseKernel built from ``ELEMENTWISE_SPECS[name]``, once per name."""
     import cupy
 
     spec = ELEMENTWISE_SPECS[name]
     return cupy.ElementwiseKernel(spec.in_params, spec.out_params, spec.operation, spec.name,
-                                  preamble=read_source("gpubp_math.cuh"))
+                                  preamble=read_source("gpubp_math.cuh"), options=COMPILE_OPTIONS)
 
 
 @functools.lru_cache(maxsize=None)
@@ -110,26 +119,33 @@ def _row_sumexp():
 
     return cupy.ReductionKernel("T z, T zmax", "T sumexp", "gpubp::math_exp(z - zmax)", "a + b",
                                 "sumexp = a", "0", "gpubp_row_sumexp", reduce_type="T",
-                                preamble=read_source("gpubp_math.cuh"))
+                                preamble=read_source("gpubp_math.cuh"), options=COMPILE_OPTIONS)
 
 
 @functools.lru_cache(maxsize=None)
 def _rows_module():
     import cupy
 
-    return cupy.RawModule(code=read_source("gpubp_math.cuh") + read_source("softmax_rows.cu"))
+    return cupy.RawModule(code=read_source("gpubp_math.cuh") + read_source("softmax_rows.cu"),
+                          options=COMPILE_OPTIONS)
+
+
+def clear_cache() -> None:
+    """Forget every built kernel, so the next call builds it again (from the cupy now imported)."""
+    for cache in (elementwise_kernel, _row_sumexp, _rows_module):
+        cache.cache_clear()
 
 
 def bias_activation(xp, z, b, name: str):
     """a = f(z + b) in one pass, written over z. z: (n, width); b: (width,). Twin: ops.bias_activation."""
-    _elementwise(f"gpubp_bias_{name}")(z, b, z)
+    elementwise_kernel(f"gpubp_bias_{name}")(z, b, z)
     return z
 
 
 def backprop_delta(xp, g, a, name: str):
     """BP2's g * f'(a) in one pass, written over g = delta_next @ W.T. Twin: ops.backprop_delta."""
     if name != "identity":
-        _elementwise(f"gpubp_backprop_delta_{name}")(a, g)
+        elementwise_kernel(f"gpubp_backprop_delta_{name}")(a, g)
     return g
 
 
@@ -146,7 +162,7 @@ def softmax_minus_y(xp, z, y, sample_weight=None):
     sumexp = _row_sumexp()(z, zmax, axis=1, keepdims=True)  # (n, 1)
     delta = xp.empty((n, C), dtype=z.dtype)
     loss_rows = xp.zeros(n, dtype=z.dtype)
-    _elementwise("gpubp_softmax_minus_y")(z, zmax, sumexp, y.reshape(n, 1), scale, C, delta, loss_rows)
+    elementwise_kernel("gpubp_softmax_minus_y")(z, zmax, sumexp, y.reshape(n, 1), scale, C, delta, loss_rows)
     return delta, loss_rows.sum()
 
 
@@ -170,10 +186,10 @@ def sgd_momentum_update(xp, p, g, v, lr: float, momentum: float, nesterov: bool)
     """One pass: v = momentum v - lr g; p += v (or the Nesterov step).
     Twin: ops.sgd_momentum_update."""
     t = p.dtype.type
-    _elementwise("gpubp_sgd_momentum")(g, t(lr), t(momentum), bool(nesterov), p, v)
+    elementwise_kernel("gpubp_sgd_momentum")(g, t(lr), t(momentum), bool(nesterov), p, v)
 
 
 def adam_update(xp, p, g, m, v, lr_t: float, beta1: float, beta2: float, eps: float) -> None:
     """One pass of Adam over p, m and v. Twin: ops.adam_update."""
     t = p.dtype.type
-    _elementwise("gpubp_adam")(g, t(lr_t), t(beta1), t(1 - beta1), t(beta2), t(1 - beta2), t(eps), p, m, v)
+    elementwise_kernel("gpubp_adam")(g, t(lr_t), t(beta1), t(1 - beta1), t(beta2), t(1 - beta2), t(eps), p, m, v)

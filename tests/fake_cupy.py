@@ -1,138 +1,209 @@
 """A stand-in for the three CuPy kernel classes gpubp.kernels uses, running on NumPy arrays.
 
-ElementwiseKernel and ReductionKernel are emulated the way CuPy builds them: the type
-placeholders become typedefs, every non-raw argument is broadcast to the common shape and bound
-to element ``i`` (inputs as const values, outputs as references), raw arguments stay arrays,
-and the operation string is pasted into the loop -- but the loop is compiled by g++ for the
-host instead of by NVRTC for a GPU. That lets CI, which has no GPU, run the Python glue of
-gpubp.kernels (argument order, broadcasting, dtypes, the raw loss array) and the operation
-strings themselves. RawModule (warp shuffles) cannot run on the host and is not emulated.
+NumPy arrays play device arrays. ElementwiseKernel and ReductionKernel bind their arguments the
+way CuPy 14 does (cupy/_core/_kernel.pyx, _reduction.pyx), and at least as strictly:
+
+- the type placeholders (``T``) are decided from the array arguments, outputs first; an array
+  whose dtype differs from its parameter's fixed type, or from another array bound to the same
+  placeholder, raises ``TypeError("Type is mismatched ...")``; scalars are cast to their
+  parameter's type;
+- array inputs are bound to element ``i`` as ``const T &``, scalar inputs as const values, raw
+  inputs as const arrays, so an operation that writes an input does not compile; outputs are
+  references; non-raw outputs must be arrays of exactly the broadcast shape;
+- the loop is compiled by tests/fake_nvrtc.py with NVRTC's behaviour under the kernel's
+  ``options``: multiply-adds contracted unless ``--fmad=false``, float32 denormals flushed.
+
+RawModule runs through tests/fake_cuda_threads.py (one host thread per CUDA thread).
+Not modelled: the order in which the GPU sums a reduction (NumPy's pairwise sum is used), CUDA's
+own exp/log/tanh (the host's libm is used), and kernels the emulation is not given.
 """
 
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import subprocess
-import tempfile
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 
-_CTYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double", np.dtype(np.int64): "long long",
-           np.dtype(np.int32): "int", np.dtype(np.bool_): "bool"}
-_NAMED = {"int64": np.dtype(np.int64), "int32": np.dtype(np.int32), "bool": np.dtype(np.bool_),
-          "float32": np.dtype(np.float32), "float64": np.dtype(np.float64)}
-_BUILD = Path(tempfile.mkdtemp(prefix="fake_cupy_"))
-_LIBRARIES: dict[str, ctypes.CDLL] = {}
+from .fake_cuda_threads import RawModule  # noqa: F401  (re-exported as cupy.RawModule)
+from .fake_nvrtc import FTZ_SCOPE, compile_library
+
+# C type and ctypes type of each dtype a kernel argument may have (CuPy's _scalar typenames).
+C_TYPES = {
+    np.dtype(np.bool_): ("bool", ctypes.c_bool),
+    np.dtype(np.int8): ("signed char", ctypes.c_int8),
+    np.dtype(np.int16): ("short", ctypes.c_int16),
+    np.dtype(np.int32): ("int", ctypes.c_int32),
+    np.dtype(np.int64): ("long long", ctypes.c_int64),
+    np.dtype(np.uint8): ("unsigned char", ctypes.c_uint8),
+    np.dtype(np.uint16): ("unsigned short", ctypes.c_uint16),
+    np.dtype(np.uint32): ("unsigned int", ctypes.c_uint32),
+    np.dtype(np.uint64): ("unsigned long long", ctypes.c_uint64),
+    np.dtype(np.float32): ("float", ctypes.c_float),
+    np.dtype(np.float64): ("double", ctypes.c_double),
+}
 
 
-def _parse(params: str) -> list[tuple[bool, str, str]]:
-    """'T x, raw T y, int64 n' -> [(raw, type, name), ...]."""
-    parsed = []
-    for param in filter(None, (p.strip() for p in params.split(","))):
-        words = param.split()
-        parsed.append((words[0] == "raw", words[-2], words[-1]))
-    return parsed
+@dataclass(frozen=True)
+class Param:
+    """One parameter of a kernel's in_params or out_params string."""
+
+    name: str
+    ctype: str  # a one-letter placeholder or a dtype name
+    raw: bool
+    is_input: bool
+
+    @property
+    def fixed_dtype(self):
+        return None if len(self.ctype) == 1 else np.dtype(self.ctype)
 
 
-def _compile(source: str) -> ctypes.CDLL:
-    key = hashlib.sha256(source.encode()).hexdigest()[:16]
-    if key not in _LIBRARIES:
-        cpp, lib = _BUILD / f"{key}.cpp", _BUILD / f"{key}.so"
-        cpp.write_text(source)
-        cmd = ["g++", "-O1", "-std=c++17", "-shared", "-fPIC", "-Wall", "-Werror", "-Wno-unused-variable",
-               "-o", str(lib), str(cpp)]
-        result = subprocess.run(cmd, capture_output=True, text=True)
-        if result.returncode != 0:
-            raise RuntimeError(f"g++ failed on the emulated kernel:\n{result.stderr}\n{source}")
-        _LIBRARIES[key] = ctypes.CDLL(str(lib))
-    return _LIBRARIES[key]
+def parse_params(text: str, is_input: bool) -> list[Param]:
+    """'T x, raw T y, int64 n' -> Params; CuPy's syntax errors are errors here too."""
+    params = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        words = part.split()
+        if len(words) < 2 or any(w != "raw" for w in words[:-2]):
+            raise ValueError(f"syntax error in kernel parameter {part!r}")
+        if words[-1] == "i":
+            raise ValueError("Can not use 'i' as a parameter name")
+        params.append(Param(words[-1], words[-2], "raw" in words[:-2], is_input))
+    return params
 
 
-class _Loop:
-    """Bind typed arguments, emit a host loop around ``body``, compile it, run it."""
-
-    def __init__(self, params, preamble: str, body: str, name: str):
-        self.params, self.preamble, self.body, self.name = params, preamble, body, name
-
-    def run(self, args, types: dict) -> list[np.ndarray]:
-        def dtype_of(ptype, arg):
-            if ptype in types:
-                return types[ptype]
-            return _NAMED[ptype]
-
-        arrays = [isinstance(a, np.ndarray) for a in args]
-        shape = np.broadcast_shapes(*[a.shape for (raw, _, _), a, is_array in zip(self.params, args, arrays)
-                                      if is_array and not raw])
-        n = int(np.prod(shape, dtype=np.int64))
-        buffers, signature, bindings = [], [], []
-        for (raw, ptype, name), arg in zip(self.params, args):
-            dtype = dtype_of(ptype, arg)
-            ctype = _CTYPES[dtype]
-            if raw:
-                buffers.append(np.ascontiguousarray(arg, dtype=dtype))
-                signature.append(f"{ctype}* {name}")
-            else:
-                value = np.asarray(arg, dtype=dtype)
-                buffers.append(np.ascontiguousarray(np.broadcast_to(value, shape)))
-                signature.append(f"{ctype}* {name}_")
-                bindings.append(f"{ctype}& {name} = {name}_[i];")
-        typedefs = "".join(f"typedef {_CTYPES[t]} {p};\n" for p, t in types.items())
-        source = (
-            typedefs + self.preamble + "\n"
-            f'extern "C" void {self.name}({", ".join(signature)}, long long n) {{\n'
-            "  for (long long i = 0; i < n; ++i) {\n    "
-            + "\n    ".join(bindings) + "\n    " + self.body + ";\n  }\n}\n"
-        )
-        function = getattr(_compile(source), self.name)
-        function(*[b.ctypes.data_as(ctypes.c_void_p) for b in buffers], ctypes.c_longlong(n))
-        return buffers
-
-
-def _placeholder_types(params, args) -> dict:
-    """Type placeholders (one capital letter) from the array arguments, outputs first as CuPy does."""
-    types = {}
-    for (_, ptype, _), arg in reversed(list(zip(params, args))):
-        if len(ptype) == 1 and ptype not in types and hasattr(arg, "dtype"):
-            types[ptype] = np.dtype(arg.dtype)
+def decide_types(params: list[Param], args) -> dict[str, np.dtype]:
+    """Placeholder -> dtype from the array arguments, outputs first, as CuPy decides them."""
+    types: dict[str, np.dtype] = {}
+    order = [k for k, p in enumerate(params) if not p.is_input] + [k for k, p in enumerate(params) if p.is_input]
+    for k in order:
+        param, arg = params[k], args[k]
+        if not isinstance(arg, np.ndarray):
+            if not param.is_input:
+                raise TypeError("Output arguments type must be cupy.ndarray")
+            continue
+        expected = param.fixed_dtype if param.fixed_dtype is not None else types.setdefault(param.ctype, arg.dtype)
+        if arg.dtype != expected:
+            raise TypeError(f"Type is mismatched. {param.name} {arg.dtype} {expected} {param.ctype}")
+    for param in params:
+        if param.fixed_dtype is None and param.ctype not in types:
+            raise TypeError(f"the type {param.ctype} of {param.name} is not decided by any array argument")
     return types
 
 
-class ElementwiseKernel:
-    def __init__(self, in_params, out_params, operation, name="kernel", preamble=""):
-        self.in_params, self.out_params = _parse(in_params), _parse(out_params)
-        self.loop = _Loop(self.in_params + self.out_params, preamble, operation, name)
+def dtype_of(param: Param, types) -> np.dtype:
+    return param.fixed_dtype if param.fixed_dtype is not None else types[param.ctype]
 
-    def __call__(self, *args):
-        n_in = len(self.in_params)
-        assert len(args) == n_in + len(self.out_params), "gpubp passes every output explicitly"
-        params = self.in_params + self.out_params
-        buffers = self.loop.run(args, _placeholder_types(params, args))
-        for arg, buffer in zip(args[n_in:], buffers[n_in:]):
-            arg[...] = buffer.reshape(arg.shape)
-        return args[n_in] if len(args) == n_in + 1 else args[n_in:]
+
+class _Loop:
+    """A host loop over element i: bind the arguments as CuPy does, compile, run, write back."""
+
+    def __init__(self, params: list[Param], preamble: str, body: str, name: str, options: tuple):
+        self.params, self.preamble, self.body, self.name, self.options = params, preamble, body, name, options
+
+    def run(self, args) -> None:
+        types = decide_types(self.params, args)
+        shape = _loop_shape(self.params, args)
+        size = int(np.prod(shape, dtype=np.int64))
+        buffers, values, signature, bindings = [], [], [], []
+        for param, arg in zip(self.params, args):
+            dtype = dtype_of(param, types)
+            ctype, c_scalar = C_TYPES[dtype]
+            const = "const " if param.is_input else ""
+            if not isinstance(arg, np.ndarray):  # a scalar: passed by value, cast as CuPy casts it
+                signature.append(f"const {ctype} {param.name}")
+                values.append(c_scalar(np.asarray(arg).astype(dtype).item()))
+                continue
+            if param.raw:
+                buffer = np.ascontiguousarray(arg)
+                signature.append(f"{const}{ctype}* {param.name}")
+            else:
+                if not param.is_input and arg.shape != shape:
+                    raise ValueError(f"Out shape is mismatched: {param.name} {arg.shape}, loop {shape}")
+                buffer = np.ascontiguousarray(np.broadcast_to(arg, shape))
+                signature.append(f"{const}{ctype}* {param.name}_")
+                bindings.append(f"{const}{ctype}& {param.name} = {param.name}_[i];")
+            buffers.append((arg, buffer, param))
+            values.append(buffer.ctypes.data_as(ctypes.c_void_p))
+        floats = {dtype_of(p, types) for p in self.params} & {np.dtype(np.float32), np.dtype(np.float64)}
+        source = self._source(types, signature, bindings, ftz=floats == {np.dtype(np.float32)})
+        function = getattr(compile_library(source, self.options), self.name)
+        function(*values, ctypes.c_longlong(size))
+        for arg, buffer, param in buffers:
+            if not param.is_input:
+                arg[...] = buffer.reshape(arg.shape)
+
+    def _source(self, types, signature, bindings, ftz: bool) -> str:
+        typedefs = "".join(f"typedef {C_TYPES[t][0]} {p};\n" for p, t in sorted(types.items()))
+        return (
+            "#include <cstddef>\n" + FTZ_SCOPE + typedefs + self.preamble + "\n"
+            f'extern "C" void {self.name}({", ".join(signature + ["long long _size"])}) {{\n'
+            f"  gpubp_ftz_scope ftz({'true' if ftz else 'false'});\n"
+            "  for (ptrdiff_t i = 0; i < _size; ++i) {\n    "
+            + "\n    ".join(bindings) + "\n    " + self.body + ";\n  }\n}\n"
+        )
+
+
+def _loop_shape(params: list[Param], args) -> tuple:
+    arrays = [a.shape for p, a in zip(params, args) if isinstance(a, np.ndarray) and not p.raw]
+    if not arrays:
+        raise ValueError("Loop size is undecided.")
+    return np.broadcast_shapes(*arrays)
+
+
+def _check_name(name: str) -> None:
+    if not name.isidentifier():
+        raise ValueError(f'Invalid kernel name: "{name}"')
+
+
+class ElementwiseKernel:
+    """cupy.ElementwiseKernel with every output passed by the caller (gpubp always does)."""
+
+    def __init__(self, in_params, out_params, operation, name="kernel", reduce_dims=True, preamble="",
+                 no_return=False, return_tuple=False, options=(), loop_prep="", after_loop=""):
+        _check_name(name)
+        if loop_prep or after_loop:
+            raise NotImplementedError("loop_prep and after_loop are not emulated")
+        self.in_params, self.out_params = parse_params(in_params, True), parse_params(out_params, False)
+        self.no_return, self.return_tuple = no_return, return_tuple
+        self.loop = _Loop(self.in_params + self.out_params, preamble, operation, name, options)
+
+    def __call__(self, *args, size=-1, stream=None, block_size=128):
+        n_in, n_all = len(self.in_params), len(self.in_params) + len(self.out_params)
+        if len(args) == n_in:
+            raise NotImplementedError("the emulation needs every output passed: gpubp always passes them")
+        if len(args) != n_all:
+            raise TypeError(f"Wrong number of arguments: it must be either {n_in} or {n_all}, but given {len(args)}")
+        if size != -1:
+            raise NotImplementedError("size= is not emulated")
+        self.loop.run(args)
+        outputs = args[n_in:]
+        if self.no_return:
+            return None
+        return outputs[0] if len(outputs) == 1 and not self.return_tuple else tuple(outputs)
 
 
 class ReductionKernel:
-    """Only what gpubp uses: a sum ('a + b', post 'out = a', identity '0') of a mapped value."""
+    """cupy.ReductionKernel for what gpubp uses: a sum ('a + b', post 'out = a', identity '0')
+    of a mapped value. The map is compiled and run on the host; NumPy sums the mapped values."""
 
-    def __init__(self, in_params, out_params, map_expr, reduce_expr, post_map_expr, identity, name,
-                 reduce_type=None, preamble=""):
-        (_, out_type, out_name), = _parse(out_params)
-        assert (reduce_expr, post_map_expr, identity) == ("a + b", f"{out_name} = a", "0")
-        self.in_params = _parse(in_params)
-        mapped = (False, out_type, "_mapped")
-        self.loop = _Loop(self.in_params + [mapped], preamble, f"_mapped = {map_expr}", name)
+    def __init__(self, in_params, out_params, map_expr, reduce_expr, post_map_expr, identity,
+                 name="reduce_kernel", reduce_type=None, reduce_dims=True, preamble="", options=()):
+        _check_name(name)
+        self.in_params = parse_params(in_params, True)
+        (self.out_param,) = parse_params(out_params, False)
+        if (reduce_expr, post_map_expr, identity) != ("a + b", f"{self.out_param.name} = a", "0"):
+            raise NotImplementedError("only sum reductions are emulated")
+        if reduce_type not in (None, self.out_param.ctype):
+            raise NotImplementedError("a reduce_type other than the output's type is not emulated")
+        mapped = Param("_mapped", self.out_param.ctype, False, False)
+        self.loop = _Loop(self.in_params + [mapped], preamble, f"_mapped = {map_expr}", name, options)
 
-    def __call__(self, *args, axis, keepdims):
-        params = self.in_params + [(False, "T", "_mapped")]
-        shape = np.broadcast_shapes(*[a.shape for a in args])
-        mapped = np.empty(shape, dtype=args[0].dtype)
-        buffers = self.loop.run([*args, mapped], _placeholder_types(params, [*args, mapped]))
-        return buffers[-1].reshape(shape).sum(axis=axis, keepdims=keepdims)
-
-
-class RawModule:
-    def __init__(self, code):
-        raise NotImplementedError("RawKernel launches (warp shuffles) cannot be emulated on the host")
+    def __call__(self, *args, out=None, axis=None, keepdims=False, stream=None):
+        if out is not None:
+            raise NotImplementedError("out= is not emulated")
+        if len(args) != len(self.in_params):
+            raise TypeError(f"Wrong number of arguments: {len(self.in_params)} expected, {len(args)} given")
+        types = decide_types(self.in_params, args)
+        mapped = np.empty(_loop_shape(self.in_params, args), dtype=dtype_of(self.out_param, types))
+        self.loop.run([*args, mapped])
+        return mapped.sum(axis=axis, keepdims=keepdims, dtype=mapped.dtype)

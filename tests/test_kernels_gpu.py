@@ -30,7 +30,7 @@ def test_whole_model_matches_numpy_with_the_kernels_in_use():
 
 
 def test_kernels_are_memoized():
-    assert kernels._elementwise("gpubp_bias_relu") is kernels._elementwise("gpubp_bias_relu")
+    assert kernels.elementwise_kernel("gpubp_bias_relu") is kernels.elementwise_kernel("gpubp_bias_relu")
 
 
 def test_check_command_passes():
