@@ -56,12 +56,15 @@ def test_model_checks_pass_on_identical_backends():
 
 
 def test_labels_are_checked_before_any_kernel_runs(monkeypatch):
-    net = MLP([4, 3], backend="cpu", seed=0)
+    net = MLP([4, 5, 3], backend="cpu", seed=0)
 
     def must_not_run(*args, **kwargs):
         raise AssertionError("a kernel ran on unchecked labels")
 
-    monkeypatch.setattr(ops, "softmax_minus_y", must_not_run)
+    for name in ("bias_activation", "backprop_delta", "softmax_minus_y"):  # the backend's own set
+        monkeypatch.setattr(net.backend.kernels, name, must_not_run)
+    with pytest.raises(AssertionError, match="unchecked labels"):  # the patch reaches the kernels
+        net.loss_and_grads(np.zeros((2, 4)), np.array([0, 2]))
     with pytest.raises(ValueError, match="labels from 0 to 3 but the network has 3 classes"):
         net.loss_and_grads(np.zeros((2, 4)), np.array([0, 3]))
 
