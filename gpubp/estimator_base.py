@@ -114,7 +114,8 @@ class BaseMLP(BaseEstimator):
         number("beta_1", 0, 1, high_open=True)
         number("beta_2", 0, 1, high_open=True)
         number("epsilon", 0, low_open=True)
-        number("n_iter_no_change", 1, integer=True)
+        if self.n_iter_no_change != np.inf:  # scikit-learn accepts inf: never stop for lack of progress
+            number("n_iter_no_change", 1, integer=True)
         number("max_fun", 1, integer=True)
         for flag in ("shuffle", "warm_start", "nesterovs_momentum", "early_stopping"):
             if not isinstance(getattr(self, flag), (bool, np.bool_)):

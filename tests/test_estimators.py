@@ -91,6 +91,15 @@ def test_early_stopping_matches(digits):
     assert a.best_validation_score_ == b.best_validation_score_ and a.best_loss_ is None
 
 
+@pytest.mark.parametrize("early_stopping", [False, True])
+def test_n_iter_no_change_inf_never_stops_early_as_in_scikit_learn(digits, early_stopping):
+    """scikit-learn documents n_iter_no_change=np.inf as the way to train for max_iter epochs."""
+    a, b = fit_both("clf", *digits, hidden_layer_sizes=(10,), max_iter=12, random_state=0, tol=10.0,
+                    n_iter_no_change=np.inf, early_stopping=early_stopping)
+    assert a.n_iter_ == b.n_iter_ == 12
+    assert_same_fit(a, b)
+
+
 @pytest.mark.parametrize("loss, targets", [("squared_error", 1), ("squared_error", 3), ("poisson", 1)])
 @pytest.mark.parametrize("solver", ["adam", "sgd"])
 def test_regression_loss_curve_matches_scikit_learn(loss, targets, solver):
