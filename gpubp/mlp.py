@@ -146,7 +146,10 @@ class MLP:
                 # BP2: delta[l-1] = (delta[l] @ W[l].T) * f'(z[l-1]), f' from the saved a
                 delta = kernels.backprop_delta(xp, delta @ self.weights[l].T, a[l], self.activation)
         if self.alpha:
-            loss = loss + (self.alpha / (2 * n)) * sum(xp.vdot(W, W) for W in self.weights)
+            # Kept in the network's dtype on NumPy 1.x too, which promotes a float32 scalar
+            # combined with a Python number (sum()'s starting 0, alpha / 2n) to float64.
+            squares = [xp.vdot(W, W) for W in self.weights]
+            loss = loss + sum(squares[1:], squares[0]) * self.dtype.type(self.alpha / (2 * n))
         return loss, dW, db
 
     def loss_and_grads(self, X, y, sample_weight=None):
