@@ -1,0 +1,63 @@
+"""pyproject.toml's dependency floors and .ci/floors.txt, the pins CI tests them on, cannot drift apart."""
+
+import re
+import tomllib
+
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import Version
+
+from .conftest import REPO
+
+
+def declared_floors(pyproject_text):
+    """{name: floor} from [project] dependencies; AssertionError for a dependency without a >= floor."""
+    floors = {}
+    for line in tomllib.loads(pyproject_text)["project"]["dependencies"]:
+        req = Requirement(line)
+        lower = [s.version for s in req.specifier if s.operator == ">="]
+        assert len(lower) == 1, f"{line!r}: every runtime dependency needs exactly one >= floor"
+        floors[canonicalize_name(req.name)] = Version(lower[0])
+    return floors
+
+
+def pinned_floors(floors_text):
+    """{name: version} from the name==version lines of .ci/floors.txt (comments and blank lines skipped)."""
+    pins = {}
+    for line in floors_text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        match = re.fullmatch(r"([A-Za-z0-9][A-Za-z0-9._-]*)==([0-9][0-9A-Za-z.]*)", line)
+        assert match, f".ci/floors.txt: {line!r} is not name==version"
+        name = canonicalize_name(match[1])
+        assert name not in pins, f".ci/floors.txt pins {name} twice"
+        pins[name] = Version(match[2])
+    return pins
+
+
+def drift(pyproject_text, floors_text):
+    """Every way the two files disagree, as sentences; empty when they agree."""
+    floors, pins = declared_floors(pyproject_text), pinned_floors(floors_text)
+    problems = [f"{name}>={floors[name]} is declared but not pinned" for name in floors.keys() - pins.keys()]
+    problems += [f"{name}=={pins[name]} is pinned but not a declared dependency" for name in pins.keys() - floors.keys()]
+    problems += [f"{name}: declared >={floors[name]}, pinned =={pins[name]}"
+                 for name in floors.keys() & pins.keys() if floors[name] != pins[name]]
+    return sorted(problems)
+
+
+def test_every_declared_floor_is_the_version_ci_pins():
+    pyproject = (REPO / "pyproject.toml").read_text()
+    floors = (REPO / ".ci" / "floors.txt").read_text()
+    assert declared_floors(pyproject), "pyproject.toml declares no dependencies"
+    assert drift(pyproject, floors) == []
+
+
+def test_a_changed_floor_an_extra_pin_or_a_missing_pin_is_caught():
+    pyproject = '[project]\ndependencies = ["numpy>=1.23.2", "scikit-learn>=1.7"]\n'
+    assert drift(pyproject, "numpy==1.23.2\nscikit_learn==1.7.0\n") == []
+    assert drift(pyproject, "numpy==1.24.0\nscikit-learn==1.7.0\n") == ["numpy: declared >=1.23.2, pinned ==1.24.0"]
+    assert drift(pyproject, "numpy==1.23.2\n") == ["scikit-learn>=1.7 is declared but not pinned"]
+    assert drift(pyproject, "numpy==1.23.2\nscikit-learn==1.7.0\nscipy==1.9.2\n") == [
+        "scipy==1.9.2 is pinned but not a declared dependency"]
+
