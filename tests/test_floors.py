@@ -8,6 +8,7 @@ from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 from .conftest import REPO
+from .test_readme import readme_commands
 
 
 def declared_floors(pyproject_text):
@@ -61,3 +62,12 @@ def test_a_changed_floor_an_extra_pin_or_a_missing_pin_is_caught():
     assert drift(pyproject, "numpy==1.23.2\nscikit-learn==1.7.0\nscipy==1.9.2\n") == [
         "scipy==1.9.2 is pinned but not a declared dependency"]
 
+
+def test_ci_tests_on_the_floors_before_the_main_run():
+    lines = (REPO / ".ci" / "run").read_text().splitlines()
+    main_run = readme_commands()[1]
+    floors_install = [i for i, line in enumerate(lines) if "-c .ci/floors.txt" in line and "pip install" in line]
+    assert floors_install, ".ci/run does not install the pins of .ci/floors.txt"
+    assert main_run in lines
+    # the main run comes last, so its pytest summary is the last line CI prints
+    assert max(floors_install) < lines.index(main_run) == len(lines) - 1
