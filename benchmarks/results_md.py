@@ -12,10 +12,11 @@ from pathlib import Path
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def write_results(stem: str, report: dict, text: str) -> list[Path]:
-    """Write report as STEM.json and text as STEM.md to benchmarks/results/ and to $OUT when set
-    (the device machine returns what is under $OUT)."""
-    folders = [RESULTS] + ([Path(os.environ["OUT"])] if os.environ.get("OUT") else [])
+def write_results(stem: str, report: dict, text: str, folders: list[Path] | None = None) -> list[Path]:
+    """Write report as STEM.json and text as STEM.md to each of ``folders``: by default
+    benchmarks/results/ and $OUT when set (the device machine returns what is under $OUT)."""
+    if folders is None:
+        folders = [RESULTS] + ([Path(os.environ["OUT"])] if os.environ.get("OUT") else [])
     written = []
     for folder in folders:
         folder.mkdir(parents=True, exist_ok=True)
