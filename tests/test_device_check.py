@@ -5,6 +5,7 @@ behind the kernel targets."""
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -384,17 +385,56 @@ def test_gpu_benchmark_without_a_gpu_measures_nothing():
     assert result.returncode == 3 and "nothing was measured" in result.stdout
 
 
-def test_gpu_benchmark_markdown():
-    module = load_bench_gpu()
+def test_gpu_benchmark_markdown_marks_the_one_compiled_case_and_the_problems():
+    bench = load_bench_gpu()
     row = {"case": "784-512-512-10 b256", "mode": "fp32", "max_rel_error": 1e-6, "agree": True,
            "ms": {"gpubp": 0.3, "torch eager": 0.25, "torch.compile": 0.2, "torch CUDA graph": 0.1},
            "tflops": {"gpubp": 2.0}, "fraction_of_ceiling": 0.04, "ratio_to_eager": 1.2,
            "target": "<= 1.5x eager", "met": True}
-    report = {"gpu": "NVIDIA H200 (139.8 GiB)", "date": "today", "cupy": "14.0", "torch": "2.9", "numpy": "2.3",
-              "modes": [{"mode": "fp32", "rows": [row]}]}
-    text = module.markdown(report)
-    assert ("| 784-512-512-10 b256 | fp32 | 0.300 | 0.250 | 0.200 | 0.100 | 1.20 | 2.0 | 4% | <= 1.5x eager | yes |"
-            in text)
+    other = {**{k: v for k, v in row.items() if k != "met"}, "case": "784-512-512-10 b1024", "target": "",
+             "ms": {"gpubp": 0.5, "torch eager": 0.5, "torch CUDA graph": 0.3}, "ratio_to_eager": 1.0}
+    report = {"gpu": "NVIDIA H200 (139.8 GiB)", "date": "today", "cupy": "14.2", "torch": "2.11", "numpy": "2.3",
+              "compile_case": "784-512-512-10 b256",
+              "rows": [row, other,
+                       {"case": "4096-4096-4096-10 b4096", "mode": "fp32", "problem": "timed out after 90 s"}]}
+    lines = bench.markdown(report).splitlines()
+    for expected in [
+        "| 784-512-512-10 b256 | fp32 | 0.300 | 0.250 | 0.200 | 0.100 | 1.20 | 2.0 | 4% | <= 1.5x eager | yes |",
+        "| 784-512-512-10 b1024 | fp32 | 0.500 | 0.500 | - | 0.300 | 1.00 | 2.0 | 4% |  |  |",
+        "| 4096-4096-4096-10 b4096 | fp32 | timed out after 90 s | | | | | | | | |",
+    ]:
+        assert expected in lines, expected
+
+
+def test_gpu_benchmark_stops_starting_cases_past_its_overall_limit():
+    bench = load_bench_gpu()
+    rows = bench.run_all(bench.COMPILE_CASE, case_timeout=90, overall=0)
+    assert len(rows) == 2 * len(bench.CASES)
+    assert {r["problem"] for r in rows} == {"not run: the overall 0 s were spent"}
+
+
+def test_gpu_benchmark_compiles_one_case_and_runs_each_case_in_a_child_under_its_limit(monkeypatch):
+    bench = load_bench_gpu()
+    calls = []
+
+    def timed_out(cmd, budget, result, env):
+        calls.append((cmd, budget, env.get("CUPY_TF32")))
+        return {"status": "timed out", "detail": f"timed out after {budget} s", "seconds": budget}, None
+
+    monkeypatch.setattr(bench.dc, "run_isolated", timed_out)
+    rows = bench.run_all(bench.COMPILE_CASE, case_timeout=90, overall=10_000)
+    compiled = [(cmd, budget) for cmd, budget, _ in calls if "--with-compile" in cmd]
+    assert len(compiled) == 1 and compiled[0][1] == bench.COMPILE_TIMEOUT_S
+    assert compiled[0][0][compiled[0][0].index("--mode") + 1] == "fp32"
+    assert sorted(budget for _, budget, _ in calls) == [90] * (len(calls) - 1) + [bench.COMPILE_TIMEOUT_S]
+    assert [tf32 for cmd, _, tf32 in calls] == [None] * len(bench.CASES) + ["1"] * len(bench.CASES)
+    assert rows[0] == {"case": "784-512-512-10 b256", "mode": "fp32",
+                       "problem": f"timed out after {bench.COMPILE_TIMEOUT_S} s"}
+    calls.clear()
+    bench.run_all("none", 90, 10_000)
+    assert len(calls) == 2 * len(bench.CASES) and not any("--with-compile" in cmd for cmd, _, _ in calls)
+    for script in (REPO / "benchmarks" / "bench_gpu.py", SCRIPT):  # the legacy flags conflict on torch >= 2.9
+        assert not re.search(r"allow_tf32\s*=", script.read_text()), script
 
 
 def test_results_md_renders_the_newest_device_check(tmp_path):
