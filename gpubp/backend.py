@@ -49,8 +49,9 @@ def cuda_status() -> CudaStatus:
     Returns
     -------
     CudaStatus
-        ``usable`` is True when CuPy imports and at least one device answers; ``reason`` says
-        what was found (or what failed: CuPy not installed, its import error, no device).
+        ``usable`` is True when CuPy imports, at least one device answers, and a tiny kernel and
+        a matrix product run correctly on the current one (so NVRTC, the CUDA headers and cuBLAS
+        are found); ``reason`` says what was found or what failed.
     """
     try:
         import cupy
@@ -73,7 +74,30 @@ def cuda_status() -> CudaStatus:
         )
     if count == 0:
         return CudaStatus(False, "CuPy imported but no CUDA device is visible", cupy.__version__)
+    try:
+        _run_probe(cupy)
+    except Exception as exc:
+        first_line = (str(exc).strip().splitlines() or [""])[0][:300]
+        return CudaStatus(
+            False,
+            f"CuPy {cupy.__version__} sees {count} CUDA device(s) but cannot run work there "
+            f"({type(exc).__name__}: {first_line}); install the CUDA libraries, e.g. "
+            "gpubp[cuda13] brings cupy-cuda13x[ctk]",
+            cupy.__version__,
+            devices,
+        )
     return CudaStatus(True, f"CuPy {cupy.__version__}, {count} CUDA device(s)", cupy.__version__, devices)
+
+
+def _run_probe(cupy: ModuleType) -> None:
+    """Compile and run one ElementwiseKernel (NVRTC, CUDA headers) and one product (cuBLAS)."""
+    x = cupy.arange(4, dtype=cupy.float32).reshape(2, 2)  # [[0, 1], [2, 3]]
+    doubled = cupy.empty_like(x)
+    cupy.ElementwiseKernel("T x", "T y", "y = x + x", "gpubp_probe")(x, doubled)
+    product = x @ x
+    got = (doubled.get().tolist(), product.get().tolist())
+    if got != ([[0, 2], [4, 6]], [[2, 3], [6, 11]]):
+        raise RuntimeError(f"wrong results from the probe: {got}")
 
 
 def _device_name(cupy: ModuleType, i: int) -> str:
@@ -106,8 +130,18 @@ class Backend:
     kernels: ModuleType
 
     def asarray(self, a, dtype=None):
-        """Array ``a`` (host or device) as an array of this backend, copied only when needed."""
-        return self.xp.asarray(a, dtype=dtype)
+        """Array ``a`` (host or device, any backend) as an array of this backend, copied only when
+        needed. Host data goes to the device straight from its own memory (CuPy's asarray would
+        stage it through a pinned buffer that its pool keeps, rounded up to a power of two, for
+        the life of the process)."""
+        if self.name == "cpu":
+            return np.asarray(to_numpy(a), dtype=dtype)
+        if _is_cupy(a):
+            return self.xp.asarray(a, dtype=dtype)
+        host = np.asarray(a, dtype=dtype)
+        device = self.xp.empty(host.shape, dtype=host.dtype)
+        device.set(host if host.flags.c_contiguous else host.copy())
+        return device
 
     def to_host(self, a) -> np.ndarray:
         """Array ``a`` of this backend (or of NumPy) as a NumPy array."""
@@ -129,7 +163,10 @@ class Backend:
         "cuda"; the kernel's MemAvailable on a Linux CPU; None where unknown."""
         if self.name == "cuda":
             free, _total = self.xp.cuda.runtime.memGetInfo()
-            return free + self.xp.get_default_memory_pool().free_bytes()
+            pool = self.xp.get_default_memory_pool()
+            free += pool.free_bytes()
+            limit = pool.get_limit()  # 0: none (CUPY_GPU_MEMORY_LIMIT or set_limit sets one)
+            return min(free, limit - pool.total_bytes() + pool.free_bytes()) if limit else free
         try:
             with open("/proc/meminfo") as f:
                 for line in f:

@@ -92,3 +92,93 @@ def test_to_numpy_and_transfers():
     assert isinstance(b.to_host(a), np.ndarray)
     np.testing.assert_array_equal(to_numpy([1, 2]), np.array([1, 2]))
     assert b.fits(10**15)  # host memory is never refused up front
+
+
+class _Device(np.ndarray):
+    """A host array standing in for a device array in the probe: it has CuPy's .get()."""
+
+    def get(self):
+        return np.array(self)
+
+
+def _cupy_that_runs(elementwise_kernel):
+    """A fake cupy with one device on which the probe's kernel is ``elementwise_kernel``."""
+    runtime = types.SimpleNamespace(
+        getDeviceCount=lambda: 1,
+        getDeviceProperties=lambda i: {"name": b"Fake GPU", "totalGlobalMem": 80 * 2**30})
+    return types.SimpleNamespace(
+        __version__="99.0", cuda=types.SimpleNamespace(runtime=runtime), float32=np.float32,
+        arange=lambda n, dtype: np.arange(n, dtype=dtype).view(_Device),
+        empty_like=lambda x: np.empty_like(x), ElementwiseKernel=elementwise_kernel)
+
+
+def test_cuda_is_usable_only_when_a_kernel_and_a_product_run(monkeypatch, fresh_probe):
+    from . import fake_cupy
+
+    monkeypatch.setitem(sys.modules, "cupy", _cupy_that_runs(fake_cupy.ElementwiseKernel))
+    status = cuda_status()
+    assert status.usable and status.devices == ("Fake GPU (80.0 GiB)",), status.reason
+
+
+def test_cuda_whose_compiler_is_missing_is_refused_with_the_reason(monkeypatch, fresh_probe):
+    def no_nvrtc(*args, **kwargs):
+        raise RuntimeError("CuPy failed to load libnvrtc.so.13: cannot open shared object file\nmore")
+
+    monkeypatch.setitem(sys.modules, "cupy", _cupy_that_runs(no_nvrtc))
+    status = cuda_status()
+    assert not status.usable and status.devices == ("Fake GPU (80.0 GiB)",)
+    assert "sees 1 CUDA device(s) but cannot run work there (RuntimeError: CuPy failed to load libnvrtc" in status.reason
+    assert "more" not in status.reason and "cupy-cuda13x[ctk]" in status.reason
+    assert get_backend("auto").name == "cpu"
+
+
+def test_cuda_giving_wrong_results_is_refused(monkeypatch, fresh_probe):
+    from . import fake_cupy
+
+    def copies_instead(*args, **kwargs):
+        return fake_cupy.ElementwiseKernel("T x", "T y", "y = x", "wrong_probe")
+
+    monkeypatch.setitem(sys.modules, "cupy", _cupy_that_runs(copies_instead))
+    status = cuda_status()
+    assert not status.usable and "wrong results from the probe" in status.reason
+
+
+def _cuda_backend_on(xp):
+    return backend_module.Backend("cuda", xp, "fake device", backend_module.kernels)
+
+
+@pytest.mark.parametrize("limit, expected_gib", [(0, 11), (6, 2)])
+def test_free_device_memory_counts_the_pool_and_its_limit(limit, expected_gib):
+    """Free = the driver's free memory + the pool's cached blocks, capped by a pool limit."""
+    GiB = 2**30
+    pool = types.SimpleNamespace(free_bytes=lambda: 1 * GiB, total_bytes=lambda: 5 * GiB,
+                                 get_limit=lambda: limit * GiB)
+    xp = types.SimpleNamespace(cuda=types.SimpleNamespace(runtime=types.SimpleNamespace(
+        memGetInfo=lambda: (10 * GiB, 80 * GiB))), get_default_memory_pool=lambda: pool)
+    assert _cuda_backend_on(xp).free_memory() == expected_gib * GiB
+
+
+def test_host_data_goes_to_the_device_without_cupy_asarray():
+    """cupy.asarray stages host data in pinned memory that CuPy's pool keeps for good: the
+    backend allocates on the device and copies from the host array itself (ndarray.set)."""
+    copies = []
+
+    class DeviceArray:
+        def __init__(self, shape, dtype):
+            self.shape, self.dtype = shape, np.dtype(dtype)
+
+        def set(self, host):
+            assert host.shape == self.shape and host.dtype == self.dtype and host.flags.c_contiguous
+            copies.append(host.copy())
+
+    def no_asarray(*args, **kwargs):
+        raise AssertionError("host data went through cupy.asarray")
+
+    xp = types.SimpleNamespace(empty=lambda shape, dtype: DeviceArray(shape, dtype), asarray=no_asarray)
+    cuda = _cuda_backend_on(xp)
+    strided = np.arange(12.0).reshape(3, 4)[:, ::2]
+    for host, dtype, expected in ((strided, np.float32, strided), (3, None, np.array(3)),
+                                  ([[1, 2]], np.float64, np.array([[1.0, 2.0]]))):
+        device = cuda.asarray(host, dtype)
+        assert device.shape == np.shape(expected) and (dtype is None or device.dtype == dtype)
+        np.testing.assert_array_equal(copies[-1], expected)
