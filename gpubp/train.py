@@ -402,18 +402,25 @@ class Trainer:
 
     def _step(self, X, y, idx, lr: float, epoch: int):
         """One optimizer step on the rows idx; returns the batch loss (0-d, on the device)."""
-        net, backend = self.net, self.net.backend
         try:
-            loss, dW, db = net._loss_and_grads(backend.asarray(X[idx]), backend.asarray(y[idx]))
-            grads = dW + db
-            if self.config.clip_norm is not None:
-                clip_by_global_norm(net.xp, grads, self.config.clip_norm)
-            self.optimizer.step(net.params, grads, lr)
+            return self._update(X, y, idx, lr)
         except Exception as exc:
-            if is_out_of_memory(exc):
-                backend.release_memory()
-                raise DeviceMemoryError(self._memory_advice(exc, epoch)) from None
-            raise
+            if not is_out_of_memory(exc):
+                raise
+            failure = str(exc)
+        # out of the handler, the traceback and the failed step's arrays are gone: release them,
+        # then measure what is free (measured inside, the advice would count them as used)
+        self.net.backend.release_memory()
+        raise DeviceMemoryError(self._memory_advice(failure, epoch))
+
+    def _update(self, X, y, idx, lr: float):
+        """Loss and gradients of the rows idx, clipped if asked, and the optimizer's update."""
+        net, backend = self.net, self.net.backend
+        loss, dW, db = net._loss_and_grads(backend.asarray(X[idx]), backend.asarray(y[idx]))
+        grads = dW + db
+        if self.config.clip_norm is not None:
+            clip_by_global_norm(net.xp, grads, self.config.clip_norm)
+        self.optimizer.step(net.params, grads, lr)
         return loss
 
     def _early_stopping(self, epoch: int, logs: dict) -> bool:
@@ -469,10 +476,12 @@ class Trainer:
             self.save(self.config.checkpoint)
         raise TrainingInterrupted(signum, self.config.checkpoint, epoch, self.state.step)
 
-    def _memory_advice(self, exc: BaseException, epoch: int) -> str:
+    def _memory_advice(self, failure: str, epoch: int) -> str:
+        """What DeviceMemoryError says: the size asked (from the allocator's message ``failure``),
+        the memory free now and a batch size that should fit."""
         net, bs, backend = self.net, self.config.batch_size, self.net.backend
         free = backend.free_memory()
-        asked = re.search(r"allocat(?:e|ing) ([0-9][0-9.,]*(?: ?[KMGT]i?B| bytes)?)", str(exc))
+        asked = re.search(r"allocat(?:e|ing) ([0-9][0-9.,]*(?: ?[KMGT]i?B| bytes)?)", failure)
         per_row = net.dtype.itemsize * sum(net.sizes) * 3  # activations, deltas, temporaries
         fixed = net.dtype.itemsize * net.n_params * 4  # parameters, gradients, optimizer state
         fits = int((0.8 * free - fixed) // per_row) if free else 0

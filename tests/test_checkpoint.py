@@ -4,11 +4,13 @@ divergence, bad files, mismatched resumes, clipping and running out of memory.""
 import json
 import os
 import signal
+import weakref
 
 import numpy as np
 import pytest
 
 from gpubp import MLP, DataError, DivergenceError, fit, save_model
+from gpubp.backend import Backend
 from gpubp.checkpoint import read_checkpoint, write_checkpoint
 from gpubp.errors import DeviceMemoryError
 from gpubp.interrupt import TrainingInterrupted
@@ -141,6 +143,33 @@ def test_out_of_memory_suggests_a_batch_size(monkeypatch):
     with pytest.raises(DeviceMemoryError, match=r"epoch 1 \(step 1\) at batch size 64: .*asked for 3.00 GiB, "
                                                 r"with .* free; batch size \d+ should fit"):
         fit(new_net(), X, y, epochs=1, batch_size=64)
+
+
+def test_out_of_memory_releases_the_failed_step_before_measuring(monkeypatch):
+    """The advice measures free memory after the failed step's arrays are gone and the cache is
+    released, and the error keeps no reference to them (a retry in the same session can fit)."""
+    X, y = problem()
+    held, calls = [], []
+
+    class Activations(np.ndarray):
+        """An array a weak reference can follow (a device array's memory in the real case)."""
+
+    def no_memory(self, Xb, yb, sample_weight=None):
+        activations = np.zeros(1000).view(Activations)
+        held.append(weakref.ref(activations))
+        raise MemoryError("Unable to allocate 3.00 GiB for an array with shape (1000000, 800)")
+
+    def free_memory(backend):
+        calls.append(("free_memory", held[0]() is None))
+        return 2**30
+
+    monkeypatch.setattr(MLP, "_loss_and_grads", no_memory)
+    monkeypatch.setattr(Backend, "release_memory", lambda backend: calls.append(("release", held[0]() is None)))
+    monkeypatch.setattr(Backend, "free_memory", free_memory)
+    with pytest.raises(DeviceMemoryError) as caught:
+        fit(new_net(), X, y, epochs=1, batch_size=64)
+    assert calls == [("release", True), ("free_memory", True)]
+    assert caught.value.__context__ is None and caught.value.__cause__ is None
 
 
 def test_prediction_splits_batches_that_do_not_fit(monkeypatch, rng):
