@@ -17,7 +17,7 @@ from sklearn.utils import check_random_state, gen_batches, shuffle
 from sklearn.utils.validation import check_is_fitted, validate_data
 from tqdm.auto import tqdm
 
-from .backend import get_backend, to_numpy
+from .backend import backend_for, get_backend, to_numpy
 from .checkpoint import write_checkpoint
 from .mlp import MLP
 from .optim import SGD, Adam, optimizer_from_state
@@ -270,6 +270,9 @@ class BaseMLP(BaseEstimator):
         if not incremental or self._optimizer is None:
             self._optimizer = self._make_optimizer()
             self._lr = _LearningRate(self.solver, self.learning_rate, self.learning_rate_init, self.power_t)
+        state = self._optimizer.state()[1]
+        if any(backend_for(a) is not backend for a in state.values()):  # device changed since the last fit
+            self._optimizer.load_state(state, net.params)
         if self.early_stopping and getattr(self, "_best_params", None) is None:
             self._best_params = net.get_params()
         if self.early_stopping and incremental:

@@ -81,7 +81,7 @@ def test_device_arrays_are_accepted_and_labels_checked_on_the_host():
     X, y = data()
     loss, _, _ = gpu.loss_and_grads(xp.asarray(X), xp.asarray(y))
     assert np.isfinite(float(loss))
-    with pytest.raises(ValueError, match="labels from 0 to 5 but the network has 5 classes"):
+    with pytest.raises(ValueError, match="labels from 1 to 5 but the network has 5 classes"):
         gpu.loss_and_grads(X, np.where(y == 0, 5, y))
 
 

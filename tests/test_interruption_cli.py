@@ -15,7 +15,8 @@ from gpubp.checkpoint import read_checkpoint
 from .conftest import REPO
 
 EPOCHS = "100000"  # far more than a test waits for
-LONG_RUN = ["train", "--epochs", EPOCHS, "--hidden", "256,256", "--batch-size", "32"]
+# on the CPU even where a GPU is usable: the kill and signal times below assume no CUDA start-up
+LONG_RUN = ["train", "--device", "cpu", "--epochs", EPOCHS, "--hidden", "256,256", "--batch-size", "32"]
 
 
 def start(*args, cwd):
@@ -38,7 +39,7 @@ def wait_for_epoch(proc, epoch, timeout=60):
 def finish(path, cwd):
     """Resume the checkpoint at path for one more epoch; the run must complete."""
     done = read_checkpoint(path).meta["state"]["epoch"]
-    result = subprocess.run([sys.executable, "-m", "gpubp", "train", "--resume", str(path),
+    result = subprocess.run([sys.executable, "-m", "gpubp", "train", "--resume", str(path), "--device", "cpu",
                              "--epochs", str(done + 1), "--quiet"], cwd=cwd, capture_output=True,
                             text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert result.returncode == 0, result.stderr
@@ -61,7 +62,7 @@ def test_signal_writes_a_checkpoint_and_exits_with_the_documented_status(tmp_pat
 
 
 def test_default_checkpoint_on_interrupt(tmp_path):
-    proc = start("train", "--epochs", EPOCHS, cwd=tmp_path)
+    proc = start("train", "--device", "cpu", "--epochs", EPOCHS, cwd=tmp_path)
     wait_for_epoch(proc, 1)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
@@ -78,7 +79,7 @@ def test_sigkill_at_20_moments_never_loses_the_newest_checkpoint(tmp_path):
         return {p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")}
 
     for i in range(20):
-        args = ["train", "--resume", "run.npz", "--quiet"] if ckpt.exists() else \
+        args = ["train", "--resume", "run.npz", "--device", "cpu", "--quiet"] if ckpt.exists() else \
             [*LONG_RUN, "--checkpoint", "run.npz", "--checkpoint-every", "1", "--quiet"]
         left_before = temporaries()  # from an earlier kill; the next write removes them
         proc = start(*args, cwd=tmp_path)
