@@ -18,15 +18,18 @@ option this emulation cannot model is refused rather than ignored. A compile err
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import hashlib
 import platform
 import re
+import shutil
 import subprocess
 import tempfile
 from pathlib import Path
 
 _BUILD = Path(tempfile.mkdtemp(prefix="fake_nvrtc_"))
+atexit.register(shutil.rmtree, _BUILD, ignore_errors=True)
 _LIBRARIES: dict[str, ctypes.CDLL] = {}
 
 # Sets MXCSR's FTZ (0x8000) and DAZ (0x0040) bits for its lifetime when ``on``; restores them after.
