@@ -54,9 +54,11 @@ template <typename T>
 T __shfl_xor_sync(unsigned mask, T var, int lane_mask) {
     static_assert(sizeof(T) <= 16, "shuffled value too large");
     if (mask != 0xffffffffu) gpubp_error = 1;
-    if (gpubp_my_warp->active.load() != 32) gpubp_error = 2;
     std::memcpy(gpubp_my_warp->slots[gpubp_lane], &var, sizeof(T));
     gpubp_my_warp->meet.arrive_and_wait();
+    // Past the barrier, a lane that returned instead of shuffling has dropped out (its drop is
+    // what let the phase complete), while no lane of a full warp can have left yet.
+    if (gpubp_my_warp->active.load() != 32) gpubp_error = 2;
     T other;
     std::memcpy(&other, gpubp_my_warp->slots[(gpubp_lane ^ lane_mask) & 31], sizeof(T));
     gpubp_my_warp->meet.arrive_and_wait();
