@@ -18,7 +18,7 @@ compile takes tens of seconds and would otherwise eat the lease. CuPy reads CUPY
 imported, which a child per case also takes care of.
 
 gpubp calls the public ``loss_and_grads``, which validates its arguments with one host
-synchronization per step; PyTorch's step has none (see device_check.step_case).
+synchronization per step; PyTorch's step has none (see step_timings.step_case).
 
 Targets (H100/H200): on the wide networks >= 70% of the measured float32 matmul ceiling and
 within 1.1x of PyTorch eager; on 784-512-512-10 batch 256 within 1.5x of PyTorch eager.
@@ -148,26 +148,27 @@ def rates(row: dict, times: dict, case) -> dict:
 
 def run_all(compile_case: str, case_timeout: float, overall: float) -> list[dict]:
     """Every (mode, case) in a child process under its time limit, until the overall limit."""
-    deadline, scratch, rows = time.monotonic() + overall, Path(tempfile.mkdtemp(prefix="gpubp-bench-")), []
-    for mode in ("fp32", "tf32"):
-        env = {**dc.child_env(None), **({"CUPY_TF32": "1"} if mode == "tf32" else {})}
-        for index, (sizes, batch) in enumerate(CASES):
-            label = case_label(sizes, batch)
-            with_compile = mode == "fp32" and label == compile_case
-            budget = min(COMPILE_TIMEOUT_S if with_compile else case_timeout, deadline - time.monotonic())
-            if budget < 10:
-                spent = f"not run: the overall {overall:.0f} s were spent"
-                rows.append({"case": label, "mode": mode, "problem": spent})
-                continue
-            result = scratch / f"{mode}-{index}.json"
-            cmd = [sys.executable, __file__, "--mode", mode, "--case", str(index), "--result", str(result)]
-            cmd += ["--with-compile"] if with_compile else []
-            status, section = dc.run_isolated(cmd, round(budget), result, env)
-            row = section or {"case": label, "mode": mode}
-            if status["status"] != "passed":
-                row["problem"] = status["detail"]
-            rows.append(row)
-            print(f"[{mode} {label}] {status['status']} in {status['seconds']} s", flush=True)
+    deadline, rows = time.monotonic() + overall, []
+    with tempfile.TemporaryDirectory(prefix="gpubp-bench-", ignore_cleanup_errors=True) as scratch:
+        for mode in ("fp32", "tf32"):
+            env = {**dc.child_env(None), **({"CUPY_TF32": "1"} if mode == "tf32" else {})}
+            for index, (sizes, batch) in enumerate(CASES):
+                label = case_label(sizes, batch)
+                with_compile = mode == "fp32" and label == compile_case
+                budget = min(COMPILE_TIMEOUT_S if with_compile else case_timeout, deadline - time.monotonic())
+                if budget < 10:
+                    spent = f"not run: the overall {overall:.0f} s were spent"
+                    rows.append({"case": label, "mode": mode, "problem": spent})
+                    continue
+                result = Path(scratch) / f"{mode}-{index}.json"
+                cmd = [sys.executable, __file__, "--mode", mode, "--case", str(index), "--result", str(result)]
+                cmd += ["--with-compile"] if with_compile else []
+                status, section = dc.run_isolated(cmd, round(budget), result, env)
+                row = section or {"case": label, "mode": mode}
+                if status["status"] != "passed":
+                    row["problem"] = status["detail"]
+                rows.append(row)
+                print(f"[{mode} {label}] {status['status']} in {status['seconds']} s", flush=True)
     return rows
 
 

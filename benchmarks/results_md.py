@@ -131,7 +131,7 @@ def render(results: Path, out: Path) -> Path:
                       f"products alone / scikit-learn: {report['limit']:.2f}).", ""]
     path, report = _newest(results, "device_check-*.json")
     if report:
-        from benchmarks.device_check import markdown
+        from benchmarks.device_report import markdown
 
         lines += [f"## GPU ({path.name})", ""] + markdown(report).splitlines()[1:] + [""]
     else:

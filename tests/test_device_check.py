@@ -1,6 +1,8 @@
-"""benchmarks/device_check.py and bench_gpu.py without a GPU: the refusal, the stage runner (a
-stage that raises, one that hangs), the files written, the summary's tables and the byte counts
-behind the kernel targets."""
+"""benchmarks/device_check.py (with the stages, timings and summary.md it runs from
+device_stages.py, kernel_timings.py, step_timings.py and device_report.py) and bench_gpu.py
+without a GPU: the refusal, the stage runner (a stage that raises, one that hangs), the files
+written, no temporary folder left behind, the summary's tables and the byte counts behind the
+kernel targets."""
 
 import importlib.util
 import json
@@ -8,12 +10,14 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
 import pytest
 
 from benchmarks import device_check as dc
+from benchmarks import device_report, device_stages, kernel_timings
 from gpubp import kernels
 from gpubp.backend import cuda_status
 
@@ -70,10 +74,18 @@ def fake_run(tmp_path_factory):
     spec = importlib.util.spec_from_file_location("fake_stages", script)
     fake = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(fake)
-    out = tmp_path / "out"
+    out, scratch = tmp_path / "out", tmp_path / "tmp"  # the runner's temporary folder goes under scratch
+    scratch.mkdir()
     t0 = time.monotonic()
-    report = dc.run_stages(fake.STAGES, script, out)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(tempfile, "tempdir", str(scratch))
+        report = dc.run_stages(fake.STAGES, script, out)
     return report, out, time.monotonic() - t0
+
+
+def test_the_runner_removes_its_temporary_folder(fake_run):
+    _, out, _ = fake_run
+    assert os.listdir(out.parent / "tmp") == []
 
 
 def test_a_stage_that_raises_is_recorded_and_the_next_stages_run(fake_run):
@@ -114,7 +126,7 @@ def test_at_most_eight_files_are_written(fake_run):
 
 def test_the_budgets_fit_a_six_minute_run():
     assert sum(budget for _, budget in dc.STAGES.values()) <= 360
-    assert dc.PYTEST_LIMIT_S + 10 <= dc.STAGES["tests"][1]
+    assert device_stages.PYTEST_LIMIT_S + 10 <= dc.STAGES["tests"][1]
 
 
 def full_report():
@@ -135,17 +147,19 @@ def full_report():
                           "python": "3.12.3", "cupy_tf32": "unset", "torch_matmul_fp32_precision": "none",
                           "torch_conv_fp32_precision": "none", "probe": {"float32": True, "float16": True},
                           "verdict": "NVIDIA H100 80GB HBM3; probe kernel ran"},
-            "parity": dc.parity_section([fake_check("bias_activation relu [contiguous]", 2e-8, True),
+            "parity": device_stages.parity_section([fake_check("bias_activation relu [contiguous]", 2e-8, True),
                                          fake_check("model relu: loss, all dW and db", 3e-4, False)]),
             "tests": {"passed": 11, "failed": 1, "skipped": 0, "failed_tests": ["tests/test_gpu.py::test_x: boom"],
                       "running": None, "exit_status": 1, "per_test_timeout": "40 s per test (pytest-timeout)",
                       "seconds": 41.0, "verdict": "11 passed, 1 failed, 0 skipped"},
-            "timings": dc.timings_summary({"copy": {"ms": 0.05, "gbs": 2600.0}, "kernels": [
+            "timings": device_stages.timings_summary({"copy": {"ms": 0.05, "gbs": 2600.0}, "kernels": [
                 {"kernel": "backprop_delta relu", "ms": 0.08, "gbs": 2516.6, "pct_copy": 96.8, "chain_ms": 0.1,
-                 "speedup": 1.25, "bytes": [12, 14], "speedup_target": dc.speedup_target("backprop_delta relu"),
+                 "speedup": 1.25, "bytes": [12, 14],
+                 "speedup_target": kernel_timings.speedup_target("backprop_delta relu"),
                  "rel_error": 0.0, "agree": True, "missed": [], "met": True},
                 {"kernel": "softmax_minus_y", "ms": 0.12, "gbs": 1230.0, "pct_copy": 47.3, "chain_ms": 0.4,
-                 "speedup": 3.33, "bytes": [8.8, 54.8], "speedup_target": dc.speedup_target("softmax_minus_y"),
+                 "speedup": 3.33, "bytes": [8.8, 54.8],
+                 "speedup_target": kernel_timings.speedup_target("softmax_minus_y"),
                  "rel_error": 2e-7, "agree": True, "missed": ["bandwidth", "speed-up"], "met": False}]}),
             "estimator": {"loss_curve_rel_error": 2e-6, "agree": True, "gpubp_cuda_s": 1.5, "sklearn_cpu_s": 30.0,
                           "cpu_cores": 16, "speedup": 20.0, "target": ">= 10.0x", "met": True,
@@ -161,7 +175,7 @@ def fake_check(check, worst, passed):
 
 
 def test_summary_renders_every_table_with_verdicts():
-    lines = dc.markdown(full_report()).splitlines()
+    lines = device_report.markdown(full_report()).splitlines()
     assert lines[0] == "# Device check: NVIDIA H100 80GB HBM3, 2026-11-27 10:00 UTC"
     for row in [
         "| preflight | 40 | 8.2 | passed | NVIDIA H100 80GB HBM3; probe kernel ran |",
@@ -186,7 +200,7 @@ def test_summary_renders_every_table_with_verdicts():
 
 
 def test_timing_tables_render_steps_and_the_fmad_cost():
-    lines = dc.timings_lines({
+    lines = device_report.timings_lines({
         "fmad": [{"kernel": "gpubp_adam", "options": "--fmad=false", "gpubp_ms": 0.21, "fmad_ms": 0.2, "ratio": 1.05},
                  {"kernel": "gpubp_new", "skipped": "no arguments known for this kernel"}],
         "steps": [{"case": "784-512-512-10 b256", "gpubp_ms": 0.3, "torch_ms": 0.25, "ratio": 1.2, "gpubp_tflops": 1.1,
@@ -197,17 +211,19 @@ def test_timing_tables_render_steps_and_the_fmad_cost():
                 "| 784-512-512-10 b256 | 0.300 | 0.250 | 1.20x | 1.1 | 1.0e-06 | <= 1.0x torch eager | NO |",
                 "| 4096-4096-4096-10 b4096 | not timed: gpubp and PyTorch disagree | | | | 2.0e-01 | | NO |"]:
         assert row in lines, row
-    assert dc.timings_summary({"steps": [{"case": "c", "max_rel_error": 0.2, "agree": False}]})["failures"] == [
+    disagree = {"steps": [{"case": "c", "max_rel_error": 0.2, "agree": False}]}
+    assert device_stages.timings_summary(disagree)["failures"] == [
         "c: gpubp and PyTorch disagree (2.0e-01)"]
 
 
 def test_speedup_targets_follow_from_the_bytes():
-    assert dc.BYTES["backprop_delta relu"] == (12, 14)  # read a and g, write g | a > 0; g * mask
-    assert dc.speedup_target("backprop_delta relu") == pytest.approx(0.8 * 14 / 12)  # 0.93x, not 2x
-    assert dc.BYTES["sgd_momentum_update nesterov"] == (20, 60)
-    assert dc.speedup_target("sgd_momentum_update nesterov") == pytest.approx(2.4)
-    assert dc.BYTES["adam_update"] == (28, 112) and dc.speedup_target("adam_update") == pytest.approx(3.2)
-    assert dc.speedup_target("bias_activation identity") == pytest.approx(0.8)  # the chain is the kernel
+    assert kernel_timings.BYTES["backprop_delta relu"] == (12, 14)  # read a and g, write g | a > 0; g * mask
+    assert kernel_timings.speedup_target("backprop_delta relu") == pytest.approx(0.8 * 14 / 12)  # 0.93x, not 2x
+    assert kernel_timings.BYTES["sgd_momentum_update nesterov"] == (20, 60)
+    assert kernel_timings.speedup_target("sgd_momentum_update nesterov") == pytest.approx(2.4)
+    assert kernel_timings.BYTES["adam_update"] == (28, 112)
+    assert kernel_timings.speedup_target("adam_update") == pytest.approx(3.2)
+    assert kernel_timings.speedup_target("bias_activation identity") == pytest.approx(0.8)  # the chain is the kernel
 
 
 # ------------------------------------------------------------------ the chain bytes, traced
@@ -277,7 +293,7 @@ class TracedNumpy:
 
 
 def traced_arrays(n):
-    arr = dc.timing_arrays(np, n)
+    arr = kernel_timings.timing_arrays(np, n)
     for name, value in vars(arr).items():
         if isinstance(value, np.ndarray):
             setattr(arr, name, value.view(Traced))
@@ -288,14 +304,14 @@ def traced_arrays(n):
 def test_chain_bytes_are_what_the_numpy_twins_move():
     """Every chain call run on traced arrays moves the bytes per element the table says."""
     n = 2**20
-    names = list(dc.timing_calls(TracedNumpy(), kernels, traced_arrays(1024)))
-    assert sorted(names) == sorted(dc.BYTES)
+    names = list(kernel_timings.timing_calls(TracedNumpy(), kernels, traced_arrays(1024)))
+    assert sorted(names) == sorted(kernel_timings.BYTES)
     for name in names:
         arr = traced_arrays(n)
-        _, chain = dc.timing_calls(TracedNumpy(), kernels, arr)[name]
+        _, chain = kernel_timings.timing_calls(TracedNumpy(), kernels, arr)[name]
         Traced.moved[0] = 0
         elements = chain().size
-        assert Traced.moved[0] / elements == pytest.approx(dc.BYTES[name][1], abs=0.01), name
+        assert Traced.moved[0] / elements == pytest.approx(kernel_timings.BYTES[name][1], abs=0.01), name
 
 
 def test_the_tracer_counts_temporaries():
@@ -310,9 +326,9 @@ def test_the_tracer_counts_temporaries():
 
 def test_fmad_arguments_bind_to_every_elementwise_kernel():
     """The arguments the fmad timing passes fit each spec as CuPy binds them (tests/fake_cupy.py)."""
-    arr = dc.timing_arrays(np, 2**14)
+    arr = kernel_timings.timing_arrays(np, 2**14)
     for name, spec in kernels.ELEMENTWISE_SPECS.items():
-        args = dc.fmad_arguments(name, arr)
+        args = kernel_timings.fmad_arguments(name, arr)
         assert args is not None, f"no fmad arguments for {name}"
         params = fake_cupy.parse_params(spec.in_params, True) + fake_cupy.parse_params(spec.out_params, False)
         assert len(args) == len(params), name
@@ -331,33 +347,34 @@ tests/test_kernels_gpu.py::test_e """
 
 
 def test_pytest_output_gives_counts_failures_and_the_test_left_running():
-    parsed = dc.parse_pytest(PYTEST_OUTPUT)
+    parsed = device_stages.parse_pytest(PYTEST_OUTPUT)
     assert (parsed["passed"], parsed["failed"], parsed["skipped"]) == (1, 2, 1)
     assert parsed["failed_tests"] == ["tests/test_gpu.py::test_b: AssertionError: worst element (3,)",
                                       "tests/test_kernels_gpu.py::test_d: RuntimeError: teardown"]
     assert parsed["running"] == "tests/test_kernels_gpu.py::test_e"
-    assert dc.parse_pytest(PYTEST_OUTPUT.rsplit("\n", 1)[0])["running"] is None
+    assert device_stages.parse_pytest(PYTEST_OUTPUT.rsplit("\n", 1)[0])["running"] is None
 
 
 def test_gpu_tests_fail_on_a_timeout_an_exit_status_or_when_all_were_skipped():
-    parsed = {**dc.parse_pytest(PYTEST_OUTPUT), "verdict": "1 passed, 2 failed, 1 skipped"}
-    assert dc.pytest_failures(parsed, None) == [
-        f"pytest stopped after {dc.PYTEST_LIMIT_S} s while running tests/test_kernels_gpu.py::test_e "
+    parsed = {**device_stages.parse_pytest(PYTEST_OUTPUT), "verdict": "1 passed, 2 failed, 1 skipped"}
+    assert device_stages.pytest_failures(parsed, None) == [
+        f"pytest stopped after {device_stages.PYTEST_LIMIT_S} s while running tests/test_kernels_gpu.py::test_e "
         "(1 passed, 2 failed, 1 skipped)"]
-    assert dc.pytest_failures(parsed, 1)[0] == "pytest exit status 1 (1 passed, 2 failed, 1 skipped)"
-    assert dc.pytest_failures(parsed, 1)[1:] == parsed["failed_tests"]
+    assert device_stages.pytest_failures(parsed, 1)[0] == "pytest exit status 1 (1 passed, 2 failed, 1 skipped)"
+    assert device_stages.pytest_failures(parsed, 1)[1:] == parsed["failed_tests"]
     skipped = {"passed": 0, "failed": 0, "skipped": 27, "verdict": "0 passed, 0 failed, 27 skipped"}
-    assert dc.pytest_failures(skipped, 0) == ["every GPU test was skipped (0 passed, 0 failed, 27 skipped); "
+    assert device_stages.pytest_failures(skipped, 0) == ["every GPU test was skipped (0 passed, 0 failed, 27 skipped); "
                                               "the tail says why"]
-    assert dc.pytest_failures({**skipped, "passed": 1}, 0) == []
+    assert device_stages.pytest_failures({**skipped, "passed": 1}, 0) == []
 
 
 def test_pytest_gets_a_per_test_timeout_only_where_the_plugin_is(tmp_path):
-    with_plugin, note = dc.pytest_command(tmp_path / "j.xml", True)
-    assert with_plugin[-1] == f"--timeout={dc.PER_TEST_TIMEOUT_S}" and "pytest-timeout" in note
-    without, note = dc.pytest_command(tmp_path / "j.xml", False)
+    with_plugin, note = device_stages.pytest_command(tmp_path / "j.xml", True)
+    assert with_plugin[-1] == f"--timeout={device_stages.PER_TEST_TIMEOUT_S}" and "pytest-timeout" in note
+    without, note = device_stages.pytest_command(tmp_path / "j.xml", False)
     assert not any(a.startswith("--timeout") for a in without)
-    assert note == f"none per test (pytest-timeout is not installed); {dc.PYTEST_LIMIT_S} s for the whole run"
+    assert note == (f"none per test (pytest-timeout is not installed); {device_stages.PYTEST_LIMIT_S} s "
+                    "for the whole run")
     assert without[without.index("gpu and not slow") - 1] == "-m" and f"--junitxml={tmp_path / 'j.xml'}" in without
 
 
@@ -406,11 +423,13 @@ def test_gpu_benchmark_markdown_marks_the_one_compiled_case_and_the_problems():
         assert expected in lines, expected
 
 
-def test_gpu_benchmark_stops_starting_cases_past_its_overall_limit():
+def test_gpu_benchmark_stops_starting_cases_past_its_overall_limit(monkeypatch, tmp_path):
     bench = load_bench_gpu()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     rows = bench.run_all(bench.COMPILE_CASE, case_timeout=90, overall=0)
     assert len(rows) == 2 * len(bench.CASES)
     assert {r["problem"] for r in rows} == {"not run: the overall 0 s were spent"}
+    assert os.listdir(tmp_path) == []  # its temporary folder removed
 
 
 def test_gpu_benchmark_compiles_one_case_and_runs_each_case_in_a_child_under_its_limit(monkeypatch):
@@ -433,7 +452,7 @@ def test_gpu_benchmark_compiles_one_case_and_runs_each_case_in_a_child_under_its
     calls.clear()
     bench.run_all("none", 90, 10_000)
     assert len(calls) == 2 * len(bench.CASES) and not any("--with-compile" in cmd for cmd, _, _ in calls)
-    for script in (REPO / "benchmarks" / "bench_gpu.py", SCRIPT):  # the legacy flags conflict on torch >= 2.9
+    for script in sorted((REPO / "benchmarks").glob("*.py")):  # the legacy flags conflict on torch >= 2.9
         assert not re.search(r"allow_tf32\s*=", script.read_text()), script
 
 

@@ -1,0 +1,101 @@
+"""The device check's training step: forward, backward and SGD-momentum update of gpubp on CuPy
+against PyTorch eager, float32 IEEE on both sides, loss and gradients compared before timing."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from benchmarks.kernel_timings import MOMENTUM, cupy_events, event_median_ms, rel_error, torch_events
+
+
+STEP_RTOL = 1e-4  # gpubp against PyTorch, loss and every gradient, norm-relative
+STEP_TARGET = 1.0  # gpubp step time / PyTorch eager step time
+STEP_CASES = [([784, 512, 512, 10], 256), ([784, 512, 512, 10], 4096), ([4096, 4096, 4096, 10], 4096)]
+LR = 1e-3
+
+
+def step_timings(cp) -> list[dict]:
+    """A training step (forward, backward, SGD-momentum) of each STEP_CASES, gpubp against PyTorch eager."""
+    try:
+        import torch
+    except Exception as exc:
+        return [{"case": "all", "skipped": f"PyTorch not importable: {type(exc).__name__}: {exc}"}]
+    set_fp32_precision(torch, "ieee")
+    return [step_case(cp, torch, sizes, batch) for sizes, batch in STEP_CASES]
+
+
+def set_fp32_precision(torch, value: str) -> None:
+    """PyTorch's float32 matmul and convolution precision, "ieee" or "tf32", through the
+    fp32_precision settings (torch >= 2.9 refuses to mix them with the legacy allow_tf32 flags)."""
+    torch.backends.cuda.matmul.fp32_precision = value
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    if conv is not None and hasattr(conv, "fp32_precision"):
+        conv.fp32_precision = value
+
+
+def torch_twin(torch, net, cp):
+    """A torch.nn.Sequential on the GPU with the weights and biases of the gpubp MLP ``net`` (relu)."""
+    layers = []
+    for W, b in zip(net.weights, net.biases, strict=True):
+        linear = torch.nn.Linear(*W.shape).cuda()
+        with torch.no_grad():
+            linear.weight.copy_(torch.as_tensor(cp.asnumpy(W).T.copy()))
+            linear.bias.copy_(torch.as_tensor(cp.asnumpy(b)))
+        layers += [linear, torch.nn.ReLU()]
+    return torch.nn.Sequential(*layers[:-1])
+
+
+def step_case(cp, torch, sizes: list[int], batch: int) -> dict:
+    """Loss and gradients compared first, then the median CUDA-event time of a step on each side.
+
+    The gpubp step calls the public ``net.loss_and_grads``, which validates its arguments: it
+    checks that X is finite (one pass over X and a host synchronization) and checks the labels on
+    the host, then copies them to the device. PyTorch's step does neither, so at small batches the
+    ratio includes that cost; a training loop that calls loss_and_grads pays it too.
+    """
+    from gpubp import MLP, get_backend
+    from gpubp.bench import Case
+    from gpubp.optim import SGD
+
+    label = f"{'-'.join(map(str, sizes))} b{batch}"
+    rng = np.random.default_rng(1)
+    X, y = rng.normal(size=(batch, sizes[0])).astype(np.float32), rng.integers(0, sizes[-1], batch)
+    net = MLP(sizes, "relu", get_backend("cuda"), "float32", seed=0)
+    model = torch_twin(torch, net, cp)
+    Xd, Xt, yt = cp.asarray(X), torch.as_tensor(X, device="cuda"), torch.as_tensor(y, device="cuda")
+    errors = step_errors(cp, torch, net, model, Xd, y, Xt, yt)
+    row = {"case": label, "max_rel_error": max(errors), "agree": max(errors) < STEP_RTOL}
+    if not row["agree"]:
+        return row
+    opt, torch_opt = SGD(momentum=MOMENTUM), torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
+
+    def gpubp_step():
+        _, dW, db = net.loss_and_grads(Xd, y)
+        opt.step(net.params, dW + db, LR)
+
+    def torch_step():
+        torch_opt.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(model(Xt), yt).backward()
+        torch_opt.step()
+
+    repeat = 50 if batch <= 1024 else 20
+    gpubp_ms = event_median_ms(cupy_events(cp), gpubp_step, repeat=repeat)
+    torch_ms = event_median_ms(torch_events(torch), torch_step, repeat=repeat)
+    flops = Case(tuple(sizes), batch, "float32", "momentum").flops_per_epoch(batch)
+    row.update(gpubp_ms=gpubp_ms, torch_ms=torch_ms, ratio=gpubp_ms / torch_ms, gpubp_tflops=flops / gpubp_ms / 1e9,
+               target=f"<= {STEP_TARGET}x torch eager", met=gpubp_ms / torch_ms <= STEP_TARGET)
+    return row
+
+
+def step_errors(cp, torch, net, model, Xd, y, Xt, yt) -> list[float]:
+    """Relative errors of the loss and of every dW and db, gpubp against PyTorch, from one batch."""
+    loss, dW, db = net.loss_and_grads(Xd, y)
+    torch_loss = torch.nn.functional.cross_entropy(model(Xt), yt)
+    torch_loss.backward()
+    errors = [abs(float(loss) - torch_loss.item()) / abs(torch_loss.item())]
+    linears = [m for m in model if isinstance(m, torch.nn.Linear)]
+    for linear, gW, gb in zip(linears, dW, db, strict=True):
+        errors.append(rel_error(np, cp.asnumpy(gW), linear.weight.grad.T.cpu().numpy()))
+        errors.append(rel_error(np, cp.asnumpy(gb), linear.bias.grad.cpu().numpy()))
+    model.zero_grad(set_to_none=True)
+    return errors
