@@ -38,3 +38,22 @@ def assert_close(actual, expected, rtol, atol=0.0, what="arrays"):
             f"{what}: worst element {i}: {actual[i]!r} vs {expected[i]!r} "
             f"(|diff| {err[i]:.3e} > {bound[i]:.3e}, rtol {rtol}, atol {atol})"
         )
+
+
+@pytest.fixture
+def fake_cupy(monkeypatch):
+    """tests/fake_cupy_arrays.py's CuPy stand-in installed as ``cupy`` for one test, with gpubp's
+    CUDA probe, backends and kernels forgotten before and after; numpy's conversions refuse device
+    arrays only during the test. Skips where the kernels cannot be compiled for the host."""
+    import platform
+    import shutil
+
+    if shutil.which("g++") is None:
+        pytest.skip("g++ is not on PATH: the CuPy stand-in compiles gpubp's kernels with it")
+    if platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip("the CuPy stand-in's NVRTC emulation (FMA, FTZ) needs an x86-64 host")
+    from . import fake_cupy_arrays
+
+    cupy = fake_cupy_arrays.install(monkeypatch)
+    yield cupy
+    fake_cupy_arrays.forget_gpubp_caches()

@@ -1,0 +1,782 @@
+"""A strict, NumPy-backed stand-in for the ``cupy`` module, so CI runs gpubp's cuda backend.
+
+:func:`install` puts it in ``sys.modules["cupy"]`` for one test (the ``fake_cupy`` fixture of
+tests/conftest.py calls it). Device arrays are :class:`ndarray`, a ``numpy.ndarray`` subclass
+whose class says it is ``cupy.ndarray``; host arrays are plain ``numpy.ndarray``. The kernel
+classes are those of tests/fake_cupy.py (g++ playing NVRTC), wrapped to take device arrays.
+
+Where CuPy refuses to mix host and device, so does the stand-in (cited from CuPy's source,
+cupy/cupy at 6b6d9563c, the version the project's mirror holds):
+
+- ``numpy.asarray``, ``array``, ``asanyarray``, ``ascontiguousarray``, ``asfortranarray`` on a
+  device array (or a list holding one) raise TypeError, as ``cupy.ndarray.__array__`` does
+  (cupy/_core/core.pyx, ``ndarray.__array__``). These five numpy functions are patched only
+  while installed, through the test's monkeypatch, and restored after it;
+- a ufunc (``+``, ``*=``, ``@``, ``numpy.exp``, ``out=``, ``where=``) with a ``numpy.ndarray``
+  among its operands raises TypeError: CuPy's ``__array_ufunc__`` hands it to the cupy ufunc,
+  whose ``_preprocess_args`` wraps the host array as a ``CScalar``, which raises
+  ``Unsupported type <class 'numpy.ndarray'>`` (core.pyx ``__array_ufunc__``, _kernel.pyx
+  ``_preprocess_arg``, _scalar.pyx ``CScalar.__init__``); a 0-d host array compared with ``<``
+  etc. is taken as its value, as CuPy's workaround for numpy#12142 does; a list operand gives
+  NotImplemented, so NumPy raises TypeError;
+- a NumPy function (``numpy.stack``, ``numpy.vdot`` ...) on device arrays runs as CuPy's
+  function of the same name (core.pyx ``__array_function__``): a host array among its arguments
+  raises TypeError, and a function CuPy does not have (:data:`NOT_IN_CUPY`) raises TypeError;
+- ``cupy.xxx`` functions refuse host arrays (``cupy.ascontiguousarray`` is typed
+  ``_ndarray_base a``, core.pyx); ``cupy.asarray``, ``cupy.array``, ``cupy.asnumpy`` and
+  ``ndarray.set`` are the ways across, as in CuPy (cupy/_creation/from_data.py, cupy/__init__.py
+  ``asnumpy``, core.pyx ``ndarray.set``);
+- a kernel argument that is a host array raises TypeError: ElementwiseKernel and ReductionKernel
+  go through ``_preprocess_args`` as above; RawKernel takes a host array of size one by value
+  and refuses any other (cupy/cuda/function.pyx ``_pointer``);
+- ``device[basic index] = host array`` raises ValueError("non-scalar numpy.ndarray cannot be
+  used for fill") unless the host array is 0-d: CuPy refuses assignment from CPU arrays
+  (_routines_indexing.pyx ``_scatter_op``, "see gh-2079", then core.pyx ``fill``). CuPy raises
+  ValueError here, not TypeError, and so does the stand-in; a list holding device arrays raises
+  TypeError there (``fill`` calls numpy.asarray on it). With an advanced index (an array or a
+  list) CuPy copies the host value to the device, and so does the stand-in;
+- indexing a device array with integers gives a 0-d device array; reductions (``sum``, ``max``,
+  ``argmax``, ``vdot`` ...) give 0-d device arrays, as in CuPy; ``float()``, ``int()``,
+  ``bool()``, ``item()``, ``tolist()`` and ``get()`` bring values to the host;
+- allocations count against a device of fixed capacity (:class:`DeviceMemory`, 80 GiB unless a
+  test sets less) through a pool that caches freed blocks as CuPy's ``MemoryPool`` does; an
+  allocation that does not fit after freeing the cache and collecting garbage raises
+  ``cupy.cuda.memory.OutOfMemoryError`` (a MemoryError) with CuPy's message
+  (cupy/cuda/memory.pyx ``OutOfMemoryError``, ``SingleDeviceMemoryPool._try_malloc``).
+
+Stricter than CuPy, on purpose: pickling a device array raises TypeError. CuPy pickles it by
+copying it to the host, but the pickle then needs CuPy and a GPU to load (core.pyx
+``ndarray.__reduce__`` returns ``cupy.array``); gpubp promises pickles that hold host arrays only.
+Also stricter: an out-of-bounds index array raises IndexError (NumPy's rule) where CuPy wraps
+around.
+
+Looser than CuPy (the stand-in cannot see these; a card can):
+
+- ``host[...] = device`` and ``host[device_index]`` are not caught: ``numpy.ndarray``'s own
+  ``__setitem__`` and ``__getitem__`` take any ndarray subclass without asking it;
+- code that took ``asarray`` from numpy by name before the patch (``from numpy import asarray``),
+  and NumPy's C-level conversions, are not caught;
+- ``ndarray`` methods written in C (``take``, ``put``, ``searchsorted``, ``choose`` ...) take
+  host arrays as arguments without complaint (``dot``, ``fill``, ``set``, ``__setitem__`` check);
+- results are computed by NumPy: the order of summation, cuBLAS, TF32 and CUDA's libm are not
+  modelled (the kernels are: tests/fake_cupy.py), nor streams, asynchrony, several devices,
+  ``cupy.random``, ``cupy.linalg``, ``cupyx``, pinned host memory or ``ndarray.data``;
+- the pool's bookkeeping counts the arrays a call returns, not CuPy's internal temporaries, and
+  reuses any cached block large enough (CuPy's arena splits and merges blocks alike, but by bins).
+"""
+
+from __future__ import annotations
+
+import functools
+import gc
+import sys
+import types
+import weakref
+
+import numpy as np
+
+from . import fake_cupy, fake_nvrtc
+
+__version__ = "14.0.0+gpubp.stand.in"
+_IMPLICIT = ("Implicit conversion to a NumPy array is not allowed. "
+             "Please use `.get()` to construct a NumPy array explicitly.")  # core.pyx __array__
+_UNSUPPORTED = "Unsupported type <class 'numpy.ndarray'>"  # _scalar.pyx CScalar.__init__
+_PATCHED = ("array", "asarray", "asanyarray", "ascontiguousarray", "asfortranarray")
+# numpy's own conversions, kept before any patch (the stand-in computes with them on the host)
+_np = {name: getattr(getattr(np, name), "__wrapped__", getattr(np, name)) for name in _PATCHED}
+# NumPy 2.4 functions that CuPy 14 (cupy/__init__.py) does not define: NumPy functions that
+# dispatch to cupy.<name> through __array_function__ find nothing and raise TypeError.
+NOT_IN_CUPY = frozenset(
+    "asmatrix block bmat broadcast_shapes busday_count busday_offset datetime_as_string "
+    "datetime_data einsum_path frompyfunc fromregex geomspace get_include getbufsize geterr "
+    "geterrcall histogram_bin_edges info insert is_busday nanpercentile nanquantile nested_iters "
+    "polyder polydiv polyint setbufsize seterr seterrcall show_runtime test unstack".split())
+_COMPARISONS = {"greater", "greater_equal", "less", "less_equal", "equal", "not_equal"}
+_ALLOCATION_UNIT = 512  # cudaMalloc aligns to 512 bytes (memory.pyx ALLOCATION_UNIT_SIZE)
+
+
+# ----------------------------------------------------------------------------- device memory
+
+class OutOfMemoryError(MemoryError):
+    """cupy.cuda.memory.OutOfMemoryError, with CuPy's message (memory.pyx)."""
+
+    def __init__(self, size: int, total: int, limit: int = 0):
+        self._size, self._total, self._limit = size, total, limit
+        if limit == 0:
+            msg = f"Out of memory allocating {size:,} bytes"
+            if total != -1:
+                msg += f" (allocated so far: {total:,} bytes)."
+        else:
+            msg = (f"Out of memory allocating {size:,} bytes (allocated so far: {total:,} bytes, "
+                   f"limit set to: {limit:,} bytes).")
+        super().__init__(msg)
+
+
+class DeviceMemory:
+    """One card's memory: a capacity, the live device buffers, and the pool's cached blocks.
+
+    A buffer's bytes (rounded up to 512) are in use while any array on it lives; when the last
+    one dies they go to the pool's cache, which later allocations reuse (best fit, the rest of
+    the block staying cached). An allocation that fits neither the cache nor the device frees
+    the cache, collects garbage and tries again, then raises :class:`OutOfMemoryError`, as
+    CuPy's pool does. ``set_limit`` caps what the pool holds, cache included.
+
+    Attributes
+    ----------
+    capacity : int
+        Bytes of the card; ``memGetInfo`` reports ``capacity - total_bytes`` free.
+    live : dict
+        ``id(buffer) -> (shape, dtype name, bytes)`` of every live device buffer.
+    failures : list of OutOfMemoryError
+        Every allocation refused, in order (copies of the errors raised, without tracebacks).
+    """
+
+    def __init__(self, capacity: int = 80 * 2**30):
+        self.capacity = int(capacity)
+        self.limit = 0
+        self.in_use = 0
+        self.cached: list[int] = []  # sizes of the pool's free blocks
+        self.live: dict[int, tuple] = {}
+        self.failures: list[OutOfMemoryError] = []
+
+    def total_bytes(self) -> int:
+        return self.in_use + sum(self.cached)
+
+    def adopt(self, buffer: np.ndarray) -> None:
+        """Count ``buffer`` (an array owning its memory) as a device allocation, or raise OOM."""
+        size = -(-buffer.nbytes // _ALLOCATION_UNIT) * _ALLOCATION_UNIT
+        if size:
+            self._allocate(size)
+        self.live[id(buffer)] = (buffer.shape, buffer.dtype.name, size)
+        weakref.finalize(buffer, self._release, id(buffer), size).atexit = False
+
+    def _allocate(self, size: int) -> None:
+        fitting = [b for b in self.cached if b >= size]
+        if fitting:  # reuse the smallest cached block that is large enough
+            block = min(fitting)
+            self.cached.remove(block)
+            if block > size:
+                self.cached.append(block - size)
+            self.in_use += size
+            return
+        for attempt in range(3):  # as it is, after free_all_blocks, after gc.collect too
+            if attempt == 2:
+                gc.collect()
+            if attempt:
+                self.cached.clear()
+            limit_ok = not self.limit or self.total_bytes() + size <= self.limit
+            if limit_ok and self.total_bytes() + size <= self.capacity:
+                self.in_use += size
+                return
+        # a twin is kept, not the error raised: its traceback would keep the failed step's arrays alive
+        self.failures.append(OutOfMemoryError(size, self.total_bytes(), self.limit))
+        raise OutOfMemoryError(size, self.total_bytes(), self.limit)
+
+    def _release(self, key: int, size: int) -> None:
+        self.live.pop(key, None)
+        if size:
+            self.in_use -= size
+            self.cached.append(size)
+
+
+class MemoryPool:
+    """cupy.get_default_memory_pool(): the pool's byte counts and limit over a DeviceMemory."""
+
+    def __init__(self, memory: DeviceMemory):
+        self._memory = memory
+
+    def used_bytes(self) -> int:
+        return self._memory.in_use
+
+    def free_bytes(self) -> int:
+        return sum(self._memory.cached)
+
+    def total_bytes(self) -> int:
+        return self._memory.total_bytes()
+
+    def n_free_blocks(self) -> int:
+        return len(self._memory.cached)
+
+    def free_all_blocks(self, stream=None) -> None:
+        self._memory.cached.clear()
+
+    def free_all_free(self) -> None:
+        self.free_all_blocks()
+
+    def get_limit(self) -> int:
+        return self._memory.limit
+
+    def set_limit(self, size=None, fraction=None) -> None:
+        if size is None and fraction is None:
+            size = 0
+        elif fraction is not None:
+            if size is not None:
+                raise ValueError("size and fraction cannot be specified at one time")
+            if not 0 <= fraction <= 1:
+                raise ValueError(f"memory limit fraction out of range: {fraction}")
+            size = int(fraction * self._memory.capacity)
+        if size < 0:
+            raise ValueError(f"memory limit size out of range: {size}")
+        self._memory.limit = int(size)
+
+
+class PinnedMemoryPool:
+    """cupy.get_default_pinned_memory_pool(): the stand-in stages nothing in pinned memory."""
+
+    def n_free_blocks(self) -> int:
+        return 0
+
+    def free_all_blocks(self) -> None:
+        pass
+
+
+_MEMORY = DeviceMemory()  # the memory of the stand-in installed now (install() replaces it)
+
+
+# ----------------------------------------------------------------------------- arrays
+
+def _is_host(x) -> bool:
+    return isinstance(x, np.ndarray) and not isinstance(x, ndarray)
+
+
+def _root(a: np.ndarray) -> np.ndarray:
+    while isinstance(a.base, np.ndarray):
+        a = a.base
+    return a
+
+
+def _host_view(a: "ndarray") -> np.ndarray:
+    return np.ndarray.view(a, np.ndarray)
+
+
+def _device(x):
+    """A NumPy result as CuPy returns it: arrays and scalars as device arrays, the rest as is."""
+    if isinstance(x, ndarray):
+        return x
+    if isinstance(x, np.ndarray):
+        return x.view(ndarray)  # counted as an allocation unless it views a device buffer
+    if isinstance(x, np.generic):
+        return _np["asarray"](x).view(ndarray)  # CuPy's reductions return 0-d arrays
+    if isinstance(x, tuple):
+        return tuple(_device(v) for v in x)
+    if isinstance(x, list):
+        return [_device(v) for v in x]
+    return x
+
+
+def _to_host_arg(x, where: str):
+    """A device argument as its host view; a host array raises TypeError as CuPy would."""
+    if isinstance(x, ndarray):
+        return _host_view(x)
+    if isinstance(x, np.ndarray):
+        raise TypeError(f"{_UNSUPPORTED} ({where} mixes a numpy.ndarray with cupy arrays)")
+    if isinstance(x, (list, tuple)):
+        return type(x)(_to_host_arg(v, where) for v in x)
+    return x
+
+
+def _holds_device(x, depth: int = 0) -> bool:
+    if isinstance(x, ndarray):
+        return True
+    if isinstance(x, (list, tuple)) and depth < 8:
+        return any(_holds_device(v, depth + 1) for v in x)
+    return False
+
+
+class ndarray(np.ndarray):
+    """cupy.ndarray played by a NumPy array: the stand-in's device array (see the module doc)."""
+
+    def __array_finalize__(self, obj):
+        root = _root(self)
+        if id(root) not in _MEMORY.live:
+            _MEMORY.adopt(root)
+
+    def __array_wrap__(self, arr, context=None, return_scalar=False):
+        return arr.view(ndarray) if isinstance(arr, np.ndarray) else _device(arr)
+
+    def __array__(self, dtype=None, copy=None):
+        raise TypeError(_IMPLICIT)
+
+    def __reduce__(self):
+        raise TypeError("a cupy.ndarray is being pickled: CuPy would copy it to the host, and the "
+                        "pickle would need CuPy and a GPU to load (the stand-in refuses it)")
+
+    def __reduce_ex__(self, protocol):
+        return self.__reduce__()
+
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        return _apply_ufunc(ufunc, method, inputs, kwargs)
+
+    def __array_function__(self, func, types, args, kwargs):
+        if func.__name__ in NOT_IN_CUPY:
+            return NotImplemented  # NumPy then raises TypeError: no implementation found
+        where = f"numpy.{func.__name__}"
+        result = func(*_to_host_arg(args, where), **{k: _to_host_arg(v, where) for k, v in kwargs.items()})
+        return _device(result)
+
+    def __getitem__(self, key):
+        result = np.ndarray.__getitem__(self, _to_index(key))
+        if not isinstance(result, np.ndarray):  # an element: CuPy gives a 0-d view
+            key = key if isinstance(key, tuple) else (key,)
+            result = np.ndarray.__getitem__(self, _to_index(key) + (Ellipsis,))
+        return result
+
+    def __setitem__(self, key, value):
+        if isinstance(value, (list, tuple)) and _holds_device(value):
+            if not _is_advanced(key):  # CuPy's fill calls numpy.asarray on it: __array__ raises
+                raise TypeError(_IMPLICIT)
+            value = _host_view(array(value))
+        elif _is_host(value) or isinstance(value, (list, tuple)):
+            if not _is_advanced(key):
+                if np.ndim(_np["asarray"](value)) != 0:
+                    raise ValueError("non-scalar numpy.ndarray cannot be used for fill")  # core.pyx fill
+                value = _np["asarray"](value)[()]
+            else:
+                value = _np["asarray"](value)  # CuPy copies it to the device (_scatter_op_single)
+        elif isinstance(value, ndarray):
+            value = _host_view(value)
+        np.ndarray.__setitem__(_host_view(self), _to_index(key), value)
+
+    def __repr__(self):
+        return repr(self.get())  # as CuPy prints: array([...])
+
+    def __str__(self):
+        return str(self.get())
+
+    def __iter__(self):
+        if self.ndim == 0:
+            raise TypeError("iteration over a 0-d array")
+        return (self[i] for i in range(self.shape[0]))
+
+    def fill(self, value):
+        if isinstance(value, np.ndarray):
+            if value.shape != ():
+                kind = "cupy" if isinstance(value, ndarray) else "numpy"
+                raise ValueError(f"non-scalar {kind}.ndarray cannot be used for fill")
+            value = value.item()
+        np.ndarray.fill(self, value)
+
+    def dot(self, b, out=None):
+        return _device(np.dot(*_to_host_arg((self, b), "ndarray.dot"),
+                              out=None if out is None else _to_host_arg(out, "ndarray.dot")))
+
+    def argmax(self, axis=None, out=None, *, keepdims=False):
+        return _device(_host_view(self).argmax(axis=axis, keepdims=keepdims))
+
+    def argmin(self, axis=None, out=None, *, keepdims=False):
+        return _device(_host_view(self).argmin(axis=axis, keepdims=keepdims))
+
+    def nonzero(self):
+        return _device(_host_view(self).nonzero())
+
+    def get(self, stream=None, order="C", out=None, blocking=True):
+        """A host copy (numpy.ndarray), or the copy written into ``out``."""
+        if out is not None:
+            if not _is_host(out):
+                raise TypeError("Only numpy.ndarray can be obtained from cupy.ndarray")
+            out[...] = _host_view(self)
+            return out
+        return _np["array"](_host_view(self), order=order, copy=True)
+
+    def set(self, arr, stream=None):
+        """Copy host ``arr`` in, with CuPy's checks (core.pyx ``ndarray.set``)."""
+        if not _is_host(arr):
+            raise TypeError("Only numpy.ndarray can be set to cupy.ndarray")
+        if self.dtype != arr.dtype:
+            raise TypeError(f"{arr.dtype} array cannot be set to {self.dtype} array")
+        if self.shape != arr.shape:
+            raise ValueError(f"Shape mismatch. Old shape: {self.shape}, new shape: {arr.shape}")
+        if not (self.flags.c_contiguous or self.flags.f_contiguous):
+            raise RuntimeError("Cannot set to non-contiguous array")
+        _host_view(self)[...] = arr
+
+    @property
+    def device(self):
+        return Device(0)
+
+
+ndarray.__module__ = "cupy"  # gpubp.backend tells CuPy arrays by their type's module
+
+
+def _to_index(key):
+    """An index with device arrays as host views (CuPy takes host index arrays too)."""
+    if isinstance(key, tuple):
+        return tuple(_host_view(k) if isinstance(k, ndarray) else k for k in key)
+    return _host_view(key) if isinstance(key, ndarray) else key
+
+
+def _is_advanced(key) -> bool:
+    parts = key if isinstance(key, tuple) else (key,)
+    return any(isinstance(k, (np.ndarray, list, bool, np.bool_)) for k in parts)
+
+
+def _apply_ufunc(ufunc, method, inputs, kwargs):
+    """A NumPy ufunc on device operands as CuPy runs it (core.pyx ``__array_ufunc__``)."""
+    where = f"{ufunc.__name__}{'' if method == '__call__' else '.' + method}"
+    if ufunc.__name__ in _COMPARISONS:  # CuPy's workaround for numpy#12142
+        inputs = tuple(x.item() if _is_host(x) and x.ndim == 0 else x for x in inputs)
+    for x in inputs:
+        if not isinstance(x, (np.ndarray, np.generic, int, float, complex, bool)):
+            return NotImplemented
+    out = kwargs.get("out")
+    host_kwargs = {k: _to_host_arg(v, where) for k, v in kwargs.items()}
+    result = getattr(ufunc, method)(*_to_host_arg(inputs, where), **host_kwargs)
+    if out is not None:  # results written into the caller's device arrays: return those
+        return out[0] if len(out) == 1 else out
+    return _device(result)
+
+
+# ----------------------------------------------------------------------------- module functions
+
+def asarray(a, dtype=None, order=None, *, copy=None, blocking=False):
+    """cupy.asarray: ``a`` itself when it is a device array of that dtype, else a device copy."""
+    return array(a, dtype=dtype, copy=copy, order=order)
+
+
+def asanyarray(a, dtype=None, order=None, *, copy=None, blocking=False):
+    return array(a, dtype=dtype, copy=copy, order=order)
+
+
+def array(obj, dtype=None, copy=True, order="K", subok=False, ndmin=0, *, blocking=False):
+    """cupy.array: host data (arrays, lists, scalars) copied to the device; device arrays kept or
+    cast; a list of device arrays stacked on the device."""
+    if isinstance(obj, ndarray):
+        if copy is False and dtype is not None and np.dtype(dtype) != obj.dtype:
+            raise ValueError("Unable to avoid copy while creating an array as requested.")
+        if not copy and (dtype is None or np.dtype(dtype) == obj.dtype) and ndmin <= obj.ndim:
+            return obj
+        return _device(_np["array"](_host_view(obj), dtype=dtype, order=order or "K", ndmin=ndmin))
+    if copy is False:
+        raise ValueError("Unable to avoid copy while creating an array as requested.")
+    host = _np["array"](_to_host_arg(obj, "cupy.array") if _holds_device(obj) else obj,
+                        dtype=dtype, order=order or "K", ndmin=ndmin)
+    if host.dtype == object:
+        raise ValueError("Unsupported dtype object")
+    return _device(host)
+
+
+def ascontiguousarray(a, dtype=None):
+    """cupy.ascontiguousarray: ``a`` must be a device array (core.pyx types it _ndarray_base)."""
+    if not isinstance(a, ndarray):
+        raise TypeError("Argument 'a' has incorrect type (expected cupy._core.core._ndarray_base, "
+                        f"got {type(a).__name__})")
+    if a.flags.c_contiguous and (dtype is None or np.dtype(dtype) == a.dtype):
+        return a
+    return _device(_np["ascontiguousarray"](_host_view(a), dtype=dtype))
+
+
+def asnumpy(a, stream=None, order="C", out=None, *, blocking=True):
+    """cupy.asnumpy: ``a.get()`` for a device array, numpy.asarray for anything else."""
+    if isinstance(a, ndarray):
+        return a.get(stream=stream, order=order, out=out, blocking=blocking)
+    if _holds_device(a):
+        raise TypeError(_IMPLICIT)
+    temp = _np["asarray"](a, order=order)
+    if out is None:
+        return temp
+    out[...] = temp
+    return out
+
+
+def get_array_module(*args):
+    """cupy.get_array_module: the installed stand-in when any argument is a device array, else numpy."""
+    return sys.modules["cupy"] if any(isinstance(a, ndarray) for a in args) else np
+
+
+class ufunc:
+    """A cupy ufunc (``cupy.exp``, ``cupy.maximum``): device operands only, results on the device."""
+
+    def __init__(self, numpy_ufunc):
+        self._ufunc = numpy_ufunc
+        self.__name__ = numpy_ufunc.__name__
+
+    def __getattr__(self, name):  # nin, nout, nargs, types, identity
+        if name == "_ufunc":
+            raise AttributeError(name)
+        return getattr(self._ufunc, name)
+
+    def __repr__(self):
+        return f"<ufunc 'cupy.{self.__name__}'>"
+
+    def __call__(self, *args, **kwargs):
+        return self._run("__call__", args, kwargs)
+
+    def reduce(self, *args, **kwargs):
+        return self._run("reduce", args, kwargs)
+
+    def accumulate(self, *args, **kwargs):
+        return self._run("accumulate", args, kwargs)
+
+    def outer(self, *args, **kwargs):
+        return self._run("outer", args, kwargs)
+
+    def at(self, *args, **kwargs):
+        return self._run("at", args, kwargs)
+
+    def _run(self, method, args, kwargs):
+        out = kwargs.get("out")
+        if out is not None and not isinstance(out, tuple):
+            kwargs = {**kwargs, "out": (out,)}
+        for x in list(args) + list(kwargs.get("out") or ()):
+            if _is_host(x):
+                raise TypeError(f"{_UNSUPPORTED} (cupy.{self.__name__})")
+        result = _apply_ufunc(self._ufunc, method, args, kwargs)
+        if result is NotImplemented:
+            raise TypeError(f"cupy.{self.__name__}: operand types are not supported")
+        return result
+
+
+def _wrap_function(name: str, function):
+    """A NumPy function as CuPy's: host arrays refused, results on the device."""
+
+    @functools.wraps(function)
+    def cupy_function(*args, **kwargs):
+        where = f"cupy.{name}"
+        result = function(*_to_host_arg(args, where), **{k: _to_host_arg(v, where) for k, v in kwargs.items()})
+        return _device(result)
+
+    cupy_function.__module__ = "cupy"
+    return cupy_function
+
+
+# ----------------------------------------------------------------------------- kernels
+
+def _kernel_args(args, where: str):
+    return [_to_host_arg(a, where) for a in args]
+
+
+class ElementwiseKernel:
+    """cupy.ElementwiseKernel: tests/fake_cupy.py's, taking device arrays and refusing host ones."""
+
+    def __init__(self, *args, **kwargs):
+        self._kernel = fake_cupy.ElementwiseKernel(*args, **kwargs)
+        self.name = kwargs.get("name", args[3] if len(args) > 3 else "kernel")
+
+    def __call__(self, *args, **kwargs):
+        host = _kernel_args(args, f"ElementwiseKernel {self.name}")
+        by_id = {id(h): a for h, a in zip(host, args)}
+        result = self._kernel(*host, **kwargs)
+        if isinstance(result, tuple):
+            return tuple(by_id[id(r)] for r in result)
+        return None if result is None else by_id[id(result)]  # CuPy returns the outputs passed
+
+
+class ReductionKernel:
+    """cupy.ReductionKernel: tests/fake_cupy.py's, taking device arrays and refusing host ones."""
+
+    def __init__(self, *args, **kwargs):
+        self._kernel = fake_cupy.ReductionKernel(*args, **kwargs)
+        self.name = kwargs.get("name", args[6] if len(args) > 6 else "reduce_kernel")
+
+    def __call__(self, *args, **kwargs):
+        return _device(self._kernel(*_kernel_args(args, f"ReductionKernel {self.name}"), **kwargs))
+
+
+class RawModule:
+    """cupy.RawModule: tests/fake_cuda_threads.py's, whose kernels take device arrays."""
+
+    def __init__(self, *, code: str, options: tuple = (), **kwargs):
+        self._module = fake_cupy.RawModule(code=code, options=options, **kwargs)
+
+    def get_function(self, name: str) -> "RawKernel":
+        return RawKernel(self._module.get_function(name))
+
+
+class RawKernel:
+    """One kernel of a RawModule. A host array of size one goes by value, as CuPy passes it; a
+    larger one raises TypeError (cupy/cuda/function.pyx ``_pointer``)."""
+
+    def __init__(self, kernel):
+        self._kernel = kernel
+
+    def __call__(self, grid, block, args, shared_mem=0, stream=None):
+        host = []
+        for a in args:
+            if _is_host(a):
+                if a.size != 1:
+                    raise TypeError(f"You are trying to pass a numpy.ndarray of shape {a.shape} as a kernel "
+                                    "parameter. Only numpy.ndarrays of size one can be passed by value.")
+                a = a.reshape(-1)[0]
+            host.append(_host_view(a) if isinstance(a, ndarray) else a)
+        return self._kernel(grid, block, tuple(host), shared_mem=shared_mem, stream=stream)
+
+
+# ----------------------------------------------------------------------------- cupy.cuda
+
+class CUDARuntimeError(RuntimeError):
+    """cupy_backends.cuda.api.runtime.CUDARuntimeError."""
+
+    def __init__(self, status: int, message: str):
+        self.status = status
+        super().__init__(message)
+
+
+class Stream:
+    """The null stream: work is done when a call returns, so synchronizing waits for nothing."""
+
+    def synchronize(self) -> None:
+        pass
+
+
+class Device:
+    """cupy.cuda.Device: the stand-in has device 0 only."""
+
+    def __init__(self, device=None):
+        self.id = 0 if device is None else int(device)
+        if self.id != 0:
+            raise CUDARuntimeError(101, "cudaErrorInvalidDevice: invalid device ordinal")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def use(self) -> None:
+        pass
+
+    def synchronize(self) -> None:
+        pass
+
+    @property
+    def mem_info(self) -> tuple[int, int]:
+        return _runtime_mem_get_info()
+
+    @property
+    def compute_capability(self) -> str:
+        return "90"
+
+
+def _check_device(i: int) -> None:
+    if int(i) != 0:
+        raise CUDARuntimeError(101, "cudaErrorInvalidDevice: invalid device ordinal")
+
+
+def _runtime_mem_get_info() -> tuple[int, int]:
+    return _MEMORY.capacity - _MEMORY.total_bytes(), _MEMORY.capacity
+
+
+def _device_properties(i: int) -> dict:
+    _check_device(i)
+    return {"name": b"gpubp CuPy stand-in (NumPy)", "totalGlobalMem": _MEMORY.capacity, "major": 9,
+            "minor": 0, "multiProcessorCount": 132, "warpSize": 32, "maxThreadsPerBlock": 1024}
+
+
+def _make_runtime() -> types.ModuleType:
+    runtime = types.ModuleType("cupy.cuda.runtime")
+    runtime.CUDARuntimeError = CUDARuntimeError
+    runtime.errorMemoryAllocation = 2
+    runtime.getDeviceCount = lambda: 1
+    runtime.getDevice = lambda: 0
+    runtime.setDevice = _check_device
+    runtime.getDeviceProperties = _device_properties
+    runtime.memGetInfo = _runtime_mem_get_info
+    runtime.driverGetVersion = lambda: 13000
+    runtime.runtimeGetVersion = lambda: 13000
+    runtime.deviceSynchronize = lambda: None
+    return runtime
+
+
+def _make_cuda() -> tuple[types.ModuleType, dict]:
+    cuda = types.ModuleType("cupy.cuda")
+    runtime = _make_runtime()
+    memory = types.ModuleType("cupy.cuda.memory")
+    memory.OutOfMemoryError = OutOfMemoryError
+    memory.MemoryPool = MemoryPool
+    compiler = types.ModuleType("cupy.cuda.compiler")
+    compiler.CompileException = fake_nvrtc.CompileException
+    stream = Stream()
+    cuda.runtime, cuda.memory, cuda.compiler = runtime, memory, compiler
+    cuda.Device, cuda.Stream = Device, Stream
+    cuda.get_current_stream = lambda device=None: stream
+    cuda.is_available = lambda: True
+    cuda.OutOfMemoryError = OutOfMemoryError
+    submodules = {"cupy.cuda": cuda, "cupy.cuda.runtime": runtime, "cupy.cuda.memory": memory,
+                  "cupy.cuda.compiler": compiler}
+    return cuda, submodules
+
+
+# ----------------------------------------------------------------------------- the module
+
+class _CupyModule(types.ModuleType):
+    """The ``cupy`` module: the names above, NumPy's dtypes and constants, and NumPy's functions
+    and ufuncs made into CuPy's (host arrays refused, results on the device)."""
+
+    def __getattr__(self, name):
+        if name.startswith("__") or name in NOT_IN_CUPY or not hasattr(np, name):
+            raise AttributeError(f"module 'cupy' has no attribute {name!r} (or the stand-in does not model it)")
+        value = getattr(np, name)
+        if isinstance(value, types.ModuleType):
+            raise AttributeError(f"the CuPy stand-in does not model cupy.{name}")
+        if isinstance(value, np.ufunc):
+            value = ufunc(value)
+        elif callable(value) and not isinstance(value, type):
+            value = _wrap_function(name, value)
+        setattr(self, name, value)  # dtypes (cupy.float32 is numpy.float32) and constants as they are
+        return value
+
+
+def make_module(memory: DeviceMemory) -> tuple[types.ModuleType, dict]:
+    """A fresh ``cupy`` module over ``memory``, and its submodules by their sys.modules names."""
+    global _MEMORY
+    _MEMORY = memory
+    cupy = _CupyModule("cupy", __doc__)
+    cuda, submodules = _make_cuda()
+    pool, pinned = MemoryPool(memory), PinnedMemoryPool()
+    cupy.__version__ = __version__
+    cupy.__file__ = __file__
+    cupy.ndarray, cupy.ufunc = ndarray, ufunc
+    cupy.array, cupy.asarray, cupy.asanyarray = array, asarray, asanyarray
+    cupy.ascontiguousarray, cupy.asnumpy = ascontiguousarray, asnumpy
+    cupy.get_array_module = get_array_module
+    cupy.ElementwiseKernel, cupy.ReductionKernel = ElementwiseKernel, ReductionKernel
+    cupy.RawModule, cupy.RawKernel = RawModule, RawKernel
+    cupy.cuda = cuda
+    cupy.get_default_memory_pool = lambda: pool
+    cupy.get_default_pinned_memory_pool = lambda: pinned
+    cupy.is_available = lambda: True
+    cupy.memory = memory  # the stand-in's own handle on the card's memory (CuPy has no such name)
+    return cupy, {"cupy": cupy, **submodules}
+
+
+def _strict(name: str):
+    real = _np[name]
+
+    @functools.wraps(real)
+    def conversion(obj, *args, **kwargs):
+        if _holds_device(obj):
+            raise TypeError(_IMPLICIT)
+        return real(obj, *args, **kwargs)
+
+    conversion.__wrapped__ = real
+    return conversion
+
+
+def install(monkeypatch, capacity: int = 80 * 2**30) -> types.ModuleType:
+    """Install a fresh stand-in as ``cupy`` for one test, through ``monkeypatch``; returns it.
+
+    Puts the module and its ``cupy.cuda*`` submodules in sys.modules (removing any ``cupyx``),
+    makes numpy's conversions refuse device arrays, and forgets gpubp's memoized CUDA probe,
+    backends and kernels, so they are built again from the stand-in. monkeypatch undoes all
+    of it after the test; :func:`forget_gpubp_caches` must then run again (the fixture does).
+    ``cupy.memory`` (a :class:`DeviceMemory`) sets the card's capacity and shows its use.
+    """
+    cupy, modules = make_module(DeviceMemory(capacity))
+    for name, module in modules.items():
+        monkeypatch.setitem(sys.modules, name, module)
+    for name in [m for m in sys.modules if m == "cupyx" or m.startswith("cupyx.")]:
+        monkeypatch.delitem(sys.modules, name)
+    for name in _PATCHED:
+        monkeypatch.setattr(np, name, _strict(name))
+    forget_gpubp_caches()
+    return cupy
+
+
+def forget_gpubp_caches() -> None:
+    """Clear every memoized probe, backend and kernel of gpubp.backend and gpubp.kernels."""
+    from gpubp import backend, kernels
+
+    for value in vars(backend).values():
+        if callable(getattr(value, "cache_clear", None)):
+            value.cache_clear()
+    kernels.clear_cache()

@@ -1,0 +1,442 @@
+"""gpubp's cuda backend run without a GPU, on the CuPy stand-in of tests/fake_cupy_arrays.py.
+
+The ``fake_cupy`` fixture (tests/conftest.py) installs the stand-in as ``cupy``: device arrays
+that refuse to meet host arrays as CuPy's do, gpubp's kernels compiled by g++ as NVRTC would
+build them, and a card of fixed capacity that runs out of memory as CuPy's pool does. Every
+path a card would run -- transfers, MLP, fit, checkpoints, saving, the checks behind
+``gpubp check``, the estimators, a device change between fits, running out of memory -- runs
+here on "cuda" and is compared with the same run on "cpu": float64 to 1e-12, float32 to
+gpubp.parity's tolerances. The first tests hold the stand-in itself to CuPy's behaviour.
+"""
+
+import pickle
+import re
+import sys
+import warnings
+
+import numpy as np
+import pytest
+from sklearn.exceptions import ConvergenceWarning
+
+import gpubp
+from gpubp import MLP, MLPClassifier, MLPRegressor, cli, fit, kernels, parity, to_numpy
+from gpubp.backend import backend_for, cuda_status, get_backend
+from gpubp.errors import DeviceMemoryError
+from gpubp.ops import ACTIVATIONS
+
+from . import fake_cupy_arrays
+from .conftest import assert_close
+
+TOL = {"float64": (1e-12, 1e-14), "float32": parity.MODEL_TOL["float32"]}
+
+
+def blobs(n=240, d=12, classes=4, seed=0, spread=1.5):
+    """Gaussian clusters: X (n, d) float64, y (n,) int labels."""
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(scale=3, size=(classes, d))
+    y = rng.integers(0, classes, n)
+    return centers[y] + spread * rng.normal(size=(n, d)), y
+
+
+def same(actual, expected, dtype="float64", what="arrays"):
+    """actual (device or host) equals expected (host) within TOL[dtype]."""
+    rtol, atol = TOL[dtype]
+    assert_close(to_numpy(actual), to_numpy(expected), rtol, atol, what=what)
+
+
+def on_device(a) -> bool:
+    return type(a).__module__ == "cupy"
+
+
+def quiet_fit(estimator, *args, **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return estimator.fit(*args, **kwargs)
+
+
+# ----------------------------------------------------------------------------- the stand-in itself
+
+def test_device_arrays_behave_as_cupy_arrays(fake_cupy):
+    cp = fake_cupy
+    x = cp.arange(6, dtype=cp.float64).reshape(2, 3)
+    assert type(x).__module__ == "cupy" and type(x).__name__ == "ndarray"
+    for reduced in (x.sum(), x.max(), x.argmax(), x.mean(), cp.vdot(x, x), x[1, 2], np.sum(x)):
+        assert on_device(reduced) and reduced.shape == (), reduced  # 0-d device arrays, as in CuPy
+    host = x.get()
+    assert type(host) is np.ndarray and host.tolist() == [[0, 1, 2], [3, 4, 5]]
+    host[0, 0] = 7
+    assert float(x[0, 0]) == 0  # get() copies
+    assert on_device(np.stack([x, x])) and on_device(cp.exp(x)) and on_device(x @ x.T)
+    assert cp.asarray(x) is x and cp.asarray(x, dtype=cp.float32).dtype == np.float32
+    assert cp.ascontiguousarray(x) is x and cp.ascontiguousarray(x.T).flags.c_contiguous
+    assert type(cp.asnumpy(x)) is np.ndarray and repr(x).startswith("array(")
+    x[[0]] = np.ones(3)  # an advanced index takes host values: CuPy copies them over
+    x[1] = np.float64(2.0)  # so does a scalar
+    assert x.get().tolist() == [[1, 1, 1], [2, 2, 2]]
+
+
+HOST = np.ones(3)
+STRICT = {  # what CuPy refuses, with the exception it raises
+    "ufunc with a host operand": (lambda cp, x: x + HOST, TypeError),
+    "host operand first": (lambda cp, x: HOST * x, TypeError),
+    "in place from host": (lambda cp, x: x.__iadd__(HOST), TypeError),
+    "out= a host array": (lambda cp, x: np.exp(x, out=HOST.copy()), TypeError),
+    "cupy ufunc on host": (lambda cp, x: cp.exp(HOST), TypeError),
+    "cupy function on host": (lambda cp, x: cp.stack([x, HOST]), TypeError),
+    "numpy function mixing": (lambda cp, x: np.concatenate([x, HOST]), TypeError),
+    "numpy function CuPy lacks": (lambda cp, x: np.unstack(x), TypeError),
+    "numpy.asarray": (lambda cp, x: np.asarray(x), TypeError),
+    "numpy.array of a list": (lambda cp, x: np.array([x[0], x[1]]), TypeError),
+    "numpy.ascontiguousarray": (lambda cp, x: np.ascontiguousarray(x), TypeError),
+    "numpy.asanyarray": (lambda cp, x: np.asanyarray(x), TypeError),
+    "__array__": (lambda cp, x: x.__array__(), TypeError),
+    "cupy.ascontiguousarray of host": (lambda cp, x: cp.ascontiguousarray(HOST), TypeError),
+    "setitem from host": (lambda cp, x: x.__setitem__(slice(None), HOST), ValueError),
+    "set() another dtype": (lambda cp, x: x.set(HOST.astype(np.float32)), TypeError),
+    "pickle": (lambda cp, x: pickle.dumps(x), TypeError),
+    "dot with host": (lambda cp, x: x.dot(HOST), TypeError),
+    "elementwise kernel on host": (
+        lambda cp, x: cp.ElementwiseKernel("T a", "T b", "b = a", "copy_kernel")(HOST, x), TypeError),
+    "elementwise output on host": (
+        lambda cp, x: cp.ElementwiseKernel("T a", "T b", "b = a", "copy_kernel")(x, HOST.copy()), TypeError),
+    "reduction kernel on host": (
+        lambda cp, x: cp.ReductionKernel("T a", "T s", "a", "a + b", "s = a", "0", "sum_kernel")(HOST), TypeError),
+    "missing cupy name": (lambda cp, x: cp.unstack, AttributeError),
+}
+
+
+@pytest.mark.parametrize("case", STRICT)
+def test_the_stand_in_refuses_what_cupy_refuses(fake_cupy, case):
+    action, error = STRICT[case]
+    x = fake_cupy.zeros(3)
+    with pytest.raises(error):
+        action(fake_cupy, x)
+
+
+def test_numpy_and_sys_modules_are_restored_after_the_stand_in():
+    status = cuda_status()  # first: on a machine with CuPy this imports the real one
+    real, before = np.asarray, sys.modules.get("cupy")
+    with pytest.MonkeyPatch.context() as mp:
+        cp = fake_cupy_arrays.install(mp)
+        assert sys.modules["cupy"] is cp and np.asarray is not real and cuda_status().usable
+        with pytest.raises(TypeError):
+            np.asarray(cp.zeros(2))
+    fake_cupy_arrays.forget_gpubp_caches()
+    assert np.asarray is real and sys.modules.get("cupy") is before and cuda_status() == status
+    assert np.asarray(cp.zeros(2)).shape == (2,)  # numpy is itself again
+
+
+def test_out_of_memory_is_raised_as_cupy_raises_it(fake_cupy):
+    cp = fake_cupy
+    cp.memory.capacity = 10_000
+    pool = cp.get_default_memory_pool()
+    kept = cp.empty(1000, dtype=cp.uint8)  # 1,024 bytes once rounded to cudaMalloc's 512
+    dropped = cp.empty(3000, dtype=cp.uint8)
+    del dropped
+    assert (pool.used_bytes(), pool.free_bytes(), pool.total_bytes()) == (1024, 3072, 4096)
+    assert cp.cuda.runtime.memGetInfo() == (10_000 - 4096, 10_000)
+    with pytest.raises(cp.cuda.memory.OutOfMemoryError) as caught:
+        cp.empty(9000, dtype=cp.uint8)
+    assert isinstance(caught.value, MemoryError)
+    assert str(caught.value) == "Out of memory allocating 9,216 bytes (allocated so far: 1,024 bytes)."
+    assert pool.free_bytes() == 0  # the pool freed its cache before giving up, as CuPy's does
+    assert kept.nbytes == 1000
+
+
+# ----------------------------------------------------------------------------- backend and model
+
+def test_cuda_backend_transfers_on_the_stand_in(fake_cupy):
+    cp = fake_cupy
+    assert cuda_status().usable and "stand-in" in cuda_status().devices[0]
+    cuda, cpu = get_backend("cuda"), get_backend("cpu")
+    assert get_backend("auto") is cuda and cuda.xp is cp
+    host = np.arange(12.0).reshape(3, 4)
+    dev = cuda.asarray(host.T, np.float32)  # strided host data
+    assert on_device(dev) and dev.dtype == np.float32 and backend_for(dev) is cuda
+    np.testing.assert_array_equal(cuda.to_host(dev), host.T.astype(np.float32))
+    assert cuda.asarray(dev) is dev  # already there: no copy
+    back = cpu.asarray(dev)  # device to host through the cpu backend
+    assert type(back) is np.ndarray and backend_for(back) is cpu
+    np.testing.assert_array_equal(back, host.T)
+    cuda.synchronize()
+    pool = cp.get_default_memory_pool()
+    assert cuda.free_memory() == cp.memory.capacity - pool.used_bytes()
+    del dev
+    assert pool.free_bytes() > 0
+    cuda.release_memory()
+    assert pool.free_bytes() == 0
+    pool.set_limit(size=pool.used_bytes() + 4096)
+    assert cuda.free_memory() == 4096 and cuda.fits(2048) and not cuda.fits(2049)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_loss_and_grads_on_cuda_match_cpu(fake_cupy, activation, dtype):
+    X, y = blobs(n=64, d=20, classes=5)
+    weights = np.random.default_rng(1).uniform(0, 2, 64)
+    cpu, gpu = (MLP([20, 32, 16, 5], activation, device, dtype, seed=11, alpha=0.1) for device in ("cpu", "cuda"))
+    for p_cpu, p_gpu in zip(cpu.params, gpu.params):
+        assert on_device(p_gpu)
+        np.testing.assert_array_equal(to_numpy(p_gpu), p_cpu)  # same seed, same network
+    for w in (None, weights):
+        (loss_c, dW_c, db_c), (loss_g, dW_g, db_g) = (net.loss_and_grads(X, y, w) for net in (cpu, gpu))
+        assert on_device(loss_g) and loss_g.shape == ()
+        same(loss_g, loss_c, dtype, f"{activation} loss")
+        for l, (g_c, g_g) in enumerate(zip(dW_c + db_c, dW_g + db_g)):
+            assert on_device(g_g)
+            same(g_g, g_c, dtype, f"{activation} {dtype} grad {l} weighted={w is not None}")
+
+
+@pytest.mark.parametrize("output", ["logistic", "identity", "exp"])
+def test_other_output_layers_on_cuda_match_cpu(fake_cupy, output):
+    rng = np.random.default_rng(3)
+    X, Y = rng.normal(size=(50, 8)), rng.uniform(0, 1, size=(50, 3))
+    cpu, gpu = (MLP([8, 16, 3], "tanh", device, "float64", seed=2, output=output) for device in ("cpu", "cuda"))
+    (loss_c, dW_c, db_c), (loss_g, dW_g, db_g) = (net.loss_and_grads(X, Y) for net in (cpu, gpu))
+    same(loss_g, loss_c, what=f"{output} loss")
+    for g_c, g_g in zip(dW_c + db_c, dW_g + db_g):
+        same(g_g, g_c, what=f"{output} grads")
+    same(gpu.predict_output(X, batch_size=7), cpu.predict_output(X), what=f"{output} predict_output")
+
+
+def test_predict_and_evaluate_on_cuda_match_cpu(fake_cupy):
+    X, y = blobs(n=100)
+    cpu, gpu = (MLP([12, 24, 4], "sigmoid", device, "float64", seed=5) for device in ("cpu", "cuda"))
+    X_dev = fake_cupy.asarray(X)
+    for X_in in (X, X_dev):  # host rows are sent batch by batch; device rows stay there
+        P = gpu.predict_proba(X_in, batch_size=37)
+        assert on_device(P)
+        same(P, cpu.predict_proba(X), what="predict_proba")
+        np.testing.assert_array_equal(to_numpy(gpu.predict(X_in)), cpu.predict(X))
+        loss_g, acc_g = gpu.evaluate(X_in, y, batch_size=33)
+        loss_c, acc_c = cpu.evaluate(X, y, batch_size=33)
+        assert isinstance(loss_g, float) and acc_g == acc_c
+        np.testing.assert_allclose(loss_g, loss_c, rtol=1e-12)
+    X_dev[3, 1] = np.nan
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        gpu.predict(X_dev)
+
+
+# ----------------------------------------------------------------------------- training
+
+@pytest.mark.parametrize("optimizer,dtype,data_on_device", [
+    ("momentum", "float64", True), ("adam", "float64", True), ("adam", "float64", False), ("adam", "float32", True)])
+def test_fit_on_cuda_matches_cpu(fake_cupy, optimizer, dtype, data_on_device):
+    X, y = blobs(n=400)
+    if not data_on_device:  # a card too small for the 320 training rows: batches go from the host
+        fake_cupy.memory.capacity = 64_000
+    settings = dict(epochs=12, batch_size=32, optimizer=optimizer, lr=0.01 if optimizer == "adam" else 0.05,
+                    validation_fraction=0.2, patience=2, min_delta=0.02, seed=3)
+    cpu, gpu = (MLP([12, 24, 4], "tanh", device, dtype, seed=1, alpha=1e-3) for device in ("cpu", "cuda"))
+    live = []  # shapes of the device buffers after each epoch
+    h_cpu = fit(cpu, X, y, **settings)
+    record = lambda epoch, logs: live.append({shape for shape, _, _ in fake_cupy.memory.live.values()})  # noqa: E731
+    h_gpu = fit(gpu, X, y, callbacks=[record], **settings)
+    assert ((320, 12) in live[0]) is data_on_device
+    assert h_gpu.device.startswith("cuda:0") and h_cpu.device.startswith("cpu")
+    assert h_gpu.stopped_early and h_gpu.best_epoch < h_gpu.epochs  # restore_best ran on the device
+    assert (h_gpu.epochs, h_gpu.best_epoch) == (h_cpu.epochs, h_cpu.best_epoch) and h_cpu.stopped_early
+    rtol = TOL[dtype][0]
+    np.testing.assert_allclose(h_gpu.train_loss, h_cpu.train_loss, rtol=rtol)
+    np.testing.assert_allclose(h_gpu.val_loss, h_cpu.val_loss, rtol=rtol)
+    assert h_gpu.val_accuracy == h_cpu.val_accuracy
+    for l, (p_cpu, p_gpu) in enumerate(zip(cpu.params, gpu.params)):
+        assert on_device(p_gpu)
+        same(p_gpu, p_cpu, dtype, f"parameter {l} after fit")
+
+
+@pytest.mark.parametrize("first,second", [("cuda", "cpu"), ("cpu", "cuda")])
+def test_a_checkpoint_resumes_on_the_other_device(fake_cupy, tmp_path, first, second):
+    X, y = blobs()
+    settings = dict(epochs=5, batch_size=32, optimizer="adam", validation_fraction=0.2, patience=4, seed=2)
+    net = MLP([12, 24, 4], "relu", first, "float64", seed=4)
+    fit(net, X, y, checkpoint=tmp_path / "c.npz", checkpoint_every=1,
+        callbacks=[lambda epoch, logs: epoch == 2], **settings)
+    checkpoint = gpubp.read_checkpoint(tmp_path / "c.npz")
+    assert checkpoint.meta["state"]["epoch"] == 2 and "opt_m_0" in checkpoint.arrays and "best_0" in checkpoint.arrays
+    resumed = MLP([12, 24, 4], "relu", second, "float64", seed=4)
+    history = fit(resumed, X, y, resume=tmp_path / "c.npz", **settings)
+    assert history.epochs == 5
+    for device in (first, second):  # uninterrupted on either device
+        whole = MLP([12, 24, 4], "relu", device, "float64", seed=4)
+        reference = fit(whole, X, y, **settings)
+        np.testing.assert_allclose(history.train_loss, reference.train_loss, rtol=1e-12)
+        for l, (p, q) in enumerate(zip(resumed.params, whole.params)):
+            same(p, q, what=f"parameter {l}: resumed on {second} vs uninterrupted on {device}")
+
+
+def test_save_model_from_device_arrays_loads_anywhere(fake_cupy, tmp_path):
+    X, y = blobs(n=80)
+    gpu = MLP([12, 24, 4], "tanh", "cuda", "float32", seed=6, alpha=0.01)
+    fit(gpu, X, y, epochs=2, batch_size=16, seed=0)
+    gpubp.save_model(gpu, tmp_path / "m.npz", extra={"classes": np.arange(4)})
+    for device in ("cpu", "cuda"):
+        net, extra = gpubp.load_model(tmp_path / "m.npz", backend=device)
+        assert net.backend.name == device and (net.alpha, net.dtype) == (gpu.alpha, gpu.dtype)
+        assert extra["classes"].tolist() == [0, 1, 2, 3]
+        for p, q in zip(net.params, gpu.params):
+            assert on_device(p) is (device == "cuda")
+            np.testing.assert_array_equal(to_numpy(p), to_numpy(q))  # bitwise: a copy, not a computation
+        np.testing.assert_array_equal(to_numpy(net.predict(X)), to_numpy(gpu.predict(X)))
+
+
+def test_gpubp_check_passes_on_the_stand_in(fake_cupy, capsys):
+    """`gpubp check` in-process: every kernel against its twin, the model on cuda against cpu."""
+    assert cli.main(["check"]) == 0
+    out = capsys.readouterr().out
+    kernel_rows = 2 * 2 * (4 + 4 + 4 + 4 + 4 + 3)  # dtypes x layouts x (activations, softmax x2, updates)
+    model_rows = 2 * (len(ACTIVATIONS) + 2)  # dtypes x (activations + 2 optimizers)
+    assert f"{kernel_rows + model_rows} passed, 0 failed" in out
+    assert "comparing cuda:0 gpubp CuPy stand-in (NumPy)" in out
+    assert "softmax_minus_y_rows weighted delta [strided]" in out and "model 20 adam steps" in out
+
+
+def test_model_checks_on_cuda_catch_a_wrong_kernel(fake_cupy, monkeypatch):
+    spec = kernels.ELEMENTWISE_SPECS["gpubp_backprop_delta_sigmoid"]
+    wrong = kernels.ElementwiseSpec(spec.name, spec.in_params, spec.out_params,
+                                    "g = g * gpubp::derivative_from_a<3>(a)", spec.twin)  # tanh's
+    monkeypatch.setitem(kernels.ELEMENTWISE_SPECS, spec.name, wrong)
+    results = parity.model_checks(get_backend("cpu"), get_backend("cuda"), dtypes=("float64",), steps=3)
+    assert {r.check for r in results if not r.passed} == {"model sigmoid: loss, all dW and db"}
+
+
+# ----------------------------------------------------------------------------- estimators
+
+@pytest.mark.parametrize("solver", ["adam", "sgd", "lbfgs"])
+def test_classifier_on_cuda_matches_cpu(fake_cupy, solver):
+    X, y = blobs(n=200)
+    weights = np.random.default_rng(0).uniform(0.5, 2, len(y)) if solver == "sgd" else None
+    params = dict(hidden_layer_sizes=(16, 8), max_iter=6, random_state=0, solver=solver, batch_size=32)
+    cpu, gpu = (quiet_fit(MLPClassifier(device=device, **params), X, y, sample_weight=weights)
+                for device in ("cpu", "cuda"))
+    assert gpu._net.backend.name == "cuda"
+    if solver != "lbfgs":
+        np.testing.assert_allclose(gpu.loss_curve_, cpu.loss_curve_, rtol=1e-12)
+        for est in (cpu, gpu):  # partial_fit goes on from the optimizer state on the device
+            for _ in range(2):
+                est.partial_fit(X[:100], y[:100])
+        np.testing.assert_allclose(gpu.loss_curve_, cpu.loss_curve_, rtol=1e-12)
+    for p, q in zip(gpu.coefs_ + gpu.intercepts_, cpu.coefs_ + cpu.intercepts_):
+        assert type(p) is np.ndarray
+        same(p, q, what=f"{solver} coefs_/intercepts_")
+    same(gpu.predict_proba(X), cpu.predict_proba(X), what="predict_proba")
+    np.testing.assert_array_equal(gpu.predict(X), cpu.predict(X))
+    assert gpu.score(X, y) == cpu.score(X, y)
+
+
+def test_regressor_float32_on_cuda_matches_cpu(fake_cupy):
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(150, 6)).astype(np.float32)
+    Y = np.stack([X[:, 0] - 2 * X[:, 1], np.sin(X[:, 2])], axis=1).astype(np.float32)
+    params = dict(hidden_layer_sizes=(16,), max_iter=5, random_state=0, early_stopping=True)
+    cpu, gpu = (quiet_fit(MLPRegressor(device=device, **params), X, Y) for device in ("cpu", "cuda"))
+    assert gpu.coefs_[0].dtype == np.float32
+    rtol, atol = TOL["float32"]
+    np.testing.assert_allclose(gpu.loss_curve_, cpu.loss_curve_, rtol=rtol)
+    np.testing.assert_allclose(gpu.validation_scores_, cpu.validation_scores_, rtol=rtol, atol=atol)
+    same(gpu.predict(X), cpu.predict(X), "float32", "regressor predictions")
+
+
+def test_a_classifier_fitted_on_cuda_pickles_and_saves_host_arrays(fake_cupy, tmp_path):
+    """The stand-in refuses to pickle a device array, so a device array left in the pickled state
+    (Adam's moments, early stopping's best parameters) fails here."""
+    X, y = blobs(n=120)
+    stepped = MLPClassifier((16,), device="cuda", random_state=0, batch_size=32)
+    stepped.partial_fit(X, y, classes=np.arange(4))
+    assert all(on_device(a) for a in stepped._optimizer.state()[1].values())
+    stopped = quiet_fit(MLPClassifier((16,), device="cuda", random_state=0, max_iter=4, batch_size=32,
+                                      early_stopping=True, warm_start=True), X, y)
+    assert all(on_device(p) for p in stopped._best_params)
+    for gpu in (stepped, stopped):
+        thawed = pickle.loads(pickle.dumps(gpu))
+        loaded = gpubp.load_estimator(gpu.save(tmp_path / "clf.npz"), device="cpu")
+        for other in (thawed, loaded):
+            np.testing.assert_array_equal(other.predict_proba(X), gpu.predict_proba(X))
+        thawed.set_params(device="cpu")
+        for est in (gpu, thawed):  # both go on: on the cpu from the pickled state, on the card
+            if est.early_stopping:
+                quiet_fit(est, X, y)
+            else:
+                est.partial_fit(X, y)
+        np.testing.assert_allclose(thawed.loss_curve_, gpu.loss_curve_, rtol=1e-12)
+        for p, q in zip(thawed.coefs_ + thawed.intercepts_, gpu.coefs_ + gpu.intercepts_):
+            same(p, q, what="going on after unpickling: on cpu vs on cuda")
+
+
+@pytest.mark.parametrize("first,second", [("cpu", "cuda"), ("cuda", "cpu")])
+def test_partial_fit_goes_on_after_the_device_changes(fake_cupy, first, second):
+    """Adam's state moves with the parameters when ``device`` changes between partial_fit calls."""
+    X, y = blobs(n=160)
+    params = dict(hidden_layer_sizes=(16,), random_state=0, solver="adam", batch_size=32)
+    switched, reference = MLPClassifier(device=first, **params), MLPClassifier(device="cpu", **params)
+    for step in range(6):
+        if step == 3:
+            switched.set_params(device=second)
+        for est in (switched, reference):
+            est.partial_fit(X, y, classes=np.arange(4))
+    assert switched._net.backend.name == second
+    np.testing.assert_allclose(switched.loss_curve_, reference.loss_curve_, rtol=1e-12)
+    for p, q in zip(switched.coefs_ + switched.intercepts_, reference.coefs_ + reference.intercepts_):
+        same(p, q, what=f"partial_fit on {first} then {second} vs on cpu")
+
+
+@pytest.mark.parametrize("first,second", [("cpu", "cuda"), ("cuda", "cpu")])
+def test_warm_start_with_early_stopping_after_the_device_changes(fake_cupy, first, second):
+    """The best parameters kept by early stopping move with the device too: the second fit never
+    beats the first one's best validation score, so it ends by restoring the first fit's best."""
+    X, y = blobs(n=200, spread=0.5)  # well separated: validation accuracy reaches 1 in the first fit
+    params = dict(hidden_layer_sizes=(16,), random_state=0, max_iter=30, batch_size=32, warm_start=True,
+                  early_stopping=True, n_iter_no_change=2, learning_rate_init=0.01)
+    switched, reference = MLPClassifier(device=first, **params), MLPClassifier(device="cpu", **params)
+    for est in (switched, reference):
+        quiet_fit(est, X, y)
+    best, fitted_iterations = switched.best_validation_score_, len(switched.validation_scores_)
+    assert best == 1.0
+    switched.set_params(device=second)
+    for est in (switched, reference):
+        quiet_fit(est, X, y)
+    assert max(switched.validation_scores_[fitted_iterations:]) <= best  # restored the old best
+    assert switched._net.backend.name == second
+    np.testing.assert_allclose(switched.loss_curve_, reference.loss_curve_, rtol=1e-12)
+    for p, q in zip(switched.coefs_ + switched.intercepts_, reference.coefs_ + reference.intercepts_):
+        same(p, q, what=f"warm start on {first} then {second} vs on cpu")
+
+
+# ----------------------------------------------------------------------------- out of memory
+
+def test_fit_out_of_memory_advises_a_batch_size_that_fits(fake_cupy, monkeypatch):
+    """A step that does not fit raises DeviceMemoryError naming the failed allocation; free memory
+    is measured after the failed step's arrays are gone, and the batch size it suggests fits."""
+    cp = fake_cupy
+    cp.memory.capacity = 4 * 2**20
+    X, y = blobs(n=4096, d=20, classes=10)
+    seen = []  # the live device buffers each time free memory is asked for
+
+    def mem_get_info(real=cp.cuda.runtime.memGetInfo):
+        seen.append([shape for shape, _, _ in cp.memory.live.values()])
+        return real()
+
+    monkeypatch.setattr(cp.cuda.runtime, "memGetInfo", mem_get_info)
+    net = MLP([20, 200, 10], "relu", "cuda", "float64", seed=0)
+    with pytest.raises(DeviceMemoryError) as caught:
+        fit(net, X, y, epochs=1, batch_size=1024, seed=0)
+    failure = cp.memory.failures[-1]
+    message = str(caught.value)
+    assert f"asked for {failure._size:,} bytes" in message, message
+    assert "out of cuda memory in epoch 1 (step 1) at batch size 1024" in message
+    assert not any(shape and shape[0] == 1024 for shape in seen[-1]), f"step arrays alive when measured: {seen[-1]}"
+    assert cp.get_default_memory_pool().free_bytes() == 0  # released after they died, not before
+    suggested = int(re.search(r"batch size (\d+) should fit", message).group(1))
+    assert 1 < suggested < 1024
+    history = fit(MLP([20, 200, 10], "relu", "cuda", "float64", seed=0), X, y, epochs=1, batch_size=suggested, seed=0)
+    assert history.epochs == 1
+
+
+def test_predict_splits_a_batch_that_runs_out_of_memory(fake_cupy):
+    cp = fake_cupy
+    X, _ = blobs(n=4096, d=20, classes=10)
+    cpu, gpu = (MLP([20, 200, 10], "relu", device, "float64", seed=0) for device in ("cpu", "cuda"))
+    cp.memory.capacity = 5 * 2**20  # a 4096-row batch needs 6.5 MB for its hidden layer alone
+    P = gpu.predict_proba(X)
+    assert cp.memory.failures and cp.memory.failures[0]._size == 4096 * 200 * 8, "the retry path did not run"
+    same(P, cpu.predict_proba(X), what="predict_proba after splitting batches")
