@@ -195,22 +195,31 @@ class MLP:
 
     # ------------------------------------------------------------------ prediction
 
-    def _logit_batches(self, X, batch_size: int):
-        """(start, stop, logits) over the rows of a checked X, batch by batch. A batch that runs
-        out of memory is retried at half the size, down to one row, before giving up."""
+    def _map_batches(self, X, batch_size: int, fn):
+        """(start, stop, fn(zL, start, stop)) over the rows of a checked X, batch by batch, with
+        zL the batch's logits. A batch that runs out of memory, in the forward pass or in fn, is
+        retried at half the size, down to one row, before giving up; only fn's result outlives
+        its batch, so one batch's activations are held at a time."""
         start, n = 0, X.shape[0]
         while start < n:
             stop = min(start + batch_size, n)
-            try:
-                _, zL = self._forward(self.backend.asarray(X[start:stop], self.dtype))
-            except Exception as exc:
-                if not is_out_of_memory(exc) or stop - start == 1:
-                    raise
+            done, result = self._try_batch(X, start, stop, fn)
+            if not done:  # the failed batch's arrays are gone with its traceback: release, halve
                 self.backend.release_memory()
                 batch_size = max(1, (stop - start) // 2)
                 continue
-            yield start, stop, zL
+            yield start, stop, result
             start = stop
+
+    def _try_batch(self, X, start: int, stop: int, fn):
+        """(True, fn(zL, start, stop)) for rows start:stop, or (False, None) when they ran out of
+        memory (a single row that does not fit raises)."""
+        try:
+            return True, fn(self._forward(self.backend.asarray(X[start:stop], self.dtype))[1], start, stop)
+        except Exception as exc:
+            if not is_out_of_memory(exc) or stop - start == 1:
+                raise
+        return False, None
 
     def predict_output(self, X, batch_size: int = 4096):
         """The output layer's activations a[L], computed ``batch_size`` rows at a time so memory
@@ -229,8 +238,9 @@ class MLP:
         check_positive_int(batch_size, "batch_size")
         X = self._check_X(X)
         A = self.xp.empty((X.shape[0], self.sizes[-1]), dtype=self.dtype)  # (n, nL)
-        for start, stop, zL in self._logit_batches(X, batch_size):
-            A[start:stop] = ops.output_activation(self.xp, zL, self.output)
+        for start, stop, a in self._map_batches(
+                X, batch_size, lambda zL, start, stop: ops.output_activation(self.xp, zL, self.output)):
+            A[start:stop] = a
         return A
 
     def predict_proba(self, X, batch_size: int = 4096):
@@ -270,11 +280,13 @@ class MLP:
 
     def _evaluate(self, X, y, batch_size: int) -> tuple[float, float]:
         """evaluate() on checked arrays, host or device."""
-        loss_sum, correct = 0.0, 0
-        for start, stop, zL in self._logit_batches(X, batch_size):
+        def loss_and_correct(zL, start, stop):  # the batch's summed loss and hits, on the device
             yb = self.backend.asarray(y[start:stop])
-            loss_sum = loss_sum + ops.cross_entropy(self.xp, zL, yb) * (stop - start)
-            correct = correct + (zL.argmax(axis=1) == yb).sum()
+            return ops.cross_entropy(self.xp, zL, yb) * (stop - start), (zL.argmax(axis=1) == yb).sum()
+
+        loss_sum, correct = 0.0, 0
+        for _, _, (batch_loss, batch_correct) in self._map_batches(X, batch_size, loss_and_correct):
+            loss_sum, correct = loss_sum + batch_loss, correct + batch_correct
         return float(loss_sum) / X.shape[0], int(correct) / X.shape[0]
 
     def score(self, X, y, batch_size: int = 4096) -> float:

@@ -438,5 +438,17 @@ def test_predict_splits_a_batch_that_runs_out_of_memory(fake_cupy):
     cpu, gpu = (MLP([20, 200, 10], "relu", device, "float64", seed=0) for device in ("cpu", "cuda"))
     cp.memory.capacity = 5 * 2**20  # a 4096-row batch needs 6.5 MB for its hidden layer alone
     P = gpu.predict_proba(X)
-    assert cp.memory.failures and cp.memory.failures[0]._size == 4096 * 200 * 8, "the retry path did not run"
+    # one failure, the 4096-row hidden layer: at 2048 rows only one batch's activations are held
+    assert [f._size for f in cp.memory.failures] == [4096 * 200 * 8], "the retry path did not run, or ran twice"
     same(P, cpu.predict_proba(X), what="predict_proba after splitting batches")
+
+
+
+def test_predict_retries_a_batch_whose_output_layer_runs_out_of_memory(fake_cupy):
+    """On a 4 MiB card the softmax of a batch fails too; it is retried at half the size."""
+    cp = fake_cupy
+    X, _ = blobs(n=4096, d=20, classes=10)
+    cpu, gpu = (MLP([20, 200, 10], "relu", device, "float64", seed=0) for device in ("cpu", "cuda"))
+    cp.memory.capacity = 4 * 2**20
+    same(gpu.predict_proba(X), cpu.predict_proba(X), what="predict_proba on a 4 MiB card")
+    assert cp.memory.failures
