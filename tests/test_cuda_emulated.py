@@ -443,7 +443,6 @@ def test_predict_splits_a_batch_that_runs_out_of_memory(fake_cupy):
     same(P, cpu.predict_proba(X), what="predict_proba after splitting batches")
 
 
-
 def test_predict_retries_a_batch_whose_output_layer_runs_out_of_memory(fake_cupy):
     """On a 4 MiB card the softmax of a batch fails too; it is retried at half the size."""
     cp = fake_cupy
