@@ -84,7 +84,7 @@ STRICT = {  # what CuPy refuses, with the exception it raises
     "cupy ufunc on host": (lambda cp, x: cp.exp(HOST), TypeError),
     "cupy function on host": (lambda cp, x: cp.stack([x, HOST]), TypeError),
     "numpy function mixing": (lambda cp, x: np.concatenate([x, HOST]), TypeError),
-    "numpy function CuPy lacks": (lambda cp, x: np.unstack(x), TypeError),
+    "numpy function CuPy lacks": (lambda cp, x: np.insert(x, 0, 1.0), TypeError),
     "numpy.asarray": (lambda cp, x: np.asarray(x), TypeError),
     "numpy.array of a list": (lambda cp, x: np.array([x[0], x[1]]), TypeError),
     "numpy.ascontiguousarray": (lambda cp, x: np.ascontiguousarray(x), TypeError),
@@ -101,7 +101,7 @@ STRICT = {  # what CuPy refuses, with the exception it raises
         lambda cp, x: cp.ElementwiseKernel("T a", "T b", "b = a", "copy_kernel")(x, HOST.copy()), TypeError),
     "reduction kernel on host": (
         lambda cp, x: cp.ReductionKernel("T a", "T s", "a", "a + b", "s = a", "0", "sum_kernel")(HOST), TypeError),
-    "missing cupy name": (lambda cp, x: cp.unstack, AttributeError),
+    "missing cupy name": (lambda cp, x: cp.insert, AttributeError),
 }
 
 
