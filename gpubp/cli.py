@@ -234,6 +234,9 @@ def _info() -> int:
     for i, name in enumerate(status.devices):
         print(f"  cuda:{i} {name}")
     print(f"auto device: {get_backend('auto').device}")
+    from .distributed import describe
+
+    print(describe())
     return 0
 
 

@@ -105,6 +105,14 @@ def test_describe_is_one_line_and_starts_no_mpi():
         assert "yes (mpi4py " in line and not MPI.Is_initialized()
 
 
+def test_gpubp_info_says_what_distributed_support_is_here(capsys):
+    from gpubp import cli
+
+    assert cli.main(["info"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("distributed: ")]
+    assert lines == [distributed.describe()]
+
+
 # ----------------------------------------------------------------------------- mpirun -n 2
 
 def _mpirun() -> str | None:
