@@ -10,6 +10,7 @@ The four equations (row form, see gpubp.mlp) and where they live:
 
 __version__ = "0.1.0"
 
+from . import distributed  # gpubp.distributed.world(): the communicator of this process
 from .backend import Backend, cuda_status, get_backend, to_numpy
 from .checkpoint import read_checkpoint
 from .errors import BackendUnavailableError, DataError, DeviceMemoryError, DivergenceError

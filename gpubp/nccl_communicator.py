@@ -1,0 +1,116 @@
+"""GPU ranks, one process per GPU: :class:`NCCLCommunicator` sums device buffers with NCCL
+through ``cupy.cuda.nccl``. Like gpubp.backend and gpubp.kernels this module imports cupy, inside
+functions only."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+
+from .communicator import Communicator, check_buffer, is_device_array
+from .errors import BackendUnavailableError
+
+NCCL_HINT = "pip install nvidia-nccl-cu12 (or -cu13, matching CuPy)"
+
+
+def gpu_for_local_rank(local_rank: int, device_count: int) -> int:
+    """The GPU of a rank: its local rank, or 0 where each rank sees one GPU (a scheduler's
+    CUDA_VISIBLE_DEVICES); BackendUnavailableError where a machine has more ranks than GPUs."""
+    if local_rank < device_count:
+        return local_rank
+    if device_count == 1:
+        return 0
+    raise BackendUnavailableError(f"local rank {local_rank} has no GPU of its own ({device_count} "
+                                  "visible on this machine): start at most one rank per GPU")
+
+
+class NCCLCommunicator(Communicator):
+    """GPU ranks, one process per GPU: NCCL sums device buffers; ``bootstrap`` broadcasts NCCL's
+    unique id and carries every other operation (objects, host figures, barrier) on the host.
+
+    Parameters
+    ----------
+    bootstrap : MPICommunicator or SingleProcess
+        Its rank, size and local rank become this communicator's.
+    device : int, optional
+        The GPU to use, made CuPy's current device; default ``gpu_for_local_rank(local_rank, count)``.
+
+    Raises
+    ------
+    BackendUnavailableError
+        Without CuPy, or where CuPy cannot load NCCL (``cupy.cuda.nccl.available``).
+    """
+
+    def __init__(self, bootstrap: Communicator, device: int | None = None):
+        try:
+            import cupy
+            from cupy.cuda import nccl
+        except ImportError as exc:
+            raise BackendUnavailableError(f"NCCL needs CuPy ({exc}): install gpubp[cuda12] or gpubp[cuda13]") from exc
+        if not getattr(nccl, "available", False):
+            raise BackendUnavailableError(f"CuPy {cupy.__version__} cannot load NCCL: {NCCL_HINT}")
+        self.bootstrap, self.cupy, self.nccl = bootstrap, cupy, nccl
+        self.rank, self.size, self.local_rank = bootstrap.rank, bootstrap.size, bootstrap.local_rank
+        if device is None:
+            device = gpu_for_local_rank(self.local_rank, cupy.cuda.runtime.getDeviceCount())
+        self.device = int(device)
+        cupy.cuda.Device(self.device).use()
+        # CuPy 14 (cupy_backends/cuda/libs/nccl.pyx): get_unique_id() returns the 128-byte
+        # ncclUniqueId as bytes (a tuple before 14), NcclCommunicator(ndev, commId, rank) takes it back.
+        uid = bootstrap.bcast_object(nccl.get_unique_id() if self.rank == 0 else None, root=0)
+        self.comm = nccl.NcclCommunicator(self.size, uid, self.rank)
+        # ncclDataType_t codes: the cpdef enum of cupy_backends/cuda/libs/nccl.pxd
+        self.datatypes = {np.dtype(np.float16): nccl.NCCL_FLOAT16, np.dtype(np.float32): nccl.NCCL_FLOAT32,
+                          np.dtype(np.float64): nccl.NCCL_FLOAT64, np.dtype(np.int32): nccl.NCCL_INT32,
+                          np.dtype(np.int64): nccl.NCCL_INT64}
+
+    def allreduce_sum(self, buffer):
+        """Sum a device ``buffer`` (shape (m,), on this rank's GPU; float16/32/64, int32/64) over
+        the ranks in place, queued on CuPy's current stream: later work on that stream sees the
+        sum, the host does not wait. Returns ``buffer``."""
+        check_buffer(buffer)
+        if not is_device_array(buffer):
+            raise TypeError("NCCLCommunicator sums device (CuPy) buffers; host arrays go through "
+                            "MPICommunicator (world(backend='cpu'))")
+        if buffer.device.id != self.device:
+            raise ValueError(f"the buffer is on GPU {buffer.device.id}; this rank uses GPU {self.device}")
+        datatype = self.datatypes.get(np.dtype(buffer.dtype))
+        if datatype is None:
+            raise TypeError(f"no NCCL all-reduce here for {buffer.dtype}")
+        # allReduce(sendbuf, recvbuf, count, datatype, op, stream): device pointers (the same
+        # for in place), count in elements, the stream's handle (nccl.pyx)
+        pointer, stream = buffer.data.ptr, self.cupy.cuda.get_current_stream().ptr
+        self.comm.allReduce(pointer, pointer, buffer.size, datatype, self.nccl.NCCL_SUM, stream)
+        return buffer
+
+    def allgather_object(self, obj: Any) -> list:
+        return self.bootstrap.allgather_object(obj)
+
+    def bcast_object(self, obj: Any, root: int = 0) -> Any:
+        return self.bootstrap.bcast_object(obj, root)
+
+    def barrier(self) -> None:
+        self.bootstrap.barrier()
+
+    def abort(self, status: int = 1) -> None:
+        self.bootstrap.abort(status)
+
+
+def describe_nccl() -> str:
+    """'yes (NCCL x.y.z through CuPy v)' or 'no (why)', for gpubp info."""
+    with warnings.catch_warnings():  # CuPy warns when it cannot preload libnccl
+        warnings.simplefilter("ignore")
+        try:
+            import cupy
+            from cupy.cuda import nccl
+        except ImportError:
+            return "no (CuPy is not installed)"
+        except Exception as exc:  # a broken CuPy raises all sorts at import
+            return f"no (CuPy failed to import: {type(exc).__name__}: {exc})"
+    if not getattr(nccl, "available", False):
+        return f"no (CuPy {cupy.__version__} cannot load NCCL: {NCCL_HINT})"
+    v = nccl.get_version()  # NCCL_VERSION_CODE: X*10000+Y*100+Z from 2.9 on, X*1000+Y*100+Z before
+    major, rest = (v // 10000, v % 10000) if v >= 10000 else (v // 1000, v % 1000)
+    return f"yes (NCCL {major}.{rest // 100}.{rest % 100} through CuPy {cupy.__version__})"
