@@ -8,8 +8,6 @@ The four equations (row form, see gpubp.mlp) and where they live:
 - BP4 ``dW[l] = a[l-1].T @ delta[l]``               MLP._loss_and_grads
 """
 
-__version__ = "0.1.0"
-
 from . import distributed  # gpubp.distributed.world(): the communicator of this process
 from .backend import Backend, cuda_status, get_backend, to_numpy
 from .checkpoint import read_checkpoint
@@ -21,10 +19,11 @@ from .optim import SGD, Adam
 from .saving import load_model, save_model
 from .schedules import Schedule
 from .train import History, TrainConfig, Trainer, fit
+from .version import __version__
 
 __all__ = [
     "MLP", "MLPClassifier", "MLPRegressor", "load_estimator", "fit", "Trainer", "TrainConfig", "History", "SGD", "Adam", "Schedule",
     "Backend", "get_backend", "cuda_status", "to_numpy", "save_model", "load_model",
     "read_checkpoint", "BackendUnavailableError", "DataError", "DeviceMemoryError", "DivergenceError",
-    "TrainingInterrupted", "__version__",
+    "TrainingInterrupted", "distributed", "__version__",
 ]

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from . import __version__
+from .version import __version__
 from .mlp import MLP
 from .train import fit
 

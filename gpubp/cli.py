@@ -10,7 +10,7 @@ import platform
 import sys
 from pathlib import Path
 
-from . import __version__
+from .version import __version__
 from .backend import cuda_status, get_backend
 from .data import load_dataset, split, standardize
 from .checkpoint import read_checkpoint

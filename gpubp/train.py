@@ -24,7 +24,7 @@ import numpy as np
 from sklearn.model_selection import train_test_split
 from tqdm.auto import tqdm
 
-from . import __version__
+from .version import __version__
 from .backend import is_out_of_memory
 from .checkpoint import Checkpoint, data_fingerprint, read_checkpoint, write_checkpoint
 from .errors import DeviceMemoryError, DivergenceError
