@@ -109,8 +109,8 @@ class BaseMLP(BaseEstimator):
         number("power_t", 0)
         number("max_iter", 1, integer=True)
         number("tol", 0)
-        number("momentum", 0, 1, high_open=True)
-        number("validation_fraction", 0, 1, low_open=True, high_open=True)
+        number("momentum", 0, 1)  # scikit-learn's bounds, both closed (momentum 1 never decays)
+        number("validation_fraction", 0, 1, high_open=True)  # 0 is refused later, by the split
         number("beta_1", 0, 1, high_open=True)
         number("beta_2", 0, 1, high_open=True)
         number("epsilon", 0, low_open=True)
@@ -247,6 +247,9 @@ class BaseMLP(BaseEstimator):
             return X, Y, sample_weight, Xv, np.asarray(yv), None
         if not self.early_stopping:
             return X, Y, sample_weight, None, None, None
+        if self.validation_fraction == 0:  # scikit-learn fails here too, naming its test_size
+            raise ValueError("validation_fraction=0.0 leaves no validation set for early_stopping=True; "
+                             "give a fraction in (0, 1) or set early_stopping=False")
         stratify = Y if is_classifier(self) and self.n_outputs_ == 1 else None
         arrays = (X, Y) if sample_weight is None else (X, Y, sample_weight)
         parts = train_test_split(*arrays, random_state=self._random_state,

@@ -44,12 +44,12 @@ class SGD:
 
     Parameters
     ----------
-    momentum : float in [0, 1)
+    momentum : float in [0, 1]
     nesterov : bool
     """
 
     def __init__(self, momentum: float = 0.9, nesterov: bool = False):
-        self.momentum = _check_rate(momentum, "momentum", 0.0, 1.0, high_open=True)
+        self.momentum = _check_rate(momentum, "momentum", 0.0, 1.0, high_open=False)  # scikit-learn's [0, 1]
         if nesterov and self.momentum == 0:
             raise ValueError("nesterov=True needs momentum > 0")
         self.nesterov = bool(nesterov)

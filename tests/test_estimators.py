@@ -100,6 +100,21 @@ def test_n_iter_no_change_inf_never_stops_early_as_in_scikit_learn(digits, early
     assert_same_fit(a, b)
 
 
+def test_parameter_bounds_are_scikit_learns(digits):
+    """momentum may be 1 and validation_fraction 0 (without early stopping), as in scikit-learn."""
+    a, b = fit_both("clf", *digits, hidden_layer_sizes=(10,), max_iter=3, random_state=0, solver="sgd",
+                    momentum=1.0)
+    assert_same_fit(a, b)
+    a, b = fit_both("clf", *digits, hidden_layer_sizes=(10,), max_iter=3, random_state=0, validation_fraction=0.0)
+    assert_same_fit(a, b)
+    for cls, says in ((MLPClassifier, "validation_fraction=0.0 leaves no validation set"),
+                      (sk.MLPClassifier, "test_size=0.0")):
+        with pytest.raises(ValueError, match=says):
+            cls(max_iter=3, early_stopping=True, validation_fraction=0.0).fit(*digits)
+        with pytest.raises(ValueError, match="momentum"):
+            cls(solver="sgd", momentum=1.5).fit(*digits)
+
+
 @pytest.mark.parametrize("loss, targets", [("squared_error", 1), ("squared_error", 3), ("poisson", 1)])
 @pytest.mark.parametrize("solver", ["adam", "sgd"])
 def test_regression_loss_curve_matches_scikit_learn(loss, targets, solver):

@@ -74,7 +74,7 @@ def test_optimizers_keep_float32(rng):
 @pytest.mark.parametrize(
     "make, message",
     [
-        (lambda: SGD(momentum=1.0), "momentum"),
+        (lambda: SGD(momentum=1.5), "momentum"),  # 1 is allowed, as in scikit-learn
         (lambda: SGD(momentum=-0.1), "momentum"),
         (lambda: SGD(momentum=0.0, nesterov=True), "nesterov"),
         (lambda: Adam(beta1=1.0), "beta1"),
