@@ -44,12 +44,13 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks import device_check as dc  # noqa: E402
 from benchmarks.results_md import write_results  # noqa: E402
+from benchmarks.kernel_timings import MOMENTUM  # noqa: E402
+from benchmarks.step_timings import LR, gpubp_sgd_step  # noqa: E402
 
 CASES = [((784, 512, 512, 10), 256), ((784, 512, 512, 10), 1024), ((784, 512, 512, 10), 4096),
          ((4096, 4096, 4096, 10), 4096), ((8192, 8192, 10), 4096)]
 COMPILE_CASE = "784-512-512-10 b256"  # where small kernels dominate, so fusion could matter most
 CASE_TIMEOUT_S, COMPILE_TIMEOUT_S, OVERALL_S = 90, 240, 540
-LR, MOMENTUM = 1e-3, 0.9
 TOLERANCE = {"fp32": 1e-4, "tf32": 1e-2}
 
 
@@ -68,13 +69,8 @@ def matmul_ceiling_tflops(cp) -> float:
 
 def step_functions(torch, net, model, Xd, y, Xt, yt) -> dict:
     """Name -> a training step: gpubp, PyTorch eager, and a builder of the captured CUDA-graph step."""
-    from gpubp.optim import SGD
-
-    opt, torch_opt = SGD(momentum=MOMENTUM), torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
-
-    def gpubp_step():
-        _, dW, db = net.loss_and_grads(Xd, y)
-        opt.step(net.params, dW + db, LR)
+    gpubp_step = gpubp_sgd_step(net, Xd, y)
+    torch_opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
 
     def eager_step(forward=model):
         torch_opt.zero_grad(set_to_none=False)  # a captured graph needs the gradient tensors kept

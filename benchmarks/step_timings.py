@@ -55,7 +55,6 @@ def step_case(cp, torch, sizes: list[int], batch: int) -> dict:
     """
     from gpubp import MLP, get_backend
     from gpubp.bench import Case
-    from gpubp.optim import SGD
 
     label = f"{'-'.join(map(str, sizes))} b{batch}"
     rng = np.random.default_rng(1)
@@ -67,11 +66,8 @@ def step_case(cp, torch, sizes: list[int], batch: int) -> dict:
     row = {"case": label, "max_rel_error": max(errors), "agree": max(errors) < STEP_RTOL}
     if not row["agree"]:
         return row
-    opt, torch_opt = SGD(momentum=MOMENTUM), torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
-
-    def gpubp_step():
-        _, dW, db = net.loss_and_grads(Xd, y)
-        opt.step(net.params, dW + db, LR)
+    gpubp_step = gpubp_sgd_step(net, Xd, y)
+    torch_opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
 
     def torch_step():
         torch_opt.zero_grad(set_to_none=True)
@@ -85,6 +81,20 @@ def step_case(cp, torch, sizes: list[int], batch: int) -> dict:
     row.update(gpubp_ms=gpubp_ms, torch_ms=torch_ms, ratio=gpubp_ms / torch_ms, gpubp_tflops=flops / gpubp_ms / 1e9,
                target=f"<= {STEP_TARGET}x torch eager", met=gpubp_ms / torch_ms <= STEP_TARGET)
     return row
+
+
+def gpubp_sgd_step(net, Xd, y):
+    """A function doing one gpubp training step on the batch (Xd, y): loss and gradients through
+    the public loss_and_grads (its checks included), then SGD with momentum MOMENTUM at LR."""
+    from gpubp.optim import SGD
+
+    opt = SGD(momentum=MOMENTUM)
+
+    def step():
+        _, dW, db = net.loss_and_grads(Xd, y)
+        opt.step(net.params, dW + db, LR)
+
+    return step
 
 
 def step_errors(cp, torch, net, model, Xd, y, Xt, yt) -> list[float]:

@@ -136,7 +136,7 @@ class Backend:
         the life of the process)."""
         if self.name == "cpu":
             return np.asarray(to_numpy(a), dtype=dtype)
-        if _is_cupy(a):
+        if is_device_array(a):
             return self.xp.asarray(a, dtype=dtype)
         host = np.asarray(a, dtype=dtype)
         device = self.xp.empty(host.shape, dtype=host.dtype)
@@ -185,13 +185,14 @@ class Backend:
         return f"Backend({self.name!r}, {self.device!r})"
 
 
-def _is_cupy(a) -> bool:
+def is_device_array(a) -> bool:
+    """Whether ``a`` is a CuPy (device) array."""
     return type(a).__module__.split(".")[0] == "cupy"
 
 
 def to_numpy(a) -> np.ndarray:
     """Any array (NumPy, CuPy, or array-like) as a NumPy array on the host."""
-    return a.get() if _is_cupy(a) else np.asarray(a)
+    return a.get() if is_device_array(a) else np.asarray(a)
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -201,7 +202,7 @@ def is_out_of_memory(exc: BaseException) -> bool:
 
 def backend_for(a) -> Backend:
     """The backend an array belongs to: "cuda" for a CuPy array, else "cpu"."""
-    return _cuda_backend() if _is_cupy(a) else _cpu_backend()
+    return _cuda_backend() if is_device_array(a) else _cpu_backend()
 
 
 @functools.lru_cache(maxsize=None)

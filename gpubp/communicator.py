@@ -26,10 +26,6 @@ def check_buffer(buffer) -> None:
         raise ValueError("allreduce_sum sums in place: the buffer must be writable")
 
 
-def is_device_array(a) -> bool:
-    return type(a).__module__.split(".")[0] == "cupy"
-
-
 def host_scalar(x):
     """A Python bool, int or float from a Python or NumPy scalar (or 1-element NumPy array)."""
     if isinstance(x, (bool, int, float)):

@@ -6,7 +6,8 @@ import atexit
 import os
 from typing import Any
 
-from .communicator import Communicator, check_buffer, is_device_array
+from .backend import is_device_array
+from .communicator import Communicator, check_buffer
 from .errors import BackendUnavailableError
 
 MPI_HINT = "pip install 'gpubp[mpi]' (mpi4py and Open MPI), or mpi4py built on your cluster's MPI"

@@ -9,7 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from .communicator import Communicator, check_buffer, is_device_array
+from .backend import is_device_array
+from .communicator import Communicator, check_buffer
 from .errors import BackendUnavailableError
 
 NCCL_HINT = "pip install nvidia-nccl-cu12 (or -cu13, matching CuPy)"
