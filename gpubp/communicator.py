@@ -18,11 +18,12 @@ SCALAR_OPS = ("sum", "max", "any")
 
 
 def check_buffer(buffer) -> None:
-    """Refuse anything but one flat, C-contiguous, writable array."""
+    """Refuse anything but one flat, C-contiguous, writable array. (A CuPy array's flags have
+    no WRITEABLE: every device array is writable; a NumPy array may be read-only.)"""
     if getattr(buffer, "ndim", None) != 1 or not buffer.flags.c_contiguous:
         raise ValueError("allreduce_sum takes one flat (1-D) C-contiguous array; got "
                          f"{type(buffer).__name__} of shape {getattr(buffer, 'shape', None)}")
-    if not buffer.flags.writeable:
+    if not getattr(buffer.flags, "writeable", True):
         raise ValueError("allreduce_sum sums in place: the buffer must be writable")
 
 

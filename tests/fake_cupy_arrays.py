@@ -283,6 +283,21 @@ def _holds_device(x, depth: int = 0) -> bool:
     return False
 
 
+class Flags:
+    """``cupy.ndarray.flags`` (cupy/_core/flags.pyx): C_CONTIGUOUS, F_CONTIGUOUS and OWNDATA only.
+    A device array has no WRITEABLE flag (every one is writable): code that asks for it fails
+    here as it does on a card."""
+
+    def __init__(self, c_contiguous: bool, f_contiguous: bool, owndata: bool):
+        self.c_contiguous, self.f_contiguous, self.owndata = c_contiguous, f_contiguous, owndata
+
+    def __getitem__(self, name):
+        keys = {"C_CONTIGUOUS": self.c_contiguous, "F_CONTIGUOUS": self.f_contiguous, "OWNDATA": self.owndata}
+        if name not in keys:
+            raise KeyError(f"{name} is not defined for cupy.ndarray.flags")
+        return keys[name]
+
+
 class ndarray(np.ndarray):
     """cupy.ndarray played by a NumPy array: the stand-in's device array (see the module doc)."""
 
@@ -389,6 +404,11 @@ class ndarray(np.ndarray):
         if not (self.flags.c_contiguous or self.flags.f_contiguous):
             raise RuntimeError("Cannot set to non-contiguous array")
         _host_view(self)[...] = arr
+
+    @property
+    def flags(self):
+        f = _host_view(self).flags
+        return Flags(f.c_contiguous, f.f_contiguous, f.owndata)
 
     @property
     def device(self):
