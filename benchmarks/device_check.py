@@ -190,6 +190,28 @@ def publish(report: dict, name: str, out: Path | None, results: Path | None) -> 
         write_results(f"device_check-{report['date'][:10]}-{card.strip('-')}", report, text, folders=[results])
 
 
+def collect(folders: list[Path]) -> dict:
+    """The report rebuilt from the stage files that came back from $OUT, one folder per run;
+    a stage found in a later folder replaces the earlier one (a rerun after a fix). The report's
+    date is the first run's; each stage keeps the date of the preflight it ran after."""
+    report = {"date": None, "stages": {}, "sections": {}}
+    for folder in folders:
+        env = json.loads((folder / "env.json").read_text())
+        if not env.get("result", {}).get("gpu"):
+            raise SystemExit(f"{folder / 'env.json'} is not a preflight that found a GPU")
+        report["date"] = report["date"] or env["result"]["date"]
+        for name in STAGES:
+            path = folder / stage_file(name)
+            if path.exists():
+                data = json.loads(path.read_text())
+                section = data.pop("result")
+                data.pop("stage")
+                report["stages"][name] = {**data, "run": f"{folder.name}, after the preflight of {env['result']['date']}"}
+                if section is not None:
+                    report["sections"][name] = section
+    return report
+
+
 def exit_status(report: dict) -> int:
     """0 when every stage passed, else 1."""
     return 0 if all(s["status"] == "passed" for s in report["stages"].values()) else 1
@@ -214,6 +236,9 @@ def parse_args(argv, stages: dict) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", type=lambda s: s.split(","), default=None,
                         help=f"comma-separated stages to run after preflight, of: {', '.join(stages)}")
+    parser.add_argument("--collect", type=Path, nargs="+", metavar="DIR",
+                        help="rebuild the report in benchmarks/results/ from the files of one or more "
+                             "device runs (their $OUT, fetched here); later runs' stages replace earlier ones")
     parser.add_argument("--stage", choices=list(stages), help=argparse.SUPPRESS)  # a child process
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -230,6 +255,11 @@ def main(argv=None, stages: dict | None = None, script: str | Path | None = None
     args = parse_args(argv, stages)
     if args.stage:
         return run_child(stages[args.stage][0], args.result)
+    if args.collect:
+        report = collect(args.collect)
+        publish(report, "preflight", None, RESULTS)
+        print("\n".join(stage_rows(report)))
+        return exit_status(report)
     out = Path(os.environ["OUT"]) if os.environ.get("OUT") else None
     from gpubp.backend import cuda_status
 

@@ -14,10 +14,13 @@ def yes(flag) -> str:
 
 def stage_rows(report: dict) -> list[str]:
     """The table of stages: budget, time, status, and the verdict or what went wrong."""
-    lines = ["| stage | budget s | seconds | status | verdict |", "|---|---:|---:|---|---|"]
+    runs = any("run" in s for s in report["stages"].values())  # a report collected from several runs
+    lines = ["| stage | budget s | seconds | status | verdict |" + (" run |" if runs else ""),
+             "|---|---:|---:|---|---|" + ("---|" if runs else "")]
     for name, s in report["stages"].items():
         verdict = s.get("detail") or report["sections"].get(name, {}).get("verdict", "")
-        lines.append(f"| {name} | {s['budget_s']} | {s['seconds']} | {s['status']} | {verdict} |")
+        lines.append(f"| {name} | {s['budget_s']} | {s['seconds']} | {s['status']} | {verdict} |"
+                     + (f" {s.get('run', '')} |" if runs else ""))
     return lines
 
 

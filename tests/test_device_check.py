@@ -463,3 +463,34 @@ def test_results_md_renders_the_newest_device_check(tmp_path):
     text = render(tmp_path, tmp_path / "RESULTS.md").read_text()
     assert "## GPU (device_check-2026-11-27-NVIDIA-H100.json)" in text
     assert "| estimator | 50 | 30.1 | passed | 20.0x scikit-learn (target >= 10.0x: met) |" in text
+
+
+def _stage_file(folder, name, status, result):
+    folder.mkdir(exist_ok=True)
+    data = {"stage": name, "budget_s": 10, "seconds": 1.0, "status": status, "result": result}
+    (folder / dc.stage_file(name)).write_text(json.dumps(data))
+
+
+def test_collect_rebuilds_the_report_and_a_rerun_replaces_its_stages(tmp_path):
+    """What comes back from $OUT is one file per stage; --collect joins the runs of a lease."""
+    first, rerun = tmp_path / "run1", tmp_path / "run2"
+    for folder, date in ((first, "2026-11-26 15:58 UTC"), (rerun, "2026-11-26 16:01 UTC")):
+        _stage_file(folder, "preflight", "passed", {"gpu": "Card X", "date": date, "verdict": "ok"})
+    _stage_file(first, "parity", "passed", {"verdict": "104/104"})
+    _stage_file(first, "tests", "failed", {"verdict": "1 failed"})
+    _stage_file(rerun, "tests", "passed", {"verdict": "28 passed"})
+    report = dc.collect([first, rerun])
+    assert report["date"] == "2026-11-26 15:58 UTC"
+    assert report["sections"]["tests"]["verdict"] == "28 passed"
+    assert report["sections"]["parity"]["verdict"] == "104/104"
+    assert report["stages"]["tests"]["run"] == "run2, after the preflight of 2026-11-26 16:01 UTC"
+    assert report["stages"]["parity"]["run"].startswith("run1, ")
+    assert dc.exit_status(report) == 0
+    assert dc.exit_status(dc.collect([first])) == 1
+    assert device_report.stage_rows(report)[0].endswith("| run |")
+
+
+def test_collect_refuses_a_run_that_found_no_gpu(tmp_path):
+    (tmp_path / "env.json").write_text(json.dumps({"usable": False, "reason": "no CuPy"}))
+    with pytest.raises(SystemExit, match="not a preflight that found a GPU"):
+        dc.collect([tmp_path])
