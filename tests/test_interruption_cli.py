@@ -78,6 +78,17 @@ def test_sigkill_at_20_moments_never_loses_the_newest_checkpoint(tmp_path):
     def temporaries():
         return {p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")}
 
+    # a first checkpoint, however slow the machine: the random kills below (0.3-2.5 s after the
+    # start) would otherwise all land before it on a loaded machine, and there is nothing to lose
+    proc = start(*LONG_RUN, "--checkpoint", "run.npz", "--checkpoint-every", "1", "--quiet", cwd=tmp_path)
+    deadline = time.monotonic() + 60
+    while not ckpt.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+        time.sleep(0.01)
+    proc.kill()
+    proc.wait(timeout=30)
+    proc.stdout.close()
+    proc.stderr.close()
     for i in range(20):
         args = ["train", "--resume", "run.npz", "--device", "cpu", "--quiet"] if ckpt.exists() else \
             [*LONG_RUN, "--checkpoint", "run.npz", "--checkpoint-every", "1", "--quiet"]
