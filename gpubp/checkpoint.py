@@ -7,7 +7,9 @@ Layout of the file:
   configuration, the run state (epochs and steps done, position inside the current epoch, the
   shuffling generator's state, early-stopping bookkeeping), the history, a fingerprint of the
   training data, and free-form ``extra`` (the command line keeps its data set there);
-- ``param_0..``: weights then biases, host copies; ``opt_*``: optimizer state arrays;
+- ``param_0..``: weights then biases, host copies; ``opt_*``: optimizer state arrays, one flat
+  array per kind of state in the layout of ``MLP.flat_params`` (version 2; version 1 kept one
+  array per parameter and is still read: the optimizer joins them);
   ``best_0..``: the best epoch's parameters (early stopping); ``order``: the current epoch's row
   order when the run stopped inside an epoch;
 - ``checksum``: SHA-256 over every other entry's name, dtype, shape and bytes.
@@ -30,7 +32,8 @@ from .errors import DataError
 from .saving import atomic_write
 
 FORMAT = "gpubp-checkpoint"
-VERSION = 1
+VERSION = 2
+READABLE_VERSIONS = (1, 2)
 
 
 @dataclass
@@ -105,8 +108,9 @@ def read_checkpoint(path) -> Checkpoint:
         raise DataError(f"{path}: unreadable checkpoint metadata ({exc})") from None
     if meta.get("format") != FORMAT:
         raise DataError(f"{path}: not a gpubp checkpoint (format {meta.get('format')!r})")
-    if meta.get("version") != VERSION:
-        raise DataError(f"{path}: checkpoint format version {meta.get('version')}, this gpubp reads {VERSION}")
+    if meta.get("version") not in READABLE_VERSIONS:
+        raise DataError(f"{path}: checkpoint format version {meta.get('version')}, this gpubp reads "
+                        f"{' and '.join(map(str, READABLE_VERSIONS))}")
     checkpoint = Checkpoint(path, meta, entries)
     _check_params(checkpoint)
     return checkpoint

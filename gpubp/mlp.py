@@ -67,10 +67,14 @@ class MLP:
 
     Attributes
     ----------
+    flat_params : array (n_params,)
+        Every parameter in one buffer on the backend's device: the weights, row-major, layer by
+        layer, then the biases. An optimizer updates it in one pass, and a gradient
+        (:meth:`flat_loss_and_grad`) has the same layout.
     weights : list of arrays
-        ``weights[l]`` has shape (sizes[l], sizes[l+1]), on the backend's device.
+        ``weights[l]`` has shape (sizes[l], sizes[l+1]): a view of ``flat_params``.
     biases : list of arrays
-        ``biases[l]`` has shape (sizes[l+1],).
+        ``biases[l]`` has shape (sizes[l+1],): a view of ``flat_params``.
     """
 
     def __init__(self, sizes, activation="relu", backend="auto", dtype="float32", seed=None, alpha=0.0,
@@ -88,8 +92,9 @@ class MLP:
         self.alpha = float(alpha)
         self.seed = seed
         weights, biases = init_params(self.sizes, self.activation, seed)
-        self.weights = [self.backend.asarray(W, self.dtype) for W in weights]
-        self.biases = [self.backend.asarray(b, self.dtype) for b in biases]
+        host = np.concatenate([a.ravel() for a in weights + biases])  # (n_params,), flat_params' layout
+        self.flat_params = self.backend.asarray(host, self.dtype)
+        self.weights, self.biases = self.unflatten(self.flat_params)
 
     def __repr__(self) -> str:
         widths = "-".join(map(str, self.sizes))
@@ -106,51 +111,95 @@ class MLP:
 
     @property
     def params(self) -> list:
-        """Weights then biases, the arrays themselves (an optimizer updates them in place)."""
+        """Weights then biases, the arrays themselves: views of ``flat_params``."""
         return self.weights + self.biases
+
+    @property
+    def n_weights(self) -> int:
+        """Number of weights: ``flat_params[:n_weights]`` are the weights, the rest the biases."""
+        return sum(n_in * n_out for n_in, n_out in zip(self.sizes[:-1], self.sizes[1:]))
+
+    def unflatten(self, flat) -> tuple[list, list]:
+        """Views of a flat (n_params,) array as (weights, biases) shaped like the network's."""
+        weights, biases, start = [], [], 0
+        for n_in, n_out in zip(self.sizes[:-1], self.sizes[1:]):
+            weights.append(flat[start:start + n_in * n_out].reshape(n_in, n_out))
+            start += n_in * n_out
+        for n_out in self.sizes[1:]:
+            biases.append(flat[start:start + n_out])
+            start += n_out
+        return weights, biases
 
     # ------------------------------------------------------------------ forward and backward
 
     def _forward(self, X):
         """Hidden activations a[0] = X, ..., a[L-1] and the output logits z[L] (n, nL)."""
+        a, zL = self._forward_products(X)
+        zL += self.biases[-1]
+        return a, zL
+
+    def _forward_products(self, X):
+        """a[0] = X, ..., a[L-1] and the output layer's product a[L-1] @ W[L] (n, nL), its bias
+        not yet added (BP1's kernel adds it as it reads the logits)."""
         xp, kernels = self.xp, self.backend.kernels
         a = [X]
         for W, b in zip(self.weights[:-1], self.biases[:-1]):
             z = a[-1] @ W  # (n, sizes[l+1])
             a.append(kernels.bias_activation(xp, z, b, self.activation))
-        zL = a[-1] @ self.weights[-1]  # (n, nL)
-        zL += self.biases[-1]
-        return a, zL
+        return a, a[-1] @ self.weights[-1]
 
-    def _loss_and_grads(self, X, y, sample_weight=None):
-        """loss_and_grads on device arrays already checked: X (n, n0) of self.dtype, y (n,) ints."""
+    def flat_loss_and_grad(self, X, y, sample_weight=None):
+        """The trainers' step: loss and gradient of a batch with no checks and no host sync.
+
+        Parameters
+        ----------
+        X : array (n, sizes[0]) of the network's dtype, on its device
+        y : integer array (n,) with every label in 0..sizes[-1]-1 (a softmax output; a kernel
+            does not bounds-check, so check on the host first), or the targets (n, sizes[-1])
+        sample_weight : array (n,) on the device, optional (checked by the caller)
+
+        Returns
+        -------
+        loss : 0-d array on the device
+        g : array (n_params,), the gradient in ``flat_params``' layout (``unflatten(g)`` gives
+            dW and db); a new buffer each call
+        """
         xp, kernels = self.xp, self.backend.kernels
-        # n: the batch size, or the total sample weight, that the loss is averaged over
-        n = X.shape[0] if sample_weight is None else float(sample_weight.sum())
-        a, zL = self._forward(X)
-        L = len(self.weights)
-        dW, db = [None] * L, [None] * L
+        a, zL = self._forward_products(X)  # zL: (n, nL) without the output bias
+        g = xp.empty(self.flat_params.shape, dtype=self.dtype)  # (n_params,)
+        dW, db = self.unflatten(g)
         # BP1: delta[L] = (a[L] - Y) / n, with the mean loss from the same pass
         if self.output == "softmax":
-            delta, loss = kernels.softmax_minus_y(xp, zL, y, sample_weight)
+            delta, loss = kernels.softmax_minus_y(xp, zL, y, sample_weight, self.biases[-1])
         else:
+            zL += self.biases[-1]
             delta, loss = ops.output_minus_y(xp, zL, y, self.output, sample_weight)
-        for l in reversed(range(L)):
+        for l in reversed(range(len(self.weights))):
             # BP3: db[l] = sum over the batch of delta[l]
-            db[l] = delta.sum(axis=0)
-            # BP4: dW[l] = a[l-1].T @ delta[l]  (+ alpha/n * W[l] for the L2 term)
-            dW[l] = a[l].T @ delta
-            if self.alpha:
-                dW[l] += (self.alpha / n) * self.weights[l]
+            delta.sum(axis=0, out=db[l])
+            # BP4: dW[l] = a[l-1].T @ delta[l]
+            xp.matmul(a[l].T, delta, out=dW[l])
             if l > 0:
                 # BP2: delta[l-1] = (delta[l] @ W[l].T) * f'(z[l-1]), f' from the saved a
                 delta = kernels.backprop_delta(xp, delta @ self.weights[l].T, a[l], self.activation)
         if self.alpha:
-            # Kept in the network's dtype on NumPy 1.x too, which promotes a float32 scalar
-            # combined with a Python number (sum()'s starting 0, alpha / 2n) to float64.
-            squares = [xp.vdot(W, W) for W in self.weights]
-            loss = loss + sum(squares[1:], squares[0]) * self.dtype.type(self.alpha / (2 * n))
-        return loss, dW, db
+            loss = self._add_l2(g, loss, X.shape[0] if sample_weight is None else sample_weight.sum())
+        return loss, g
+
+    def _add_l2(self, g, loss, n):
+        """The L2 term on every weight at once: g's weights += alpha/n * W, and the loss gains
+        alpha/(2n) * sum ||W||^2; n is the row count or the total sample weight (0-d array)."""
+        W, gW = self.flat_params[:self.n_weights], g[:self.n_weights]
+        # c kept in the network's dtype: NumPy 1.x turns a float32 scalar and a Python number
+        # into float64; n stays on the device (no sync) when it is a sum of weights
+        c = self.dtype.type(self.alpha / n) if isinstance(n, int) else (self.alpha / n).astype(self.dtype)
+        gW += c * W
+        return loss + self.xp.vdot(W, W) * (c * self.dtype.type(0.5))
+
+    def _loss_and_grads(self, X, y, sample_weight=None):
+        """flat_loss_and_grad as (loss, dW, db): dW and db are views of the flat gradient."""
+        loss, g = self.flat_loss_and_grad(X, y, sample_weight)
+        return (loss, *self.unflatten(g))
 
     def loss_and_grads(self, X, y, sample_weight=None):
         """Mean cross-entropy of a batch and its gradient by backpropagation.
@@ -301,7 +350,7 @@ class MLP:
 
     def set_params(self, values) -> None:
         """Overwrite weights then biases in place from ``values`` (host or device arrays)."""
-        values = list(values)
+        values = list(values)  # host or device arrays, shaped like params
         if len(values) != len(self.params):
             raise ValueError(f"expected {len(self.params)} arrays (weights then biases), got {len(values)}")
         for p, v in zip(self.params, values):

@@ -1,8 +1,8 @@
 """Optimizers that update parameter arrays in place: SGD (momentum, Nesterov) and Adam.
 
-Each ``step(params, grads, lr)`` takes the arrays themselves (``net.params``) and the matching
-gradients (``dW + db``), and the learning rate for this step (a schedule may change it every
-step). State arrays are made on the first step, on the parameters' device and in their dtype.
+Each ``step(params, grads, lr)`` takes a list of parameter arrays (the trainers pass
+``[net.flat_params]``, so one pass updates every parameter), the matching gradients, and the
+learning rate for this step (a schedule may change it every step). State arrays are made on the first step, on the parameters' device and in their dtype.
 The update formulas are those of scikit-learn's ``_stochastic_optimizers``.
 """
 
@@ -125,10 +125,22 @@ class Adam:
 
 
 def _restore(arrays: dict, prefix: str, params) -> list | None:
-    """State arrays prefix_0.. moved next to params, or None when the optimizer had not stepped."""
-    found = [arrays[f"{prefix}_{i}"] for i in range(len(params)) if f"{prefix}_{i}" in arrays]
+    """State arrays prefix_0.. moved next to params, or None when the optimizer had not stepped.
+
+    State kept one array per layer (checkpoints and estimators saved before the parameters
+    became one flat buffer) is joined in order when ``params`` is that one buffer: the flat
+    layout is the layers' arrays raveled one after the other."""
+    found = []
+    while f"{prefix}_{len(found)}" in arrays:
+        found.append(arrays[f"{prefix}_{len(found)}"])
     if not found:
         return None
+    if len(params) == 1 and params[0].ndim == 1 and len(found) > 1:
+        size, backend = sum(a.size for a in found), backend_for(params[0])
+        if size != params[0].size:
+            raise ValueError(f"optimizer state has {len(found)} '{prefix}' arrays of {size} values in all "
+                             f"for {params[0].size} parameters")
+        found = [backend.xp.concatenate([backend.asarray(a).ravel() for a in found])]
     if len(found) != len(params):
         raise ValueError(f"optimizer state has {len(found)} '{prefix}' arrays for {len(params)} parameters")
     restored = []

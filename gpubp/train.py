@@ -25,7 +25,7 @@ from sklearn.model_selection import train_test_split
 from tqdm.auto import tqdm
 
 from .version import __version__
-from .backend import is_out_of_memory
+from .backend import is_out_of_memory, to_numpy
 from .checkpoint import Checkpoint, data_fingerprint, read_checkpoint, write_checkpoint
 from .errors import DeviceMemoryError, DivergenceError
 from .interrupt import TrainingInterrupted, catch_stop_signals
@@ -312,7 +312,7 @@ class Trainer:
         net, meta = self.net, checkpoint.meta
         net.set_params(checkpoint.params)
         self.optimizer = optimizer_from_state(meta["optimizer"])
-        self.optimizer.load_state(checkpoint.prefixed("opt_"), net.params)
+        self.optimizer.load_state(checkpoint.prefixed("opt_"), [net.flat_params])
         self.state = RunState(**{k: meta["state"][k] for k in RunState.SCALARS})
         self.state.order = checkpoint.arrays.get("order")
         best = checkpoint.prefixed("best_")
@@ -368,23 +368,22 @@ class Trainer:
                 state.rng_state = rng.bit_generator.state
                 state.loss_sum = 0.0
             order = backend.asarray(state.order) if on_device else state.order
-            losses, loss_sum = [], state.loss_sum
+            losses, rows = [], []  # each step's loss (0-d, on the device) and its row count
             bar = tqdm(total=steps_per_epoch, initial=state.position // cfg.batch_size,
                        desc=f"epoch {epoch}", leave=False, disable=cfg.verbose < 2)
             for start in range(state.position, n, cfg.batch_size):
                 idx = order[start : start + cfg.batch_size]
                 loss = self._step(X, y, idx, schedule(state.step), epoch)
                 losses.append(loss)
-                loss_sum = loss_sum + loss * idx.shape[0]
+                rows.append(idx.shape[0])
                 state.step += 1
                 state.position = start + idx.shape[0]
                 bar.update()
                 if stop.signum is not None:
                     bar.close()
-                    self._interrupt(stop.signum, epoch, losses, loss_sum, t0)
+                    self._interrupt(stop.signum, epoch, losses, rows, t0)
             bar.close()
-            self._check_finite(epoch, losses)
-            logs = {"train_loss": float(loss_sum) / n, "val_loss": None, "val_accuracy": None,
+            logs = {"train_loss": self._loss_sum(epoch, losses, rows) / n, "val_loss": None, "val_accuracy": None,
                     "lr": schedule(max(state.step - 1, 0))}
             if validation is not None:
                 logs["val_loss"], logs["val_accuracy"] = net._evaluate(*validation, batch_size=4096)
@@ -416,11 +415,10 @@ class Trainer:
     def _update(self, X, y, idx, lr: float):
         """Loss and gradients of the rows idx, clipped if asked, and the optimizer's update."""
         net, backend = self.net, self.net.backend
-        loss, dW, db = net._loss_and_grads(backend.asarray(X[idx]), backend.asarray(y[idx]))
-        grads = dW + db
+        loss, g = net.flat_loss_and_grad(backend.asarray(X[idx]), backend.asarray(y[idx]))
         if self.config.clip_norm is not None:
-            clip_by_global_norm(net.xp, grads, self.config.clip_norm)
-        self.optimizer.step(net.params, grads, lr)
+            clip_by_global_norm(net.xp, [g], self.config.clip_norm)
+        self.optimizer.step([net.flat_params], [g], lr)  # every parameter in one pass
         return loss
 
     def _early_stopping(self, epoch: int, logs: dict) -> bool:
@@ -448,15 +446,23 @@ class Trainer:
 
     # ------------------------------------------------------------------ stopping
 
+    def _loss_sum(self, epoch: int, losses: list, rows: list) -> float:
+        """The epoch's summed loss so far: state.loss_sum plus each step's loss times its rows,
+        added in float64 on the host in step order, so a resumed epoch sums exactly as an
+        uninterrupted one. The steps' losses come over in one transfer (no step waits for the
+        host); a non-finite one raises DivergenceError (:meth:`_check_finite`)."""
+        values = to_numpy(self.net.xp.stack(losses)).tolist() if losses else []
+        self._check_finite(epoch, values)
+        total = self.state.loss_sum
+        for value, count in zip(values, rows):
+            total += value * count
+        return total
+
     def _check_finite(self, epoch: int, losses: list) -> None:
-        """DivergenceError naming the first step whose loss (or the parameters) went non-finite."""
-        xp = self.net.xp
-        bad = None
-        if losses:
-            finite = xp.isfinite(xp.stack([xp.asarray(loss) for loss in losses]))
-            if not bool(finite.all()):
-                bad = int(xp.argmin(finite.astype(xp.int8)))  # first False
-        if bad is None and all(bool(xp.isfinite(p).all()) for p in self.net.params):
+        """DivergenceError naming the first step whose loss (host floats, the epoch's so far) or
+        whose parameters went non-finite."""
+        bad = next((i for i, loss in enumerate(losses) if not math.isfinite(loss)), None)
+        if bad is None and bool(self.net.xp.isfinite(self.net.flat_params).all()):
             return
         step = self.state.step - len(losses) + (bad if bad is not None else len(losses) - 1) + 1
         what = "the loss" if bad is not None else "a parameter"
@@ -468,9 +474,8 @@ class Trainer:
             + ("" if self.config.clip_norm else " or gradient clipping (clip_norm)")
         )
 
-    def _interrupt(self, signum: int, epoch: int, losses: list, loss_sum, t0: float) -> None:
-        self._check_finite(epoch, losses)
-        self.state.loss_sum = float(loss_sum)
+    def _interrupt(self, signum: int, epoch: int, losses: list, rows: list, t0: float) -> None:
+        self.state.loss_sum = self._loss_sum(epoch, losses, rows)
         self.state.epoch_seconds = time.perf_counter() - t0
         if self.config.checkpoint is not None:
             self.save(self.config.checkpoint)

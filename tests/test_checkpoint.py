@@ -105,14 +105,14 @@ def test_divergence_names_the_step_and_keeps_the_last_good_checkpoint(tmp_path, 
     X, y = problem()
     ckpt = tmp_path / "c.npz"
     calls = []
-    original = MLP._loss_and_grads
+    original = MLP.flat_loss_and_grad
 
     def nan_at_step_20(self, Xb, yb, sample_weight=None):
-        loss, dW, db = original(self, Xb, yb, sample_weight)
+        loss, g = original(self, Xb, yb, sample_weight)
         calls.append(1)
-        return (loss * np.nan if len(calls) == 20 else loss), dW, db
+        return (loss * np.nan if len(calls) == 20 else loss), g
 
-    monkeypatch.setattr(MLP, "_loss_and_grads", nan_at_step_20)
+    monkeypatch.setattr(MLP, "flat_loss_and_grad", nan_at_step_20)
     with pytest.raises(DivergenceError, match=rf"epoch 3 at step 20: the loss .*last good checkpoint is {ckpt}"):
         fit(new_net(), X, y, checkpoint=ckpt, checkpoint_every=1, **SETTINGS)
     assert read_checkpoint(ckpt).meta["state"]["epoch"] == 2
@@ -139,7 +139,7 @@ def test_out_of_memory_suggests_a_batch_size(monkeypatch):
     def no_memory(self, Xb, yb, sample_weight=None):
         raise MemoryError("Unable to allocate 3.00 GiB for an array with shape (1000000, 800)")
 
-    monkeypatch.setattr(MLP, "_loss_and_grads", no_memory)
+    monkeypatch.setattr(MLP, "flat_loss_and_grad", no_memory)
     with pytest.raises(DeviceMemoryError, match=r"epoch 1 \(step 1\) at batch size 64: .*asked for 3.00 GiB, "
                                                 r"with .* free; batch size \d+ should fit"):
         fit(new_net(), X, y, epochs=1, batch_size=64)
@@ -163,7 +163,7 @@ def test_out_of_memory_releases_the_failed_step_before_measuring(monkeypatch):
         calls.append(("free_memory", held[0]() is None))
         return 2**30
 
-    monkeypatch.setattr(MLP, "_loss_and_grads", no_memory)
+    monkeypatch.setattr(MLP, "flat_loss_and_grad", no_memory)
     monkeypatch.setattr(Backend, "release_memory", lambda backend: calls.append(("release", held[0]() is None)))
     monkeypatch.setattr(Backend, "free_memory", free_memory)
     with pytest.raises(DeviceMemoryError) as caught:
@@ -216,7 +216,7 @@ def test_bad_checkpoint_files(tmp_path):
         read_checkpoint(tmp_path / "missing.npz")
     c = read_checkpoint(good)
     write_checkpoint(tmp_path / "future.npz", {**c.meta, "version": 99}, c.arrays)
-    with pytest.raises(DataError, match="format version 99, this gpubp reads 1"):
+    with pytest.raises(DataError, match="format version 99, this gpubp reads 1 and 2"):
         read_checkpoint(tmp_path / "future.npz")
     write_checkpoint(tmp_path / "shape.npz", c.meta, {**c.arrays, "param_0": np.zeros((5, 13))})
     with pytest.raises(DataError, match=r"parameter 0 is float64 \(5, 13\), the model 5-12-3 float64 needs"):
@@ -233,11 +233,41 @@ def test_checkpoint_holds_no_pickle_and_states_its_contents(tmp_path):
     with np.load(ckpt, allow_pickle=False) as f:  # loads without pickle
         meta = json.loads(f["meta"].tobytes())
         names = set(f.files)
-    assert meta["format"] == "gpubp-checkpoint" and meta["version"] == 1
+    assert meta["format"] == "gpubp-checkpoint" and meta["version"] == 2
     assert meta["model"]["sizes"] == [5, 12, 3] and meta["optimizer"]["name"] == "adam"
     assert meta["optimizer"]["t"] == 2 * 3 and meta["state"]["epoch"] == 2
     assert len(meta["history"]["train_loss"]) == 2 and meta["config"]["epochs"] == 2
-    assert {"param_0", "param_3", "opt_m_0", "opt_v_3", "best_0", "checksum"} <= names
+    assert {"param_0", "param_3", "opt_m_0", "opt_v_0", "best_0", "checksum"} <= names
+    assert "opt_m_1" not in names  # one flat array per kind of state
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "nesterov"])
+def test_a_version_1_checkpoint_with_state_per_parameter_resumes_the_same(tmp_path, optimizer):
+    """Checkpoints written before the flat parameter buffer keep one optimizer array per
+    parameter; resuming one continues exactly as the flat checkpoint it is cut from."""
+    X, y = problem()
+    settings = {**SETTINGS, "optimizer": optimizer}
+    flat = tmp_path / "flat.npz"
+    fit(new_net(), X, y, checkpoint=flat, checkpoint_every=1, callbacks=[lambda epoch, logs: epoch == 2], **settings)
+    c = read_checkpoint(flat)
+    net = new_net()
+    per_parameter = {k: v for k, v in c.arrays.items() if not k.startswith("opt_")}
+    for kind in ("velocity", "m", "v"):
+        if f"opt_{kind}_0" in c.arrays:
+            weights, biases = net.unflatten(c.arrays[f"opt_{kind}_0"])
+            per_parameter.update({f"opt_{kind}_{i}": a.copy() for i, a in enumerate(weights + biases)})
+    assert len(per_parameter) > len(c.arrays)
+    write_checkpoint(tmp_path / "v1.npz", {**c.meta, "version": 1}, per_parameter)
+    a, b = new_net(), new_net()
+    fit(a, X, y, resume=flat, **settings)
+    fit(b, X, y, resume=tmp_path / "v1.npz", **settings)
+    for pa, pb in zip(a.params, b.params):
+        np.testing.assert_array_equal(pa, pb)
+    short = dict(per_parameter)
+    del short["opt_" + ("m" if optimizer == "adam" else "velocity") + "_3"]  # the last bias's
+    write_checkpoint(tmp_path / "short.npz", {**c.meta, "version": 1}, short)
+    with pytest.raises(ValueError, match=f"optimizer state has 3 .* arrays of 108 values in all for {net.n_params} "):
+        fit(new_net(), X, y, resume=tmp_path / "short.npz", **settings)
 
 
 @pytest.mark.parametrize(

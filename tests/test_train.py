@@ -60,14 +60,14 @@ def test_same_seed_gives_identical_parameters(rng):
 def test_float32_stays_float32(rng, monkeypatch):
     X, y = small_problem(rng)
     seen = []
-    original = MLP._loss_and_grads
+    original = MLP.flat_loss_and_grad
 
     def spy(self, Xb, yb):
-        out = original(self, Xb, yb)
-        seen.append((Xb.dtype, np.asarray(out[0]).dtype, {g.dtype for g in out[1] + out[2]}))
-        return out
+        loss, g = original(self, Xb, yb)
+        seen.append((Xb.dtype, np.asarray(loss).dtype, {g.dtype}))
+        return loss, g
 
-    monkeypatch.setattr(MLP, "_loss_and_grads", spy)
+    monkeypatch.setattr(MLP, "flat_loss_and_grad", spy)
     net = MLP([6, 8, 3], backend="cpu", dtype="float32", seed=0)
     fit(net, X.astype(np.float64), y, epochs=1, batch_size=50)
     assert seen and all(s == (np.float32, np.float32, {np.dtype(np.float32)}) for s in seen)
