@@ -40,14 +40,10 @@ BYTES = {
     "backprop_delta sigmoid": (12, 32),
     # | a * a (8); 1 - t (8); g *= t (12)
     "backprop_delta tanh": (12, 28),
-    # read z and labels, write delta | arange (0.8); row max (4.4); z - zmax (8.4); exp (8);
-    #   row sum (4.4); log, + zmax, z[rows, y], subtract (5.6); * scale, sum (1.2); delta /= s (8.4);
-    #   delta[rows, y] -= 1 (5.6); delta *= scale (8).
-    #   This kernel reads z three times (row max, row sum, then the elementwise pass), about 20
-    #   bytes: by design it meets neither target; the _rows kernel below is the one-pass version.
-    "softmax_minus_y": (8.8, 54.8),
-    # the same, in one pass per row
-    "softmax_minus_y_rows": (8.8, 54.8),
+    # read z and labels, write delta (one warp per row; the bias, 10 values, counts 0) | z + b (8);
+    #   arange (0.8); row max (4.4); z - zmax (8.4); exp (8); row sum (4.4); log, + zmax, z[rows, y],
+    #   subtract (5.6); * scale, sum (1.2); delta /= s (8.4); delta[rows, y] -= 1 (5.6); delta *= scale (8)
+    "softmax_minus_y": (8.8, 62.8),
     # read p, g, v, write p, v | lr g (8); v *= mu (8); v -= s1 (12); mu v (8); s2 -= s1 (12); p += s2 (12)
     "sgd_momentum_update nesterov": (20, 60),
     # read p, g, m, v, write p, m, v | m *= b1 (8); (1-b1) g (8); m += (12); v *= b2 (8); g g (8);
@@ -76,9 +72,7 @@ def timing_arrays(xp, n: int, seed: int = 0) -> SimpleNamespace:
     arr = SimpleNamespace(orig=orig, b=normal(width), gp=normal(n), logits=normal((n // C, C), 4),
                           labels=rng.integers(0, C, n // C), **{k: v.copy() for k, v in orig.items()})
     arr.a = {act: twins().activate(xp, orig["z"].copy(), act) for act in ("relu", "sigmoid", "tanh")}
-    arr.zmax = arr.logits.max(axis=1, keepdims=True)  # (n / C, 1)
-    arr.sumexp = xp.exp(arr.logits - arr.zmax).sum(axis=1, keepdims=True)  # (n / C, 1)
-    arr.delta, arr.loss_rows = xp.empty_like(arr.logits), xp.zeros(n // C, dtype=f32)
+    arr.bias = normal(C)  # the output layer's (C,)
     return arr
 
 
@@ -107,9 +101,8 @@ def timing_calls(xp, kern, arr: SimpleNamespace) -> dict:
         if act != "identity":
             calls[f"backprop_delta {act}"] = (partial(kern.backprop_delta, xp, arr.g, arr.a[act], act),
                                               partial(ops.backprop_delta, xp, arr.g, arr.a[act], act))
-    for fn in ("softmax_minus_y", "softmax_minus_y_rows"):
-        calls[fn] = (lambda fn=fn: getattr(kern, fn)(xp, arr.logits, arr.labels)[0],
-                     lambda: ops.softmax_minus_y(xp, arr.logits, arr.labels)[0])
+    calls["softmax_minus_y"] = (lambda: kern.softmax_minus_y(xp, arr.logits, arr.labels, None, arr.bias)[0],
+                                lambda: ops.softmax_minus_y(xp, arr.logits, arr.labels, None, arr.bias)[0])
     sgd = (arr.p, arr.gp, arr.v, 0.01, MOMENTUM, True)
     calls["sgd_momentum_update nesterov"] = (lambda: (kern.sgd_momentum_update(xp, *sgd), arr.p)[1],
                                              lambda: (ops.sgd_momentum_update(xp, *sgd), arr.p)[1])
@@ -193,10 +186,6 @@ def fmad_arguments(name: str, arr: SimpleNamespace):
         return arr.z, arr.b, arr.z
     if name.startswith("gpubp_backprop_delta_"):
         return arr.a[name.removeprefix("gpubp_backprop_delta_")], arr.g
-    if name == "gpubp_softmax_minus_y":
-        rows, C = arr.logits.shape
-        return (arr.logits, arr.zmax, arr.sumexp, arr.labels.reshape(rows, 1), f32(1 / rows), np.int64(C),
-                arr.delta, arr.loss_rows)
     if name == "gpubp_sgd_momentum":
         return arr.gp, f32(0.01), f32(MOMENTUM), True, arr.p, arr.v
     if name == "gpubp_adam":

@@ -5,9 +5,8 @@ and does in one pass over memory what the twin does in several:
 
 - ``bias_activation``: z + b and the activation (ElementwiseKernel per activation);
 - ``backprop_delta``: BP2's g * f'(a) with f' from the saved activation (ElementwiseKernel);
-- ``softmax_minus_y``: BP1 and the loss; a row max and a row sum of exp (a reduction kernel)
-  feed one ElementwiseKernel that writes delta and each row's loss;
-- ``softmax_minus_y_rows``: the same in a single RawKernel, one warp per row;
+- ``softmax_minus_y``: BP1 and the loss, with the output layer's bias added on the way in, in
+  one RawKernel launch (one warp per row) and a sum of the rows' losses;
 - ``sgd_momentum_update`` and ``adam_update``: one pass over each parameter.
 
 The per-element math lives in ``kernels/gpubp_math.cuh`` as host+device functions, so the CPU
@@ -26,7 +25,7 @@ from pathlib import Path
 from .ops import row_scale
 
 ACTIVATION_CODES = {"identity": 0, "relu": 1, "sigmoid": 2, "tanh": 3}
-_WARPS_PER_BLOCK = 8  # rows per block of softmax_minus_y_rows
+_WARPS_PER_BLOCK = 8  # rows per block of softmax_minus_y
 
 # NVRTC fuses a * b + c into one multiply-add by default (--fmad=true): it rounds once where NumPy
 # rounds twice, so float32 results would drift from the twins by more than their tolerance
@@ -58,16 +57,6 @@ def _specs() -> dict[str, ElementwiseSpec]:
             specs[f"gpubp_backprop_delta_{act}"] = ElementwiseSpec(
                 f"gpubp_backprop_delta_{act}", "T a", "T g",
                 f"g = g * gpubp::derivative_from_a<{code}>(a)", "ops.backprop_delta")
-    specs["gpubp_softmax_minus_y"] = ElementwiseSpec(
-        "gpubp_softmax_minus_y",
-        "T z, T zmax, T sumexp, I y, T scale, int64 C",
-        "T delta, raw T loss_rows",
-        # i is the 64-bit flat index over (n, C): row i / C, column i % C
-        "const long long col = i % C;\n"
-        "const bool is_label = (col == (long long)y);\n"
-        "delta = gpubp::softmax_minus_y(z, zmax, sumexp, is_label, scale);\n"
-        "if (is_label) loss_rows[i / C] = gpubp::row_loss(z, zmax, sumexp, scale);",
-        "ops.softmax_minus_y")
     specs["gpubp_sgd_momentum"] = ElementwiseSpec(
         "gpubp_sgd_momentum", "T g, T lr, T mu, bool nesterov", "T p, T v",
         "gpubp::sgd_momentum(p, v, g, lr, mu, nesterov)", "ops.sgd_momentum_update")
@@ -113,16 +102,6 @@ def elementwise_kernel(name: str):
 
 
 @functools.lru_cache(maxsize=None)
-def _row_sumexp():
-    """sumexp[i] = sum_j exp(z[i, j] - zmax[i]) over the reduced axis."""
-    import cupy
-
-    return cupy.ReductionKernel("T z, T zmax", "T sumexp", "gpubp::math_exp(z - zmax)", "a + b",
-                                "sumexp = a", "0", "gpubp_row_sumexp", reduce_type="T",
-                                preamble=read_source("gpubp_math.cuh"), options=COMPILE_OPTIONS)
-
-
-@functools.lru_cache(maxsize=None)
 def _rows_module():
     import cupy
 
@@ -132,7 +111,7 @@ def _rows_module():
 
 def clear_cache() -> None:
     """Forget every built kernel, so the next call builds it again (from the cupy now imported)."""
-    for cache in (elementwise_kernel, _row_sumexp, _rows_module):
+    for cache in (elementwise_kernel, _rows_module):
         cache.cache_clear()
 
 
@@ -149,36 +128,31 @@ def backprop_delta(xp, g, a, name: str):
     return g
 
 
-def softmax_minus_y(xp, z, y, sample_weight=None):
-    """BP1 and the loss: delta (n, C) = (softmax(z) - Y) * scale, loss = sum of row losses.
-
-    A max and a sum-of-exp reduction per row, then one ElementwiseKernel writes delta and each
-    row's loss. z: (n, C), any strides; y: (n,) int labels checked on the host.
-    Twin: ops.softmax_minus_y.
+def softmax_minus_y(xp, z, y, sample_weight=None, b=None):
+    """BP1 and the loss in one launch: delta (n, C) = (softmax(z + b) - Y) * scale, and the loss,
+    the sum of the rows' shares. One warp per row (kernels/softmax_rows.cu); the bias b (C,),
+    when given, is added as the logits are read, so the output layer needs no launch of its own.
+    z: (n, C); y: (n,) int labels checked on the host; sample_weight: (n,) on the device, its sum
+    taken on the device (no host sync). Twin: ops.softmax_minus_y.
     """
-    n, C = z.shape
-    scale = row_scale(n, z.dtype, sample_weight)  # scalar or (n, 1)
-    zmax = z.max(axis=1, keepdims=True)  # (n, 1)
-    sumexp = _row_sumexp()(z, zmax, axis=1, keepdims=True)  # (n, 1)
-    delta = xp.empty((n, C), dtype=z.dtype)
-    loss_rows = xp.zeros(n, dtype=z.dtype)
-    elementwise_kernel("gpubp_softmax_minus_y")(z, zmax, sumexp, y.reshape(n, 1), scale, C, delta, loss_rows)
-    return delta, loss_rows.sum()
-
-
-def softmax_minus_y_rows(xp, z, y, sample_weight=None):
-    """softmax_minus_y in a single RawKernel launch, one warp per row. Twin: ops.softmax_minus_y."""
     n, C = z.shape
     z = xp.ascontiguousarray(z)
     y = xp.ascontiguousarray(y, dtype=xp.int64)
-    scale = row_scale(n, z.dtype, sample_weight)  # scalar or (n, 1)
-    scale = xp.full(n, scale, dtype=z.dtype) if sample_weight is None else xp.ascontiguousarray(scale[:, 0])
+    t = z.dtype.type
+    has_bias, b = (0, z) if b is None else (1, xp.ascontiguousarray(b, dtype=z.dtype))  # z: an unread stand-in
+    if sample_weight is None:
+        weighted, w, wsum = 0, z, z  # unread stand-ins
+    else:
+        w = xp.ascontiguousarray(sample_weight, dtype=z.dtype)
+        weighted, wsum = 1, w.sum()
     delta = xp.empty((n, C), dtype=z.dtype)
     loss_rows = xp.empty(n, dtype=z.dtype)
     suffix = {"float32": "f32", "float64": "f64"}[z.dtype.name]
     kernel = _rows_module().get_function(f"gpubp_softmax_minus_y_rows_{suffix}")
     blocks = (n + _WARPS_PER_BLOCK - 1) // _WARPS_PER_BLOCK
-    kernel((blocks,), (32 * _WARPS_PER_BLOCK,), (z, y, scale, delta, loss_rows, xp.int64(n), xp.int64(C)))
+    kernel((blocks,), (32 * _WARPS_PER_BLOCK,),
+           (z, b, xp.int32(has_bias), y, t(row_scale(n, z.dtype)), w, wsum.reshape(1) if weighted else wsum,
+            xp.int32(weighted), delta, loss_rows, xp.int64(n), xp.int64(C)))
     return delta, loss_rows.sum()
 
 

@@ -99,17 +99,19 @@ def row_scale(n: int, dtype, sample_weight=None):
     return (w / w.sum())[:, None]
 
 
-def softmax_minus_y(xp, z, y, sample_weight=None):
-    """BP1 and the loss from one pass over the logits: delta = (softmax(z) - Y) / n.
+def softmax_minus_y(xp, z, y, sample_weight=None, b=None):
+    """BP1 and the loss from one pass over the logits: delta = (softmax(z + b) - Y) / n.
 
     Parameters
     ----------
     z : array (n, C)
-        Output-layer logits; not modified.
+        Output-layer logits, or their product part a[L-1] @ W[L] when b is given; not modified.
     y : integer array (n,)
         Class indices in 0..C-1 (checked by the caller).
     sample_weight : array (n,), optional
         Non-negative weights; rows are then scaled by w_i / sum(w) instead of 1/n.
+    b : array (C,), optional
+        The output layer's bias, added to z first (the CUDA kernel adds it as it reads z).
 
     Returns
     -------
@@ -120,6 +122,8 @@ def softmax_minus_y(xp, z, y, sample_weight=None):
         finite for any finite z.
     """
     n = z.shape[0]
+    if b is not None:
+        z = z + b  # (n, C) logits
     rows = xp.arange(n)
     scale = row_scale(n, z.dtype, sample_weight)  # scalar or (n, 1)
     zmax = z.max(axis=1, keepdims=True)  # (n, 1)

@@ -98,17 +98,15 @@ def kernel_checks(backend: Backend, kernels: ModuleType, dtypes=("float32", "flo
             logits[0, :2] = [1000, -1000]
             y = rng.integers(0, C, n)
             w = rng.uniform(0, 2, n)
-            for fn in ("softmax_minus_y", "softmax_minus_y_rows"):
-                if not hasattr(kernels, fn):
-                    continue
-                for weights in (None, w):
-                    label = fn + (" weighted" if weights is not None else "")
-                    expected_delta, expected_loss = ops.softmax_minus_y(np, logits, y, weights)
-                    delta, loss = getattr(kernels, fn)(
-                        backend.xp, dev(logits), backend.asarray(y),
-                        None if weights is None else backend.asarray(weights, dtype))
-                    check(f"{label} delta", delta, expected_delta)
-                    check(f"{label} loss", loss, expected_loss)
+            bias = rng.normal(scale=2, size=C).astype(dtype)
+            for weights, b in ((None, None), (w, None), (None, bias), (w, bias)):
+                label = "softmax_minus_y" + (" weighted" if weights is not None else "") + (" bias" if b is not None else "")
+                expected_delta, expected_loss = ops.softmax_minus_y(np, logits, y, weights, b)
+                delta, loss = kernels.softmax_minus_y(
+                    backend.xp, dev(logits), backend.asarray(y),
+                    None if weights is None else backend.asarray(weights, dtype), None if b is None else dev(b))
+                check(f"{label} delta", delta, expected_delta)
+                check(f"{label} loss", loss, expected_loss)
 
             p, g, v, m = (rng.normal(size=(64, 33)).astype(dtype) for _ in range(4))
             v2 = np.abs(v)

@@ -20,8 +20,7 @@ from gpubp.ops import ACTIVATIONS
 
 from . import fake_cupy, fake_nvrtc
 
-EMULATED = ("bias_activation", "backprop_delta", "softmax_minus_y", "softmax_minus_y_rows",
-            "sgd_momentum_update", "adam_update")
+EMULATED = ("bias_activation", "backprop_delta", "softmax_minus_y", "sgd_momentum_update", "adam_update")
 # The kernels whose float32 results move by more than KERNEL_TOL when a * b + c is fused.
 FMA_SENSITIVE = {"sgd_momentum_update p", "sgd_nesterov_update p", "backprop_delta tanh", "adam_update p"}
 
@@ -48,8 +47,8 @@ def test_every_emulated_kernel_matches_its_numpy_twin(emulated):
     results = parity.kernel_checks(get_backend("cpu"), emulated)
     failed = [r for r in results if not r.passed]
     assert not failed, parity.format_table(failed)
-    assert len(results) == 2 * 2 * (4 + 4 + 4 + 4 + 4 + 3)  # dtypes x layouts x checks
-    assert any(r.check.startswith("softmax_minus_y_rows weighted delta") for r in results)
+    assert len(results) == 2 * 2 * (4 + 4 + 8 + 4 + 3)  # dtypes x layouts x checks
+    assert any(r.check.startswith("softmax_minus_y weighted bias delta") for r in results)
 
 
 def test_the_emulation_can_fail(emulated, monkeypatch):
@@ -123,7 +122,7 @@ def test_the_row_kernel_emulation_catches_a_broken_warp_reduction(emulated, monk
 
     assert broken("softmax_rows.cu") != source("softmax_rows.cu")
     monkeypatch.setattr(kernels, "read_source", broken)
-    assert {"softmax_minus_y_rows delta", "softmax_minus_y_rows weighted delta"} <= failed_checks(emulated)
+    assert {"softmax_minus_y delta", "softmax_minus_y weighted bias delta"} <= failed_checks(emulated)
 
 
 def test_a_shuffle_after_a_lane_returned_raises(emulated):

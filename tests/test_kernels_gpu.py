@@ -20,7 +20,7 @@ def test_every_kernel_matches_its_numpy_twin(dtype):
     failed = [r for r in results if not r.passed]
     assert not failed, parity.format_table(failed)
     names = {r.check.split(" [")[0] for r in results}
-    assert "softmax_minus_y_rows weighted delta" in names and "adam_update p" in names
+    assert "softmax_minus_y weighted bias delta" in names and "adam_update p" in names
 
 
 def test_whole_model_matches_numpy_with_the_kernels_in_use():
