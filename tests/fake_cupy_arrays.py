@@ -44,6 +44,13 @@ cupy/cupy at 6b6d9563c, the version the project's mirror holds):
   ``cupy.cuda.memory.OutOfMemoryError`` (a MemoryError) with CuPy's message
   (cupy/cuda/memory.pyx ``OutOfMemoryError``, ``SingleDeviceMemoryPool._try_malloc``).
 
+The stand-in also counts what a program asks of the card (``cupy.activity``, an
+:class:`Activity`): kernel launches (a ufunc call or reduction, a product, a custom kernel, a
+gather or scatter by index, a copy or fill on the device) and host syncs (a device value read on
+the host: ``float()``, ``int()``, ``bool()``, ``item()``, ``tolist()``, ``get()``). CuPy runs each
+of these as one launch (a few of its routines, ``mean`` for one, run as one where the stand-in
+counts two), so a count here is what a step costs in launches on a card, give or take those.
+
 Stricter than CuPy, on purpose: pickling a device array raises TypeError. CuPy pickles it by
 copying it to the host, but the pickle then needs CuPy and a GPU to load (core.pyx
 ``ndarray.__reduce__`` returns ``cupy.array``); gpubp promises pickles that hold host arrays only.
@@ -233,6 +240,27 @@ class PinnedMemoryPool:
 _MEMORY = DeviceMemory()  # the memory of the stand-in installed now (install() replaces it)
 
 
+class Activity:
+    """Kernel launches and host syncs asked of the stand-in's card since it was installed."""
+
+    def __init__(self):
+        self.launches = 0
+        self.syncs = 0
+
+    def launch(self) -> None:
+        self.launches += 1
+
+    def sync(self) -> None:
+        self.syncs += 1
+
+
+_ACTIVITY = Activity()  # the stand-in installed now (install() replaces it)
+# cupy functions that only allocate or make a view: no launch
+_NO_LAUNCH = frozenset({"empty", "empty_like", "reshape", "ravel", "transpose", "swapaxes", "expand_dims",
+                        "squeeze", "broadcast_to", "atleast_1d", "atleast_2d", "ndim", "shape", "size",
+                        "result_type", "can_cast", "promote_types", "may_share_memory", "shares_memory"})
+
+
 # ----------------------------------------------------------------------------- arrays
 
 def _is_host(x) -> bool:
@@ -326,10 +354,14 @@ class ndarray(np.ndarray):
         if func.__name__ in NOT_IN_CUPY:
             return NotImplemented  # NumPy then raises TypeError: no implementation found
         where = f"numpy.{func.__name__}"
+        if func.__name__ not in _NO_LAUNCH:
+            _ACTIVITY.launch()
         result = func(*_to_host_arg(args, where), **{k: _to_host_arg(v, where) for k, v in kwargs.items()})
         return _device(result)
 
     def __getitem__(self, key):
+        if _is_advanced(key) or isinstance(key, ndarray):
+            _ACTIVITY.launch()  # a gather; a basic index is a view
         result = np.ndarray.__getitem__(self, _to_index(key))
         if not isinstance(result, np.ndarray):  # an element: CuPy gives a 0-d view
             key = key if isinstance(key, tuple) else (key,)
@@ -337,6 +369,7 @@ class ndarray(np.ndarray):
         return result
 
     def __setitem__(self, key, value):
+        _ACTIVITY.launch()  # a fill, copy or scatter
         if isinstance(value, (list, tuple)) and _holds_device(value):
             if not _is_advanced(key):  # CuPy's fill calls numpy.asarray on it: __array__ raises
                 raise TypeError(_IMPLICIT)
@@ -364,6 +397,7 @@ class ndarray(np.ndarray):
         return (self[i] for i in range(self.shape[0]))
 
     def fill(self, value):
+        _ACTIVITY.launch()
         if isinstance(value, np.ndarray):
             if value.shape != ():
                 kind = "cupy" if isinstance(value, ndarray) else "numpy"
@@ -372,13 +406,16 @@ class ndarray(np.ndarray):
         np.ndarray.fill(self, value)
 
     def dot(self, b, out=None):
+        _ACTIVITY.launch()
         return _device(np.dot(*_to_host_arg((self, b), "ndarray.dot"),
                               out=None if out is None else _to_host_arg(out, "ndarray.dot")))
 
     def argmax(self, axis=None, out=None, *, keepdims=False):
+        _ACTIVITY.launch()
         return _device(_host_view(self).argmax(axis=axis, keepdims=keepdims))
 
     def argmin(self, axis=None, out=None, *, keepdims=False):
+        _ACTIVITY.launch()
         return _device(_host_view(self).argmin(axis=axis, keepdims=keepdims))
 
     def nonzero(self):
@@ -386,6 +423,7 @@ class ndarray(np.ndarray):
 
     def get(self, stream=None, order="C", out=None, blocking=True):
         """A host copy (numpy.ndarray), or the copy written into ``out``."""
+        _ACTIVITY.sync()
         if out is not None:
             if not _is_host(out):
                 raise TypeError("Only numpy.ndarray can be obtained from cupy.ndarray")
@@ -404,6 +442,40 @@ class ndarray(np.ndarray):
         if not (self.flags.c_contiguous or self.flags.f_contiguous):
             raise RuntimeError("Cannot set to non-contiguous array")
         _host_view(self)[...] = arr
+
+    def copy(self, order="C"):
+        _ACTIVITY.launch()
+        return np.ndarray.copy(self, order=order)
+
+    def astype(self, dtype, order="K", casting=None, subok=None, copy=True):
+        if not copy and np.dtype(dtype) == self.dtype:
+            return self
+        _ACTIVITY.launch()
+        return np.ndarray.astype(self, dtype, order=order)
+
+    def __float__(self):
+        _ACTIVITY.sync()
+        return float(_host_view(self))
+
+    def __int__(self):
+        _ACTIVITY.sync()
+        return int(_host_view(self))
+
+    def __index__(self):
+        _ACTIVITY.sync()
+        return _host_view(self).__index__()
+
+    def __bool__(self):
+        _ACTIVITY.sync()
+        return bool(_host_view(self))
+
+    def item(self, *args):
+        _ACTIVITY.sync()
+        return _host_view(self).item(*args)
+
+    def tolist(self):
+        _ACTIVITY.sync()
+        return _host_view(self).tolist()
 
     @property
     def flags(self):
@@ -439,6 +511,7 @@ def _apply_ufunc(ufunc, method, inputs, kwargs):
         if not isinstance(x, (np.ndarray, np.generic, int, float, complex, bool)):
             return NotImplemented
     out = kwargs.get("out")
+    _ACTIVITY.launch()
     host_kwargs = {k: _to_host_arg(v, where) for k, v in kwargs.items()}
     result = getattr(ufunc, method)(*_to_host_arg(inputs, where), **host_kwargs)
     if out is not None:  # results written into the caller's device arrays: return those
@@ -465,6 +538,7 @@ def array(obj, dtype=None, copy=True, order="K", subok=False, ndmin=0, *, blocki
             raise ValueError("Unable to avoid copy while creating an array as requested.")
         if not copy and (dtype is None or np.dtype(dtype) == obj.dtype) and ndmin <= obj.ndim:
             return obj
+        _ACTIVITY.launch()
         return _device(_np["array"](_host_view(obj), dtype=dtype, order=order or "K", ndmin=ndmin))
     if copy is False:
         raise ValueError("Unable to avoid copy while creating an array as requested.")
@@ -482,6 +556,7 @@ def ascontiguousarray(a, dtype=None):
                         f"got {type(a).__name__})")
     if a.flags.c_contiguous and (dtype is None or np.dtype(dtype) == a.dtype):
         return a
+    _ACTIVITY.launch()
     return _device(_np["ascontiguousarray"](_host_view(a), dtype=dtype))
 
 
@@ -552,6 +627,8 @@ def _wrap_function(name: str, function):
     @functools.wraps(function)
     def cupy_function(*args, **kwargs):
         where = f"cupy.{name}"
+        if name not in _NO_LAUNCH:
+            _ACTIVITY.launch()
         result = function(*_to_host_arg(args, where), **{k: _to_host_arg(v, where) for k, v in kwargs.items()})
         return _device(result)
 
@@ -573,6 +650,7 @@ class ElementwiseKernel:
         self.name = kwargs.get("name", args[3] if len(args) > 3 else "kernel")
 
     def __call__(self, *args, **kwargs):
+        _ACTIVITY.launch()
         host = _kernel_args(args, f"ElementwiseKernel {self.name}")
         by_id = {id(h): a for h, a in zip(host, args)}
         result = self._kernel(*host, **kwargs)
@@ -589,6 +667,7 @@ class ReductionKernel:
         self.name = kwargs.get("name", args[6] if len(args) > 6 else "reduce_kernel")
 
     def __call__(self, *args, **kwargs):
+        _ACTIVITY.launch()
         return _device(self._kernel(*_kernel_args(args, f"ReductionKernel {self.name}"), **kwargs))
 
 
@@ -610,6 +689,7 @@ class RawKernel:
         self._kernel = kernel
 
     def __call__(self, grid, block, args, shared_mem=0, stream=None):
+        _ACTIVITY.launch()
         host = []
         for a in args:
             if _is_host(a):
@@ -738,8 +818,8 @@ class _CupyModule(types.ModuleType):
 
 def make_module(memory: DeviceMemory) -> tuple[types.ModuleType, dict]:
     """A fresh ``cupy`` module over ``memory``, and its submodules by their sys.modules names."""
-    global _MEMORY
-    _MEMORY = memory
+    global _MEMORY, _ACTIVITY
+    _MEMORY, _ACTIVITY = memory, Activity()
     cupy = _CupyModule("cupy", __doc__)
     cuda, submodules = _make_cuda()
     pool, pinned = MemoryPool(memory), PinnedMemoryPool()
@@ -756,6 +836,7 @@ def make_module(memory: DeviceMemory) -> tuple[types.ModuleType, dict]:
     cupy.get_default_pinned_memory_pool = lambda: pinned
     cupy.is_available = lambda: True
     cupy.memory = memory  # the stand-in's own handle on the card's memory (CuPy has no such name)
+    cupy.activity = _ACTIVITY  # and on its launches and syncs (likewise)
     return cupy, {"cupy": cupy, **submodules}
 
 

@@ -284,11 +284,11 @@ def test_gpubp_check_passes_on_the_stand_in(fake_cupy, capsys):
     """`gpubp check` in-process: every kernel against its twin, the model on cuda against cpu."""
     assert cli.main(["check"]) == 0
     out = capsys.readouterr().out
-    kernel_rows = 2 * 2 * (4 + 4 + 4 + 4 + 4 + 3)  # dtypes x layouts x (activations, softmax x2, updates)
+    kernel_rows = 2 * 2 * (4 + 4 + 8 + 4 + 3)  # dtypes x layouts x (activations, softmax with/without w, b; updates)
     model_rows = 2 * (len(ACTIVATIONS) + 2)  # dtypes x (activations + 2 optimizers)
     assert f"{kernel_rows + model_rows} passed, 0 failed" in out
     assert "comparing cuda:0 gpubp CuPy stand-in (NumPy)" in out
-    assert "softmax_minus_y_rows weighted delta [strided]" in out and "model 20 adam steps" in out
+    assert "softmax_minus_y weighted bias delta [strided]" in out and "model 20 adam steps" in out
 
 
 def test_model_checks_on_cuda_catch_a_wrong_kernel(fake_cupy, monkeypatch):
@@ -451,3 +451,46 @@ def test_predict_retries_a_batch_whose_output_layer_runs_out_of_memory(fake_cupy
     cp.memory.capacity = 4 * 2**20
     same(gpu.predict_proba(X), cpu.predict_proba(X), what="predict_proba on a 4 MiB card")
     assert cp.memory.failures
+
+
+# ----------------------------------------------------------------------------- launches per step
+
+def step_activity(fake_cupy, sizes, optimizer, alpha=0.0, clip_norm=None, batch=32, activation="relu"):
+    """(launches, syncs) of one training step of gpubp.fit on "cuda": an epoch of 4 steps minus
+    an epoch of 2, each measured on a fresh network, so what an epoch does once cancels out."""
+    rng = np.random.default_rng(0)
+    counts = []
+    for steps in (2, 4):
+        X = rng.normal(size=(steps * batch, sizes[0]))
+        y = rng.integers(0, sizes[-1], steps * batch)
+        net = MLP(sizes, activation, "cuda", "float32", seed=0, alpha=alpha)
+        before = (fake_cupy.activity.launches, fake_cupy.activity.syncs)
+        fit(net, X, y, epochs=1, batch_size=batch, optimizer=optimizer, clip_norm=clip_norm, seed=0)
+        counts.append((fake_cupy.activity.launches - before[0], fake_cupy.activity.syncs - before[1]))
+    return tuple((b - a) // 2 for a, b in zip(*counts))
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "momentum"])
+@pytest.mark.parametrize("sizes", [[20, 16, 16, 4], [20, 16, 4], [20, 4]], ids=lambda s: f"L{len(s) - 1}")
+def test_a_step_takes_at_most_6L_plus_3_launches_and_no_sync(fake_cupy, sizes, optimizer):
+    """Issue 12's budget for L layers: 2L - 1 products and L - 1 bias+activation kernels forward,
+    the output layer's bias and BP1, 2L - 1 products, L sums (BP3) and L - 1 BP2 kernels
+    backward, one update of the flat parameter buffer, the batch gather and the loss sum."""
+    L = len(sizes) - 1
+    launches, syncs = step_activity(fake_cupy, sizes, optimizer)
+    assert syncs == 0
+    assert launches <= 6 * L + 3, f"{launches} launches per step for L={L}"
+
+
+def test_the_l2_term_and_clipping_cost_a_fixed_number_of_launches(fake_cupy):
+    """Over the flat buffers the L2 term and clipping cost the same launches whatever L: the L2
+    term 5 (c * W, the gradient's +=, W . W, its scaling and the loss's +), clipping 7 (the
+    norm's dot, its sum and sqrt, the factor's + eps, division and minimum, the gradient's *=).
+    Folding them into the update kernel is left to do."""
+    extra = []
+    for sizes in ([20, 16, 4], [20, 16, 16, 16, 4]):
+        plain, _ = step_activity(fake_cupy, sizes, "adam")
+        with_l2, syncs = step_activity(fake_cupy, sizes, "adam", alpha=1e-3, clip_norm=1.0)
+        assert syncs == 0
+        extra.append(with_l2 - plain)
+    assert extra[0] == extra[1] <= 12
