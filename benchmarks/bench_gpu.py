@@ -17,8 +17,8 @@ torch.compile runs once per run, on one named case (``--compile-case``, float32 
 compile takes tens of seconds and would otherwise eat the lease. CuPy reads CUPY_TF32 when it is
 imported, which a child per case also takes care of.
 
-gpubp calls the public ``loss_and_grads``, which validates its arguments with one host
-synchronization per step; PyTorch's step has none (see step_timings.step_case).
+gpubp runs gpubp.fit's step (``flat_loss_and_grad`` and one update of the flat parameter
+buffer, no host synchronization), as PyTorch's step has none (see step_timings.step_case).
 
 Targets (H100/H200): on the wide networks >= 70% of the measured float32 matmul ceiling and
 within 1.1x of PyTorch eager; on 784-512-512-10 batch 256 within 1.5x of PyTorch eager.
@@ -69,7 +69,7 @@ def matmul_ceiling_tflops(cp) -> float:
 
 def step_functions(torch, net, model, Xd, y, Xt, yt) -> dict:
     """Name -> a training step: gpubp, PyTorch eager, and a builder of the captured CUDA-graph step."""
-    gpubp_step = gpubp_sgd_step(net, Xd, y)
+    gpubp_step = gpubp_sgd_step(net, Xd, net.backend.asarray(y))
     torch_opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
 
     def eager_step(forward=model):

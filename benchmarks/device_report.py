@@ -86,9 +86,11 @@ def fmad_lines(rows: list[dict]) -> list[str]:
 def step_lines(rows: list[dict]) -> list[str]:
     """Training step times, gpubp against PyTorch eager, with the target."""
     lines = ["Forward, backward and SGD-momentum update, float32 IEEE on both sides, median of CUDA-event "
-             "times; gpubp calls the public loss_and_grads (its argument checks synchronize once per step).", "",
-             "| network, batch | gpubp ms | PyTorch eager ms | ratio | gpubp TFLOP/s | rel. error | target | met |",
-             "|---|---:|---:|---:|---:|---:|---|---|"]
+             "times; gpubp runs gpubp.fit's step (no host sync). Kernels: launched per step, counted by "
+             "PyTorch's profiler; gpubp's budget is 6L + 3 for L layers.", "",
+             "| network, batch | gpubp ms | PyTorch eager ms | ratio | gpubp TFLOP/s | rel. error | target | met "
+             "| kernels gpubp / budget / PyTorch |",
+             "|---|---:|---:|---:|---:|---:|---|---|---|"]
     for r in rows:
         if "skipped" in r:
             lines.append(f"| {r['case']} | skipped: {r['skipped']} | | | | | | |")
@@ -96,8 +98,11 @@ def step_lines(rows: list[dict]) -> list[str]:
             lines.append(f"| {r['case']} | not timed: gpubp and PyTorch disagree | | | | "
                          f"{r['max_rel_error']:.1e} | | NO |")
         else:
+            kernels = (f"{r.get('gpubp_kernels', '?')} / {r.get('launch_budget', '?')} / {r.get('torch_kernels', '?')}"
+                       if "gpubp_kernels" in r else "not counted")
             lines.append(f"| {r['case']} | {r['gpubp_ms']:.3f} | {r['torch_ms']:.3f} | {r['ratio']:.2f}x | "
-                         f"{r['gpubp_tflops']:.1f} | {r['max_rel_error']:.1e} | {r['target']} | {yes(r['met'])} |")
+                         f"{r['gpubp_tflops']:.1f} | {r['max_rel_error']:.1e} | {r['target']} | {yes(r['met'])} "
+                         f"| {kernels} |")
     return lines
 
 

@@ -46,12 +46,11 @@ def torch_twin(torch, net, cp):
 
 
 def step_case(cp, torch, sizes: list[int], batch: int) -> dict:
-    """Loss and gradients compared first, then the median CUDA-event time of a step on each side.
+    """Loss and gradients compared first, then the median CUDA-event time of a step on each side,
+    and the kernels each step launches (counted by PyTorch's profiler, which sees CuPy's too).
 
-    The gpubp step calls the public ``net.loss_and_grads``, which validates its arguments: it
-    checks that X is finite (one pass over X and a host synchronization) and checks the labels on
-    the host, then copies them to the device. PyTorch's step does neither, so at small batches the
-    ratio includes that cost; a training loop that calls loss_and_grads pays it too.
+    The gpubp step is what ``gpubp.fit`` runs per step on checked data (``flat_loss_and_grad``
+    and one update of the flat parameter buffer): no host synchronization, as in PyTorch's step.
     """
     from gpubp import MLP, get_backend
     from gpubp.bench import Case
@@ -59,6 +58,7 @@ def step_case(cp, torch, sizes: list[int], batch: int) -> dict:
     label = f"{'-'.join(map(str, sizes))} b{batch}"
     rng = np.random.default_rng(1)
     X, y = rng.normal(size=(batch, sizes[0])).astype(np.float32), rng.integers(0, sizes[-1], batch)
+    yd = cp.asarray(y)
     net = MLP(sizes, "relu", get_backend("cuda"), "float32", seed=0)
     model = torch_twin(torch, net, cp)
     Xd, Xt, yt = cp.asarray(X), torch.as_tensor(X, device="cuda"), torch.as_tensor(y, device="cuda")
@@ -66,7 +66,7 @@ def step_case(cp, torch, sizes: list[int], batch: int) -> dict:
     row = {"case": label, "max_rel_error": max(errors), "agree": max(errors) < STEP_RTOL}
     if not row["agree"]:
         return row
-    gpubp_step = gpubp_sgd_step(net, Xd, y)
+    gpubp_step = gpubp_sgd_step(net, Xd, yd)
     torch_opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
 
     def torch_step():
@@ -79,20 +79,41 @@ def step_case(cp, torch, sizes: list[int], batch: int) -> dict:
     torch_ms = event_median_ms(torch_events(torch), torch_step, repeat=repeat)
     flops = Case(tuple(sizes), batch, "float32", "momentum").flops_per_epoch(batch)
     row.update(gpubp_ms=gpubp_ms, torch_ms=torch_ms, ratio=gpubp_ms / torch_ms, gpubp_tflops=flops / gpubp_ms / 1e9,
-               target=f"<= {STEP_TARGET}x torch eager", met=gpubp_ms / torch_ms <= STEP_TARGET)
+               target=f"<= {STEP_TARGET}x torch eager", met=gpubp_ms / torch_ms <= STEP_TARGET,
+               gpubp_kernels=kernels_per_step(torch, gpubp_step), torch_kernels=kernels_per_step(torch, torch_step),
+               launch_budget=6 * (len(sizes) - 1) + 3)
     return row
 
 
-def gpubp_sgd_step(net, Xd, y):
-    """A function doing one gpubp training step on the batch (Xd, y): loss and gradients through
-    the public loss_and_grads (its checks included), then SGD with momentum MOMENTUM at LR."""
+def kernels_per_step(torch, step) -> int | str:
+    """GPU kernels one call of ``step`` launches, from PyTorch's profiler (CUPTI records every
+    kernel of the process, CuPy's and cuBLAS's included); memory copies and sets are not
+    kernels. A string says why the count failed (the timings stand without it)."""
+    try:
+        from torch.profiler import ProfilerActivity, profile
+
+        step()
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            step()
+            torch.cuda.synchronize()
+        names = [e.name for e in prof.events() if getattr(e, "device_type", None) == torch.autograd.DeviceType.CUDA]
+        return sum(1 for name in names if not name.lower().startswith(("memcpy", "memset")))
+    except Exception as exc:  # a profiler problem must not cost the timings
+        return f"{type(exc).__name__}: {exc}"[:120]
+
+
+def gpubp_sgd_step(net, Xd, yd):
+    """A function doing one gpubp training step on the device batch (Xd, yd) as gpubp.fit does
+    (the data checked once before): loss and flat gradient, then SGD with momentum MOMENTUM at
+    LR over the flat parameter buffer."""
     from gpubp.optim import SGD
 
     opt = SGD(momentum=MOMENTUM)
 
     def step():
-        _, dW, db = net.loss_and_grads(Xd, y)
-        opt.step(net.params, dW + db, LR)
+        _, g = net.flat_loss_and_grad(Xd, yd)
+        opt.step([net.flat_params], [g], LR)
 
     return step
 
