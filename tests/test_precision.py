@@ -322,3 +322,166 @@ def test_tf32_products_on_the_gpu():
     assert error(da @ db) < 1e-5
     assert cp.cuda.cublas.getMathMode(cp.cuda.device.get_cublas_handle()) == mode
     assert cp._core.get_compute_type(np.float32) == compute
+
+
+# ------------------------------------------------------------------ the device-check stage's helpers, on NumPy
+
+
+def test_stage_helpers_identify_each_rounding_rule():
+    from benchmarks import precision_stage as ps
+
+    x = ps.rounding_inputs((64, 32))
+    assert np.mean((x.view(np.uint32) & 0x1FFF) == 0x1000) >= 0.25  # the planted ties
+    for name, rounded in ps.rounding_models(x).items():
+        found = ps.rounding_agreement(x, rounded)
+        assert found["rule"] == name and found["shares"][name] == 1.0
+        assert all(share < 0.9 for other, share in found["shares"].items() if other != name), found
+
+
+def stage_rows(ps, rng):
+    """The stage's rows for NumPy products: IEEE, the CPU model of TF32, and two mislabelled ones."""
+    a, b = (rng.standard_normal((128, 128)).astype(np.float32) for _ in range(2))
+    exact = a.astype(np.float64) @ b.astype(np.float64)
+
+    def error(c):
+        return ps.rel_error(np, c, exact)
+
+    def timer(fn):
+        return 0.5  # ms
+
+    runs = {"ieee": lambda: a @ b, "tf32": lambda: matmul_as_tf32(a, b)}
+    return [ps.measure(f"{label} run, {expect} expected", expect, runs[label], error, timer, 2.0 * 128**3)
+            for label, expect in (("ieee", "ieee"), ("tf32", "tf32"), ("ieee", "tf32"), ("tf32", "ieee"),
+                                  ("tf32", "report"))]
+
+
+def test_stage_rows_and_failures(rng):
+    from benchmarks import precision_stage as ps
+
+    rows = stage_rows(ps, rng)
+    assert [r["as_expected"] for r in rows] == [True, True, False, False, True]
+    assert [r["tf32_engaged"] for r in rows] == [False, True, False, True, True]
+    assert rows[0]["tflops"] == pytest.approx(ps.tflops(128, 128, 128, 0.5))
+    assert ps.tflops(1, 1, 1, 2e-9) == pytest.approx(1.0)
+    failures = ps.row_failures(rows)
+    assert len(failures) == 2
+    assert "TF32 did not engage" in failures[0] and "not IEEE float32" in failures[1]
+
+
+def test_stage_section_failures_and_verdict(rng):
+    from benchmarks import precision_stage as ps
+
+    ieee, tf32 = stage_rows(ps, rng)[:2]
+    x = ps.rounding_inputs((16, 16))
+    good = {"rows": [{**ieee, "name": "cupy ieee"}, {**tf32, "name": "cupy tf32_products"},
+                     {**ieee, "name": "cupy ieee after the block"}],
+            "state": {"before": {"math_mode": 0, "compute_type": 1}, "after": {"math_mode": 0, "compute_type": 1}},
+            "model": {"rel_error": 1e-6}, "rounding": ps.rounding_agreement(x, round_to_tf32(x)),
+            "torch": {"rows": [{**ieee, "name": "torch ieee"}, {**tf32, "name": "torch tf32"}]}}
+    found = ps.summary(good)
+    assert found["failures"] == []
+    assert found["verdict"].startswith("tf32_products 1.0x IEEE") and "nearest even" in found["verdict"]
+    assert "PyTorch tf32" in found["verdict"]
+    bad = {**good, "state": {**good["state"], "after halves": {"math_mode": 3, "compute_type": 1}},
+           "model": {"rel_error": 3e-4}, "rounding": ps.rounding_agreement(x, ps.rounding_models(x)["truncation"])}
+    failures = ps.summary(bad)["failures"]
+    assert len(failures) == 3
+    assert "after halves" in failures[0] and "CPU model" in failures[1] and "not nearest even" in failures[2]
+    assert ps.summary({"rows": []})["verdict"] == "nothing measured"
+
+
+@pytest.mark.skipif(__import__("gpubp").cuda_status().usable, reason="a GPU is usable here")
+def test_stage_alone_without_a_gpu_says_so(capsys):
+    from benchmarks import precision_stage as ps
+
+    assert ps.main([]) == 3
+    assert "no usable GPU" in capsys.readouterr().out
+
+
+class DeviceArray(np.ndarray):
+    """A NumPy array with the methods the stage calls on CuPy and PyTorch arrays."""
+
+    def get(self):
+        return np.asarray(self)
+
+    def cuda(self):
+        return self
+
+    def double(self):
+        return self.astype(np.float64)
+
+    def cpu(self):
+        return self
+
+    def numpy(self):
+        return np.asarray(self)
+
+
+class FakeEvent:
+    """cupy.cuda.Event / torch.cuda.Event(enable_timing=True) on the host clock."""
+
+    def __init__(self, enable_timing=True):
+        self.t = None
+
+    def record(self):
+        self.t = __import__("time").perf_counter()
+
+    def synchronize(self):
+        pass
+
+    def elapsed_time(self, end):
+        return (end.t - self.t) * 1e3
+
+
+def on_device(a):
+    return np.array(a).view(DeviceArray)
+
+
+def fake_stage_modules():
+    """A CuPy (FakeCupy's switches, NumPy arrays) and a PyTorch with what precision_stage uses."""
+    cp = FakeCupy()
+    cp.cuda.Event, cp.cuda.get_elapsed_time = FakeEvent, lambda start, end: start.elapsed_time(end)
+    cp.float32, cp.float64, cp.linalg, cp.asarray = np.float32, np.float64, np.linalg, on_device
+    cp.eye = lambda n, dtype: on_device(np.eye(n, dtype=dtype))
+    cp.get_default_memory_pool = lambda: SimpleNamespace(free_all_blocks=lambda: None)
+    matmul = SimpleNamespace(fp32_precision="none")
+    torch = SimpleNamespace(__version__="2.11-fake", backends=SimpleNamespace(cuda=SimpleNamespace(matmul=matmul)),
+                            from_numpy=on_device, linalg=np.linalg,
+                            eye=lambda n, device: on_device(np.eye(n, dtype=np.float32)),
+                            cuda=SimpleNamespace(Event=FakeEvent, empty_cache=lambda: None))
+    return cp, torch
+
+
+def test_the_whole_stage_runs_on_stand_ins(monkeypatch):
+    """Every line of precision_stage on NumPy-backed CuPy and PyTorch stand-ins (small sizes): the
+    rows, state and sections it writes; the stand-ins do not round to TF32, so the TF32 rows fail
+    as "did not engage" and the rounding rule found is "not rounded"."""
+    import sys
+
+    from benchmarks import precision_stage as ps
+
+    cp, torch = fake_stage_modules()
+    monkeypatch.setitem(sys.modules, "cupy", cp)
+    monkeypatch.setitem(sys.modules, "torch", torch)
+    for name, value in (("SIZE", 96), ("MODEL_ROWS", 32), ("ROUNDING_SHAPE", (64, 16)), ("REPEAT", 2)):
+        monkeypatch.setattr(ps, name, value)
+    saved = []
+    result = ps.precision_stage(saved.append)
+    assert len(saved) >= 8 and saved[-1]["rows"] == result["rows"][:len(saved[-1]["rows"])]
+    assert [r["name"] for r in result["rows"]] == [
+        "cupy ieee", "cupy tf32_products", "cupy tf32_products a.T @ b (BP4, BP2 shapes)",
+        "cupy tf32_products a @ b.T (BP4, BP2 shapes)", "cupy ieee after the block", "cupy compute type only",
+        "cupy math mode only"]
+    assert all(r["rel_error"] < 1e-6 and r["ms"] >= 0 for r in result["rows"])
+    before = {"math_mode": 0, "compute_type": DEFAULT}
+    assert result["state"] == {"before": before, "after": before, "after halves": before}
+    assert result["model"]["rel_error"] > 1e-4  # IEEE products against the TF32 model
+    assert result["rounding"]["rule"] == "not rounded (IEEE)"
+    assert [r["name"] for r in result["torch"]["rows"]] == ["torch ieee", "torch tf32"]
+    assert torch.backends.cuda.matmul.fp32_precision == "none"  # restored
+    assert result["torch"]["rounding"]["rule"] == "not rounded (IEEE)"
+    assert sum("TF32 did not engage" in f for f in result["failures"]) == 3
+    assert any("CPU model" in f for f in result["failures"])
+    assert result["verdict"].startswith("tf32_products")
+    switched = [c for c in cp.calls if c[0] in ("setMathMode", "set_compute_type")]
+    assert ("setMathMode", 100, CUBLAS_TF32_TENSOR_OP_MATH) in switched and switched[-1][-1] in (0, DEFAULT)
