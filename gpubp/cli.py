@@ -186,7 +186,8 @@ def _train(args) -> int:
             raise _UsageError("gpubp train: --test-fraction must be > 0 when the data set has no test part")
         train_set, test_set = split(train_set, args.test_fraction, seed=args.seed)
     scaler, (train_set, test_set) = standardize(train_set, test_set)
-    mapped = " (memory-mapped: training batches are read from the file)" if isinstance(train_set.X, HostRows) else ""
+    mapped = " (memory-mapped: training batches are read from the file)" if isinstance(train_set.X, HostRows) \
+        else ""
     print(f"data: {args.dataset}: {len(train_set)} train / {len(test_set)} test samples, "
           f"{train_set.X.shape[1]} features, {train_set.n_classes} classes{mapped}", flush=True)
 

@@ -113,7 +113,8 @@ def first_nonfinite(rows: HostRows) -> tuple[int, int] | None:
 
 def check_rows(rows: HostRows, n_features: int, name: str = "X") -> HostRows:
     """``rows`` checked as :func:`gpubp.validation.check_X` checks an array, chunk by chunk."""
-    if not (np.issubdtype(rows.dtype, np.number) or rows.dtype == bool) or np.issubdtype(rows.dtype, np.complexfloating):
+    real = np.issubdtype(rows.dtype, np.number) or rows.dtype == bool
+    if not real or np.issubdtype(rows.dtype, np.complexfloating):
         raise ValueError(f"{name} ({rows.name}) must hold real numbers, got dtype {rows.dtype}")
     if rows.shape[0] == 0:
         raise ValueError(f"{name} ({rows.name}) is empty: shape {rows.shape}")

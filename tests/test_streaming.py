@@ -221,3 +221,12 @@ def test_the_command_trains_on_a_folder_streamed_and_refuses_a_bad_one(tmp_path)
     label_out_of_range_in_row_77(tmp_path / "d")
     assert_one_line_error(run_cli("train", "--dataset", str(tmp_path / "d"), "--stream"),
                           str(tmp_path / "d" / "y.npy"), "label -1 in row 77 is out of range")
+
+
+@pytest.mark.gpu
+def test_streamed_runs_equal_the_resident_run_on_a_gpu(tmp_path):
+    X, y = write_folder(tmp_path / "d", n=600)
+    resident = train("cuda", X, y)
+    assert_bitwise(train("cuda", X, y, stream=True), resident)
+    folder, _ = load_dataset(str(tmp_path / "d"))
+    assert_bitwise(train("cuda", folder.X, folder.y), resident)
