@@ -229,7 +229,6 @@ def cupy_part(cp, A, B, result: dict, save) -> None:
         for name, run in (("a.T @ b", lambda: a.T @ b), ("a @ b.T", lambda: a @ b.T)):
             add(measure(f"cupy tf32_products {name} (BP4, BP2 shapes)", "tf32", run,
                         lambda c, name=name: rel_error(cp, c, refs_t[name]), timer, flops))
-        del refs_t
     result["state"]["after"] = cublas_state(cp)
     add(measure("cupy ieee after the block", "ieee", product, error, timer, flops))
     with precision.tf32_compute_type(cp):
@@ -243,7 +242,6 @@ def cupy_part(cp, A, B, result: dict, save) -> None:
     model = matmul_as_tf32(A[:MODEL_ROWS], B).astype(np.float64)
     result["model"] = {"rel_error": float(np.linalg.norm(tf32_top - model) / np.linalg.norm(ref_top))}
     save(summary(result))
-    del a, b, ref, tf32_top, ref_top, model
 
     X = rounding_inputs()
     x, eye = cp.asarray(X), cp.eye(X.shape[1], dtype=cp.float32)
@@ -251,7 +249,6 @@ def cupy_part(cp, A, B, result: dict, save) -> None:
         rounded = (x @ eye).get()
     result["rounding"] = rounding_agreement(X, rounded)
     save(summary(result))
-    del x, eye
     cp.get_default_memory_pool().free_all_blocks()
 
 
@@ -286,7 +283,6 @@ def torch_part(A, B) -> dict:
         out["rounding"] = rounding_agreement(X, (x @ torch.eye(X.shape[1], device="cuda")).cpu().numpy())
     finally:
         matmul.fp32_precision = before
-    del a, b, ref
     torch.cuda.empty_cache()
     return out
 

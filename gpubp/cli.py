@@ -19,6 +19,7 @@ from .interrupt import TrainingInterrupted
 from .mlp import MLP
 from .ops import ACTIVATIONS
 from .optim import DEFAULT_LR, OPTIMIZERS
+from .rows import HostRows
 from .schedules import SCHEDULES
 from .train import fit
 
@@ -85,7 +86,8 @@ def _parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="train a network and report its test accuracy")
     train.add_argument("--dataset", default="digits",
-                       help="digits (bundled with scikit-learn), an IDX folder, file.npz or file.csv")
+                       help="digits (bundled with scikit-learn), an IDX folder, a folder with X.npy and y.npy "
+                            "(memory-mapped, streamed), file.npz or file.csv")
     train.add_argument("--hidden", type=_hidden, default=[128], help="hidden widths, e.g. 256,128 (default 128)")
     train.add_argument("--activation", choices=ACTIVATIONS, default="relu")
     train.add_argument("--optimizer", choices=OPTIMIZERS, default="adam")
@@ -107,6 +109,9 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "numpy", "cupy", "gpu"))
     train.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--stream", action="store_true",
+                       help="keep the training set on the host and stream batches to the device "
+                            "(automatic when it does not fit, or is a folder of .npy files)")
     train.add_argument("--out", type=Path, help="save the trained model to this .npz file")
     train.add_argument("--plot", type=Path, help="write loss and accuracy curves to this PNG file")
     train.add_argument("--quiet", action="store_true", help="no per-epoch lines")
@@ -181,8 +186,10 @@ def _train(args) -> int:
             raise _UsageError("gpubp train: --test-fraction must be > 0 when the data set has no test part")
         train_set, test_set = split(train_set, args.test_fraction, seed=args.seed)
     scaler, (train_set, test_set) = standardize(train_set, test_set)
+    mapped = " (memory-mapped: training batches are read from the file)" if isinstance(train_set.X, HostRows) \
+        else ""
     print(f"data: {args.dataset}: {len(train_set)} train / {len(test_set)} test samples, "
-          f"{train_set.X.shape[1]} features, {train_set.n_classes} classes", flush=True)
+          f"{train_set.X.shape[1]} features, {train_set.n_classes} classes{mapped}", flush=True)
 
     sizes = [train_set.X.shape[1], *args.hidden, train_set.n_classes]
     net = MLP(sizes, args.activation, backend, args.dtype, seed=args.seed, alpha=args.alpha)
@@ -200,7 +207,7 @@ def _train(args) -> int:
         warmup_epochs=args.warmup_epochs, validation_fraction=args.val_fraction,
         patience=args.patience, seed=args.seed, clip_norm=args.clip_norm, verbose=verbose,
         checkpoint=str(args.checkpoint or DEFAULT_CHECKPOINT), checkpoint_every=checkpoint_every,
-        resume=args.resume, checkpoint_extra={"dataset": dataset, "test_fraction": args.test_fraction},
+        resume=args.resume, stream=args.stream, checkpoint_extra={"dataset": dataset, "test_fraction": args.test_fraction},
     )
     test_loss, test_acc = net.evaluate(test_set.X, test_set.y)
     print(f"trained {history.epochs} epochs in {sum(history.seconds):.1f}s"

@@ -1,8 +1,15 @@
-"""Data sets: scikit-learn's digits, MNIST IDX folders, .npz and .csv files; splitting and scaling.
+"""Data sets: scikit-learn's digits, MNIST IDX folders, .npz and .csv files, memory-mapped
+.npy folders; splitting and scaling.
 
 Every loader returns a :class:`Dataset` whose labels are class indices 0..C-1 with the original
 labels kept in ``classes``. Bad files raise :class:`gpubp.errors.DataError` (a ValueError) that
 names the file and the problem.
+
+A folder with ``X.npy`` and ``y.npy`` (:func:`load_npy_folder`) may be larger than memory: X is
+memory-mapped and stays a :class:`gpubp.rows.HostRows`, checked chunk by chunk. :func:`split`
+then splits it by row index (the held-out part is read into memory), :func:`standardize`
+computes its statistics chunk by chunk and applies them to each batch as it is read, and
+training streams its batches (:mod:`gpubp.batches`).
 """
 
 from __future__ import annotations
@@ -16,13 +23,17 @@ from sklearn.preprocessing import StandardScaler
 
 from .errors import DataError
 from .idx import find_idx_pairs, load_idx_pair
+from .npy_folder import open_npy_folder
+from .rows import HostRows
+from .rows import train_test_split as split_rows
 
 _LABEL_NAMES = ("label", "labels", "y", "target", "class")
 
 
 @dataclass
 class Dataset:
-    """Inputs X (n, d) float, labels y (n,) int64 in 0..C-1, and the original labels (C,)."""
+    """Inputs X (n, d) float (or HostRows: memory-mapped), labels y (n,) int64 in 0..C-1, and
+    the original labels (C,)."""
 
     X: np.ndarray
     y: np.ndarray
@@ -126,6 +137,17 @@ def load_npz(path) -> Dataset:
     return _dataset(X, labels, str(path))
 
 
+def load_npy_folder(folder) -> Dataset:
+    """A folder with ``X.npy`` (n, d) numbers and ``y.npy`` (n,) integer class indices 0..C-1.
+
+    X is memory-mapped, never read whole (:func:`gpubp.npy_folder.open_npy_folder` checks it
+    chunk by chunk): the Dataset's X is a :class:`gpubp.rows.HostRows` in the file's dtype. The
+    labels are read into memory (int64); C is their maximum + 1.
+    """
+    rows, labels = open_npy_folder(folder)
+    return Dataset(rows, labels, np.arange(int(labels.max()) + 1), str(folder))
+
+
 def _is_number(text: str) -> bool:
     try:
         float(text)
@@ -189,7 +211,8 @@ def load_csv(path, label_column: str | int | None = None) -> Dataset:
 
 
 def load_dataset(spec: str) -> tuple[Dataset, Dataset | None]:
-    """A data set named on the command line: "digits", an IDX folder, a .npz or a .csv file.
+    """A data set named on the command line: "digits", an IDX folder, a folder with X.npy and
+    y.npy (memory-mapped, :func:`load_npy_folder`), a .npz or a .csv file.
 
     Returns the training set and, when the source has one (an IDX train/t10k folder), the test
     set; otherwise None for the test set.
@@ -200,6 +223,8 @@ def load_dataset(spec: str) -> tuple[Dataset, Dataset | None]:
     if not path.exists():
         raise DataError(f"no such data set or file: {spec!r} (expected digits, an IDX folder, a .npz or a .csv file)")
     if path.is_dir():
+        if (path / "X.npy").exists() or (path / "y.npy").exists():
+            return load_npy_folder(path), None
         return load_idx_folder(path)
     suffix = path.suffix.lower()
     if suffix == ".npz":
@@ -212,12 +237,15 @@ def load_dataset(spec: str) -> tuple[Dataset, Dataset | None]:
 def split(data: Dataset, test_fraction: float = 0.2, seed: int | None = 0) -> tuple[Dataset, Dataset]:
     """Stratified train/test split: each class keeps its share in both parts.
 
-    Raises DataError when a class has too few samples to appear in both parts.
+    Raises DataError when a class has too few samples to appear in both parts. A memory-mapped
+    X (HostRows) is split by row index into the same parts: the training part stays
+    memory-mapped, the test part is read into memory.
     """
     if not 0 < test_fraction < 1:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction!r}")
+    splitter = split_rows if isinstance(data.X, HostRows) else train_test_split
     try:
-        X_tr, X_te, y_tr, y_te = train_test_split(
+        X_tr, X_te, y_tr, y_te = splitter(
             data.X, data.y, test_size=test_fraction, stratify=data.y, random_state=seed
         )
     except ValueError as exc:
@@ -232,7 +260,21 @@ def standardize(train: Dataset, *others: Dataset) -> tuple[StandardScaler, list[
     """Scale features to zero mean and unit variance, fitted on ``train`` only.
 
     Returns the fitted scaler (``mean_``, ``scale_``) and the scaled copies of train and others.
+    A memory-mapped X (HostRows) is not copied: the scaler is fitted chunk by chunk
+    (``partial_fit``) and the scaling is applied to each batch as it is read.
     """
-    scaler = StandardScaler().fit(train.X)
-    scaled = [Dataset(scaler.transform(d.X), d.y, d.classes, d.name) for d in (train, *others)]
+    if isinstance(train.X, HostRows):
+        scaler = StandardScaler()
+        for _, block in train.X.chunks(np.float64):
+            scaler.partial_fit(block)
+    else:
+        scaler = StandardScaler().fit(train.X)
+    scaled = [Dataset(_scaled(d.X, scaler), d.y, d.classes, d.name) for d in (train, *others)]
     return scaler, scaled
+
+
+def _scaled(X, scaler: StandardScaler):
+    """X (n, d) standardized in float64: a HostRows that scales its rows as read, or an array."""
+    if isinstance(X, HostRows):
+        return X.scaled(scaler.mean_, scaler.scale_)
+    return scaler.transform(np.asarray(X, dtype=np.float64))

@@ -2,9 +2,10 @@
 checkpoints, resuming, and stopping cleanly on a signal, divergence or lack of memory.
 
 ``fit(net, X, y, ...)`` checks its settings once (:class:`TrainConfig`) and hands them to a
-:class:`Trainer`. The training set is moved to the device once when it fits (else batches are
-sent from the host); each epoch draws a permutation from a seeded host generator, and batches are
-gathered by index on the device. Arrays stay in the network's dtype throughout.
+:class:`Trainer`. The training set is moved to the device once when it fits and batches are
+gathered by index there; otherwise (or with ``stream=True``, or for a memory-mapped X) batches
+are gathered on the host and streamed (:mod:`gpubp.batches`). Each epoch draws a permutation from
+a seeded host generator. Arrays stay in the network's dtype throughout.
 
 Everything that decides what the next step computes -- parameters, optimizer state, step count,
 the shuffling generator's state and the current epoch's row order -- is in the checkpoint, so a
@@ -26,10 +27,13 @@ from tqdm.auto import tqdm
 
 from .version import __version__
 from .backend import is_out_of_memory, to_numpy
+from .batches import batch_feed
 from .checkpoint import Checkpoint, data_fingerprint, read_checkpoint, write_checkpoint
 from .errors import DeviceMemoryError, DivergenceError
 from .interrupt import TrainingInterrupted, catch_stop_signals
 from .mlp import MLP
+from .rows import HostRows, check_rows, fingerprint
+from .rows import train_test_split as split_rows
 from .optim import (DEFAULT_LR, OPTIMIZERS, SGD, Adam, check_lr, clip_by_global_norm, make_optimizer,
                     optimizer_from_state)
 from .schedules import SCHEDULES, Schedule
@@ -37,7 +41,7 @@ from .validation import check_positive_int, check_X, check_y
 
 Callback = Callable[[int, dict], "bool | None"]
 # Settings a resumed run may change; all others must equal the checkpoint's.
-_CHANGEABLE_ON_RESUME = ("epochs", "verbose", "checkpoint", "checkpoint_every")
+_CHANGEABLE_ON_RESUME = ("epochs", "verbose", "checkpoint", "checkpoint_every", "stream")
 
 
 @dataclass
@@ -61,6 +65,7 @@ class TrainConfig:
     checkpoint: str | None = None
     checkpoint_every: int | None = None
     verbose: int = 0
+    stream: bool = False
 
     def __post_init__(self):
         check_positive_int(self.epochs, "epochs")
@@ -101,6 +106,8 @@ class TrainConfig:
                 raise ValueError("checkpoint_every needs a checkpoint path")
         if self.verbose not in (0, 1, 2):
             raise ValueError(f"verbose must be 0, 1 or 2, got {self.verbose!r}")
+        if not isinstance(self.stream, bool):
+            raise ValueError(f"stream must be True or False, got {self.stream!r}")
 
     @property
     def optimizer_name(self) -> str:
@@ -167,8 +174,10 @@ def fit(net: MLP, X, y, *, validation_data=None, callbacks: tuple[Callback, ...]
     Parameters
     ----------
     net : MLP
-    X : array (n, sizes[0])
-        Training inputs (host or device arrays).
+    X : array (n, sizes[0]), numpy.memmap or gpubp.rows.HostRows
+        Training inputs (host or device arrays). A memory-mapped array (``np.load(path,
+        mmap_mode="r")``) or HostRows is never read whole: it is checked chunk by chunk and
+        batches are read from it as they are needed (streamed, as with ``stream=True``).
     y : integer array (n,)
         Class indices in 0..sizes[-1]-1.
     validation_data : (X_val, y_val), optional
@@ -213,6 +222,10 @@ def fit(net: MLP, X, y, *, validation_data=None, callbacks: tuple[Callback, ...]
     checkpoint_every : int, optional
     verbose : {0, 1, 2}, default 0
         1 prints a line per epoch, 2 adds a progress bar over each epoch's batches.
+    stream : bool, default False
+        Keep the training set on the host and stream batches to the device (gathered into pinned
+        buffers, copied on a side stream while the previous step computes), as is done anyway
+        when it does not fit in half the free device memory. The results are bitwise the same.
 
     Returns
     -------
@@ -268,7 +281,9 @@ class Trainer:
     def _split(self, X, y, validation_data, split_seed: int):
         """Training and validation arrays on the host, checked; validation may be None."""
         net = self.net
-        X = check_X(X, net.sizes[0])
+        if isinstance(X, np.memmap):
+            X = HostRows(X, name=str(X.filename))
+        X = check_rows(X, net.sizes[0]) if isinstance(X, HostRows) else check_X(X, net.sizes[0])
         y = check_y(y, X.shape[0], net.n_classes)
         if validation_data is not None:
             if not (isinstance(validation_data, (tuple, list)) and len(validation_data) == 2):
@@ -284,8 +299,9 @@ class Trainer:
                 "validation_fraction needs at least 2 samples of every class for a stratified "
                 f"split; class counts are {counts.tolist()}"
             )
+        splitter = split_rows if isinstance(X, HostRows) else train_test_split
         try:
-            X, Xv, y, yv = train_test_split(
+            X, Xv, y, yv = splitter(
                 X, y, test_size=self.config.validation_fraction, stratify=y, random_state=split_seed
             )
         except ValueError as exc:
@@ -330,22 +346,22 @@ class Trainer:
         rng = np.random.default_rng(cfg.seed)
         split_seed = checkpoint.meta["state"]["split_seed"] if checkpoint else int(rng.integers(2**31))
         X, y, validation = self._split(X, y, validation_data, split_seed)
-        X = np.ascontiguousarray(X, dtype=net.dtype)
+        if not isinstance(X, HostRows):  # a HostRows is read batch by batch, converted then
+            X = np.ascontiguousarray(X, dtype=net.dtype)
         if cfg.checkpoint is not None or checkpoint is not None:
-            self._fingerprint = data_fingerprint(X, y)
+            self._fingerprint = (fingerprint(X, y, net.dtype) if isinstance(X, HostRows)
+                                 else data_fingerprint(X, y))
         if checkpoint is not None:
             if checkpoint.meta["data"] != self._fingerprint:
                 raise ValueError(f"the training data differ from those {checkpoint.path} was trained on")
             self._restore(checkpoint)
         else:
             self.state = RunState(rng_state=rng.bit_generator.state, split_seed=split_seed)
-        on_device = backend.fits(X.nbytes)
-        if on_device:
-            X, y = backend.asarray(X), backend.asarray(y)
+        feed = batch_feed(backend, X, y, cfg.batch_size, net.dtype, cfg.stream)
         if validation is not None and backend.fits(validation[0].nbytes):
             validation = (backend.asarray(validation[0], net.dtype), backend.asarray(validation[1]))
-        with catch_stop_signals() as stop:
-            self._epochs(X, y, validation, on_device, stop)
+        with catch_stop_signals() as stop, feed:
+            self._epochs(feed, validation, stop)
         history, best = self.history, self.state.best_params
         if best is not None and history.best_epoch != history.epochs:
             net.set_params(best)
@@ -353,9 +369,9 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
 
-    def _epochs(self, X, y, validation, on_device: bool, stop) -> None:
-        net, cfg, state, backend = self.net, self.config, self.state, self.net.backend
-        n = X.shape[0]
+    def _epochs(self, feed, validation, stop) -> None:
+        net, cfg, state = self.net, self.config, self.state
+        n = feed.n
         steps_per_epoch = math.ceil(n / cfg.batch_size)
         schedule = Schedule(cfg.lr, cfg.epochs * steps_per_epoch, cfg.schedule,
                             cfg.warmup_epochs * steps_per_epoch)
@@ -367,17 +383,15 @@ class Trainer:
                 state.order = rng.permutation(n) if cfg.shuffle else np.arange(n)
                 state.rng_state = rng.bit_generator.state
                 state.loss_sum = 0.0
-            order = backend.asarray(state.order) if on_device else state.order
             losses, rows = [], []  # each step's loss (0-d, on the device) and its row count
             bar = tqdm(total=steps_per_epoch, initial=state.position // cfg.batch_size,
                        desc=f"epoch {epoch}", leave=False, disable=cfg.verbose < 2)
-            for start in range(state.position, n, cfg.batch_size):
-                idx = order[start : start + cfg.batch_size]
-                loss = self._step(X, y, idx, schedule(state.step), epoch)
+            for batch in feed.epoch(state.order, state.position):
+                loss = self._step(batch, schedule(state.step), epoch)
                 losses.append(loss)
-                rows.append(idx.shape[0])
+                rows.append(batch.size)
                 state.step += 1
-                state.position = start + idx.shape[0]
+                state.position = batch.start + batch.size
                 bar.update()
                 if stop.signum is not None:
                     bar.close()
@@ -399,10 +413,10 @@ class Trainer:
             if halt:
                 break
 
-    def _step(self, X, y, idx, lr: float, epoch: int):
-        """One optimizer step on the rows idx; returns the batch loss (0-d, on the device)."""
+    def _step(self, batch, lr: float, epoch: int):
+        """One optimizer step on a :class:`gpubp.batches.Batch`; returns its loss (0-d, on the device)."""
         try:
-            return self._update(X, y, idx, lr)
+            return self._update(batch, lr)
         except Exception as exc:
             if not is_out_of_memory(exc):
                 raise
@@ -412,10 +426,10 @@ class Trainer:
         self.net.backend.release_memory()
         raise DeviceMemoryError(self._memory_advice(failure, epoch))
 
-    def _update(self, X, y, idx, lr: float):
-        """Loss and gradients of the rows idx, clipped if asked, and the optimizer's update."""
-        net, backend = self.net, self.net.backend
-        loss, g = net.flat_loss_and_grad(backend.asarray(X[idx]), backend.asarray(y[idx]))
+    def _update(self, batch, lr: float):
+        """Loss and gradients of a batch's rows, clipped if asked, and the optimizer's update."""
+        net = self.net
+        loss, g = net.flat_loss_and_grad(*batch.arrays())
         if self.config.clip_norm is not None:
             clip_by_global_norm(net.xp, [g], self.config.clip_norm)
         self.optimizer.step([net.flat_params], [g], lr)  # every parameter in one pass

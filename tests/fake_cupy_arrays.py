@@ -38,6 +38,11 @@ cupy/cupy at 6b6d9563c, the version the project's mirror holds):
 - indexing a device array with integers gives a 0-d device array; reductions (``sum``, ``max``,
   ``argmax``, ``vdot`` ...) give 0-d device arrays, as in CuPy; ``float()``, ``int()``,
   ``bool()``, ``item()``, ``tolist()`` and ``get()`` bring values to the host;
+- ``ndarray.set(arr, stream=s)`` on a ``Stream(non_blocking=True)`` is queued and runs only when
+  the host or another stream waits for it (events, ``synchronize``), so reading a device buffer
+  before waiting for its copy sees its old contents; ``cupy.cuda.alloc_pinned_memory`` gives
+  pinned memory, and writing a pinned buffer before the host has seen its copy finish raises
+  :class:`PinnedCopyRace` (cupy/cuda/stream.pyx, pinned_memory.pyx, core.pyx ``ndarray.set``);
 - allocations count against a device of fixed capacity (:class:`DeviceMemory`, 80 GiB unless a
   test sets less) through a pool that caches freed blocks as CuPy's ``MemoryPool`` does; an
   allocation that does not fit after freeing the cache and collecting garbage raises
@@ -66,8 +71,11 @@ Looser than CuPy (the stand-in cannot see these; a card can):
 - ``ndarray`` methods written in C (``take``, ``put``, ``searchsorted``, ``choose`` ...) take
   host arrays as arguments without complaint (``dot``, ``fill``, ``set``, ``__setitem__`` check);
 - results are computed by NumPy: the order of summation, cuBLAS, TF32 and CUDA's libm are not
-  modelled (the kernels are: tests/fake_cupy.py), nor streams, asynchrony, several devices,
-  ``cupy.random``, ``cupy.linalg``, ``cupyx``, pinned host memory or ``ndarray.data``;
+  modelled (the kernels are: tests/fake_cupy.py), nor several devices, ``cupy.random``,
+  ``cupy.linalg``, ``cupyx`` or ``ndarray.data``;
+- streams are modelled for copies only (:class:`Stream`): computations run at once, as if on
+  the null stream, whatever stream is current, so a copy on a side stream that overwrites a
+  device buffer a computation queued earlier still reads is not caught (on a card it is a race);
 - the pool's bookkeeping counts the arrays a call returns, not CuPy's internal temporaries, and
   reuses any cached block large enough (CuPy's arena splits and merges blocks alike, but by bins).
 """
@@ -441,7 +449,7 @@ class ndarray(np.ndarray):
             raise ValueError(f"Shape mismatch. Old shape: {self.shape}, new shape: {arr.shape}")
         if not (self.flags.c_contiguous or self.flags.f_contiguous):
             raise RuntimeError("Cannot set to non-contiguous array")
-        _host_view(self)[...] = arr
+        _copy_to_device(_host_view(self), arr, stream)
 
     def copy(self, order="C"):
         _ACTIVITY.launch()
@@ -711,11 +719,208 @@ class CUDARuntimeError(RuntimeError):
         super().__init__(message)
 
 
+class PinnedMemoryPointer(bytearray):
+    """cupy.cuda.PinnedMemoryPointer: page-locked host memory, a buffer NumPy arrays are made on
+    (``numpy.ndarray(shape, dtype, buffer=pointer)``, as ``cupyx.empty_pinned`` does;
+    cupy/cuda/pinned_memory.pyx). A host array on it is "pinned" to :meth:`ndarray.set`."""
+
+    def __init__(self, size: int):
+        super().__init__(int(size))
+        self.ptr = id(self)
+
+    def size(self) -> int:
+        return len(self)
+
+
+def alloc_pinned_memory(size: int) -> PinnedMemoryPointer:
+    """cupy.cuda.alloc_pinned_memory: ``size`` bytes of pinned memory (counted in ``cupy.pinned``)."""
+    pointer = PinnedMemoryPointer(size)
+    _STREAMS.pinned.append(int(size))
+    return pointer
+
+
+def _is_pinned(a: np.ndarray) -> bool:
+    while isinstance(a, np.ndarray):
+        a = a.base
+    return isinstance(a, PinnedMemoryPointer)
+
+
+class PinnedCopyRace(RuntimeError):
+    """The host wrote a pinned buffer while a copy out of it might still run (see :class:`Stream`)."""
+
+
+class _StreamState:
+    """The current-stream stack (``with stream:``), the copies out of pinned memory that the host
+    has not yet seen finish, and the sizes of the pinned allocations."""
+
+    def __init__(self):
+        self.current: list = []
+        self.in_flight: list = []  # (stream, op number, source view, bytes when queued)
+        self.pinned: list[int] = []
+        self.deferred = weakref.WeakSet()  # the non_blocking streams
+
+    def check(self) -> None:
+        for stream, number, source, snapshot in self.in_flight:
+            if not np.array_equal(source, snapshot):
+                raise PinnedCopyRace(
+                    f"a pinned host buffer {source.shape} was written while its copy #{number} on {stream!r} "
+                    "might still be running: synchronize an event recorded after the copy first (on a GPU the "
+                    "copy would send whatever bytes are there when the DMA engine reads them)")
+
+    def observed(self, stream, upto: int) -> None:
+        """The host has seen ``stream``'s first ``upto`` ops finish: their sources are free."""
+        self.check()
+        self.in_flight = [e for e in self.in_flight if not (e[0] is stream and e[1] < upto)]
+
+
+_STREAMS = _StreamState()  # of the stand-in installed now (install() replaces it)
+
+
 class Stream:
-    """The null stream: work is done when a call returns, so synchronizing waits for nothing."""
+    """cupy.cuda.Stream (cupy/cuda/stream.pyx): ``null``, ``non_blocking``, ``with stream:``,
+    ``use``, ``synchronize``, ``done``, ``record``, ``wait_event``, ``ptr``, ``device_id``.
+
+    The null stream, and any stream not created ``non_blocking`` (it synchronizes with the null
+    stream), runs what it is given at once, as every computation of the stand-in does. A
+    ``non_blocking`` stream queues what is given to it -- ``ndarray.set(arr, stream=s)`` -- and
+    runs it only when it must: when the host synchronizes it or an event recorded after the work,
+    or asks ``done``, or when another stream waits for such an event (``wait_event``: on the null
+    stream at once, on a side stream when that stream runs). So a device buffer read before its
+    copy was waited for holds its old contents, as it may on a card. A copy from pageable memory
+    takes the bytes when queued (CUDA stages them); a copy from pinned memory takes them when it
+    runs, and until the host has seen it finish (synchronize, ``done``) writing that pinned buffer
+    raises :class:`PinnedCopyRace` at the next stream or event call: stricter than CuPy, which
+    copies whatever bytes are there, on purpose.
+    """
+
+    null = None
+    _count = 0
+
+    def __init__(self, null=False, non_blocking=False, ptds=False, priority=None):
+        Stream._count += 1
+        self.ptr = 0 if null else Stream._count
+        self.device_id = -1 if null or ptds else 0
+        self.deferred = bool(non_blocking) and not null and not ptds
+        self.queue: list = []  # ops not run yet
+        self.issued = 0  # ops ever given to this stream
+        self.ran = 0
+        if self.deferred:
+            _STREAMS.deferred.add(self)
+
+    def __eq__(self, other):
+        return isinstance(other, Stream) and self.ptr == other.ptr
+
+    def __hash__(self):
+        return self.ptr
+
+    def __repr__(self):
+        return f"<Stream {self.ptr} (device {self.device_id})>"
+
+    def __enter__(self):
+        _STREAMS.current.append(self)
+        return self
+
+    def __exit__(self, *exc):
+        _STREAMS.current.pop()
+
+    def use(self):
+        _STREAMS.current[:] = [self]
+        return self
+
+    def is_non_blocking(self) -> bool:
+        return self.deferred
+
+    def submit(self, op) -> None:
+        """Run ``op`` now, or queue it on a non_blocking stream."""
+        self.issued += 1
+        if self.deferred:
+            self.queue.append(op)
+        else:
+            self.ran += 1
+            op()
+
+    def run_until(self, upto: int) -> None:
+        """Run the queued ops up to op number ``upto`` (exclusive), in order."""
+        while self.ran < upto:
+            op = self.queue.pop(0)
+            self.ran += 1
+            op()
 
     def synchronize(self) -> None:
-        pass
+        self.run_until(self.issued)
+        _STREAMS.observed(self, self.issued)
+
+    @property
+    def done(self) -> bool:
+        self.synchronize()
+        return True
+
+    def record(self, event=None):
+        event = Event() if event is None else event
+        event.record(self)
+        return event
+
+    def wait_event(self, event) -> None:
+        _STREAMS.check()
+        if event.stream is not None and event.stream is not self:
+            stream, upto = event.stream, event.mark
+            self.submit(lambda: stream.run_until(upto))
+
+
+class Event:
+    """cupy.cuda.Event: ``record(stream=None)`` marks the work queued so far on the stream (the
+    current one by default); ``synchronize()`` and ``done`` run it and let the host see it done.
+    An event never recorded is done, as in CUDA."""
+
+    _count = 0
+
+    def __init__(self, block=False, disable_timing=False, interprocess=False):
+        if interprocess and not disable_timing:
+            raise ValueError("Timing must be disabled for interprocess events")
+        Event._count += 1
+        self.ptr = Event._count
+        self.stream, self.mark = None, 0
+
+    def record(self, stream=None) -> None:
+        _STREAMS.check()
+        self.stream = get_current_stream() if stream is None else stream
+        self.mark = self.stream.issued
+
+    def synchronize(self) -> None:
+        if self.stream is not None:
+            self.stream.run_until(self.mark)
+            _STREAMS.observed(self.stream, self.mark)
+
+    @property
+    def done(self) -> bool:
+        self.synchronize()
+        return True
+
+
+def get_current_stream(device_id=-1) -> Stream:
+    """cupy.cuda.get_current_stream: the innermost ``with stream:``, else the null stream."""
+    return _STREAMS.current[-1] if _STREAMS.current else Stream.null
+
+
+def _copy_to_device(target: np.ndarray, arr: np.ndarray, stream) -> None:
+    """``target[...] = arr`` on ``stream`` (the current one if None), as ``ndarray.set`` does."""
+    stream = get_current_stream() if stream is None else stream
+    _STREAMS.check()
+    pinned = _is_pinned(arr) and arr.flags.c_contiguous
+    source = arr if pinned else _np["array"](arr, copy=True)  # pageable memory is staged at once
+    if pinned and stream.deferred:
+        _STREAMS.in_flight.append((stream, stream.issued, arr, _np["array"](arr, copy=True)))
+
+    def copy():
+        target[...] = source
+
+    stream.submit(copy)
+
+
+def _synchronize_all() -> None:
+    """cudaDeviceSynchronize: every queued op of every stream runs (the host sees them done)."""
+    for stream in list(_STREAMS.deferred):
+        stream.synchronize()
 
 
 class Device:
@@ -736,7 +941,7 @@ class Device:
         pass
 
     def synchronize(self) -> None:
-        pass
+        _synchronize_all()
 
     @property
     def mem_info(self) -> tuple[int, int]:
@@ -773,7 +978,7 @@ def _make_runtime() -> types.ModuleType:
     runtime.memGetInfo = _runtime_mem_get_info
     runtime.driverGetVersion = lambda: 13000
     runtime.runtimeGetVersion = lambda: 13000
-    runtime.deviceSynchronize = lambda: None
+    runtime.deviceSynchronize = _synchronize_all
     return runtime
 
 
@@ -785,10 +990,11 @@ def _make_cuda() -> tuple[types.ModuleType, dict]:
     memory.MemoryPool = MemoryPool
     compiler = types.ModuleType("cupy.cuda.compiler")
     compiler.CompileException = fake_nvrtc.CompileException
-    stream = Stream()
+    Stream.null = Stream(null=True)
     cuda.runtime, cuda.memory, cuda.compiler = runtime, memory, compiler
-    cuda.Device, cuda.Stream = Device, Stream
-    cuda.get_current_stream = lambda device=None: stream
+    cuda.Device, cuda.Stream, cuda.Event = Device, Stream, Event
+    cuda.get_current_stream = get_current_stream
+    cuda.alloc_pinned_memory, cuda.PinnedMemoryPointer = alloc_pinned_memory, PinnedMemoryPointer
     cuda.is_available = lambda: True
     cuda.OutOfMemoryError = OutOfMemoryError
     submodules = {"cupy.cuda": cuda, "cupy.cuda.runtime": runtime, "cupy.cuda.memory": memory,
@@ -818,8 +1024,8 @@ class _CupyModule(types.ModuleType):
 
 def make_module(memory: DeviceMemory) -> tuple[types.ModuleType, dict]:
     """A fresh ``cupy`` module over ``memory``, and its submodules by their sys.modules names."""
-    global _MEMORY, _ACTIVITY
-    _MEMORY, _ACTIVITY = memory, Activity()
+    global _MEMORY, _ACTIVITY, _STREAMS
+    _MEMORY, _ACTIVITY, _STREAMS = memory, Activity(), _StreamState()
     cupy = _CupyModule("cupy", __doc__)
     cuda, submodules = _make_cuda()
     pool, pinned = MemoryPool(memory), PinnedMemoryPool()
@@ -837,6 +1043,7 @@ def make_module(memory: DeviceMemory) -> tuple[types.ModuleType, dict]:
     cupy.is_available = lambda: True
     cupy.memory = memory  # the stand-in's own handle on the card's memory (CuPy has no such name)
     cupy.activity = _ACTIVITY  # and on its launches and syncs (likewise)
+    cupy.pinned = _STREAMS.pinned  # and on the sizes of its pinned allocations (nor this one)
     return cupy, {"cupy": cupy, **submodules}
 
 

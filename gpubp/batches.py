@@ -1,0 +1,160 @@
+"""Where a training step's batch comes from: a resident training set, or rows streamed from the host.
+
+:func:`batch_feed` picks one of two feeds for a run. Both give, for an epoch's row order, the
+batches ``(X[idx], y[idx])`` with ``idx = order[start : start + batch_size]``, as
+:class:`Batch` objects whose :meth:`Batch.arrays` the training step calls (so that running out of
+memory there is reported like any other failed step).
+
+- :class:`ResidentFeed`: the training set was copied to the device once (it fits, in half the
+  free memory); rows are gathered by index on the device.
+- :class:`StreamedFeed`: the training set stays on the host (it does not fit, the caller asked
+  with ``stream=True``, or it is memory-mapped: :class:`gpubp.rows.HostRows`). On the CPU a
+  batch is simply gathered. On a GPU, rows are gathered on the host into one of two pinned
+  (page-locked) buffers and copied to one of two device buffers on a side stream while the
+  previous step computes: batch k+1 travels while step k runs. Two events per slot keep it safe:
+  ``ready`` (the copy has arrived; the compute stream waits for it before the step, the host
+  waits for it before gathering into that pinned buffer again) and ``free`` (the step that read
+  the device buffer has run; the side stream waits for it before copying over it).
+
+Streamed batches hold the same numbers in the same order as resident ones, so a run gives
+bitwise the same losses and parameters either way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from .rows import HostRows
+
+
+@dataclass
+class Batch:
+    """Rows ``start .. start + size`` of an epoch's order; ``arrays()`` gives ``(Xb (size, d), yb (size,))``
+    on the device."""
+
+    start: int
+    size: int
+    arrays: Callable[[], tuple]
+
+
+def batch_feed(backend, X, y, batch_size: int, dtype, stream: bool):
+    """The feed for training data X (n, d) (a host array in ``dtype``, or HostRows) and labels y
+    (n,) int64 on ``backend``: resident when X is an array that fits on the device and
+    streaming was not asked for, streamed otherwise (batches in ``dtype``)."""
+    if isinstance(X, HostRows) or stream or not backend.fits(X.nbytes):
+        return StreamedFeed(backend, X, y, batch_size, dtype)
+    return ResidentFeed(backend, X, y, batch_size)
+
+
+class ResidentFeed:
+    """Batches gathered on the device from a training set copied there once."""
+
+    streamed = False
+
+    def __init__(self, backend, X: np.ndarray, y: np.ndarray, batch_size: int):
+        self.backend, self.batch_size, self.n = backend, batch_size, X.shape[0]
+        self.X, self.y = backend.asarray(X), backend.asarray(y)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+    def epoch(self, order: np.ndarray, position: int) -> Iterator[Batch]:
+        """The batches of ``order`` (host int array (n,)) from row ``position`` on."""
+        order = self.backend.asarray(order)
+        for start in range(position, self.n, self.batch_size):
+            idx = order[start : start + self.batch_size]
+            yield Batch(start, idx.shape[0], lambda idx=idx: (self.X[idx], self.y[idx]))
+
+
+class StreamedFeed:
+    """Batches gathered on the host and, on a GPU, copied over a side stream into two device
+    buffers that take turns (see the module docstring)."""
+
+    streamed = True
+
+    def __init__(self, backend, X, y: np.ndarray, batch_size: int, dtype):
+        self.backend, self.batch_size, self.n = backend, batch_size, X.shape[0]
+        self.rows = X if isinstance(X, HostRows) else HostRows(X)
+        self.y = np.asarray(y, dtype=np.int64)
+        self.dtype = np.dtype(dtype)
+        self._slots = None  # allocated by the first step (inside it, so running out of memory there is reported)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        """Wait for the copy in flight, if any, before the pinned buffers may be released."""
+        if self._slots is not None:
+            self._slots.stream.synchronize()
+
+    def epoch(self, order: np.ndarray, position: int) -> Iterator[Batch]:
+        """The batches of ``order`` (host int array (n,)) from row ``position`` on."""
+        starts = range(position, self.n, self.batch_size)
+        idx = [order[start : start + self.batch_size] for start in starts]
+        for k, start in enumerate(starts):
+            if self.backend.name == "cpu":
+                fetch = lambda i=idx[k]: (self.rows.take(i, self.dtype), self.y[i])  # noqa: E731
+            else:
+                fetch = lambda k=k: self._arrive(idx, k)  # noqa: E731
+            yield Batch(start, idx[k].shape[0], fetch)
+
+    def _arrive(self, idx: list, k: int) -> tuple:
+        """Batch k of ``idx`` on the device: sent now if it is the first, batch k+1 sent behind it."""
+        slots = self._slots = self._slots or _Slots(self.backend, self.batch_size, self.rows.shape[1], self.dtype)
+        if k == 0:  # every step before this epoch (or resumed part) is queued: both slots are free after it
+            slots.release(0)
+            slots.release(1)
+            slots.send(0, idx[0], self.rows, self.y)
+        else:
+            slots.release((k - 1) % 2)  # step k-1, which read slot (k-1) % 2, is queued before this
+        if k + 1 < len(idx):
+            slots.send((k + 1) % 2, idx[k + 1], self.rows, self.y)
+        return slots.receive(k % 2, idx[k].shape[0])
+
+
+class _Slots:
+    """Two pinned host buffers, two device buffers, a side stream and two events per slot."""
+
+    def __init__(self, backend, batch_size: int, d: int, dtype):
+        cuda = backend.xp.cuda
+        self.stream = cuda.Stream(non_blocking=True)
+        self.compute = cuda.get_current_stream()
+        self.X_host = [_pinned(cuda, (batch_size, d), dtype) for _ in range(2)]
+        self.y_host = [_pinned(cuda, (batch_size,), np.int64) for _ in range(2)]
+        self.X_dev = [backend.xp.empty((batch_size, d), dtype) for _ in range(2)]
+        self.y_dev = [backend.xp.empty((batch_size,), np.int64) for _ in range(2)]
+        self.ready = [cuda.Event(disable_timing=True) for _ in range(2)]
+        self.free = [cuda.Event(disable_timing=True) for _ in range(2)]
+
+    def send(self, s: int, idx: np.ndarray, rows: HostRows, y: np.ndarray) -> None:
+        """Gather rows idx (m,) into pinned slot s and queue their copy to device slot s."""
+        m = idx.shape[0]
+        self.ready[s].synchronize()  # the last copy out of this pinned buffer has finished
+        rows.take(idx, out=self.X_host[s][:m])
+        np.take(y, idx, out=self.y_host[s][:m])
+        self.stream.wait_event(self.free[s])  # the last step that read this device buffer has run
+        self.X_dev[s][:m].set(self.X_host[s][:m], stream=self.stream)
+        self.y_dev[s][:m].set(self.y_host[s][:m], stream=self.stream)
+        self.ready[s].record(self.stream)
+
+    def release(self, s: int) -> None:
+        """Mark device slot s free once the work queued so far on the compute stream has run."""
+        self.free[s].record(self.compute)
+
+    def receive(self, s: int, m: int) -> tuple:
+        """Device slot s's first m rows, with the compute stream waiting for their copy."""
+        self.compute.wait_event(self.ready[s])
+        return self.X_dev[s][:m], self.y_dev[s][:m]
+
+
+def _pinned(cuda, shape: tuple, dtype) -> np.ndarray:
+    """An uninitialized host array in page-locked memory (what ``cupyx.empty_pinned`` does)."""
+    dtype = np.dtype(dtype)
+    memory = cuda.alloc_pinned_memory(int(np.prod(shape)) * dtype.itemsize)
+    return np.ndarray(shape, dtype=dtype, buffer=memory)

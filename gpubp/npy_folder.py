@@ -1,0 +1,70 @@
+"""Folders of two .npy files, ``X.npy`` (n, d) and ``y.npy`` (n,), opened memory-mapped and checked
+chunk by chunk, so that a data set larger than memory is never read whole.
+
+Errors are :class:`gpubp.errors.DataError` naming the file and the problem: a missing or
+unreadable file, a wrong shape or dtype, the first row with NaN or infinity, the first label out
+of range, labels and rows that do not pair up.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DataError
+from .rows import CHUNK_BYTES, HostRows, first_nonfinite
+
+
+def _open_npy(path: Path) -> np.ndarray:
+    """``path`` memory-mapped read-only; DataError naming it when it is missing or unreadable."""
+    if not path.is_file():
+        raise DataError(f"{path}: no such file (a folder data set needs X.npy and y.npy)")
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except Exception as exc:  # a damaged header or an object array fails in many ways
+        raise DataError(f"{path}: not a readable .npy file ({type(exc).__name__}: {exc})") from None
+
+
+def _check_labels(y: np.ndarray, path: Path, n: int, x_path: Path) -> np.ndarray:
+    """Labels (n,) from ``path``: 1-D integer class indices >= 0, checked chunk by chunk; int64 copy."""
+    if y.ndim != 1:
+        raise DataError(f"{path}: y must be 1-D class indices, got shape {y.shape}")
+    if not np.issubdtype(y.dtype, np.integer):
+        raise DataError(f"{path}: y must hold integer class indices 0..C-1, got dtype {y.dtype}")
+    if y.shape[0] != n:
+        raise DataError(f"{path}: {y.shape[0]} labels but {x_path} has {n} rows")
+    labels = np.empty(n, dtype=np.int64)
+    step = max(1, CHUNK_BYTES // y.dtype.itemsize)
+    for start in range(0, n, step):
+        labels[start : start + step] = y[start : start + step]
+        bad = np.flatnonzero(labels[start : start + step] < 0)
+        if bad.size:
+            row = start + int(bad[0])
+            raise DataError(f"{path}: label {labels[row]} in row {row} is out of range (class indices are >= 0)")
+    return labels
+
+
+def open_npy_folder(folder) -> tuple[HostRows, np.ndarray]:
+    """X.npy and y.npy of ``folder``, checked.
+
+    Returns
+    -------
+    X : HostRows (n, d)
+        The memory-mapped X.npy (any real dtype; NaN and infinity refused, row by row).
+    y : int64 array (n,)
+        y.npy read into memory: integer class indices >= 0.
+    """
+    folder = Path(folder)
+    x_path, y_path = folder / "X.npy", folder / "y.npy"
+    X, y = _open_npy(x_path), _open_npy(y_path)
+    if X.ndim != 2 or X.shape[0] == 0 or X.shape[1] == 0:
+        raise DataError(f"{x_path}: expected a non-empty 2-D array (samples, features), got shape {X.shape}")
+    if not (np.issubdtype(X.dtype, np.integer) or np.issubdtype(X.dtype, np.floating) or X.dtype == bool):
+        raise DataError(f"{x_path}: X must hold real numbers, got dtype {X.dtype}")
+    labels = _check_labels(y, y_path, X.shape[0], x_path)
+    rows = HostRows(X, name=str(x_path))
+    bad = first_nonfinite(rows)
+    if bad is not None:
+        raise DataError(f"{x_path}: NaN or infinity in row {bad[0]} (column {bad[1]})")
+    return rows, labels

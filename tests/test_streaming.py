@@ -1,0 +1,232 @@
+"""Training on data that do not fit: batches streamed from the host, and memory-mapped .npy folders.
+
+Every streamed run is compared bitwise (losses and parameters) with the same run on the resident
+path, on the cpu backend and on the CuPy stand-in (tests/fake_cupy_arrays.py), whose side-stream
+copies arrive only when waited for and whose pinned buffers refuse to be rewritten while a copy
+out of them may run: a pipeline that uses a buffer too early, or swaps the wrong one, fails here.
+"""
+
+import os
+import signal
+
+import numpy as np
+import pytest
+
+import gpubp
+from gpubp import MLP, fit, npy_folder, rows, to_numpy
+from gpubp.checkpoint import data_fingerprint
+from gpubp.data import Dataset, load_dataset, split, standardize
+from gpubp.errors import DataError
+from gpubp.rows import HostRows
+from gpubp.train import Trainer
+
+from . import fake_cupy_arrays
+from .test_cli import assert_one_line_error, gpubp as run_cli
+
+SETTINGS = dict(epochs=3, batch_size=16, optimizer="adam", lr=0.01, validation_fraction=0.2, seed=5)
+
+
+def write_folder(folder, n=150, d=7, classes=3, seed=0, dtype=np.float32):
+    """X.npy (n, d) Gaussian clusters and y.npy (n,) int64 labels in ``folder``; returns (X, y)."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, classes, n)
+    X = (rng.normal(scale=2, size=(classes, d))[y] + rng.normal(size=(n, d))).astype(dtype)
+    folder.mkdir(exist_ok=True)
+    np.save(folder / "X.npy", X)
+    np.save(folder / "y.npy", y)
+    return X, y
+
+
+def train(device, X, y, dtype="float32", **settings):
+    net = MLP([7, 12, 3], "tanh", device, dtype, seed=2)
+    history = fit(net, X, y, **{**SETTINGS, **settings})
+    return [to_numpy(p) for p in net.params], history
+
+
+def assert_bitwise(a, b):
+    (params_a, history_a), (params_b, history_b) = a, b
+    assert history_a.train_loss == history_b.train_loss and history_a.val_loss == history_b.val_loss
+    for i, (p, q) in enumerate(zip(params_a, params_b)):
+        assert np.array_equal(p, q), f"parameter {i} differs by up to {np.abs(p - q).max():.3e}"
+
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+    """Checks, statistics and fingerprints read 3 rows of 7 float32 at a time: many chunks."""
+    monkeypatch.setattr(rows, "CHUNK_BYTES", 3 * 7 * 4)
+    monkeypatch.setattr(npy_folder, "CHUNK_BYTES", 3 * 8)
+
+
+# ----------------------------------------------------------------------------- bitwise equal
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_streamed_and_memory_mapped_runs_equal_the_resident_run_on_cpu(tmp_path, small_chunks, dtype):
+    X, y = write_folder(tmp_path / "d")
+    resident = train("cpu", X, y, dtype)
+    folder, _ = load_dataset(str(tmp_path / "d"))
+    assert isinstance(folder.X, HostRows) and folder.X.mapped
+    assert_bitwise(train("cpu", X, y, dtype, stream=True), resident)
+    assert_bitwise(train("cpu", folder.X, folder.y, dtype), resident)
+    assert_bitwise(train("cpu", np.load(tmp_path / "d" / "X.npy", mmap_mode="r"), y, dtype), resident)
+
+
+def test_streamed_runs_equal_the_resident_run_on_the_cupy_stand_in(fake_cupy, tmp_path, monkeypatch):
+    X, y = write_folder(tmp_path / "d")
+    live = []  # device buffer shapes after each epoch
+    record = lambda epoch, logs: live.append({s for s, _, _ in fake_cupy.memory.live.values()})  # noqa: E731
+    resident = train("cuda", X, y, callbacks=[record])
+    assert (120, 7) in live[-1] and not fake_cupy.pinned  # the training set went over once, no pinning
+    live.clear()
+    assert_bitwise(train("cuda", X, y, stream=True, callbacks=[record]), resident)
+    assert (120, 7) not in live[-1] and (16, 7) in live[-1]  # two batch buffers, not the set
+    assert sorted(fake_cupy.pinned) == [16 * 8] * 2 + [16 * 7 * 4] * 2  # two pinned y and X buffers
+    folder, _ = load_dataset(str(tmp_path / "d"))
+    assert_bitwise(train("cuda", folder.X, folder.y), resident)
+    monkeypatch.setattr(gpubp.backend.Backend, "fits", lambda self, nbytes: False)  # a card too small
+    assert_bitwise(train("cuda", X, y), resident)  # streamed without being asked
+
+
+def test_the_stand_in_delivers_side_stream_copies_only_when_waited_for(fake_cupy):
+    cp = fake_cupy
+    side = cp.cuda.Stream(non_blocking=True)
+    pinned = np.ndarray((4,), np.float64, buffer=cp.cuda.alloc_pinned_memory(32))
+    pinned[:] = 1.0
+    device, ready = cp.zeros(4), cp.cuda.Event(disable_timing=True)
+    device.set(pinned, stream=side)
+    ready.record(side)
+    assert float(device.sum()) == 0  # not waited for: the old contents
+    cp.cuda.get_current_stream().wait_event(ready)
+    assert float(device.sum()) == 4
+    device.set(pinned, stream=side)
+    pinned[:] = 2.0  # the host has not seen that copy finish
+    with pytest.raises(fake_cupy_arrays.PinnedCopyRace, match="pinned host buffer"):
+        ready.record(side)
+
+
+# ----------------------------------------------------------------------------- resume
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_a_streamed_run_stopped_mid_epoch_resumes_bitwise(request, tmp_path, monkeypatch, device):
+    if device == "cuda":
+        request.getfixturevalue("fake_cupy")
+    X, y = write_folder(tmp_path / "d")
+    folder, _ = load_dataset(str(tmp_path / "d"))
+    whole = train(device, X, y)  # resident, uninterrupted
+    steps, real_step = [], Trainer._step
+
+    def step_then_signal(self, *args):
+        loss = real_step(self, *args)
+        steps.append(1)
+        if len(steps) == 11:  # epoch 2, step 3 of 8
+            os.kill(os.getpid(), signal.SIGINT)
+        return loss
+
+    monkeypatch.setattr(Trainer, "_step", step_then_signal)
+    ckpt = tmp_path / "c.npz"
+    with pytest.raises(gpubp.TrainingInterrupted):
+        train(device, folder.X, folder.y, checkpoint=ckpt)
+    monkeypatch.setattr(Trainer, "_step", real_step)
+    state = gpubp.read_checkpoint(ckpt).meta["state"]
+    assert (state["epoch"], state["position"]) == (1, 3 * 16)
+    net = MLP([7, 12, 3], "tanh", device, "float32", seed=2)
+    history = fit(net, folder.X, folder.y, resume=ckpt, **SETTINGS)
+    assert_bitwise(([to_numpy(p) for p in net.params], history), whole)
+
+
+def test_the_chunked_fingerprint_equals_the_in_memory_one(tmp_path, small_chunks):
+    X, y = write_folder(tmp_path / "d")
+    folder, _ = load_dataset(str(tmp_path / "d"))
+    for dtype in ("float32", "float64"):
+        assert rows.fingerprint(folder.X, y, dtype) == data_fingerprint(X.astype(dtype), y)
+    part = folder.X.subset(np.array([5, 2, 9]))
+    assert rows.fingerprint(part, y[:3], "float32") == data_fingerprint(X[[5, 2, 9]], y[:3])
+
+
+def test_split_and_standardize_of_a_folder_read_rows_not_the_file(tmp_path, small_chunks):
+    X, y = write_folder(tmp_path / "d", dtype=np.float64)
+    folder, _ = load_dataset(str(tmp_path / "d"))
+    train_set, test_set = split(folder, 0.2, seed=3)
+    in_memory = split(Dataset(X, y, folder.classes), 0.2, seed=3)
+    assert isinstance(train_set.X, HostRows) and isinstance(test_set.X, np.ndarray)
+    np.testing.assert_array_equal(train_set.X.take(np.arange(len(train_set))), in_memory[0].X)
+    np.testing.assert_array_equal(test_set.X, in_memory[1].X)
+    scaler, (scaled, scaled_test) = standardize(train_set, test_set)
+    expected_scaler, (expected, _) = standardize(*in_memory)
+    np.testing.assert_allclose(scaler.mean_, expected_scaler.mean_, rtol=1e-13)
+    np.testing.assert_allclose(scaler.scale_, expected_scaler.scale_, rtol=1e-13)
+    np.testing.assert_allclose(scaled.X.take(np.arange(len(scaled))), expected.X, rtol=1e-12, atol=1e-12)
+    idx = np.array([7, 0, 3])
+    np.testing.assert_array_equal(scaled.X.take(idx), (train_set.X.take(idx) - scaler.mean_) / scaler.scale_)
+
+
+# ----------------------------------------------------------------------------- bad files
+
+def bad_x_rank(folder):
+    np.save(folder / "X.npy", np.zeros(150, np.float32))
+
+
+def nan_in_row_100(folder):
+    X = np.load(folder / "X.npy")
+    X[100, 4] = np.nan
+    np.save(folder / "X.npy", X)
+
+
+def label_out_of_range_in_row_77(folder):
+    y = np.load(folder / "y.npy")
+    y[77] = -1
+    np.save(folder / "y.npy", y)
+
+
+BAD = {
+    "wrong shape": (bad_x_rank, "X.npy", "expected a non-empty 2-D array (samples, features), got shape (150,)"),
+    "NaN in row k": (nan_in_row_100, "X.npy", "NaN or infinity in row 100 (column 4)"),
+    "label out of range": (label_out_of_range_in_row_77, "y.npy", "label -1 in row 77 is out of range"),
+    "y length mismatch": (lambda f: np.save(f / "y.npy", np.zeros(149, np.int64)), "y.npy",
+                          "149 labels but"),
+    "float labels": (lambda f: np.save(f / "y.npy", np.zeros(150)), "y.npy", "integer class indices"),
+    "missing file": (lambda f: (f / "y.npy").unlink(), "y.npy", "no such file"),
+    "not a .npy file": (lambda f: (f / "X.npy").write_bytes(b"not numpy"), "X.npy", "not a readable .npy file"),
+}
+
+
+@pytest.mark.parametrize("case", BAD)
+def test_bad_folders_give_errors_naming_the_file_and_the_problem(tmp_path, small_chunks, case):
+    damage, file, fragment = BAD[case]
+    write_folder(tmp_path / "d")
+    damage(tmp_path / "d")
+    with pytest.raises(DataError) as caught:
+        load_dataset(str(tmp_path / "d"))
+    assert str(tmp_path / "d" / file) in str(caught.value) and fragment in str(caught.value), str(caught.value)
+
+
+def test_fit_checks_a_memmap_chunk_by_chunk(tmp_path, small_chunks):
+    X, y = write_folder(tmp_path / "d")
+    X[90, 1] = np.inf
+    np.save(tmp_path / "d" / "X.npy", X)
+    with pytest.raises(ValueError, match=r"X\.npy\) contains NaN or infinity \(first at row 90, column 1\)"):
+        train("cpu", np.load(tmp_path / "d" / "X.npy", mmap_mode="r"), y)
+    with pytest.raises(ValueError, match="stream must be True or False"):
+        train("cpu", X, y, stream="yes")
+
+
+# ----------------------------------------------------------------------------- the command
+
+def test_the_command_trains_on_a_folder_streamed_and_refuses_a_bad_one(tmp_path):
+    write_folder(tmp_path / "d", n=400)
+    result = run_cli("train", "--dataset", str(tmp_path / "d"), "--stream", "--epochs", "8", "--lr", "0.01",
+                     "--quiet", "--out", str(tmp_path / "m.npz"))
+    assert result.returncode == 0, result.stderr
+    assert "320 train / 80 test samples, 7 features, 3 classes (memory-mapped" in result.stdout
+    assert float(result.stdout.splitlines()[-2].split()[-1]) > 0.8, result.stdout  # test accuracy
+    label_out_of_range_in_row_77(tmp_path / "d")
+    assert_one_line_error(run_cli("train", "--dataset", str(tmp_path / "d"), "--stream"),
+                          str(tmp_path / "d" / "y.npy"), "label -1 in row 77 is out of range")
+
+
+@pytest.mark.gpu
+def test_streamed_runs_equal_the_resident_run_on_a_gpu(tmp_path):
+    X, y = write_folder(tmp_path / "d", n=600)
+    resident = train("cuda", X, y)
+    assert_bitwise(train("cuda", X, y, stream=True), resident)
+    folder, _ = load_dataset(str(tmp_path / "d"))
+    assert_bitwise(train("cuda", folder.X, folder.y), resident)
