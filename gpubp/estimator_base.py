@@ -388,11 +388,9 @@ class BaseMLP(BaseEstimator):
         packed = np.concatenate([p.ravel() for p in self.coefs_ + self.intercepts_])
         result = scipy.optimize.minimize(loss_and_grad, packed, method="L-BFGS-B", jac=True,
                                          options={"maxfun": self.max_fun, "maxiter": self.max_iter, "gtol": self.tol})
-        if result.status != 0:
-            warnings.warn(f"lbfgs failed to converge after {result.nit} iteration(s) (status={result.status}):\n"
-                          f"{result.message}.\n\nIncrease the number of iterations to improve the convergence "
-                          f"(max_iter={self.max_iter}).", ConvergenceWarning)
         self.n_iter_ = min(result.nit, self.max_iter)
+        if result.status != 0:
+            warnings.warn(_lbfgs_warning(result, self.n_iter_, self.max_iter), ConvergenceWarning)
         self.loss_ = float(result.fun)
         unpack(result.x)
 
@@ -463,6 +461,15 @@ class BaseMLP(BaseEstimator):
                          "dtype": self.coefs_[0].dtype.name}
         arrays.update({f"param_{i}": p for i, p in enumerate(self.coefs_ + self.intercepts_)})
         return write_checkpoint(path, meta, arrays)
+
+
+def _lbfgs_warning(result, n_iter: int, max_iter: int) -> str:
+    """scikit-learn's words when L-BFGS-B stops without converging (utils.optimize)."""
+    msg = f"lbfgs failed to converge after {n_iter} iteration(s) (status={result.status}):\n{result.message}\n"
+    if n_iter == max_iter:  # advice to raise max_iter only when the limit is what stopped it
+        msg += f"\nIncrease the number of iterations to improve the convergence (max_iter={max_iter})."
+    return msg + ("\nYou might also want to scale the data as shown in:\n"
+                  "    https://scikit-learn.org/stable/modules/preprocessing.html")
 
 
 def _device_targets(net, Y):
