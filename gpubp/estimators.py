@@ -129,7 +129,7 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
     @available_if(lambda self: self._check_solver())
     def partial_fit(self, X, y, sample_weight=None, classes=None):
         """One epoch over X, y; the first call needs ``classes`` (all labels that will appear)."""
-        if not hasattr(self, "classes_"):
+        if getattr(self, "classes_", None) is None:
             if classes is None:
                 raise ValueError("classes must be passed on the first call to partial_fit.")
             self.classes_ = unique_labels(classes)
@@ -138,9 +138,10 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
                 self._label_binarizer.fit(y)
             else:
                 self._label_binarizer.fit(self.classes_)
-        elif classes is not None and not np.array_equal(unique_labels(classes), self.classes_):
-            raise ValueError(f"`classes={unique_labels(classes)}` is not the same as on last call to partial_fit, "
-                             f"was: {self.classes_}")
+        elif classes is not None and not np.array_equal(self.classes_, unique_labels(classes)):
+            # scikit-learn's message shows both as given, with repr
+            raise ValueError(f"`classes={classes!r}` is not the same as on last call to partial_fit, "
+                             f"was: {self.classes_!r}")
         return self._fit(X, y, sample_weight=sample_weight, incremental=True)
 
     def predict(self, X):
