@@ -191,6 +191,7 @@ class BaseMLP(BaseEstimator):
         self._lr = None
         self._best_params = None
         if self.solver in _STOCHASTIC:
+            self._best_params = [p.copy() for p in self.coefs_ + self.intercepts_]  # restored if never beaten
             self.loss_curve_ = []
             self.validation_loss_curve_ = []
             self._no_improvement_count = 0
@@ -276,8 +277,6 @@ class BaseMLP(BaseEstimator):
         state = self._optimizer.state()[1]
         if any(backend_for(a) is not backend for a in state.values()):  # device changed since the last fit
             self._optimizer.load_state(state, net.params)
-        if self.early_stopping and getattr(self, "_best_params", None) is None:
-            self._best_params = net.get_params()
         if self.early_stopping and incremental:
             raise ValueError("partial_fit does not support early_stopping=True")
         X, Y, sample_weight, Xv, yv, wv = self._split_validation(X, Y, sample_weight, validation_data)
@@ -334,7 +333,16 @@ class BaseMLP(BaseEstimator):
         except KeyboardInterrupt:
             warnings.warn("Training interrupted by user.")
         if self.early_stopping:
+            self._restore_best(net)
+
+    def _restore_best(self, net) -> None:
+        """End an early-stopping fit on the best parameters seen, as scikit-learn does.
+
+        scikit-learn's coefs_ then are its saved best, so the live parameters become the best: a
+        warm-started fit that finds no better score ends on its last parameters, not on these."""
+        if self._best_params is not None:
             net.set_params(self._best_params)
+        self._best_params = None
 
     def _update_no_improvement_count(self, net, Xv, yv, wv):
         if self.early_stopping:
