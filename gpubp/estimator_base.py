@@ -147,6 +147,9 @@ class BaseMLP(BaseEstimator):
         self._random_state = check_random_state(self.random_state)
         if first_pass:
             self._initialize(layer_units, X.dtype)
+        if self.early_stopping and incremental:
+            raise ValueError("partial_fit does not support early_stopping=True")
+        Y = _float_targets(self, Y, X.dtype)
         net = self._network(X.dtype)
         if self.solver in _STOCHASTIC:
             self._fit_stochastic(net, X, Y, sample_weight, incremental, validation_data)
@@ -277,8 +280,6 @@ class BaseMLP(BaseEstimator):
         state = self._optimizer.state()[1]
         if any(backend_for(a) is not backend for a in state.values()):  # device changed since the last fit
             self._optimizer.load_state(state, net.params)
-        if self.early_stopping and incremental:
-            raise ValueError("partial_fit does not support early_stopping=True")
         X, Y, sample_weight, Xv, yv, wv = self._split_validation(X, Y, sample_weight, validation_data)
         n_samples = X.shape[0]
         if self.batch_size == "auto":
@@ -469,6 +470,14 @@ class BaseMLP(BaseEstimator):
                          "dtype": self.coefs_[0].dtype.name}
         arrays.update({f"param_{i}": p for i, p in enumerate(self.coefs_ + self.intercepts_)})
         return write_checkpoint(path, meta, arrays)
+
+
+def _float_targets(owner, Y, dtype):
+    """Targets (n, n_outputs) in the training dtype. Text targets are refused with a TypeError,
+    where scikit-learn fails with one at its first arithmetic on them."""
+    if Y.dtype.kind not in "biuf":
+        raise TypeError(f"{type(owner).__name__} needs numeric targets; got y of dtype {Y.dtype}.")
+    return Y.astype(dtype, copy=False)
 
 
 def _lbfgs_warning(result, n_iter: int, max_iter: int) -> str:

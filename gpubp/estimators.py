@@ -105,7 +105,7 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
                 raise ValueError(f"`y` has classes not in `self.classes_`. `self.classes_` has {self.classes_}. "
                                  f"'y' has {classes}.")
         self._y_raw = y
-        return X, self._label_binarizer.transform(y).astype(X.dtype)
+        return X, self._label_binarizer.transform(y)
 
     def _sample_weight(self, sample_weight, n_samples, dtype):
         sample_weight = super()._sample_weight(sample_weight, n_samples, dtype)
@@ -203,9 +203,11 @@ class MLPRegressor(RegressorMixin, BaseMLP):
                              dtype=(np.float64, np.float32), reset=reset)
         if y.ndim == 2 and y.shape[1] == 1:
             y = column_or_1d(y, warn=True)
-        if self.loss == "poisson" and (y < 0).any():
+        # Deliberately stricter than scikit-learn 1.9, which trains on and reports a NaN loss
+        # (text targets fail later with a TypeError, as in scikit-learn).
+        if self.loss == "poisson" and y.dtype.kind in "biuf" and (y < 0).any():
             raise ValueError("Some value(s) of y are negative which is not allowed for Poisson regression.")
-        return X, y.astype(X.dtype, copy=False)
+        return X, y
 
     def _targets(self, y):
         return np.asarray(y, dtype=np.float64).reshape(len(y), -1)
