@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import numbers
 import warnings
+from numbers import Integral, Real
 
 import numpy as np
 import scipy.optimize
 from scipy import sparse
+from sklearn import get_config
 from sklearn.base import BaseEstimator, is_classifier
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state, gen_batches, shuffle
+from sklearn.utils._param_validation import Interval, InvalidParameterError, Options, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 from tqdm.auto import tqdm
 
@@ -23,6 +26,35 @@ from .mlp import MLP
 from .optim import SGD, Adam, optimizer_from_state
 
 _STOCHASTIC = ("sgd", "adam")
+# scikit-learn 1.9's BaseMultilayerPerceptron._parameter_constraints, in its order (the order of
+# a StrOptions set shows in the messages), plus gpubp's device (checked by get_backend) and dtype.
+PARAMETER_CONSTRAINTS = {
+    "hidden_layer_sizes": ["array-like", Interval(Integral, 1, None, closed="left")],
+    "activation": [StrOptions({"identity", "logistic", "tanh", "relu"})],
+    "solver": [StrOptions({"lbfgs", "sgd", "adam"})],
+    "alpha": [Interval(Real, 0, None, closed="left")],
+    "batch_size": [StrOptions({"auto"}), Interval(Integral, 1, None, closed="left")],
+    "learning_rate": [StrOptions({"constant", "invscaling", "adaptive"})],
+    "learning_rate_init": [Interval(Real, 0, None, closed="neither")],
+    "power_t": [Interval(Real, 0, None, closed="left")],
+    "max_iter": [Interval(Integral, 1, None, closed="left")],
+    "shuffle": ["boolean"],
+    "random_state": ["random_state"],
+    "tol": [Interval(Real, 0, None, closed="left")],
+    "verbose": ["verbose"],
+    "warm_start": ["boolean"],
+    "momentum": [Interval(Real, 0, 1, closed="both")],
+    "nesterovs_momentum": ["boolean"],
+    "early_stopping": ["boolean"],
+    "validation_fraction": [Interval(Real, 0, 1, closed="left")],  # 0 is refused later, by the split
+    "beta_1": [Interval(Real, 0, 1, closed="left")],
+    "beta_2": [Interval(Real, 0, 1, closed="left")],
+    "epsilon": [Interval(Real, 0, None, closed="neither")],
+    "n_iter_no_change": [Interval(Integral, 1, None, closed="left"), Options(Real, {np.inf})],
+    "max_fun": [Interval(Integral, 1, None, closed="left")],
+    "device": [str],
+    "dtype": "no_validation",  # numpy types and names: checked in _check_params
+}
 _ACTIVATION_NAMES = {"identity": "identity", "logistic": "sigmoid", "tanh": "tanh", "relu": "relu"}
 _PREDICT_BATCH = 4096  # rows per device batch in predict
 
@@ -54,12 +86,10 @@ class _LearningRate:
         return False
 
 
-def invalid_parameter(name: str, owner, expected: str, got) -> ValueError:
-    return ValueError(f"The '{name}' parameter of {type(owner).__name__} must be {expected}. Got {got!r} instead.")
-
-
 class BaseMLP(BaseEstimator):
     """Shared fitting and prediction of MLPClassifier and MLPRegressor."""
+
+    _parameter_constraints: dict = PARAMETER_CONSTRAINTS
 
     def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, solver="adam", alpha=0.0001,
                  batch_size="auto", learning_rate="constant", learning_rate_init=0.001, power_t=0.5,
@@ -79,49 +109,22 @@ class BaseMLP(BaseEstimator):
     # ------------------------------------------------------------------ parameters
 
     def _check_params(self) -> list[int]:
-        """Check every setting once, as scikit-learn does at fit; returns the hidden widths."""
-        def number(name, low, high=np.inf, low_open=False, high_open=False, integer=False):
-            value = getattr(self, name)
-            kind = numbers.Integral if integer else numbers.Real
-            ok = isinstance(value, kind) and not isinstance(value, bool)
-            ok = ok and (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
-            if not ok:
-                interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open or high == np.inf else ']'}"
-                raise invalid_parameter(name, self, f"{'an int' if integer else 'a float'} in the range {interval}", value)
+        """Check every setting once, as scikit-learn does at fit; returns the hidden widths.
 
-        def choice(name, options):
-            if getattr(self, name) not in options:
-                raise invalid_parameter(name, self, f"a str among {set(options)}", getattr(self, name))
-
+        scikit-learn's own constraint checker runs on scikit-learn's constraints, so a bad value
+        raises the same InvalidParameterError (a ValueError and a TypeError) with the same words."""
+        if not get_config()["skip_parameter_validation"]:
+            self._validate_params()
         sizes = self.hidden_layer_sizes
         sizes = list(sizes) if hasattr(sizes, "__iter__") else [sizes]
-        if not all(isinstance(s, numbers.Integral) and not isinstance(s, bool) for s in sizes):
-            raise invalid_parameter("hidden_layer_sizes", self, "an int or a sequence of ints", self.hidden_layer_sizes)
         if np.any(np.array(sizes) <= 0):
             raise ValueError(f"hidden_layer_sizes must be > 0, got {sizes}.")
-        choice("activation", _ACTIVATION_NAMES)
-        choice("solver", ("lbfgs", "sgd", "adam"))
-        choice("learning_rate", ("constant", "invscaling", "adaptive"))
-        number("alpha", 0)
-        if self.batch_size != "auto":
-            number("batch_size", 1, integer=True)
-        number("learning_rate_init", 0, low_open=True)
-        number("power_t", 0)
-        number("max_iter", 1, integer=True)
-        number("tol", 0)
-        number("momentum", 0, 1)  # scikit-learn's bounds, both closed (momentum 1 never decays)
-        number("validation_fraction", 0, 1, high_open=True)  # 0 is refused later, by the split
-        number("beta_1", 0, 1, high_open=True)
-        number("beta_2", 0, 1, high_open=True)
-        number("epsilon", 0, low_open=True)
-        if self.n_iter_no_change != np.inf:  # scikit-learn accepts inf: never stop for lack of progress
-            number("n_iter_no_change", 1, integer=True)
-        number("max_fun", 1, integer=True)
-        for flag in ("shuffle", "warm_start", "nesterovs_momentum", "early_stopping"):
-            if not isinstance(getattr(self, flag), (bool, np.bool_)):
-                raise invalid_parameter(flag, self, "an instance of 'bool'", getattr(self, flag))
+        if not all(isinstance(s, numbers.Integral) and not isinstance(s, (bool, np.bool_)) for s in sizes):
+            # scikit-learn fails here too, with NumPy's TypeError when it makes the weights
+            raise TypeError(f"hidden_layer_sizes must hold ints, got {self.hidden_layer_sizes!r}.")
         if self.dtype not in (None, "float32", "float64", np.float32, np.float64):
-            raise invalid_parameter("dtype", self, "None, 'float32' or 'float64'", self.dtype)
+            raise InvalidParameterError(f"The 'dtype' parameter of {type(self).__name__} must be None, 'float32' "
+                                        f"or 'float64'. Got {self.dtype!r} instead.")
         get_backend(self.device)  # unknown names and an unusable "cuda" fail here, with the reason
         return [int(s) for s in sizes]
 
@@ -322,14 +325,14 @@ class BaseMLP(BaseEstimator):
                 if self._no_improvement_count > self.n_iter_no_change:
                     what = "Validation score" if self.early_stopping else "Training loss"
                     msg = (f"{what} did not improve more than tol={self.tol:f} for "
-                           f"{self.n_iter_no_change} consecutive epochs.")
+                           f"{self.n_iter_no_change:d} consecutive epochs.")
                     if self._lr.trigger_stopping(msg, self.verbose):
                         break
                     self._no_improvement_count = 0
                 if incremental:
                     break
                 if self.n_iter_ == self.max_iter:
-                    warnings.warn(f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached and the "
+                    warnings.warn(f"Stochastic Optimizer: Maximum iterations ({self.max_iter:d}) reached and the "
                                   "optimization hasn't converged yet.", ConvergenceWarning)
         except KeyboardInterrupt:
             warnings.warn("Training interrupted by user.")

@@ -27,13 +27,14 @@ from sklearn.base import ClassifierMixin, RegressorMixin
 from sklearn.metrics import accuracy_score, r2_score
 from sklearn.preprocessing import LabelBinarizer
 from sklearn.utils.class_weight import compute_sample_weight
+from sklearn.utils._param_validation import StrOptions
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import type_of_target, unique_labels
 from sklearn.utils.validation import column_or_1d, validate_data
 
 from .checkpoint import read_checkpoint
 from .errors import DataError
-from .estimator_base import BaseMLP, invalid_parameter
+from .estimator_base import PARAMETER_CONSTRAINTS, BaseMLP
 
 def load_estimator(path, device="auto"):
     """An MLPClassifier or MLPRegressor written by ``save``, ready to predict on ``device``."""
@@ -74,6 +75,8 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
     class_weight : None, "balanced" or dict, default None
         Multiplies the sample weights by the weight of each sample's class.
     """
+
+    _parameter_constraints: dict = {**PARAMETER_CONSTRAINTS, "class_weight": [dict, StrOptions({"balanced"}), None]}
 
     def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, solver="adam", alpha=0.0001,
                  batch_size="auto", learning_rate="constant", learning_rate_init=0.001, power_t=0.5,
@@ -182,6 +185,8 @@ class MLPRegressor(RegressorMixin, BaseMLP):
     Other parameters as scikit-learn's, plus device and dtype as for MLPClassifier.
     """
 
+    _parameter_constraints: dict = {**PARAMETER_CONSTRAINTS, "loss": [StrOptions({"squared_error", "poisson"})]}
+
     def __init__(self, loss="squared_error", hidden_layer_sizes=(100,), activation="relu", *, solver="adam",
                  alpha=0.0001, batch_size="auto", learning_rate="constant", learning_rate_init=0.001,
                  power_t=0.5, max_iter=200, shuffle=True, random_state=None, tol=1e-4, verbose=False,
@@ -189,11 +194,6 @@ class MLPRegressor(RegressorMixin, BaseMLP):
                  validation_fraction=0.1, beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10,
                  max_fun=15000, device="auto", dtype=None):
         self._store(locals())
-
-    def _check_params(self):
-        if self.loss not in ("squared_error", "poisson"):
-            raise invalid_parameter("loss", self, "a str among {'squared_error', 'poisson'}", self.loss)
-        return super()._check_params()
 
     def _out_activation(self) -> str:
         return "exp" if self.loss == "poisson" else "identity"
