@@ -90,6 +90,8 @@ class BaseMLP(BaseEstimator):
     """Shared fitting and prediction of MLPClassifier and MLPRegressor."""
 
     _parameter_constraints: dict = PARAMETER_CONSTRAINTS
+    # An estimator that load_estimator made holds its best parameters as coefs_ (see _restore_best).
+    _best_is_live = True
 
     def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, solver="adam", alpha=0.0001,
                  batch_size="auto", learning_rate="constant", learning_rate_init=0.001, power_t=0.5,
@@ -195,7 +197,7 @@ class BaseMLP(BaseEstimator):
         self._net = None
         self._optimizer = None
         self._lr = None
-        self._best_params = None
+        self._best_params, self._best_is_live = None, False
         if self.solver in _STOCHASTIC:
             self._best_params = [p.copy() for p in self.coefs_ + self.intercepts_]  # restored if never beaten
             self.loss_curve_ = []
@@ -283,6 +285,8 @@ class BaseMLP(BaseEstimator):
         state = self._optimizer.state()[1]
         if any(backend_for(a) is not backend for a in state.values()):  # device changed since the last fit
             self._optimizer.load_state(state, net.params)
+        if self._best_is_live:
+            self._best_params = net.params  # the network may have been made again (device, dtype)
         X, Y, sample_weight, Xv, yv, wv = self._split_validation(X, Y, sample_weight, validation_data)
         n_samples = X.shape[0]
         if self.batch_size == "auto":
@@ -342,11 +346,12 @@ class BaseMLP(BaseEstimator):
     def _restore_best(self, net) -> None:
         """End an early-stopping fit on the best parameters seen, as scikit-learn does.
 
-        scikit-learn's coefs_ then are its saved best, so the live parameters become the best: a
-        warm-started fit that finds no better score ends on its last parameters, not on these."""
-        if self._best_params is not None:
+        scikit-learn's coefs_ then *are* its saved best (the same arrays), so the best moves with
+        further training: a warm-started fit that beats no earlier score ends on its last
+        parameters. ``_best_is_live`` says so here, ``_best_params`` then being ``net.params``."""
+        if not self._best_is_live:
             net.set_params(self._best_params)
-        self._best_params = None
+        self._best_params, self._best_is_live = net.params, True
 
     def _update_no_improvement_count(self, net, Xv, yv, wv):
         if self.early_stopping:
@@ -360,7 +365,7 @@ class BaseMLP(BaseEstimator):
                 self._no_improvement_count = 0
             if score > self.best_validation_score_:
                 self.best_validation_score_ = score
-                self._best_params = net.get_params()
+                self._best_params, self._best_is_live = net.get_params(), False
         else:
             if self.loss_curve_[-1] > self.best_loss_ - self.tol:
                 self._no_improvement_count += 1
@@ -433,7 +438,9 @@ class BaseMLP(BaseEstimator):
         if optimizer is not None:
             settings, arrays = optimizer.state()
             state["_optimizer_state"] = (settings, {k: to_numpy(v) for k, v in arrays.items()})
-        if state.get("_best_params") is not None:
+        if state.get("_best_is_live"):
+            state["_best_params"] = None  # the parameters themselves, pickled as coefs_ and intercepts_
+        elif state.get("_best_params") is not None:
             state["_best_params"] = [to_numpy(p) for p in state["_best_params"]]
         return state
 
@@ -443,7 +450,7 @@ class BaseMLP(BaseEstimator):
 
     _FITTED = ("loss_", "best_loss_", "loss_curve_", "validation_loss_curve_", "validation_scores_",
                "best_validation_score_", "n_iter_", "t_", "n_features_in_", "n_layers_", "n_outputs_",
-               "out_activation_")
+               "out_activation_", "_no_improvement_count")
 
     def save(self, path):
         """Write the fitted estimator to a .npz file (no pickle) that :func:`load_estimator` reads
