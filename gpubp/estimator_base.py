@@ -17,7 +17,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state, gen_batches, shuffle
 from sklearn.utils._param_validation import Interval, InvalidParameterError, Options, StrOptions
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 from tqdm.auto import tqdm
 
 from .backend import backend_for, get_backend, to_numpy
@@ -167,20 +167,23 @@ class BaseMLP(BaseEstimator):
         return self
 
     def _sample_weight(self, sample_weight, n_samples, dtype):
-        """Checked sample weights (n_samples,) in dtype, or None."""
-        if sample_weight is not None:
-            sample_weight = np.asarray(sample_weight, dtype=dtype)
-            if sample_weight.ndim == 0:
-                sample_weight = np.full(n_samples, sample_weight, dtype=dtype)
+        """Sample weights (n_samples,) in dtype, or None, checked by scikit-learn's rules and in its
+        words: a number or a 1-d array of finite numbers, not all zero (negative ones are allowed)."""
+        if sample_weight is None:
+            return None
+        if isinstance(sample_weight, numbers.Number):
+            sample_weight = np.full(n_samples, sample_weight)
+        else:
+            sample_weight = check_array(sample_weight, accept_sparse=False, ensure_2d=False,
+                                        dtype=[np.float64, np.float32], order="C", input_name="sample_weight")
+            if sample_weight.ndim != 1:
+                raise ValueError(f"Sample weights must be 1D array or scalar, got {sample_weight.ndim}D array. "
+                                 f"Expected either a scalar value or a 1D array of length {n_samples}.")
             if sample_weight.shape != (n_samples,):
                 raise ValueError(f"sample_weight.shape == {sample_weight.shape}, expected {(n_samples,)}!")
-            if not np.isfinite(sample_weight).all():
-                raise ValueError("Input sample_weight contains NaN or infinity.")
-            if (sample_weight < 0).any():
-                raise ValueError("Negative values in data passed to sample_weight")
-            if not sample_weight.sum() > 0:
-                raise ValueError("Sample weights must contain at least one non-zero number.")
-        return sample_weight
+        if np.all(sample_weight == 0):
+            raise ValueError("Sample weights must contain at least one non-zero number.")
+        return sample_weight.astype(dtype, copy=False)
 
     def _initialize(self, layer_units, dtype):
         """Fresh parameters from scikit-learn's stream and bounds, and empty training records."""
@@ -306,6 +309,7 @@ class BaseMLP(BaseEstimator):
                 if self.shuffle:
                     sample_idx = shuffle(sample_idx, random_state=self._random_state)
                 idx_dev = backend.asarray(sample_idx)
+                _check_batch_weights(sample_weight, sample_idx, batch_size)
                 accumulated = 0.0
                 bar = tqdm(total=-(-n_samples // batch_size), leave=False, disable=not self.verbose or self.verbose < 2)
                 for batch in gen_batches(n_samples, batch_size):
@@ -391,6 +395,7 @@ class BaseMLP(BaseEstimator):
         Xd = backend.asarray(_dense(X), net.dtype)
         Yd = _device_targets(net, Y)
         wd = None if sample_weight is None else backend.asarray(sample_weight, net.dtype)
+        _check_batch_weights(sample_weight, np.arange(X.shape[0]), X.shape[0])
         shapes = [p.shape for p in net.params]
         bounds = np.cumsum([0] + [int(np.prod(s)) for s in shapes])
 
@@ -488,6 +493,15 @@ def _float_targets(owner, Y, dtype):
     if Y.dtype.kind not in "biuf":
         raise TypeError(f"{type(owner).__name__} needs numeric targets; got y of dtype {Y.dtype}.")
     return Y.astype(dtype, copy=False)
+
+
+def _check_batch_weights(sample_weight, sample_idx, batch_size: int) -> None:
+    """scikit-learn's ZeroDivisionError (from np.average) for a batch whose weights sum to zero,
+    which negative weights allow; raised on the host before the arithmetic that would divide."""
+    if sample_weight is not None:
+        sums = np.add.reduceat(sample_weight[sample_idx], np.arange(0, len(sample_idx), batch_size))
+        if not sums.all():
+            raise ZeroDivisionError("Weights sum to zero, can't be normalized")
 
 
 def _lbfgs_warning(result, n_iter: int, max_iter: int) -> str:
