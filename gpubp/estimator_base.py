@@ -276,8 +276,9 @@ class BaseMLP(BaseEstimator):
             yv = yv.ravel()
         return X, Y, sample_weight, Xv, yv, wv
 
-    def _fit_stochastic(self, net, X, Y, sample_weight, incremental, validation_data):
-        backend = net.backend
+    def _start_optimizer(self, net, incremental) -> None:
+        """A fresh optimizer and schedule, or for partial_fit the running ones (also after a pickle
+        or a change of device), holding state on the network's device."""
         saved = self.__dict__.pop("_optimizer_state", None)  # left by unpickling
         if incremental and self._optimizer is None and saved is not None:
             self._optimizer = optimizer_from_state(saved[0])
@@ -286,18 +287,25 @@ class BaseMLP(BaseEstimator):
             self._optimizer = self._make_optimizer()
             self._lr = _LearningRate(self.solver, self.learning_rate, self.learning_rate_init, self.power_t)
         state = self._optimizer.state()[1]
-        if any(backend_for(a) is not backend for a in state.values()):  # device changed since the last fit
+        if any(backend_for(a) is not net.backend for a in state.values()):  # device changed since the last fit
             self._optimizer.load_state(state, net.params)
+
+    def _batch_size(self, n_samples: int) -> int:
+        """scikit-learn's batch size: "auto" is min(200, n), a larger one is clipped with a warning."""
+        if self.batch_size == "auto":
+            return min(200, n_samples)
+        if self.batch_size > n_samples:
+            warnings.warn("Got `batch_size` less than 1 or larger than sample size. It is going to be clipped")
+        return int(np.clip(self.batch_size, 1, n_samples))
+
+    def _fit_stochastic(self, net, X, Y, sample_weight, incremental, validation_data):
+        backend = net.backend
+        self._start_optimizer(net, incremental)
         if self._best_is_live:
             self._best_params = net.params  # the network may have been made again (device, dtype)
         X, Y, sample_weight, Xv, yv, wv = self._split_validation(X, Y, sample_weight, validation_data)
         n_samples = X.shape[0]
-        if self.batch_size == "auto":
-            batch_size = min(200, n_samples)
-        else:
-            if self.batch_size > n_samples:
-                warnings.warn("Got `batch_size` less than 1 or larger than sample size. It is going to be clipped")
-            batch_size = int(np.clip(self.batch_size, 1, n_samples))
+        batch_size = self._batch_size(n_samples)
         on_device = not sparse.issparse(X) and backend.fits(X.nbytes)
         Xd = backend.asarray(X, net.dtype) if on_device else X
         Yd = _device_targets(net, Y)

@@ -14,6 +14,16 @@ The forward and backward passes are gpubp's (BP1-BP4 in :mod:`gpubp.mlp`), with 
 on a GPU. With solver="lbfgs", scipy's L-BFGS-B runs on the host: each function evaluation sends
 the parameters to the device and brings the gradient back, so lbfgs gains less from a GPU.
 
+Parameters are checked by scikit-learn's own checker on its constraints (the same
+InvalidParameterError, a ValueError and a TypeError, in the same words), sample weights by its
+rules (negative weights allowed), and labels keep their type in ``classes_``, ``predict`` and
+messages. Deliberate differences from scikit-learn 1.9: ``loss="poisson"`` refuses negative
+targets (scikit-learn trains on them and reports a NaN loss), and MLPRegressor offers
+``partial_fit`` only for sgd and adam, like MLPClassifier and scikit-learn's documentation
+(scikit-learn's MLPRegressor also shows it for lbfgs). Not yet the same: scikit-learn clips the
+probabilities in its log loss to [eps, 1 - eps], gpubp does not, so ``loss_curve_`` differs once a
+prediction is confidently wrong (the gradients, and so the weights, agree).
+
 Beyond scikit-learn: ``fit(..., validation_data=(X_val, y_val))`` and ``validation_loss_curve_``,
 ``class_weight`` for the classifier, a progress bar with ``verbose >= 2``, batched prediction,
 and :meth:`save` / :func:`load_estimator` (no pickle) so a model fitted on a GPU predicts on a

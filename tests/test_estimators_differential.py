@@ -48,7 +48,9 @@ LABELS = {
     "bool": Y2,
     "str": NAMES[Y3],
     "str-binary": np.array(["no", "yes"])[Y2.astype(int)],
-    "float": np.array([-0.5, 1.5, 2.25])[Y3],
+    "float": np.array([-0.5, 1.5, 2.25])[Y3],  # not class labels: "continuous" for both
+    "float-integral": np.array([0.0, 1.0, 2.0])[Y3],
+    "float-binary": Y2.astype(float),
     "object-str": NAMES[Y3].astype(object),
     "object-int": np.array([0, 1, 2], dtype=object)[Y3],
     "pandas-int": pd.Series(Y3),
@@ -244,7 +246,8 @@ LABEL_ERRORS = {
     "partial-no-classes": ({}, lambda y: [partial(X, y)]),
     "one-class": ({}, lambda y: [fit(X, np.full_like(y, y[0]))]),
 }
-ERROR_LABELS = {"bool": Y2, "int": Y3, "str": NAMES[Y3], "float": np.array([-0.5, 1.5, 2.25])[Y3]}
+ERROR_LABELS = {"bool": Y2, "int": Y3, "str": NAMES[Y3], "float": np.array([-1.0, 1.0, 2.0])[Y3],
+                "pandas-category": pd.Series(NAMES[Y3], dtype="category")}
 
 
 @pytest.mark.parametrize("label", ERROR_LABELS)
