@@ -22,7 +22,8 @@ targets (scikit-learn trains on them and reports a NaN loss), and MLPRegressor o
 ``partial_fit`` only for sgd and adam, like MLPClassifier and scikit-learn's documentation
 (scikit-learn's MLPRegressor also shows it for lbfgs). Not yet the same: scikit-learn clips the
 probabilities in its log loss to [eps, 1 - eps], gpubp does not, so ``loss_curve_`` differs once a
-prediction is confidently wrong (the gradients, and so the weights, agree).
+prediction is confidently wrong (the gradients agree; n_iter_ and the adaptive rate, which follow
+the loss, may then differ).
 
 Beyond scikit-learn: ``fit(..., validation_data=(X_val, y_val))`` and ``validation_loss_curve_``,
 ``class_weight`` for the classifier, a progress bar with ``verbose >= 2``, batched prediction,

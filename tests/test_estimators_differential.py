@@ -469,7 +469,8 @@ def test_sample_weights_as_scikit_learn(weights, kind, solver, early_stopping):
 
 @pytest.mark.xfail(strict=True, reason="gpubp.ops.softmax_minus_y / output_minus_y (and their CUDA kernels) "
                    "compute -log(p) unclipped; scikit-learn clips p to [eps, 1 - eps] in its log loss, so "
-                   "loss_curve_ differs once a prediction is confidently wrong (the gradients agree)")
+                   "loss_curve_ (and the stopping it drives) differs once a prediction is confidently wrong; "
+                   "the gradients agree")
 @pytest.mark.parametrize("classes", [Y2, Y3], ids=["binary", "multiclass"])
 def test_the_log_loss_is_clipped_as_in_scikit_learn(classes):
     params = dict(SMALL, learning_rate_init=1.0, max_iter=4)
