@@ -6,15 +6,18 @@ from __future__ import annotations
 
 import numbers
 import warnings
+from numbers import Integral, Real
 
 import numpy as np
 import scipy.optimize
 from scipy import sparse
+from sklearn import get_config
 from sklearn.base import BaseEstimator, is_classifier
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state, gen_batches, shuffle
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils._param_validation import Interval, InvalidParameterError, Options, StrOptions
+from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 from tqdm.auto import tqdm
 
 from .backend import backend_for, get_backend, to_numpy
@@ -23,6 +26,35 @@ from .mlp import MLP
 from .optim import SGD, Adam, optimizer_from_state
 
 _STOCHASTIC = ("sgd", "adam")
+# scikit-learn 1.9's BaseMultilayerPerceptron._parameter_constraints, in its order (the order of
+# a StrOptions set shows in the messages), plus gpubp's device (checked by get_backend) and dtype.
+PARAMETER_CONSTRAINTS = {
+    "hidden_layer_sizes": ["array-like", Interval(Integral, 1, None, closed="left")],
+    "activation": [StrOptions({"identity", "logistic", "tanh", "relu"})],
+    "solver": [StrOptions({"lbfgs", "sgd", "adam"})],
+    "alpha": [Interval(Real, 0, None, closed="left")],
+    "batch_size": [StrOptions({"auto"}), Interval(Integral, 1, None, closed="left")],
+    "learning_rate": [StrOptions({"constant", "invscaling", "adaptive"})],
+    "learning_rate_init": [Interval(Real, 0, None, closed="neither")],
+    "power_t": [Interval(Real, 0, None, closed="left")],
+    "max_iter": [Interval(Integral, 1, None, closed="left")],
+    "shuffle": ["boolean"],
+    "random_state": ["random_state"],
+    "tol": [Interval(Real, 0, None, closed="left")],
+    "verbose": ["verbose"],
+    "warm_start": ["boolean"],
+    "momentum": [Interval(Real, 0, 1, closed="both")],
+    "nesterovs_momentum": ["boolean"],
+    "early_stopping": ["boolean"],
+    "validation_fraction": [Interval(Real, 0, 1, closed="left")],  # 0 is refused later, by the split
+    "beta_1": [Interval(Real, 0, 1, closed="left")],
+    "beta_2": [Interval(Real, 0, 1, closed="left")],
+    "epsilon": [Interval(Real, 0, None, closed="neither")],
+    "n_iter_no_change": [Interval(Integral, 1, None, closed="left"), Options(Real, {np.inf})],
+    "max_fun": [Interval(Integral, 1, None, closed="left")],
+    "device": [str],
+    "dtype": "no_validation",  # numpy types and names: checked in _check_params
+}
 _ACTIVATION_NAMES = {"identity": "identity", "logistic": "sigmoid", "tanh": "tanh", "relu": "relu"}
 _PREDICT_BATCH = 4096  # rows per device batch in predict
 
@@ -54,12 +86,12 @@ class _LearningRate:
         return False
 
 
-def invalid_parameter(name: str, owner, expected: str, got) -> ValueError:
-    return ValueError(f"The '{name}' parameter of {type(owner).__name__} must be {expected}. Got {got!r} instead.")
-
-
 class BaseMLP(BaseEstimator):
     """Shared fitting and prediction of MLPClassifier and MLPRegressor."""
+
+    _parameter_constraints: dict = PARAMETER_CONSTRAINTS
+    # An estimator that load_estimator made holds its best parameters as coefs_ (see _restore_best).
+    _best_is_live = True
 
     def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, solver="adam", alpha=0.0001,
                  batch_size="auto", learning_rate="constant", learning_rate_init=0.001, power_t=0.5,
@@ -79,49 +111,22 @@ class BaseMLP(BaseEstimator):
     # ------------------------------------------------------------------ parameters
 
     def _check_params(self) -> list[int]:
-        """Check every setting once, as scikit-learn does at fit; returns the hidden widths."""
-        def number(name, low, high=np.inf, low_open=False, high_open=False, integer=False):
-            value = getattr(self, name)
-            kind = numbers.Integral if integer else numbers.Real
-            ok = isinstance(value, kind) and not isinstance(value, bool)
-            ok = ok and (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
-            if not ok:
-                interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open or high == np.inf else ']'}"
-                raise invalid_parameter(name, self, f"{'an int' if integer else 'a float'} in the range {interval}", value)
+        """Check every setting once, as scikit-learn does at fit; returns the hidden widths.
 
-        def choice(name, options):
-            if getattr(self, name) not in options:
-                raise invalid_parameter(name, self, f"a str among {set(options)}", getattr(self, name))
-
+        scikit-learn's own constraint checker runs on scikit-learn's constraints, so a bad value
+        raises the same InvalidParameterError (a ValueError and a TypeError) with the same words."""
+        if not get_config()["skip_parameter_validation"]:
+            self._validate_params()
         sizes = self.hidden_layer_sizes
         sizes = list(sizes) if hasattr(sizes, "__iter__") else [sizes]
-        if not all(isinstance(s, numbers.Integral) and not isinstance(s, bool) for s in sizes):
-            raise invalid_parameter("hidden_layer_sizes", self, "an int or a sequence of ints", self.hidden_layer_sizes)
         if np.any(np.array(sizes) <= 0):
             raise ValueError(f"hidden_layer_sizes must be > 0, got {sizes}.")
-        choice("activation", _ACTIVATION_NAMES)
-        choice("solver", ("lbfgs", "sgd", "adam"))
-        choice("learning_rate", ("constant", "invscaling", "adaptive"))
-        number("alpha", 0)
-        if self.batch_size != "auto":
-            number("batch_size", 1, integer=True)
-        number("learning_rate_init", 0, low_open=True)
-        number("power_t", 0)
-        number("max_iter", 1, integer=True)
-        number("tol", 0)
-        number("momentum", 0, 1)  # scikit-learn's bounds, both closed (momentum 1 never decays)
-        number("validation_fraction", 0, 1, high_open=True)  # 0 is refused later, by the split
-        number("beta_1", 0, 1, high_open=True)
-        number("beta_2", 0, 1, high_open=True)
-        number("epsilon", 0, low_open=True)
-        if self.n_iter_no_change != np.inf:  # scikit-learn accepts inf: never stop for lack of progress
-            number("n_iter_no_change", 1, integer=True)
-        number("max_fun", 1, integer=True)
-        for flag in ("shuffle", "warm_start", "nesterovs_momentum", "early_stopping"):
-            if not isinstance(getattr(self, flag), (bool, np.bool_)):
-                raise invalid_parameter(flag, self, "an instance of 'bool'", getattr(self, flag))
+        if not all(isinstance(s, numbers.Integral) and not isinstance(s, (bool, np.bool_)) for s in sizes):
+            # scikit-learn fails here too, with NumPy's TypeError when it makes the weights
+            raise TypeError(f"hidden_layer_sizes must hold ints, got {self.hidden_layer_sizes!r}.")
         if self.dtype not in (None, "float32", "float64", np.float32, np.float64):
-            raise invalid_parameter("dtype", self, "None, 'float32' or 'float64'", self.dtype)
+            raise InvalidParameterError(f"The 'dtype' parameter of {type(self).__name__} must be None, 'float32' "
+                                        f"or 'float64'. Got {self.dtype!r} instead.")
         get_backend(self.device)  # unknown names and an unusable "cuda" fail here, with the reason
         return [int(s) for s in sizes]
 
@@ -147,6 +152,9 @@ class BaseMLP(BaseEstimator):
         self._random_state = check_random_state(self.random_state)
         if first_pass:
             self._initialize(layer_units, X.dtype)
+        if self.early_stopping and incremental:
+            raise ValueError("partial_fit does not support early_stopping=True")
+        Y = _float_targets(self, Y, X.dtype)
         net = self._network(X.dtype)
         if self.solver in _STOCHASTIC:
             self._fit_stochastic(net, X, Y, sample_weight, incremental, validation_data)
@@ -159,20 +167,23 @@ class BaseMLP(BaseEstimator):
         return self
 
     def _sample_weight(self, sample_weight, n_samples, dtype):
-        """Checked sample weights (n_samples,) in dtype, or None."""
-        if sample_weight is not None:
-            sample_weight = np.asarray(sample_weight, dtype=dtype)
-            if sample_weight.ndim == 0:
-                sample_weight = np.full(n_samples, sample_weight, dtype=dtype)
+        """Sample weights (n_samples,) in dtype, or None, checked by scikit-learn's rules and in its
+        words: a number or a 1-d array of finite numbers, not all zero (negative ones are allowed)."""
+        if sample_weight is None:
+            return None
+        if isinstance(sample_weight, numbers.Number):
+            sample_weight = np.full(n_samples, sample_weight)
+        else:
+            sample_weight = check_array(sample_weight, accept_sparse=False, ensure_2d=False,
+                                        dtype=[np.float64, np.float32], order="C", input_name="sample_weight")
+            if sample_weight.ndim != 1:
+                raise ValueError(f"Sample weights must be 1D array or scalar, got {sample_weight.ndim}D array. "
+                                 f"Expected either a scalar value or a 1D array of length {n_samples}.")
             if sample_weight.shape != (n_samples,):
                 raise ValueError(f"sample_weight.shape == {sample_weight.shape}, expected {(n_samples,)}!")
-            if not np.isfinite(sample_weight).all():
-                raise ValueError("Input sample_weight contains NaN or infinity.")
-            if (sample_weight < 0).any():
-                raise ValueError("Negative values in data passed to sample_weight")
-            if not sample_weight.sum() > 0:
-                raise ValueError("Sample weights must contain at least one non-zero number.")
-        return sample_weight
+        if np.all(sample_weight == 0):
+            raise ValueError("Sample weights must contain at least one non-zero number.")
+        return sample_weight.astype(dtype, copy=False)
 
     def _initialize(self, layer_units, dtype):
         """Fresh parameters from scikit-learn's stream and bounds, and empty training records."""
@@ -189,8 +200,9 @@ class BaseMLP(BaseEstimator):
         self._net = None
         self._optimizer = None
         self._lr = None
-        self._best_params = None
+        self._best_params, self._best_is_live = None, False
         if self.solver in _STOCHASTIC:
+            self._best_params = [p.copy() for p in self.coefs_ + self.intercepts_]  # restored if never beaten
             self.loss_curve_ = []
             self.validation_loss_curve_ = []
             self._no_improvement_count = 0
@@ -264,8 +276,9 @@ class BaseMLP(BaseEstimator):
             yv = yv.ravel()
         return X, Y, sample_weight, Xv, yv, wv
 
-    def _fit_stochastic(self, net, X, Y, sample_weight, incremental, validation_data):
-        backend = net.backend
+    def _start_optimizer(self, net, incremental) -> None:
+        """A fresh optimizer and schedule, or for partial_fit the running ones (also after a pickle
+        or a change of device), holding state on the network's device."""
         saved = self.__dict__.pop("_optimizer_state", None)  # left by unpickling
         if incremental and self._optimizer is None and saved is not None:
             self._optimizer = optimizer_from_state(saved[0])
@@ -274,20 +287,25 @@ class BaseMLP(BaseEstimator):
             self._optimizer = self._make_optimizer()
             self._lr = _LearningRate(self.solver, self.learning_rate, self.learning_rate_init, self.power_t)
         state = self._optimizer.state()[1]
-        if any(backend_for(a) is not backend for a in state.values()):  # device changed since the last fit
+        if any(backend_for(a) is not net.backend for a in state.values()):  # device changed since the last fit
             self._optimizer.load_state(state, net.params)
-        if self.early_stopping and getattr(self, "_best_params", None) is None:
-            self._best_params = net.get_params()
-        if self.early_stopping and incremental:
-            raise ValueError("partial_fit does not support early_stopping=True")
+
+    def _batch_size(self, n_samples: int) -> int:
+        """scikit-learn's batch size: "auto" is min(200, n), a larger one is clipped with a warning."""
+        if self.batch_size == "auto":
+            return min(200, n_samples)
+        if self.batch_size > n_samples:
+            warnings.warn("Got `batch_size` less than 1 or larger than sample size. It is going to be clipped")
+        return int(np.clip(self.batch_size, 1, n_samples))
+
+    def _fit_stochastic(self, net, X, Y, sample_weight, incremental, validation_data):
+        backend = net.backend
+        self._start_optimizer(net, incremental)
+        if self._best_is_live:
+            self._best_params = net.params  # the network may have been made again (device, dtype)
         X, Y, sample_weight, Xv, yv, wv = self._split_validation(X, Y, sample_weight, validation_data)
         n_samples = X.shape[0]
-        if self.batch_size == "auto":
-            batch_size = min(200, n_samples)
-        else:
-            if self.batch_size > n_samples:
-                warnings.warn("Got `batch_size` less than 1 or larger than sample size. It is going to be clipped")
-            batch_size = int(np.clip(self.batch_size, 1, n_samples))
+        batch_size = self._batch_size(n_samples)
         on_device = not sparse.issparse(X) and backend.fits(X.nbytes)
         Xd = backend.asarray(X, net.dtype) if on_device else X
         Yd = _device_targets(net, Y)
@@ -299,6 +317,7 @@ class BaseMLP(BaseEstimator):
                 if self.shuffle:
                     sample_idx = shuffle(sample_idx, random_state=self._random_state)
                 idx_dev = backend.asarray(sample_idx)
+                _check_batch_weights(sample_weight, sample_idx, batch_size)
                 accumulated = 0.0
                 bar = tqdm(total=-(-n_samples // batch_size), leave=False, disable=not self.verbose or self.verbose < 2)
                 for batch in gen_batches(n_samples, batch_size):
@@ -322,19 +341,29 @@ class BaseMLP(BaseEstimator):
                 if self._no_improvement_count > self.n_iter_no_change:
                     what = "Validation score" if self.early_stopping else "Training loss"
                     msg = (f"{what} did not improve more than tol={self.tol:f} for "
-                           f"{self.n_iter_no_change} consecutive epochs.")
+                           f"{self.n_iter_no_change:d} consecutive epochs.")
                     if self._lr.trigger_stopping(msg, self.verbose):
                         break
                     self._no_improvement_count = 0
                 if incremental:
                     break
                 if self.n_iter_ == self.max_iter:
-                    warnings.warn(f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached and the "
+                    warnings.warn(f"Stochastic Optimizer: Maximum iterations ({self.max_iter:d}) reached and the "
                                   "optimization hasn't converged yet.", ConvergenceWarning)
         except KeyboardInterrupt:
             warnings.warn("Training interrupted by user.")
         if self.early_stopping:
+            self._restore_best(net)
+
+    def _restore_best(self, net) -> None:
+        """End an early-stopping fit on the best parameters seen, as scikit-learn does.
+
+        scikit-learn's coefs_ then *are* its saved best (the same arrays), so the best moves with
+        further training: a warm-started fit that beats no earlier score ends on its last
+        parameters. ``_best_is_live`` says so here, ``_best_params`` then being ``net.params``."""
+        if not self._best_is_live:
             net.set_params(self._best_params)
+        self._best_params, self._best_is_live = net.params, True
 
     def _update_no_improvement_count(self, net, Xv, yv, wv):
         if self.early_stopping:
@@ -348,7 +377,7 @@ class BaseMLP(BaseEstimator):
                 self._no_improvement_count = 0
             if score > self.best_validation_score_:
                 self.best_validation_score_ = score
-                self._best_params = net.get_params()
+                self._best_params, self._best_is_live = net.get_params(), False
         else:
             if self.loss_curve_[-1] > self.best_loss_ - self.tol:
                 self._no_improvement_count += 1
@@ -374,6 +403,7 @@ class BaseMLP(BaseEstimator):
         Xd = backend.asarray(_dense(X), net.dtype)
         Yd = _device_targets(net, Y)
         wd = None if sample_weight is None else backend.asarray(sample_weight, net.dtype)
+        _check_batch_weights(sample_weight, np.arange(X.shape[0]), X.shape[0])
         shapes = [p.shape for p in net.params]
         bounds = np.cumsum([0] + [int(np.prod(s)) for s in shapes])
 
@@ -388,11 +418,9 @@ class BaseMLP(BaseEstimator):
         packed = np.concatenate([p.ravel() for p in self.coefs_ + self.intercepts_])
         result = scipy.optimize.minimize(loss_and_grad, packed, method="L-BFGS-B", jac=True,
                                          options={"maxfun": self.max_fun, "maxiter": self.max_iter, "gtol": self.tol})
-        if result.status != 0:
-            warnings.warn(f"lbfgs failed to converge after {result.nit} iteration(s) (status={result.status}):\n"
-                          f"{result.message}.\n\nIncrease the number of iterations to improve the convergence "
-                          f"(max_iter={self.max_iter}).", ConvergenceWarning)
         self.n_iter_ = min(result.nit, self.max_iter)
+        if result.status != 0:
+            warnings.warn(_lbfgs_warning(result, self.n_iter_, self.max_iter), ConvergenceWarning)
         self.loss_ = float(result.fun)
         unpack(result.x)
 
@@ -423,7 +451,9 @@ class BaseMLP(BaseEstimator):
         if optimizer is not None:
             settings, arrays = optimizer.state()
             state["_optimizer_state"] = (settings, {k: to_numpy(v) for k, v in arrays.items()})
-        if state.get("_best_params") is not None:
+        if state.get("_best_is_live"):
+            state["_best_params"] = None  # the parameters themselves, pickled as coefs_ and intercepts_
+        elif state.get("_best_params") is not None:
             state["_best_params"] = [to_numpy(p) for p in state["_best_params"]]
         return state
 
@@ -433,7 +463,7 @@ class BaseMLP(BaseEstimator):
 
     _FITTED = ("loss_", "best_loss_", "loss_curve_", "validation_loss_curve_", "validation_scores_",
                "best_validation_score_", "n_iter_", "t_", "n_features_in_", "n_layers_", "n_outputs_",
-               "out_activation_")
+               "out_activation_", "_no_improvement_count")
 
     def save(self, path):
         """Write the fitted estimator to a .npz file (no pickle) that :func:`load_estimator` reads
@@ -463,6 +493,32 @@ class BaseMLP(BaseEstimator):
                          "dtype": self.coefs_[0].dtype.name}
         arrays.update({f"param_{i}": p for i, p in enumerate(self.coefs_ + self.intercepts_)})
         return write_checkpoint(path, meta, arrays)
+
+
+def _float_targets(owner, Y, dtype):
+    """Targets (n, n_outputs) in the training dtype. Text targets are refused with a TypeError,
+    where scikit-learn fails with one at its first arithmetic on them."""
+    if Y.dtype.kind not in "biuf":
+        raise TypeError(f"{type(owner).__name__} needs numeric targets; got y of dtype {Y.dtype}.")
+    return Y.astype(dtype, copy=False)
+
+
+def _check_batch_weights(sample_weight, sample_idx, batch_size: int) -> None:
+    """scikit-learn's ZeroDivisionError (from np.average) for a batch whose weights sum to zero,
+    which negative weights allow; raised on the host before the arithmetic that would divide."""
+    if sample_weight is not None:
+        sums = np.add.reduceat(sample_weight[sample_idx], np.arange(0, len(sample_idx), batch_size))
+        if not sums.all():
+            raise ZeroDivisionError("Weights sum to zero, can't be normalized")
+
+
+def _lbfgs_warning(result, n_iter: int, max_iter: int) -> str:
+    """scikit-learn's words when L-BFGS-B stops without converging (utils.optimize)."""
+    msg = f"lbfgs failed to converge after {n_iter} iteration(s) (status={result.status}):\n{result.message}\n"
+    if n_iter == max_iter:  # advice to raise max_iter only when the limit is what stopped it
+        msg += f"\nIncrease the number of iterations to improve the convergence (max_iter={max_iter})."
+    return msg + ("\nYou might also want to scale the data as shown in:\n"
+                  "    https://scikit-learn.org/stable/modules/preprocessing.html")
 
 
 def _device_targets(net, Y):

@@ -14,6 +14,17 @@ The forward and backward passes are gpubp's (BP1-BP4 in :mod:`gpubp.mlp`), with 
 on a GPU. With solver="lbfgs", scipy's L-BFGS-B runs on the host: each function evaluation sends
 the parameters to the device and brings the gradient back, so lbfgs gains less from a GPU.
 
+Parameters are checked by scikit-learn's own checker on its constraints (the same
+InvalidParameterError, a ValueError and a TypeError, in the same words), sample weights by its
+rules (negative weights allowed), and labels keep their type in ``classes_``, ``predict`` and
+messages. Deliberate differences from scikit-learn 1.9: ``loss="poisson"`` refuses negative
+targets (scikit-learn trains on them and reports a NaN loss), and MLPRegressor offers
+``partial_fit`` only for sgd and adam, like MLPClassifier and scikit-learn's documentation
+(scikit-learn's MLPRegressor also shows it for lbfgs). Not yet the same: scikit-learn clips the
+probabilities in its log loss to [eps, 1 - eps], gpubp does not, so ``loss_curve_`` differs once a
+prediction is confidently wrong (the gradients agree; n_iter_ and the adaptive rate, which follow
+the loss, may then differ).
+
 Beyond scikit-learn: ``fit(..., validation_data=(X_val, y_val))`` and ``validation_loss_curve_``,
 ``class_weight`` for the classifier, a progress bar with ``verbose >= 2``, batched prediction,
 and :meth:`save` / :func:`load_estimator` (no pickle) so a model fitted on a GPU predicts on a
@@ -27,13 +38,14 @@ from sklearn.base import ClassifierMixin, RegressorMixin
 from sklearn.metrics import accuracy_score, r2_score
 from sklearn.preprocessing import LabelBinarizer
 from sklearn.utils.class_weight import compute_sample_weight
+from sklearn.utils._param_validation import StrOptions
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import type_of_target, unique_labels
 from sklearn.utils.validation import column_or_1d, validate_data
 
 from .checkpoint import read_checkpoint
 from .errors import DataError
-from .estimator_base import BaseMLP, invalid_parameter
+from .estimator_base import PARAMETER_CONSTRAINTS, BaseMLP
 
 def load_estimator(path, device="auto"):
     """An MLPClassifier or MLPRegressor written by ``save``, ready to predict on ``device``."""
@@ -75,6 +87,8 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
         Multiplies the sample weights by the weight of each sample's class.
     """
 
+    _parameter_constraints: dict = {**PARAMETER_CONSTRAINTS, "class_weight": [dict, StrOptions({"balanced"}), None]}
+
     def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, solver="adam", alpha=0.0001,
                  batch_size="auto", learning_rate="constant", learning_rate_init=0.001, power_t=0.5,
                  max_iter=200, shuffle=True, random_state=None, tol=1e-4, verbose=False, warm_start=False,
@@ -105,7 +119,7 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
                 raise ValueError(f"`y` has classes not in `self.classes_`. `self.classes_` has {self.classes_}. "
                                  f"'y' has {classes}.")
         self._y_raw = y
-        return X, self._label_binarizer.transform(y).astype(X.dtype)
+        return X, self._label_binarizer.transform(y)
 
     def _sample_weight(self, sample_weight, n_samples, dtype):
         sample_weight = super()._sample_weight(sample_weight, n_samples, dtype)
@@ -129,7 +143,7 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
     @available_if(lambda self: self._check_solver())
     def partial_fit(self, X, y, sample_weight=None, classes=None):
         """One epoch over X, y; the first call needs ``classes`` (all labels that will appear)."""
-        if not hasattr(self, "classes_"):
+        if getattr(self, "classes_", None) is None:
             if classes is None:
                 raise ValueError("classes must be passed on the first call to partial_fit.")
             self.classes_ = unique_labels(classes)
@@ -138,9 +152,10 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
                 self._label_binarizer.fit(y)
             else:
                 self._label_binarizer.fit(self.classes_)
-        elif classes is not None and not np.array_equal(unique_labels(classes), self.classes_):
-            raise ValueError(f"`classes={unique_labels(classes)}` is not the same as on last call to partial_fit, "
-                             f"was: {self.classes_}")
+        elif classes is not None and not np.array_equal(self.classes_, unique_labels(classes)):
+            # scikit-learn's message shows both as given, with repr
+            raise ValueError(f"`classes={classes!r}` is not the same as on last call to partial_fit, "
+                             f"was: {self.classes_!r}")
         return self._fit(X, y, sample_weight=sample_weight, incremental=True)
 
     def predict(self, X):
@@ -181,6 +196,8 @@ class MLPRegressor(RegressorMixin, BaseMLP):
     Other parameters as scikit-learn's, plus device and dtype as for MLPClassifier.
     """
 
+    _parameter_constraints: dict = {**PARAMETER_CONSTRAINTS, "loss": [StrOptions({"squared_error", "poisson"})]}
+
     def __init__(self, loss="squared_error", hidden_layer_sizes=(100,), activation="relu", *, solver="adam",
                  alpha=0.0001, batch_size="auto", learning_rate="constant", learning_rate_init=0.001,
                  power_t=0.5, max_iter=200, shuffle=True, random_state=None, tol=1e-4, verbose=False,
@@ -188,11 +205,6 @@ class MLPRegressor(RegressorMixin, BaseMLP):
                  validation_fraction=0.1, beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10,
                  max_fun=15000, device="auto", dtype=None):
         self._store(locals())
-
-    def _check_params(self):
-        if self.loss not in ("squared_error", "poisson"):
-            raise invalid_parameter("loss", self, "a str among {'squared_error', 'poisson'}", self.loss)
-        return super()._check_params()
 
     def _out_activation(self) -> str:
         return "exp" if self.loss == "poisson" else "identity"
@@ -202,9 +214,11 @@ class MLPRegressor(RegressorMixin, BaseMLP):
                              dtype=(np.float64, np.float32), reset=reset)
         if y.ndim == 2 and y.shape[1] == 1:
             y = column_or_1d(y, warn=True)
-        if self.loss == "poisson" and (y < 0).any():
+        # Deliberately stricter than scikit-learn 1.9, which trains on and reports a NaN loss
+        # (text targets fail later with a TypeError, as in scikit-learn).
+        if self.loss == "poisson" and y.dtype.kind in "biuf" and (y < 0).any():
             raise ValueError("Some value(s) of y are negative which is not allowed for Poisson regression.")
-        return X, y.astype(X.dtype, copy=False)
+        return X, y
 
     def _targets(self, y):
         return np.asarray(y, dtype=np.float64).reshape(len(y), -1)
