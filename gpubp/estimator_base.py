@@ -237,14 +237,15 @@ class BaseMLP(BaseEstimator):
         self._net_source = self.coefs_
 
     def _batch_loss(self, net, Xb, Yb, wb):
-        """Loss as scikit-learn reports it, gradients as scikit-learn computes them."""
-        loss, dW, db = net._loss_and_grads(Xb, Yb, wb)
+        """Loss as scikit-learn reports it and the flat gradient (n_params,) as scikit-learn
+        computes it, in the layout of net.flat_params (scikit-learn's packing: weights, then biases)."""
+        loss, g = net.flat_loss_and_grad(Xb, Yb, wb)
         if net.output == "identity" and self.n_outputs_ > 1:
             # scikit-learn's squared loss averages over the outputs; its gradient does not
             n = Xb.shape[0] if wb is None else float(wb.sum())
             l2 = (self.alpha / (2 * n)) * sum(net.xp.vdot(W, W) for W in net.weights)
             loss = (loss - l2) / self.n_outputs_ + l2
-        return loss, dW, db
+        return loss, g
 
     def _make_optimizer(self):
         if self.solver == "adam":
@@ -282,13 +283,13 @@ class BaseMLP(BaseEstimator):
         saved = self.__dict__.pop("_optimizer_state", None)  # left by unpickling
         if incremental and self._optimizer is None and saved is not None:
             self._optimizer = optimizer_from_state(saved[0])
-            self._optimizer.load_state(saved[1], net.params)
+            self._optimizer.load_state(saved[1], [net.flat_params])
         if not incremental or self._optimizer is None:
             self._optimizer = self._make_optimizer()
             self._lr = _LearningRate(self.solver, self.learning_rate, self.learning_rate_init, self.power_t)
         state = self._optimizer.state()[1]
         if any(backend_for(a) is not net.backend for a in state.values()):  # device changed since the last fit
-            self._optimizer.load_state(state, net.params)
+            self._optimizer.load_state(state, [net.flat_params])
 
     def _batch_size(self, n_samples: int) -> int:
         """scikit-learn's batch size: "auto" is min(200, n), a larger one is clipped with a warning."""
@@ -323,9 +324,9 @@ class BaseMLP(BaseEstimator):
                 for batch in gen_batches(n_samples, batch_size):
                     rows, rows_host = (idx_dev[batch], sample_idx[batch]) if self.shuffle else (batch, batch)
                     Xb = Xd[rows] if on_device else backend.asarray(_dense(X[rows_host]), net.dtype)
-                    loss, dW, db = self._batch_loss(net, Xb, Yd[rows], None if wd is None else wd[rows])
+                    loss, g = self._batch_loss(net, Xb, Yd[rows], None if wd is None else wd[rows])
                     accumulated = accumulated + loss * (batch.stop - batch.start)
-                    self._optimizer.step(net.params, dW + db, self._lr.value)
+                    self._optimizer.step([net.flat_params], [g], self._lr.value)  # every parameter in one pass
                     bar.update()
                 bar.close()
                 self.n_iter_ += 1
@@ -393,7 +394,7 @@ class BaseMLP(BaseEstimator):
             Xb = net.backend.asarray(_dense(Xv[batch]), net.dtype)
             Yb = _device_targets(net, Yv[batch])
             wb = None if wv is None else net.backend.asarray(wv[batch], net.dtype)
-            loss, _, _ = self._batch_loss(net, Xb, Yb, wb)
+            loss, _ = self._batch_loss(net, Xb, Yb, wb)
             weight = (batch.stop - batch.start) if wv is None else float(wv[batch].sum())
             loss_sum, n = loss_sum + float(loss) * weight, n + weight
         return loss_sum / n
@@ -404,16 +405,14 @@ class BaseMLP(BaseEstimator):
         Yd = _device_targets(net, Y)
         wd = None if sample_weight is None else backend.asarray(sample_weight, net.dtype)
         _check_batch_weights(sample_weight, np.arange(X.shape[0]), X.shape[0])
-        shapes = [p.shape for p in net.params]
-        bounds = np.cumsum([0] + [int(np.prod(s)) for s in shapes])
 
-        def unpack(packed):
-            net.set_params([packed[a:b].reshape(s) for a, b, s in zip(bounds[:-1], bounds[1:], shapes)])
+        def unpack(packed):  # (n_params,) float64 in scikit-learn's packing, which is flat_params' layout
+            net.flat_params[...] = backend.asarray(packed, net.dtype)
 
         def loss_and_grad(packed):
             unpack(packed)
-            loss, dW, db = self._batch_loss(net, Xd, Yd, wd)
-            return float(loss), np.concatenate([to_numpy(g).ravel() for g in dW + db]).astype(np.float64)
+            loss, g = self._batch_loss(net, Xd, Yd, wd)
+            return float(loss), to_numpy(g).astype(np.float64)
 
         packed = np.concatenate([p.ravel() for p in self.coefs_ + self.intercepts_])
         result = scipy.optimize.minimize(loss_and_grad, packed, method="L-BFGS-B", jac=True,

@@ -196,11 +196,6 @@ class MLP:
         gW += c * W
         return loss + self.xp.vdot(W, W) * (c * self.dtype.type(0.5))
 
-    def _loss_and_grads(self, X, y, sample_weight=None):
-        """flat_loss_and_grad as (loss, dW, db): dW and db are views of the flat gradient."""
-        loss, g = self.flat_loss_and_grad(X, y, sample_weight)
-        return (loss, *self.unflatten(g))
-
     def loss_and_grads(self, X, y, sample_weight=None):
         """Mean cross-entropy of a batch and its gradient by backpropagation.
 
@@ -219,8 +214,8 @@ class MLP:
         -------
         loss : 0-d array on the device
             Mean cross-entropy plus the L2 term; ``float(loss)`` for a Python number.
-        dW : list of arrays shaped like ``weights``
-        db : list of arrays shaped like ``biases``
+        dW : list of arrays shaped like ``weights``, views of one flat gradient
+        db : list of arrays shaped like ``biases``, views of the same
         """
         X = self.backend.asarray(self._check_X(X), self.dtype)
         if self.output == "softmax":
@@ -229,7 +224,8 @@ class MLP:
             y = self.backend.asarray(check_targets(y, X.shape[0], self.sizes[-1], self.output), self.dtype)
         if sample_weight is not None:
             sample_weight = self.backend.asarray(check_sample_weight(sample_weight, X.shape[0]), self.dtype)
-        return self._loss_and_grads(X, y, sample_weight)
+        loss, g = self.flat_loss_and_grad(X, y, sample_weight)
+        return (loss, *self.unflatten(g))
 
     def _check_X(self, X):
         """X checked (2-D, n0 features, finite, non-empty); device arrays stay on the device."""
