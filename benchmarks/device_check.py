@@ -12,25 +12,25 @@ ends, its file and summary.md are written to $OUT (and the whole report to bench
 so a stop at any moment keeps everything measured before it.
 
 stage (budget)    file in $OUT     what
-preflight (40 s)  env.json         card, driver, CUDA driver and runtime, NVRTC, CuPy, NumPy,
+preflight (30 s)  env.json         card, driver, CUDA driver and runtime, NVRTC, CuPy, NumPy,
                                    scikit-learn, torch; the TF32 settings of both libraries; one
                                    tiny ElementwiseKernel compiled and run (float32 and float16)
-parity (80 s)     parity.json      every kernel against its NumPy twin and the model against the
+parity (50 s)     parity.json      every kernel against its NumPy twin and the model against the
                                    CPU, float32 and float64 (gpubp.parity): every row
 tests (90 s)      tests.json,      pytest -m "gpu and not slow": 40 s per test where pytest-timeout
                   pytest-gpu.xml   is installed, 75 s for the whole run; counts, failed tests
 timings (90 s)    timings.json     kernels against a copy and against their plain CuPy chains; the
-                                   cost of --fmad=false; a training step against PyTorch eager
-estimator (60 s)  estimator.json   gpubp.MLPClassifier on cuda against scikit-learn's on the CPU
+                                   cost of --fmad=false; a training step against PyTorch eager,
+                                   with the kernels each launches
+estimator (50 s)  estimator.json   gpubp.MLPClassifier on cuda against scikit-learn's on the CPU
+precision (50 s)  precision.json   gpubp.precision's TF32 products against IEEE and float64
+                                   (benchmarks/precision_stage.py)
                   summary.md       all of it, rewritten after every stage
 
-The budgets are estimates (nothing here has run on a GPU yet) and add up to 360 s, inside the 7
-minutes a command is given. Each child pays a few seconds of imports and CUDA start-up. CuPy
-compiles every kernel once per dtype on a fresh machine: parity pays for most of that (80 s
-allows for about a hundred compiles) and the disk cache serves the later stages. The GPU tests
-are 27 small ones. The kernel timings are ~800 calls of well under a millisecond and ten
-compiles; the training steps take seconds, PyTorch's import included. scikit-learn's fit
-(60,000 x 784, 2 epochs, (512, 512)) took 51 s on 2 slow cores here, so about 10 s on 16.
+The budgets add up to 360 s, inside the 7 minutes a command is given. On the first run (H100,
+2026-11-26) the stages took 8, 15, 36, 23 and 12 s; the budgets keep two to four times that.
+Each child pays a few seconds of imports and CUDA start-up; CuPy compiles every kernel once per
+dtype on a fresh machine (parity pays for most of it) and the disk cache serves the later stages.
 A stage that saves as it goes (all but tests) keeps what it saved past a timeout or an error.
 
 This file is the runner; the stages are in benchmarks/device_stages.py (the timings in
@@ -64,14 +64,15 @@ sys.path.insert(0, str(REPO))
 from benchmarks.device_report import markdown, stage_rows  # noqa: E402
 from benchmarks.device_stages import (  # noqa: E402
     estimator_stage, parity_stage, preflight, tests_stage, timings_stage)
+from benchmarks.precision_stage import precision_stage  # noqa: E402
 from benchmarks.results_md import RESULTS, write_results  # noqa: E402
 from benchmarks.timed_command import run_command, tail  # noqa: E402
 
 MAX_OUT_FILES = 8  # what the device machine sends back
 
 # name -> (function(save) -> section, budget in seconds); estimates, see the module docstring
-STAGES = {"preflight": (preflight, 40), "parity": (parity_stage, 80), "tests": (tests_stage, 90),
-          "timings": (timings_stage, 90), "estimator": (estimator_stage, 60)}
+STAGES = {"preflight": (preflight, 30), "parity": (parity_stage, 50), "tests": (tests_stage, 90),
+          "timings": (timings_stage, 90), "estimator": (estimator_stage, 50), "precision": (precision_stage, 50)}
 
 
 # ------------------------------------------------------------------ running children

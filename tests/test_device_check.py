@@ -121,7 +121,7 @@ def test_at_most_eight_files_are_written(fake_run):
     # the real stages: one file each, pytest's JUnit XML and summary.md
     assert len(dc.STAGES) + 2 <= dc.MAX_OUT_FILES
     assert {dc.stage_file(name) for name in dc.STAGES} == {"env.json", "parity.json", "tests.json",
-                                                         "timings.json", "estimator.json"}
+                                                         "timings.json", "estimator.json", "precision.json"}
 
 
 def test_the_budgets_fit_a_six_minute_run():
