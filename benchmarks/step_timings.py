@@ -90,17 +90,22 @@ def kernels_per_step(torch, step) -> int | str:
     kernel of the process, CuPy's and cuBLAS's included); memory copies and sets are not
     kernels. A string says why the count failed (the timings stand without it)."""
     try:
-        from torch.profiler import ProfilerActivity, profile
-
-        step()
-        torch.cuda.synchronize()
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            step()
-            torch.cuda.synchronize()
-        names = [e.name for e in prof.events() if getattr(e, "device_type", None) == torch.autograd.DeviceType.CUDA]
-        return sum(1 for name in names if not name.lower().startswith(("memcpy", "memset")))
+        return sum(1 for name in kernel_names(torch, step) if not name.lower().startswith(("memcpy", "memset")))
     except Exception as exc:  # a profiler problem must not cost the timings
         return f"{type(exc).__name__}: {exc}"[:120]
+
+
+def kernel_names(torch, step) -> list[str]:
+    """Names of the GPU kernels (and memory operations) one call of ``step`` runs, in order, from
+    PyTorch's profiler (CUPTI records every kernel of the process, CuPy's and cuBLAS's too)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    step()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        step()
+        torch.cuda.synchronize()
+    return [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
 
 
 def gpubp_sgd_step(net, Xd, yd):
