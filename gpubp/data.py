@@ -221,7 +221,7 @@ def load_dataset(spec: str) -> tuple[Dataset, Dataset | None]:
         return load_digits(), None
     path = Path(spec)
     if not path.exists():
-        raise DataError(f"no such data set or file: {spec!r} (expected digits, an IDX folder, a .npz or a .csv file)")
+        raise DataError(f"no such data set or file: {spec!r} (expected digits, an IDX folder, a folder with X.npy and y.npy, a .npz or a .csv file)")
     if path.is_dir():
         if (path / "X.npy").exists() or (path / "y.npy").exists():
             return load_npy_folder(path), None
