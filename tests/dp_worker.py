@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 import gpubp
+import gpubp.train
 from gpubp.interrupt import TrainingInterrupted
 from gpubp.optim import SGD
 
@@ -44,7 +45,8 @@ CASES = {
     # min_delta 1: epoch 1 improves on inf, 2 and 3 do not: stops after epoch 3, restores epoch 1
     "early": (121, dict(batch_size=16, optimizer="adam", lr=0.01, epochs=10, seed=4, validation_fraction=0.25,
                         patience=2, min_delta=1.0)),
-    "validation": (121, dict(batch_size=16, optimizer="adam", lr=0.01, epochs=3, seed=4, validation_fraction=0.25)),
+    "validation": (121, dict(batch_size=16, optimizer="adam", lr=0.01, epochs=3, seed=4, validation_fraction=0.25,
+                             verbose=1)),
 }
 RESUME = (101, dict(batch_size=10, optimizer="momentum", lr=0.05, epochs=4, seed=1))  # = "momentum"
 INTERRUPT_AFTER = 14  # optimizer steps: mid-epoch 2 (11 steps an epoch)
@@ -90,6 +92,8 @@ def main() -> None:
     comm = gpubp.distributed.world("cpu")
     assert comm.size == 2, f"not a 2-rank job: {comm!r}"
     r = comm.rank
+    writes, write = [], gpubp.train.write_checkpoint
+    gpubp.train.write_checkpoint = lambda path, *a: writes.append(str(path)) or write(path, *a)
     for name in CASES:
         save(out, name, r, *train(name, comm))
     # 2 ranks write a checkpoint after 2 of 4 epochs (the test resumes it in one process) ...
@@ -99,6 +103,11 @@ def main() -> None:
     save(out, "resumed_one_process", r, *train("resume", comm, resume=str(out / "one_process.npz")))
     got = interrupted_on_rank0(comm, str(out / "interrupted.npz"))
     save(out, "interrupted", r, np.zeros(0), None, **got)
+    X, y = data(101, 0)  # no seed anywhere: the ranks must still train one network alike
+    model = gpubp.MLP(SIZES, activation="tanh", backend="cpu", dtype="float64")
+    history = gpubp.fit(model, X, y, comm=comm, batch_size=10, epochs=2, validation_fraction=0.2)
+    save(out, "unseeded", r, np.concatenate([p.ravel() for p in model.params]), history)
+    save(out, "writes", r, np.zeros(0), None, writes=writes)
 
 
 if __name__ == "__main__":

@@ -130,6 +130,12 @@ def test_two_ranks_equal_one_process(job, name):
 
 
 @needs_mpirun
+def test_without_seeds_the_ranks_train_rank_0s_network(job):
+    load, _, _ = job
+    _same_on_both_ranks(load("unseeded"))
+
+
+@needs_mpirun
 def test_two_rank_checkpoint_resumes_in_one_process(job):
     load, out, _ = job
     _same_on_both_ranks(load("first_half"))
@@ -162,6 +168,11 @@ def test_a_signal_to_one_rank_stops_both_mid_epoch_and_resumes_in_one_process(jo
 
 
 @needs_mpirun
-def test_only_rank_0_writes(job):
-    _, out, _ = job
-    assert not list(out.glob(".*.tmp"))  # no half-written checkpoint left by either rank
+def test_only_rank_0_writes_and_prints(job):
+    load, out, output = job
+    (_, _, rank0), (_, _, rank1) = load("writes")
+    names = [Path(p).name for p in rank0["writes"]]
+    assert names == ["two_ranks.npz"] * 2 + ["interrupted.npz"] and rank1["writes"] == []
+    assert not list(out.glob(".*.tmp"))  # no half-written checkpoint left
+    assert [line.split("train_loss")[0].strip() for line in output.splitlines() if "train_loss" in line] == \
+        ["epoch 1/3", "epoch 2/3", "epoch 3/3"]  # verbose=1 in "validation": rank 0's lines only
