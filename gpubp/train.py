@@ -285,6 +285,8 @@ class Trainer:
             raise ValueError(f"comm must be a gpubp.distributed communicator, got {comm!r}")
         self.comm = comm if comm is not None else SingleProcess()
         self.parallel = self.comm.size > 1  # False: the one-process loop, no collective at all
+        self._l2: list = []  # data parallel with L2: the epoch's L2 loss terms, one per step (0-d)
+        self._n_val = 0  # data parallel: rows of the whole validation set
         self.net = net
         self.config = config
         self.callbacks = tuple(callbacks)
@@ -427,7 +429,7 @@ class Trainer:
                 state.rng_state = rng.bit_generator.state
                 state.loss_sum = 0.0
             losses, rows = [], []  # each step's loss (0-d, on the device) and its row count
-            self._l2 = []  # data parallel with L2: each step's L2 term (0-d), added once after the sum
+            self._l2 = []
             bar = tqdm(total=steps_per_epoch, initial=state.position // cfg.batch_size,
                        desc=f"epoch {epoch}", leave=False, disable=cfg.verbose < 2 or self.comm.rank != 0)
             for batch in feed.epoch(state.order, state.position):
