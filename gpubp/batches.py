@@ -7,6 +7,13 @@ memory there is reported like any other failed step).
 
 - :class:`ResidentFeed`: the training set was copied to the device once (it fits, in half the
   free memory); rows are gathered by index on the device.
+With data parallelism (``part=(rank, size)``) every rank holds the whole training set and the
+same order; each batch is the global batch ``order[start : start + batch_size]``, of which a rank
+gathers only its contiguous share (:func:`share`, split as ``numpy.array_split`` splits). A
+Batch keeps the global ``start`` and ``size`` (the run's position and the loss weights are global)
+and gives its share's row count as ``rows``; a share may be empty (a last batch of fewer rows than
+ranks), and its rank still takes the step's part in the collectives.
+
 - :class:`StreamedFeed`: the training set stays on the host (it does not fit, the caller asked
   with ``stream=True``, or it is memory-mapped: :class:`gpubp.rows.HostRows`). On the CPU a
   batch is simply gathered. On a GPU, rows are gathered on the host into one of two pinned
@@ -32,21 +39,47 @@ from .rows import HostRows
 
 @dataclass
 class Batch:
-    """Rows ``start .. start + size`` of an epoch's order; ``arrays()`` gives ``(Xb (size, d), yb (size,))``
-    on the device."""
+    """Rows ``start .. start + size`` of an epoch's order, of which this rank trains ``rows``
+    (all of them in one process); ``arrays()`` gives ``(Xb (rows, d), yb (rows,))`` on the device."""
 
     start: int
     size: int
     arrays: Callable[[], tuple]
+    rows: int = -1
+
+    def __post_init__(self):
+        if self.rows < 0:
+            self.rows = self.size
 
 
-def batch_feed(backend, X, y, batch_size: int, dtype, stream: bool):
+def share(m: int, part: tuple[int, int]) -> tuple[int, int]:
+    """Rank r's rows ``lo .. hi`` of a batch of m rows split over R ranks, ``part=(r, R)``: the
+    first ``m % R`` ranks get ``m // R + 1`` rows, the others ``m // R`` (as np.array_split)."""
+    r, R = part
+    q, extra = divmod(m, R)
+    lo = r * q + min(r, extra)
+    return lo, lo + q + (r < extra)
+
+
+def batch_feed(backend, X, y, batch_size: int, dtype, stream: bool, part: tuple[int, int] = (0, 1)):
     """The feed for training data X (n, d) (a host array in ``dtype``, or HostRows) and labels y
     (n,) int64 on ``backend``: resident when X is an array that fits on the device and
-    streaming was not asked for, streamed otherwise (batches in ``dtype``)."""
+    streaming was not asked for, streamed otherwise (batches in ``dtype``). ``part=(rank, size)``:
+    this rank's share of every batch (the whole batch by default)."""
     if isinstance(X, HostRows) or stream or not backend.fits(X.nbytes):
-        return StreamedFeed(backend, X, y, batch_size, dtype)
-    return ResidentFeed(backend, X, y, batch_size)
+        return StreamedFeed(backend, X, y, batch_size, dtype, part)
+    return ResidentFeed(backend, X, y, batch_size, part)
+
+
+def _shares(order, n: int, batch_size: int, position: int, part: tuple[int, int]):
+    """(start, size, idx) of every batch of ``order`` from ``position`` on, idx this rank's share."""
+    for start in range(position, n, batch_size):
+        size = min(batch_size, n - start)
+        if part[1] == 1:
+            yield start, size, order[start : start + size]
+        else:
+            lo, hi = share(size, part)
+            yield start, size, order[start + lo : start + hi]
 
 
 class ResidentFeed:
@@ -54,8 +87,8 @@ class ResidentFeed:
 
     streamed = False
 
-    def __init__(self, backend, X: np.ndarray, y: np.ndarray, batch_size: int):
-        self.backend, self.batch_size, self.n = backend, batch_size, X.shape[0]
+    def __init__(self, backend, X: np.ndarray, y: np.ndarray, batch_size: int, part: tuple[int, int] = (0, 1)):
+        self.backend, self.batch_size, self.n, self.part = backend, batch_size, X.shape[0], part
         self.X, self.y = backend.asarray(X), backend.asarray(y)
 
     def __enter__(self):
@@ -67,9 +100,8 @@ class ResidentFeed:
     def epoch(self, order: np.ndarray, position: int) -> Iterator[Batch]:
         """The batches of ``order`` (host int array (n,)) from row ``position`` on."""
         order = self.backend.asarray(order)
-        for start in range(position, self.n, self.batch_size):
-            idx = order[start : start + self.batch_size]
-            yield Batch(start, idx.shape[0], lambda idx=idx: (self.X[idx], self.y[idx]))
+        for start, size, idx in _shares(order, self.n, self.batch_size, position, self.part):
+            yield Batch(start, size, lambda idx=idx: (self.X[idx], self.y[idx]), idx.shape[0])
 
 
 class StreamedFeed:
@@ -78,8 +110,8 @@ class StreamedFeed:
 
     streamed = True
 
-    def __init__(self, backend, X, y: np.ndarray, batch_size: int, dtype):
-        self.backend, self.batch_size, self.n = backend, batch_size, X.shape[0]
+    def __init__(self, backend, X, y: np.ndarray, batch_size: int, dtype, part: tuple[int, int] = (0, 1)):
+        self.backend, self.batch_size, self.n, self.part = backend, batch_size, X.shape[0], part
         self.rows = X if isinstance(X, HostRows) else HostRows(X)
         self.y = np.asarray(y, dtype=np.int64)
         self.dtype = np.dtype(dtype)
@@ -95,14 +127,14 @@ class StreamedFeed:
 
     def epoch(self, order: np.ndarray, position: int) -> Iterator[Batch]:
         """The batches of ``order`` (host int array (n,)) from row ``position`` on."""
-        starts = range(position, self.n, self.batch_size)
-        idx = [order[start : start + self.batch_size] for start in starts]
-        for k, start in enumerate(starts):
+        batches = list(_shares(order, self.n, self.batch_size, position, self.part))
+        idx = [i for _, _, i in batches]
+        for k, (start, size, _) in enumerate(batches):
             if self.backend.name == "cpu":
                 fetch = lambda i=idx[k]: (self.rows.take(i, self.dtype), self.y[i])  # noqa: E731
             else:
                 fetch = lambda k=k: self._arrive(idx, k)  # noqa: E731
-            yield Batch(start, idx[k].shape[0], fetch)
+            yield Batch(start, size, fetch, idx[k].shape[0])
 
     def _arrive(self, idx: list, k: int) -> tuple:
         """Batch k of ``idx`` on the device: sent now if it is the first, batch k+1 sent behind it."""

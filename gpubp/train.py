@@ -10,6 +10,18 @@ a seeded host generator. Arrays stay in the network's dtype throughout.
 Everything that decides what the next step computes -- parameters, optimizer state, step count,
 the shuffling generator's state and the current epoch's row order -- is in the checkpoint, so a
 resumed run ends with exactly the parameters of an uninterrupted one (bitwise, on the CPU).
+
+Data parallel (``comm`` with more than one rank, :mod:`gpubp.distributed`): every rank holds the
+whole data set, the same parameters (rank 0's, broadcast at the start) and the same shuffling
+generator (rank 0's), so the same global order each epoch. ``batch_size`` is the global batch;
+rank r trains its contiguous share of it (:func:`gpubp.batches.share`). A rank's mean gradient
+over its b_r rows is scaled by b_r / B and the flat gradients are summed by one
+``comm.allreduce_sum`` per step, which gives the global batch's mean gradient; the L2 term is
+left out of the ranks' gradients and added once, after the sum, with n = B. The steps' losses are
+summed over the ranks once per epoch. Validation is split over the ranks and its sums reduced;
+stopping (early stopping, divergence, callbacks, a signal on any rank) is decided from reduced
+figures, so every rank stops at the same step. Only rank 0 prints and writes checkpoints, and a
+checkpoint holds only the global run state: it resumes under any number of ranks.
 """
 
 from __future__ import annotations
@@ -27,7 +39,8 @@ from tqdm.auto import tqdm
 
 from .version import __version__
 from .backend import is_out_of_memory, to_numpy
-from .batches import batch_feed
+from .batches import batch_feed, share
+from .communicator import Communicator, SingleProcess, reduce_in_rank_order
 from .checkpoint import Checkpoint, data_fingerprint, read_checkpoint, write_checkpoint
 from .errors import DeviceMemoryError, DivergenceError
 from .interrupt import TrainingInterrupted, catch_stop_signals
@@ -168,7 +181,7 @@ class RunState:
 
 
 def fit(net: MLP, X, y, *, validation_data=None, callbacks: tuple[Callback, ...] = (), resume=None,
-        checkpoint_extra: dict | None = None, **settings) -> History:
+        checkpoint_extra: dict | None = None, comm: Communicator | None = None, **settings) -> History:
     """Train ``net`` in place by mini-batch gradient descent and return its history.
 
     Parameters
@@ -191,6 +204,12 @@ def fit(net: MLP, X, y, *, validation_data=None, callbacks: tuple[Callback, ...]
         parameters, optimizer state and history continue from it.
     checkpoint_extra : dict, optional
         JSON-able values stored in each checkpoint's ``meta["extra"]``.
+    comm : gpubp.distributed.Communicator, optional
+        Train data-parallel over its ranks (``gpubp.distributed.world()`` under ``mpirun``):
+        every rank calls ``fit`` with the same network, data and settings; ``batch_size`` is the
+        global batch, split over the ranks; the result equals one process's up to rounding, and
+        every rank ends with the same parameters. Only rank 0 prints and writes checkpoints.
+        None (or a one-rank communicator) trains in this process alone.
     epochs : int, default 20
     batch_size : int, default 64
         The last batch of an epoch may be smaller.
@@ -245,7 +264,7 @@ def fit(net: MLP, X, y, *, validation_data=None, callbacks: tuple[Callback, ...]
         On SIGINT or SIGTERM, after the current step and the checkpoint.
     """
     config = TrainConfig(**settings)
-    trainer = Trainer(net, config, callbacks, checkpoint_extra)
+    trainer = Trainer(net, config, callbacks, checkpoint_extra, comm)
     return trainer.run(X, y, validation_data, resume)
 
 
@@ -253,7 +272,7 @@ class Trainer:
     """Runs the epochs of one :class:`TrainConfig` on one network."""
 
     def __init__(self, net: MLP, config: TrainConfig, callbacks: tuple[Callback, ...] = (),
-                 checkpoint_extra: dict | None = None):
+                 checkpoint_extra: dict | None = None, comm: Communicator | None = None):
         if not isinstance(net, MLP):
             raise ValueError(f"net must be a gpubp.MLP, got {type(net).__name__}")
         if net.output != "softmax":
@@ -262,6 +281,12 @@ class Trainer:
         for cb in callbacks:
             if not callable(cb):
                 raise ValueError(f"callbacks must be callables cb(epoch, logs), got {cb!r}")
+        if comm is not None and not isinstance(comm, Communicator):
+            raise ValueError(f"comm must be a gpubp.distributed communicator, got {comm!r}")
+        self.comm = comm if comm is not None else SingleProcess()
+        self.parallel = self.comm.size > 1  # False: the one-process loop, no collective at all
+        self._l2: list = []  # data parallel with L2: the epoch's L2 loss terms, one per step (0-d)
+        self._n_val = 0  # data parallel: rows of the whole validation set
         self.net = net
         self.config = config
         self.callbacks = tuple(callbacks)
@@ -344,11 +369,13 @@ class Trainer:
         if checkpoint is not None:
             self._check_resumable(checkpoint)
         rng = np.random.default_rng(cfg.seed)
+        if self.parallel:  # rank 0's generator (and so split and orders) on every rank, also for seed=None
+            rng.bit_generator.state = self.comm.bcast_object(rng.bit_generator.state)
         split_seed = checkpoint.meta["state"]["split_seed"] if checkpoint else int(rng.integers(2**31))
         X, y, validation = self._split(X, y, validation_data, split_seed)
         if not isinstance(X, HostRows):  # a HostRows is read batch by batch, converted then
             X = np.ascontiguousarray(X, dtype=net.dtype)
-        if cfg.checkpoint is not None or checkpoint is not None:
+        if cfg.checkpoint is not None or checkpoint is not None or self.parallel:
             self._fingerprint = (fingerprint(X, y, net.dtype) if isinstance(X, HostRows)
                                  else data_fingerprint(X, y))
         if checkpoint is not None:
@@ -357,7 +384,14 @@ class Trainer:
             self._restore(checkpoint)
         else:
             self.state = RunState(rng_state=rng.bit_generator.state, split_seed=split_seed)
-        feed = batch_feed(backend, X, y, cfg.batch_size, net.dtype, cfg.stream)
+        part = (self.comm.rank, self.comm.size)
+        if self.parallel:
+            self._start_together(checkpoint)
+            if validation is not None:  # each rank scores its share; the sums are reduced
+                lo, hi = share(validation[1].shape[0], part)
+                self._n_val = validation[1].shape[0]
+                validation = (validation[0][lo:hi], validation[1][lo:hi])
+        feed = batch_feed(backend, X, y, cfg.batch_size, net.dtype, cfg.stream, part)
         if validation is not None and backend.fits(validation[0].nbytes):
             validation = (backend.asarray(validation[0], net.dtype), backend.asarray(validation[1]))
         with catch_stop_signals() as stop, feed:
@@ -366,6 +400,17 @@ class Trainer:
         if best is not None and history.best_epoch != history.epochs:
             net.set_params(best)
         return history
+
+    def _start_together(self, checkpoint) -> None:
+        """Check that every rank has rank 0's settings, network and data; give every rank rank 0's
+        parameters (a network built with seed=None differs from rank to rank)."""
+        net = self.net
+        self.comm.check_same({"config": self.config.as_dict(), "sizes": list(net.sizes), "activation": net.activation,
+                              "dtype": net.dtype.name, "alpha": net.alpha, "backend": net.backend.name,
+                              "data": self._fingerprint, "resume": checkpoint is not None,
+                              "split_seed": self.state.split_seed})
+        if checkpoint is None:
+            net.set_params(self.comm.bcast_object([net.backend.to_host(p) for p in net.params]))
 
     # ------------------------------------------------------------------ the loop
 
@@ -384,8 +429,9 @@ class Trainer:
                 state.rng_state = rng.bit_generator.state
                 state.loss_sum = 0.0
             losses, rows = [], []  # each step's loss (0-d, on the device) and its row count
+            self._l2 = []
             bar = tqdm(total=steps_per_epoch, initial=state.position // cfg.batch_size,
-                       desc=f"epoch {epoch}", leave=False, disable=cfg.verbose < 2)
+                       desc=f"epoch {epoch}", leave=False, disable=cfg.verbose < 2 or self.comm.rank != 0)
             for batch in feed.epoch(state.order, state.position):
                 loss = self._step(batch, schedule(state.step), epoch)
                 losses.append(loss)
@@ -393,21 +439,27 @@ class Trainer:
                 state.step += 1
                 state.position = batch.start + batch.size
                 bar.update()
-                if stop.signum is not None:
+                signum = stop.signum
+                if self.parallel:  # a signal to any rank stops every rank after this step
+                    signum = self.comm.allreduce_scalar(signum or 0, "max") or None
+                if signum is not None:
                     bar.close()
-                    self._interrupt(stop.signum, epoch, losses, rows, t0)
+                    self._interrupt(signum, epoch, losses, rows, t0)
             bar.close()
             logs = {"train_loss": self._loss_sum(epoch, losses, rows) / n, "val_loss": None, "val_accuracy": None,
                     "lr": schedule(max(state.step - 1, 0))}
             if validation is not None:
-                logs["val_loss"], logs["val_accuracy"] = net._evaluate(*validation, batch_size=4096)
+                logs["val_loss"], logs["val_accuracy"] = self._validate(validation)
             logs["seconds"] = time.perf_counter() - t0
             state.epoch, state.position, state.order, state.loss_sum, state.epoch_seconds = epoch, 0, None, 0.0, 0.0
             self._record(logs)
-            if cfg.verbose:
+            if cfg.verbose and self.comm.rank == 0:
                 tqdm.write(_epoch_line(epoch, cfg.epochs, logs))
             halt = self._early_stopping(epoch, logs)
-            halt = any([bool(cb(epoch, dict(logs))) for cb in self.callbacks]) or halt  # call every one
+            asked = any([bool(cb(epoch, dict(logs))) for cb in self.callbacks])  # call every one
+            if self.parallel and self.callbacks:
+                asked = self.comm.allreduce_scalar(asked, "any")
+            halt = asked or halt
             if cfg.checkpoint_every and (epoch % cfg.checkpoint_every == 0 or halt or epoch == cfg.epochs):
                 self.save(cfg.checkpoint)
             if halt:
@@ -429,11 +481,62 @@ class Trainer:
     def _update(self, batch, lr: float):
         """Loss and gradients of a batch's rows, clipped if asked, and the optimizer's update."""
         net = self.net
-        loss, g = net.flat_loss_and_grad(*batch.arrays())
+        if self.parallel:
+            loss, g = self._global_gradient(batch)
+        else:
+            loss, g = net.flat_loss_and_grad(*batch.arrays())
         if self.config.clip_norm is not None:
             clip_by_global_norm(net.xp, [g], self.config.clip_norm)
         self.optimizer.step([net.flat_params], [g], lr)  # every parameter in one pass
         return loss
+
+    def _global_gradient(self, batch):
+        """Data parallel: the global batch's mean gradient on every rank (one all-reduce), and this
+        rank's share of the mean loss (0-d, summed over the ranks at the epoch's end).
+
+        Rank r's mean over its b_r rows, times b_r / B, summed over the ranks, is the mean over
+        the B rows. The L2 term ``alpha / n * W`` would be added by every rank (with n = b_r), so
+        it is left out of the ranks' gradients and added once after the sum, with n = B."""
+        net, xp = self.net, self.net.xp
+        arrays = batch.arrays()  # also for an empty share: a streamed feed expects every batch taken
+        if batch.rows:
+            alpha, net.alpha = net.alpha, 0.0  # MLP has no switch for its L2 term (yet)
+            try:
+                loss, g = net.flat_loss_and_grad(*arrays)
+            finally:
+                net.alpha = alpha
+            scale = net.dtype.type(batch.rows / batch.size)
+            g *= scale
+            loss = loss * scale
+        else:  # fewer rows than ranks: this rank adds nothing, but takes part in the sum
+            loss, g = xp.zeros((), net.dtype), xp.zeros(net.flat_params.shape, net.dtype)
+        self.comm.allreduce_sum(g)
+        if net.alpha:
+            self._l2.append(self._add_l2(g, batch.size))
+        return loss, g
+
+    def _add_l2(self, g, n: int):
+        """g's weights += alpha/n * W; returns the loss's L2 term alpha/(2n) * sum ||W||^2 (0-d), in
+        the arithmetic of MLP.flat_loss_and_grad's own term."""
+        net = self.net
+        W, gW = net.flat_params[:net.n_weights], g[:net.n_weights]
+        c = net.dtype.type(net.alpha / n)
+        gW += c * W
+        return net.xp.vdot(W, W) * (c * net.dtype.type(0.5))
+
+    def _validate(self, validation) -> tuple[float, float]:
+        """Validation loss and accuracy; data parallel, each rank scores its share and the sums
+        are reduced in rank order (the same figures on every rank)."""
+        if not self.parallel:
+            return self.net._evaluate(*validation, batch_size=4096)
+        m = validation[1].shape[0]
+        loss, hits = (0.0, 0)
+        if m:
+            loss, accuracy = self.net._evaluate(*validation, batch_size=4096)
+            loss, hits = loss * m, round(accuracy * m)
+        pairs = self.comm.allgather_object((loss, hits))
+        total = reduce_in_rank_order([p[0] for p in pairs], "sum")
+        return total / self._n_val, reduce_in_rank_order([p[1] for p in pairs], "sum") / self._n_val
 
     def _early_stopping(self, epoch: int, logs: dict) -> bool:
         """Track the best epoch; True when patience has run out."""
@@ -465,7 +568,11 @@ class Trainer:
         added in float64 on the host in step order, so a resumed epoch sums exactly as an
         uninterrupted one. The steps' losses come over in one transfer (no step waits for the
         host); a non-finite one raises DivergenceError (:meth:`_check_finite`)."""
-        values = to_numpy(self.net.xp.stack(losses)).tolist() if losses else []
+        if self.parallel and losses:  # every rank has taken the same steps: sum their shares
+            shares = self.comm.allreduce_sum(self.net.xp.stack(losses))
+            values = to_numpy(shares + self.net.xp.stack(self._l2) if self._l2 else shares).tolist()
+        else:
+            values = to_numpy(self.net.xp.stack(losses)).tolist() if losses else []
         self._check_finite(epoch, values)
         total = self.state.loss_sum
         for value, count in zip(values, rows):
@@ -514,7 +621,18 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
 
     def save(self, path) -> Path:
-        """Write the run's checkpoint to ``path`` (atomically)."""
+        """Write the run's checkpoint to ``path`` (atomically); data parallel, rank 0 writes it and
+        every rank returns once it is written."""
+        path = Path(path)
+        if self.comm.rank == 0:
+            write_checkpoint(path, *self._checkpoint_contents())
+        if self.parallel:
+            self.comm.barrier()
+        self.last_checkpoint = str(path)
+        return path
+
+    def _checkpoint_contents(self) -> tuple[dict, dict]:
+        """The checkpoint's meta and host arrays: the global run state only, whatever the ranks."""
         net, state = self.net, self.state
         settings, opt_arrays = self.optimizer.state()
         meta = {
@@ -534,9 +652,7 @@ class Trainer:
         arrays.update({f"best_{i}": host(p) for i, p in enumerate(state.best_params or [])})
         if state.position:
             arrays["order"] = np.asarray(state.order)
-        path = write_checkpoint(path, meta, arrays)
-        self.last_checkpoint = str(path)
-        return path
+        return meta, arrays
 
 
 def _epoch_line(epoch: int, epochs: int, logs: dict) -> str:

@@ -1,0 +1,178 @@
+"""Data-parallel training: ``gpubp.fit(..., comm=world())`` under ``mpirun -n 2`` (tests/dp_worker.py)
+ends with the parameters of one process with the same global batch, to 1e-10 in float64; its
+checkpoints resume in one process and the reverse. Skipped without mpirun and mpi4py."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import gpubp
+from gpubp.batches import ResidentFeed, StreamedFeed, share
+from gpubp.backend import get_backend
+from gpubp.distributed import SingleProcess
+
+from . import dp_worker
+from .test_distributed import REPO, _mpirun, needs_mpirun
+
+WORKER = Path(__file__).with_name("dp_worker.py")
+TIMEOUT = 300  # seconds for the whole mpirun job; it takes about 10-20 s here
+TOL = 1e-10
+
+
+def close(a, b, what: str) -> None:
+    """|a - b| <= TOL * max(1, |b|) element-wise; names the worst element when not."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    assert a.shape == b.shape, (what, a.shape, b.shape)
+    err = np.abs(a - b) / np.maximum(1.0, np.abs(b))
+    worst = int(err.argmax()) if err.size else 0
+    assert err.size == 0 or err[worst] <= TOL, f"{what}: worst element {worst}: {a.flat[worst]!r} vs {b.flat[worst]!r}"
+
+
+# ----------------------------------------------------------------------------- in one process
+
+@pytest.mark.parametrize("m", [0, 1, 2, 7, 10, 11])
+@pytest.mark.parametrize("R", [1, 2, 3])
+def test_share_splits_as_array_split(m, R):
+    expected = [(c[0], c[-1] + 1) if c.size else None for c in np.array_split(np.arange(m), R)]
+    got = [share(m, (r, R)) for r in range(R)]
+    assert [g if g[1] > g[0] else None for g in got] == expected
+    assert got[0][0] == 0 and got[-1][1] == m and all(got[r][1] == got[r + 1][0] for r in range(R - 1))
+
+
+@pytest.mark.parametrize("Feed", [ResidentFeed, StreamedFeed])
+def test_feeds_give_each_rank_its_share_of_the_global_batch(Feed):
+    backend, n = get_backend("cpu"), 23
+    X, y = np.arange(2.0 * n).reshape(n, 2), np.arange(n)
+    order = np.random.default_rng(0).permutation(n)
+    args = (backend, X, y, 5, np.float64) if Feed is StreamedFeed else (backend, X, y, 5)
+    whole = list(Feed(*args).epoch(order, 5))
+    parts = [list(Feed(*args, part=(r, 2)).epoch(order, 5)) for r in range(2)]
+    for k, batch in enumerate(whole):
+        assert [(p[k].start, p[k].size) for p in parts] == [(batch.start, batch.size)] * 2
+        got = [p[k].arrays() for p in parts]
+        assert [p[k].rows for p in parts] == [g[1].shape[0] for g in got]
+        np.testing.assert_array_equal(np.concatenate([g[0] for g in got]), batch.arrays()[0])
+        np.testing.assert_array_equal(np.concatenate([g[1] for g in got]), batch.arrays()[1])
+    assert [p[-1].rows for p in parts] == [2, 1]  # the last batch: 3 rows
+
+
+def test_single_process_communicator_is_bitwise_the_one_process_run():
+    a, ha = dp_worker.train("adam")
+    b, hb = dp_worker.train("adam", SingleProcess())
+    assert a.tobytes() == b.tobytes() and ha.train_loss == hb.train_loss
+
+
+def test_comm_must_be_a_communicator():
+    with pytest.raises(ValueError, match="comm must be"):
+        dp_worker.train("adam", comm="mpi")
+
+
+# ----------------------------------------------------------------------------- mpirun -n 2
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory):
+    """The 2-rank job's outputs by name: (rank 0's npz, rank 1's npz), and the folder."""
+    out = tmp_path_factory.mktemp("dp")
+    dp_worker.train("resume", epochs=2, checkpoint=str(out / "one_process.npz"), checkpoint_every=1)
+    env = {**os.environ, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    args = [_mpirun(), "-n", "2", "--oversubscribe", sys.executable, str(WORKER), str(out)]
+    start = time.monotonic()
+    with subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          start_new_session=True) as proc:
+        try:
+            output, _ = proc.communicate(timeout=TIMEOUT)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            pytest.fail(f"mpirun -n 2 dp_worker.py still running after {TIMEOUT} s: a hang")
+    assert proc.returncode == 0, output
+    print(f"mpirun -n 2 dp_worker.py: {time.monotonic() - start:.1f} s")
+
+    def load(name):
+        files = [np.load(out / f"{name}_rank{r}.npz") for r in range(2)]
+        return [(f["params"], json.loads(str(f["history"])), json.loads(str(f["more"]))) for f in files]
+
+    return load, out, output
+
+
+def _same_on_both_ranks(results):
+    (p0, h0, _), (p1, h1, _) = results
+    assert p0.tobytes() == p1.tobytes(), "the ranks' parameters differ"
+    assert h0 == h1 or {k: v for k, v in h0.items() if k != "seconds"} == {k: v for k, v in h1.items() if k != "seconds"}
+
+
+def _equals_one_process(result, params, history):
+    p, h, _ = result
+    close(p, params, "parameters")
+    for key in ("train_loss", "val_loss", "val_accuracy", "lr"):
+        close(h[key], getattr(history, key), key)
+    assert (h["best_epoch"], h["stopped_early"]) == (history.best_epoch, history.stopped_early)
+
+
+@needs_mpirun
+@pytest.mark.parametrize("name", list(dp_worker.CASES))
+def test_two_ranks_equal_one_process(job, name):
+    load, _, output = job
+    results = load(name)
+    _same_on_both_ranks(results)
+    _equals_one_process(results[0], *dp_worker.train(name))
+    if name == "early":
+        assert results[0][1]["stopped_early"] and results[0][1]["best_epoch"] == 1
+        assert len(results[0][1]["train_loss"]) == 3
+
+
+@needs_mpirun
+def test_without_seeds_the_ranks_train_rank_0s_network(job):
+    load, _, _ = job
+    _same_on_both_ranks(load("unseeded"))
+
+
+@needs_mpirun
+def test_two_rank_checkpoint_resumes_in_one_process(job):
+    load, out, _ = job
+    _same_on_both_ranks(load("first_half"))
+    resumed = dp_worker.train("resume", resume=str(out / "two_ranks.npz"))
+    uninterrupted = dp_worker.train("resume")
+    close(resumed[0], uninterrupted[0], "parameters")
+    close(resumed[1].train_loss, uninterrupted[1].train_loss, "train_loss")
+
+
+@needs_mpirun
+def test_one_process_checkpoint_resumes_on_two_ranks(job):
+    load, _, _ = job
+    results = load("resumed_one_process")
+    _same_on_both_ranks(results)
+    _equals_one_process(results[0], *dp_worker.train("resume"))
+
+
+@needs_mpirun
+def test_a_signal_to_one_rank_stops_both_mid_epoch_and_resumes_in_one_process(job):
+    load, out, _ = job
+    for _, _, got in load("interrupted"):  # both ranks stopped after the same step
+        assert got == {"steps": dp_worker.INTERRUPT_AFTER, "step": dp_worker.INTERRUPT_AFTER,
+                       "signum": int(signal.SIGINT)}
+    checkpoint = gpubp.read_checkpoint(out / "interrupted.npz")
+    assert checkpoint.meta["state"]["step"] == dp_worker.INTERRUPT_AFTER and checkpoint.meta["state"]["position"] == 30
+    resumed = dp_worker.train("resume", resume=str(out / "interrupted.npz"))
+    uninterrupted = dp_worker.train("resume")
+    close(resumed[0], uninterrupted[0], "parameters")
+    close(resumed[1].train_loss, uninterrupted[1].train_loss, "train_loss")
+
+
+@needs_mpirun
+def test_only_rank_0_writes_and_prints(job):
+    load, out, output = job
+    (_, _, rank0), (_, _, rank1) = load("writes")
+    names = [Path(p).name for p in rank0["writes"]]
+    assert names == ["two_ranks.npz"] * 2 + ["interrupted.npz"] and rank1["writes"] == []
+    assert not list(out.glob(".*.tmp"))  # no half-written checkpoint left
+    assert [line.split("train_loss")[0].strip() for line in output.splitlines() if "train_loss" in line] == \
+        ["epoch 1/3", "epoch 2/3", "epoch 3/3"]  # verbose=1 in "validation": rank 0's lines only
