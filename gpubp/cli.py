@@ -108,6 +108,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="share held out for the test when the data set has no test part (default 0.2)")
     train.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "numpy", "cupy", "gpu"))
     train.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    train.add_argument("--tf32", action="store_true",
+                       help="float32 products in TF32 (tensor cores on Ampere and newer GPUs; the same "
+                            "rounding modelled on the CPU); needs --dtype float32")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--stream", action="store_true",
                        help="keep the training set on the host and stream batches to the device "
@@ -148,6 +151,10 @@ def _apply_checkpoint(args) -> None:
                           "resume it with gpubp.fit(..., resume=PATH)")
     for name, key in _FROM_CHECKPOINT_CONFIG.items():
         setattr(args, name, meta["config"][key])
+    if "tf32" in meta["model"]:  # a checkpoint that records it; otherwise --tf32 is taken as given
+        if args.tf32 != defaults["tf32"]:
+            raise _UsageError(f"gpubp train: --tf32 cannot be changed when resuming: it comes from {args.resume}")
+        args.tf32 = bool(meta["model"]["tf32"])
     args.hidden = meta["model"]["sizes"][1:-1]
     args.activation, args.dtype, args.alpha = (meta["model"][k] for k in ("activation", "dtype", "alpha"))
     for name in _FROM_CHECKPOINT_EXTRA:
@@ -175,6 +182,8 @@ def _check_outputs(args) -> None:
 def _train(args) -> int:
     if args.resume is not None:
         _apply_checkpoint(args)
+    if args.tf32 and args.dtype != "float32":
+        raise _UsageError(f"gpubp train: --tf32 needs --dtype float32 (TF32 rounds float32 inputs), got {args.dtype}")
     _check_outputs(args)
     backend = get_backend(args.device)
     note = "" if backend.name == "cuda" or args.device != "auto" else f"  [no GPU: {cuda_status().reason}]"
@@ -192,8 +201,8 @@ def _train(args) -> int:
           f"{train_set.X.shape[1]} features, {train_set.n_classes} classes{mapped}", flush=True)
 
     sizes = [train_set.X.shape[1], *args.hidden, train_set.n_classes]
-    net = MLP(sizes, args.activation, backend, args.dtype, seed=args.seed, alpha=args.alpha)
-    print(f"model: {'-'.join(map(str, sizes))} {args.activation}, {args.dtype}, "
+    net = MLP(sizes, args.activation, backend, args.dtype, seed=args.seed, alpha=args.alpha, tf32=args.tf32)
+    print(f"model: {'-'.join(map(str, sizes))} {args.activation}, {args.dtype}{' tf32' if args.tf32 else ''}, "
           f"{net.n_params:,} parameters; {args.optimizer}, {args.epochs} epochs of batch {args.batch_size}",
           flush=True)
     verbose = 0 if args.quiet else (2 if sys.stderr.isatty() else 1)

@@ -27,7 +27,8 @@ from .optim import SGD, Adam, optimizer_from_state
 
 _STOCHASTIC = ("sgd", "adam")
 # scikit-learn 1.9's BaseMultilayerPerceptron._parameter_constraints, in its order (the order of
-# a StrOptions set shows in the messages), plus gpubp's device (checked by get_backend) and dtype.
+# a StrOptions set shows in the messages), plus gpubp's device (checked by get_backend), dtype and
+# tf32 (a bool; float32 only, checked at fit once the training dtype is known).
 PARAMETER_CONSTRAINTS = {
     "hidden_layer_sizes": ["array-like", Interval(Integral, 1, None, closed="left")],
     "activation": [StrOptions({"identity", "logistic", "tanh", "relu"})],
@@ -54,6 +55,7 @@ PARAMETER_CONSTRAINTS = {
     "max_fun": [Interval(Integral, 1, None, closed="left")],
     "device": [str],
     "dtype": "no_validation",  # numpy types and names: checked in _check_params
+    "tf32": ["boolean"],
 }
 _ACTIVATION_NAMES = {"identity": "identity", "logistic": "sigmoid", "tanh": "tanh", "relu": "relu"}
 _PREDICT_BATCH = 4096  # rows per device batch in predict
@@ -98,7 +100,7 @@ class BaseMLP(BaseEstimator):
                  max_iter=200, shuffle=True, random_state=None, tol=1e-4, verbose=False, warm_start=False,
                  momentum=0.9, nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
                  beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000,
-                 device="auto", dtype=None):
+                 device="auto", dtype=None, tf32=False):
         self._store(locals())
 
     def _store(self, arguments: dict) -> None:
@@ -144,6 +146,9 @@ class BaseMLP(BaseEstimator):
         X, y = self._validate_input(X, y, incremental, reset=first_pass)
         if self.dtype is not None:
             X = X.astype(self.dtype)
+        if self.tf32 and X.dtype != np.float32:
+            raise ValueError(f"tf32=True needs float32 (TF32 rounds float32 inputs), but this fit runs in "
+                             f"{X.dtype.name}: pass dtype='float32' or float32 X")
         n_samples, n_features = X.shape
         sample_weight = self._sample_weight(sample_weight, n_samples, X.dtype)
         Y = y.reshape(-1, 1) if y.ndim == 1 else y
@@ -219,11 +224,11 @@ class BaseMLP(BaseEstimator):
         """The MLP on the device holding coefs_ and intercepts_ (made again when they changed)."""
         dtype = np.dtype(dtype or self.coefs_[0].dtype)
         net, backend = getattr(self, "_net", None), get_backend(self.device)
-        stale = net is None or net.dtype != dtype or net.backend is not backend
+        stale = net is None or net.dtype != dtype or net.backend is not backend or net.tf32 != bool(self.tf32)
         if stale or getattr(self, "_net_source", None) is not self.coefs_:
             sizes = [self.coefs_[0].shape[0]] + [c.shape[1] for c in self.coefs_]
             net = MLP(sizes, _ACTIVATION_NAMES[self.activation], backend, dtype.name, alpha=self.alpha,
-                      output=self.out_activation_)
+                      output=self.out_activation_, tf32=bool(self.tf32))
             net.set_params(list(self.coefs_) + list(self.intercepts_))
             self._net, self._net_source = net, self.coefs_
         net.alpha = float(self.alpha)

@@ -2,8 +2,9 @@
 
 Change one import: ``from gpubp import MLPClassifier``. The constructor takes every parameter of
 scikit-learn's classes (1.9) with the same names, defaults and meaning, plus ``device``
-("auto" | "cpu" | "cuda") and ``dtype`` (None keeps scikit-learn's rule: float32 input stays
-float32, anything else becomes float64). Fitted attributes are NumPy arrays whatever the device.
+("auto" | "cpu" | "cuda"), ``dtype`` (None keeps scikit-learn's rule: float32 input stays
+float32, anything else becomes float64) and ``tf32`` (False; True runs the products of float32
+training and prediction in TF32, see :class:`gpubp.MLP`). Fitted attributes are NumPy arrays whatever the device.
 
 The arithmetic is scikit-learn's: the initial weights and biases come from the same
 ``check_random_state(random_state)`` stream with the same Glorot bounds, the validation split,
@@ -85,6 +86,12 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
         None: float32 input stays float32, other input becomes float64.
     class_weight : None, "balanced" or dict, default None
         Multiplies the sample weights by the weight of each sample's class.
+    tf32 : bool, default False
+        A gpubp extra: True computes every product of training and prediction in TF32 (inputs
+        rounded to 10 mantissa bits, sums in float32): tensor cores on an Ampere or newer GPU,
+        the same arithmetic modelled on the CPU (:func:`gpubp.precision.matmul_as_tf32`).
+        About 3e-4 relative error per product. Needs float32: dtype="float32", or dtype=None
+        with float32 X; a float64 fit raises ValueError.
     """
 
     _parameter_constraints: dict = {**PARAMETER_CONSTRAINTS, "class_weight": [dict, StrOptions({"balanced"}), None]}
@@ -94,7 +101,7 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
                  max_iter=200, shuffle=True, random_state=None, tol=1e-4, verbose=False, warm_start=False,
                  momentum=0.9, nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
                  beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000,
-                 device="auto", dtype=None, class_weight=None):
+                 device="auto", dtype=None, class_weight=None, tf32=False):
         self._store(locals())
 
     def _out_activation(self) -> str:
@@ -193,7 +200,8 @@ class MLPRegressor(RegressorMixin, BaseMLP):
 
     loss : {"squared_error", "poisson"}, default "squared_error"
         Poisson uses an exp output and needs targets >= 0.
-    Other parameters as scikit-learn's, plus device and dtype as for MLPClassifier.
+    Other parameters as scikit-learn's, plus device, dtype and tf32 (a gpubp extra, float32
+    only) as for MLPClassifier.
     """
 
     _parameter_constraints: dict = {**PARAMETER_CONSTRAINTS, "loss": [StrOptions({"squared_error", "poisson"})]}
@@ -203,7 +211,7 @@ class MLPRegressor(RegressorMixin, BaseMLP):
                  power_t=0.5, max_iter=200, shuffle=True, random_state=None, tol=1e-4, verbose=False,
                  warm_start=False, momentum=0.9, nesterovs_momentum=True, early_stopping=False,
                  validation_fraction=0.1, beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10,
-                 max_fun=15000, device="auto", dtype=None):
+                 max_fun=15000, device="auto", dtype=None, tf32=False):
         self._store(locals())
 
     def _out_activation(self) -> str:

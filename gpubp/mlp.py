@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import ops
+from . import ops, precision
 from .backend import Backend, get_backend, is_out_of_memory
 from .validation import (check_dtype, check_positive_int, check_sample_weight, check_sizes, check_targets,
                          check_X, check_y)
@@ -64,6 +64,13 @@ class MLP:
         nL >= 2 classes (labels are class indices), or per-output logistic with binary
         cross-entropy, identity with half squared error, exp with Poisson deviance (targets
         are an (n, nL) array).
+    tf32 : bool
+        float32 only (float64 raises ValueError). True: every product of the forward and backward
+        pass and of prediction uses TF32 (inputs rounded to 10 mantissa bits, sums in float32;
+        about 3e-4 relative error per product, several times the float32 rate on an Ampere or
+        newer card). On CUDA the products run inside :func:`gpubp.precision.tf32_products`; on
+        the CPU they are :func:`gpubp.precision.matmul_as_tf32`, the model of the card's
+        arithmetic, so the CPU stays the reference for the GPU. False (default): IEEE float32.
 
     Attributes
     ----------
@@ -78,7 +85,7 @@ class MLP:
     """
 
     def __init__(self, sizes, activation="relu", backend="auto", dtype="float32", seed=None, alpha=0.0,
-                 output="softmax"):
+                 output="softmax", tf32=False):
         if output not in ops.OUTPUTS:
             raise ValueError(f"unknown output {output!r}: expected one of {', '.join(ops.OUTPUTS)}")
         self.output = output
@@ -87,6 +94,7 @@ class MLP:
         self.backend: Backend = get_backend(backend)
         self.xp = self.backend.xp
         self.dtype = check_dtype(dtype)
+        self.tf32 = precision.check_tf32(tf32, self.dtype)
         if not np.isfinite(alpha) or alpha < 0:
             raise ValueError(f"alpha (L2 penalty) must be a finite number >= 0, got {alpha!r}")
         self.alpha = float(alpha)
@@ -98,7 +106,8 @@ class MLP:
 
     def __repr__(self) -> str:
         widths = "-".join(map(str, self.sizes))
-        return f"MLP({widths}, {self.activation}, {self.output}, {self.dtype.name}, {self.backend.name})"
+        tf32 = ", tf32" if self.tf32 else ""
+        return f"MLP({widths}, {self.activation}, {self.output}, {self.dtype.name}, {self.backend.name}{tf32})"
 
     @property
     def n_classes(self) -> int:
@@ -132,21 +141,34 @@ class MLP:
 
     # ------------------------------------------------------------------ forward and backward
 
+    def _products(self):
+        """The block every product of a pass runs in: TF32 on a CUDA card when tf32, else nothing."""
+        return precision.tf32_products(self.xp, self.tf32)
+
+    def _matmul(self, a, b, out=None):
+        """a @ b (written into ``out`` when given): the network's one way to take a product. With
+        tf32 on NumPy it is the CPU model of the card's TF32 product; on CUDA the enclosing
+        :meth:`_products` block makes cuBLAS compute it in TF32."""
+        if self.tf32 and self.xp is np:
+            return precision.matmul_as_tf32(a, b, out=out)
+        return self.xp.matmul(a, b, out=out)
+
     def _forward(self, X):
         """Hidden activations a[0] = X, ..., a[L-1] and the output logits z[L] (n, nL)."""
-        a, zL = self._forward_products(X)
+        with self._products():
+            a, zL = self._forward_products(X)
         zL += self.biases[-1]
         return a, zL
 
     def _forward_products(self, X):
         """a[0] = X, ..., a[L-1] and the output layer's product a[L-1] @ W[L] (n, nL), its bias
-        not yet added (BP1's kernel adds it as it reads the logits)."""
+        not yet added (BP1's kernel adds it as it reads the logits). Callers hold _products()."""
         xp, kernels = self.xp, self.backend.kernels
         a = [X]
         for W, b in zip(self.weights[:-1], self.biases[:-1]):
-            z = a[-1] @ W  # (n, sizes[l+1])
+            z = self._matmul(a[-1], W)  # (n, sizes[l+1])
             a.append(kernels.bias_activation(xp, z, b, self.activation))
-        return a, a[-1] @ self.weights[-1]
+        return a, self._matmul(a[-1], self.weights[-1])
 
     def flat_loss_and_grad(self, X, y, sample_weight=None):
         """The trainers' step: loss and gradient of a batch with no checks and no host sync.
@@ -164,6 +186,11 @@ class MLP:
         g : array (n_params,), the gradient in ``flat_params``' layout (``unflatten(g)`` gives
             dW and db); a new buffer each call
         """
+        with self._products():
+            return self._flat_loss_and_grad(X, y, sample_weight)
+
+    def _flat_loss_and_grad(self, X, y, sample_weight):
+        """flat_loss_and_grad's forward and backward pass, inside _products()."""
         xp, kernels = self.xp, self.backend.kernels
         a, zL = self._forward_products(X)  # zL: (n, nL) without the output bias
         g = xp.empty(self.flat_params.shape, dtype=self.dtype)  # (n_params,)
@@ -178,10 +205,10 @@ class MLP:
             # BP3: db[l] = sum over the batch of delta[l]
             delta.sum(axis=0, out=db[l])
             # BP4: dW[l] = a[l-1].T @ delta[l]
-            xp.matmul(a[l].T, delta, out=dW[l])
+            self._matmul(a[l].T, delta, out=dW[l])
             if l > 0:
                 # BP2: delta[l-1] = (delta[l] @ W[l].T) * f'(z[l-1]), f' from the saved a
-                delta = kernels.backprop_delta(xp, delta @ self.weights[l].T, a[l], self.activation)
+                delta = kernels.backprop_delta(xp, self._matmul(delta, self.weights[l].T), a[l], self.activation)
         if self.alpha:
             loss = self._add_l2(g, loss, X.shape[0] if sample_weight is None else sample_weight.sum())
         return loss, g

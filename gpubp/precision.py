@@ -92,13 +92,16 @@ def round_to_tf32(x) -> np.ndarray:
     return np.where(np.isnan(x), x, rounded)
 
 
-def matmul_as_tf32(a, b) -> np.ndarray:
+def matmul_as_tf32(a, b, out=None) -> np.ndarray:
     """The product a @ b as TF32 tensor cores compute it: inputs rounded to TF32, sums in float32.
 
     Parameters
     ----------
     a : array_like of float32, shape (n, k)
     b : array_like of float32, shape (k, m)
+    out : ndarray of float32, shape (n, m), optional
+        Written in place and returned; a view works (the network writes BP4's dW[l] into its
+        flat gradient this way).
 
     Returns
     -------
@@ -106,7 +109,7 @@ def matmul_as_tf32(a, b) -> np.ndarray:
         Agrees with a GPU TF32 product to float32 accumulation noise (about 1e-6 of the norm for
         k ~ 4000); differs from the IEEE product by about TF32_TYPICAL_REL_ERROR.
     """
-    return np.matmul(round_to_tf32(a), round_to_tf32(b))
+    return np.matmul(round_to_tf32(a), round_to_tf32(b), out=out)
 
 
 def check_tf32(tf32, dtype) -> bool:

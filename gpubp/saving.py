@@ -1,6 +1,7 @@
 """Save a trained network to one .npz file (no pickle) and load it back on any device.
 
-The file holds ``format_version``, ``sizes``, ``activation``, ``dtype``, ``alpha``, ``output``, the arrays
+The file holds ``format_version``, ``sizes``, ``activation``, ``dtype``, ``alpha``, ``output``, ``tf32``
+(files written before it existed load as tf32=False), the arrays
 ``W0..W{L-1}`` and ``b0..b{L-1}`` (host copies), and any extra arrays the caller adds under
 ``extra_<name>`` (the command line stores the classes and the input scaling there). It is written
 to a temporary file in the same folder, flushed to disk and renamed over the target, so a crash
@@ -87,6 +88,7 @@ def save_model(net: MLP, path, extra: dict | None = None) -> Path:
         "dtype": np.array(net.dtype.name),
         "alpha": np.array(net.alpha),
         "output": np.array(net.output),
+        "tf32": np.array(net.tf32),
     }
     for l, (W, b) in enumerate(zip(net.weights, net.biases)):
         arrays[f"W{l}"] = net.backend.to_host(W)
@@ -123,11 +125,12 @@ def load_model(path, backend="auto") -> tuple[MLP, dict]:
     sizes = [int(s) for s in arrays["sizes"]]
     try:
         output = str(arrays.get("output", "softmax"))
+        tf32 = arrays["tf32"].item() if "tf32" in arrays else False  # older files: IEEE float32
         net = MLP(sizes, str(arrays["activation"]), backend, str(arrays["dtype"]), alpha=float(arrays["alpha"]),
-                  output=output)
+                  output=output, tf32=tf32)
         net.set_params([arrays[f"W{l}"] for l in range(len(sizes) - 1)] +
                        [arrays[f"b{l}"] for l in range(len(sizes) - 1)])
-    except (KeyError, ValueError) as exc:
+    except (KeyError, ValueError, TypeError) as exc:
         raise DataError(f"{path}: inconsistent gpubp model file ({exc})") from None
     extra = {k[len("extra_"):]: v for k, v in arrays.items() if k.startswith("extra_")}
     return net, extra
