@@ -57,6 +57,12 @@ Callback = Callable[[int, dict], "bool | None"]
 _CHANGEABLE_ON_RESUME = ("epochs", "verbose", "checkpoint", "checkpoint_every", "stream")
 
 
+def model_block(net: MLP) -> dict:
+    """The network's settings as a checkpoint records them (and a resume must match)."""
+    return {"sizes": net.sizes, "activation": net.activation, "dtype": net.dtype.name, "alpha": net.alpha,
+            "tf32": net.tf32}
+
+
 @dataclass
 class TrainConfig:
     """Training settings, checked once on creation (see :func:`fit` for their meaning)."""
@@ -337,9 +343,9 @@ class Trainer:
         net, meta = self.net, checkpoint.meta
         if "config" not in meta:
             raise ValueError(f"{checkpoint.path} is not a training checkpoint (a saved estimator?)")
-        mine = {"sizes": net.sizes, "activation": net.activation, "dtype": net.dtype.name, "alpha": net.alpha}
-        if meta["model"] != mine:
-            raise ValueError(f"{checkpoint.path} holds the network {meta['model']}, not {mine}")
+        mine, theirs = model_block(net), {"tf32": False, **meta["model"]}  # tf32 recorded since it exists
+        if theirs != mine:
+            raise ValueError(f"{checkpoint.path} holds the network {theirs}, not {mine}")
         now = self.config.as_dict()
         changed = [f"{k}={meta['config'].get(k)!r} there, {now[k]!r} here" for k in now
                    if k not in _CHANGEABLE_ON_RESUME and meta["config"].get(k) != now[k]]
@@ -636,8 +642,7 @@ class Trainer:
         net, state = self.net, self.state
         settings, opt_arrays = self.optimizer.state()
         meta = {
-            "model": {"sizes": net.sizes, "activation": net.activation, "dtype": net.dtype.name,
-                      "alpha": net.alpha},
+            "model": model_block(net),
             "optimizer": settings,
             "config": self.config.as_dict(),
             "state": {k: getattr(state, k) for k in RunState.SCALARS},

@@ -249,3 +249,27 @@ def test_cuda_tf32_gradients_match_the_cpu_tf32_reference(digits):
     g_i, g_t = to_numpy(g_i), to_numpy(g_t)
     assert rel(g_t, g_c) < 2e-5, rel(g_t, g_c)
     assert rel(g_i, g_c) > 5e-5, rel(g_i, g_c)
+
+
+def test_a_checkpoint_records_tf32_and_a_resume_must_match(tmp_path):
+    """The checkpoint's model block holds tf32; resuming with the other setting is refused, and a
+    checkpoint written before tf32 existed (no entry) resumes as tf32=False."""
+    from gpubp import fit
+    from gpubp.checkpoint import read_checkpoint, write_checkpoint
+
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(60, 5)).astype(np.float32), rng.integers(0, 3, 60)
+    ckpt = tmp_path / "c.npz"
+    fit(MLP([5, 8, 3], "tanh", "cpu", "float32", seed=0, tf32=True), X, y, epochs=2, batch_size=20, seed=0,
+        checkpoint=ckpt, checkpoint_every=1, callbacks=[lambda epoch, logs: epoch == 1])
+    c = read_checkpoint(ckpt)
+    assert c.meta["model"]["tf32"] is True
+    with pytest.raises(ValueError, match="holds the network"):
+        fit(MLP([5, 8, 3], "tanh", "cpu", "float32", seed=0), X, y, epochs=2, batch_size=20, seed=0, resume=ckpt)
+    old = {**c.meta, "model": {k: v for k, v in c.meta["model"].items() if k != "tf32"}}
+    write_checkpoint(tmp_path / "old.npz", old, c.arrays)
+    fit(MLP([5, 8, 3], "tanh", "cpu", "float32", seed=0), X, y, epochs=2, batch_size=20, seed=0,
+        resume=tmp_path / "old.npz")
+    with pytest.raises(ValueError, match="holds the network"):
+        fit(MLP([5, 8, 3], "tanh", "cpu", "float32", seed=0, tf32=True), X, y, epochs=2, batch_size=20, seed=0,
+            resume=tmp_path / "old.npz")
