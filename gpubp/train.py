@@ -421,7 +421,7 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
 
     def _epochs(self, feed, validation, stop) -> None:
-        net, cfg, state = self.net, self.config, self.state
+        cfg, state = self.config, self.state
         n = feed.n
         steps_per_epoch = math.ceil(n / cfg.batch_size)
         schedule = Schedule(cfg.lr, cfg.epochs * steps_per_epoch, cfg.schedule,
