@@ -115,6 +115,9 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--stream", action="store_true",
                        help="keep the training set on the host and stream batches to the device "
                             "(automatic when it does not fit, or is a folder of .npy files)")
+    train.add_argument("--distributed", action="store_true",
+                       help="data-parallel over the ranks an MPI launcher started (mpirun -n R gpubp train "
+                            "--distributed ...): --batch-size is the global batch; rank 0 prints and writes")
     train.add_argument("--out", type=Path, help="save the trained model to this .npz file")
     train.add_argument("--plot", type=Path, help="write loss and accuracy curves to this PNG file")
     train.add_argument("--quiet", action="store_true", help="no per-epoch lines")
@@ -180,6 +183,30 @@ def _check_outputs(args) -> None:
 
 
 def _train(args) -> int:
+    """gpubp train, on one process or (--distributed) on every rank of an MPI job. A rank that
+    fails alone (bad data on its node) ends the whole job with the error's exit status instead
+    of leaving the others waiting; failures every rank meets together end each rank alike."""
+    if not args.distributed:
+        return _train_with(args, None)
+    from .distributed import world
+
+    comm = world(args.device)
+    try:
+        return _train_with(args, comm)
+    except (TrainingInterrupted, DivergenceError):
+        raise  # decided from all-reduced figures: every rank raises it at the same step
+    except BaseException as exc:
+        status = _report(exc) if comm.size > 1 else None
+        if status is None:
+            raise
+        comm.abort(status)
+        raise
+
+
+def _train_with(args, comm) -> int:
+    """The command's work; ``comm`` is the communicator of a --distributed run, else None."""
+    lead = comm is None or comm.rank == 0  # the rank that prints and writes
+    say = print if lead else (lambda *args, **kwargs: None)
     if args.resume is not None:
         _apply_checkpoint(args)
     if args.tf32 and args.dtype != "float32":
@@ -187,7 +214,9 @@ def _train(args) -> int:
     _check_outputs(args)
     backend = get_backend(args.device)
     note = "" if backend.name == "cuda" or args.device != "auto" else f"  [no GPU: {cuda_status().reason}]"
-    print(f"device: {backend.device}{note}", flush=True)
+    say(f"device: {backend.device}{note}", flush=True)
+    if comm is not None:
+        say(f"distributed: {comm.size} rank(s), {type(comm).__name__}; global batch {args.batch_size}", flush=True)
 
     train_set, test_set = load_dataset(args.dataset)
     if test_set is None:
@@ -197,19 +226,19 @@ def _train(args) -> int:
     scaler, (train_set, test_set) = standardize(train_set, test_set)
     mapped = " (memory-mapped: training batches are read from the file)" if isinstance(train_set.X, HostRows) \
         else ""
-    print(f"data: {args.dataset}: {len(train_set)} train / {len(test_set)} test samples, "
+    say(f"data: {args.dataset}: {len(train_set)} train / {len(test_set)} test samples, "
           f"{train_set.X.shape[1]} features, {train_set.n_classes} classes{mapped}", flush=True)
 
     sizes = [train_set.X.shape[1], *args.hidden, train_set.n_classes]
     net = MLP(sizes, args.activation, backend, args.dtype, seed=args.seed, alpha=args.alpha, tf32=args.tf32)
-    print(f"model: {'-'.join(map(str, sizes))} {args.activation}, {args.dtype}{' tf32' if args.tf32 else ''}, "
+    say(f"model: {'-'.join(map(str, sizes))} {args.activation}, {args.dtype}{' tf32' if args.tf32 else ''}, "
           f"{net.n_params:,} parameters; {args.optimizer}, {args.epochs} epochs of batch {args.batch_size}",
           flush=True)
-    verbose = 0 if args.quiet else (2 if sys.stderr.isatty() else 1)
+    verbose = 0 if args.quiet or not lead else (2 if sys.stderr.isatty() else 1)
     dataset = args.dataset if args.dataset == "digits" else str(Path(args.dataset).resolve())
     checkpoint_every = args.checkpoint_every or (1 if args.checkpoint is not None else None)
     if args.resume is not None:
-        print(f"resuming: {args.resume}", flush=True)
+        say(f"resuming: {args.resume}", flush=True)
     history = fit(
         net, train_set.X, train_set.y, epochs=args.epochs, batch_size=args.batch_size,
         optimizer=args.optimizer, lr=args.lr, momentum=args.momentum, schedule=args.schedule,
@@ -217,9 +246,13 @@ def _train(args) -> int:
         patience=args.patience, seed=args.seed, clip_norm=args.clip_norm, verbose=verbose,
         checkpoint=str(args.checkpoint or DEFAULT_CHECKPOINT), checkpoint_every=checkpoint_every,
         resume=args.resume, stream=args.stream, checkpoint_extra={"dataset": dataset, "test_fraction": args.test_fraction},
+        comm=comm,
     )
+    if not lead:
+        return 0
     test_loss, test_acc = net.evaluate(test_set.X, test_set.y)
     print(f"trained {history.epochs} epochs in {sum(history.seconds):.1f}s"
+          + (f" on {history.ranks} ranks" if history.ranks > 1 else "")
           + (f" (stopped early, best epoch {history.best_epoch})" if history.stopped_early else ""))
     print(f"test loss: {test_loss:.4f}")
     print(f"test accuracy: {test_acc:.4f}")
@@ -306,22 +339,30 @@ def main(argv=None) -> int:
         if args.command == "bench":
             return _bench(args)
         return _train(args)
-    except _UsageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except BaseException as exc:
+        status = _report(exc)
+        if status is None:
+            raise
+        return status
+
+
+def _report(exc: BaseException) -> int | None:
+    """Print the one line an expected failure ends the command with; its exit status (None: not
+    an expected failure, let it raise)."""
+    if isinstance(exc, (_UsageError, DataError, BackendUnavailableError, ValueError)):
+        print(f"error: {exc}", file=sys.stderr, flush=True)
         return 2
-    except (DataError, BackendUnavailableError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except (DivergenceError, DeviceMemoryError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    if isinstance(exc, (DivergenceError, DeviceMemoryError)):
+        print(f"error: {exc}", file=sys.stderr, flush=True)
         return 1
-    except TrainingInterrupted as exc:
+    if isinstance(exc, TrainingInterrupted):
         resume = f"; resume with: gpubp train --resume {exc.checkpoint}" if exc.checkpoint else ""
-        print(f"{exc}{resume}", file=sys.stderr)
+        print(f"{exc}{resume}", file=sys.stderr, flush=True)
         return exc.exit_status
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    if isinstance(exc, KeyboardInterrupt):
+        print("interrupted", file=sys.stderr, flush=True)
         return 130
+    return None
 
 
 if __name__ == "__main__":

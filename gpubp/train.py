@@ -157,6 +157,7 @@ class History:
     best_epoch: int | None = None
     stopped_early: bool = False
     device: str = ""
+    ranks: int = 1  # processes that trained it together (data-parallel), in the latest run
 
     @property
     def epochs(self) -> int:
@@ -303,7 +304,7 @@ class Trainer:
             else config.optimizer
         )
         self.state = RunState()
-        self.history = History(device=net.backend.device)
+        self.history = History(device=net.backend.device, ranks=self.comm.size)
         self.last_checkpoint: str | None = None
         self._fingerprint: str | None = None
 
@@ -365,7 +366,7 @@ class Trainer:
         best = checkpoint.prefixed("best_")
         if best:
             self.state.best_params = [net.backend.asarray(best[str(i)], net.dtype) for i in range(len(best))]
-        self.history = History(**{**meta["history"], "device": net.backend.device})
+        self.history = History(**{**meta["history"], "device": net.backend.device, "ranks": self.comm.size})
         self.last_checkpoint = str(checkpoint.path)
 
     def run(self, X, y, validation_data=None, resume=None) -> History:

@@ -176,3 +176,40 @@ def test_only_rank_0_writes_and_prints(job):
     assert not list(out.glob(".*.tmp"))  # no half-written checkpoint left
     assert [line.split("train_loss")[0].strip() for line in output.splitlines() if "train_loss" in line] == \
         ["epoch 1/3", "epoch 2/3", "epoch 3/3"]  # verbose=1 in "validation": rank 0's lines only
+
+
+# ----------------------------------------------------------------------------- the command
+
+def _command(args: list[str], cwd, ranks: int | None) -> subprocess.CompletedProcess:
+    """``gpubp train ARGS`` in ``cwd``, under ``mpirun -n RANKS`` unless ranks is None."""
+    env = {**os.environ, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    launcher = [] if ranks is None else [_mpirun(), "-n", str(ranks), "--oversubscribe"]
+    return subprocess.run([*launcher, sys.executable, "-m", "gpubp", "train", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=TIMEOUT)
+
+
+@needs_mpirun
+def test_the_command_on_two_ranks_equals_one_process(tmp_path):
+    """gpubp train --distributed: rank 0 alone prints and saves, and the model is the one
+    process's to 1e-10 (float64, the same global batch)."""
+    from gpubp import load_model
+
+    common = ["--device", "cpu", "--dtype", "float64", "--epochs", "2", "--quiet"]
+    one = _command([*common, "--out", "one.npz"], tmp_path, None)
+    two = _command([*common, "--distributed", "--out", "two.npz"], tmp_path, 2)
+    assert one.returncode == 0, one.stderr
+    assert two.returncode == 0, two.stdout + two.stderr
+    assert two.stdout.count("test accuracy:") == 1 and "distributed: 2 rank(s), MPICommunicator" in two.stdout
+    assert "trained 2 epochs in" in two.stdout and " on 2 ranks" in two.stdout  # fit ran data-parallel
+    (a, _), (b, _) = load_model(tmp_path / "one.npz"), load_model(tmp_path / "two.npz")
+    for pa, pb in zip(a.params, b.params):
+        close(pb.ravel(), pa.ravel(), "the command's parameters")
+
+
+@needs_mpirun
+def test_the_command_on_two_ranks_ends_a_failed_job_with_one_line_and_status_2(tmp_path):
+    two = _command(["--device", "cpu", "--distributed", "--dataset", "missing.csv"], tmp_path, 2)
+    assert two.returncode == 2, two.stdout + two.stderr
+    assert "error: no such data set or file: 'missing.csv'" in two.stderr
+    assert "Traceback" not in two.stderr
