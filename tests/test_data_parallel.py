@@ -213,3 +213,13 @@ def test_the_command_on_two_ranks_ends_a_failed_job_with_one_line_and_status_2(t
     assert two.returncode == 2, two.stdout + two.stderr
     assert "error: no such data set or file: 'missing.csv'" in two.stderr
     assert "Traceback" not in two.stderr
+
+
+@needs_mpirun
+def test_the_scaling_benchmark_runs_both_configurations_alike():
+    """benchmarks/bench_data_parallel.py's two configurations train the same network alike."""
+    from benchmarks import bench_data_parallel as bench
+
+    one, two = bench.run("1x2", samples=96, epochs=1), bench.run("2x1", samples=96, epochs=1)
+    assert one["ranks"] == 1 and two["ranks"] == 2
+    assert abs(two["train_loss"][0] - one["train_loss"][0]) <= bench.LOSS_RTOL * abs(one["train_loss"][0])
