@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 
 import gpubp
-from gpubp.batches import ResidentFeed, StreamedFeed, share
 from gpubp.backend import get_backend
+from gpubp.batches import ResidentFeed, StreamedFeed, share
+from gpubp.checkpoint import read_checkpoint
 from gpubp.distributed import SingleProcess
 
 from . import dp_worker
@@ -223,3 +224,49 @@ def test_the_scaling_benchmark_runs_both_configurations_alike():
     one, two = bench.run("1x2", samples=96, epochs=1), bench.run("2x1", samples=96, epochs=1)
     assert one["ranks"] == 1 and two["ranks"] == 2
     assert abs(two["train_loss"][0] - one["train_loss"][0]) <= bench.LOSS_RTOL * abs(one["train_loss"][0])
+
+
+def _rank_pid(marker: str, rank: int) -> int | None:
+    """The pid of the MPI rank ``rank`` whose command line holds ``marker`` (Linux /proc)."""
+    for entry in Path("/proc").iterdir():
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            continue
+        if marker.encode() in cmdline and f"OMPI_COMM_WORLD_RANK={rank}".encode() in environ:
+            return int(entry.name)
+    return None
+
+
+@needs_mpirun
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the rank's process through Linux /proc")
+def test_a_killed_rank_ends_the_job_and_its_checkpoint_resumes_in_one_process(tmp_path):
+    """SIGKILL to rank 1 mid-run: the launcher ends the job at once (no hang) and says which rank
+    died; rank 0's last checkpoint is whole and a single process resumes it."""
+    env = {**os.environ, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    ckpt = tmp_path / "run.npz"
+    args = [_mpirun(), "-n", "2", "--oversubscribe", sys.executable, "-m", "gpubp", "train", "--distributed",
+            "--device", "cpu", "--epochs", "100000", "--quiet", "--checkpoint", str(ckpt)]
+    with subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          start_new_session=True) as proc:
+        try:
+            deadline = time.monotonic() + 120
+            while not ckpt.exists():
+                assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint written"
+                time.sleep(0.05)
+            pid = _rank_pid(str(ckpt), 1)
+            assert pid is not None, "rank 1's process not found"
+            os.kill(pid, signal.SIGKILL)
+            output, _ = proc.communicate(timeout=60)
+        except BaseException:
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise
+    assert proc.returncode != 0
+    assert "rank 1" in output and "signal 9" in output, output[-2000:]
+    epochs_done = read_checkpoint(ckpt).meta["state"]["epoch"]
+    resumed = _command(["--resume", str(ckpt), "--device", "cpu", "--epochs", str(epochs_done + 1), "--quiet"],
+                       tmp_path, None)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"trained {epochs_done + 1} epochs" in resumed.stdout and "test accuracy:" in resumed.stdout
