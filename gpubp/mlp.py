@@ -170,7 +170,7 @@ class MLP:
             a.append(kernels.bias_activation(xp, z, b, self.activation))
         return a, self._matmul(a[-1], self.weights[-1])
 
-    def flat_loss_and_grad(self, X, y, sample_weight=None):
+    def flat_loss_and_grad(self, X, y, sample_weight=None, l2: bool = True):
         """The trainers' step: loss and gradient of a batch with no checks and no host sync.
 
         Parameters
@@ -179,6 +179,9 @@ class MLP:
         y : integer array (n,) with every label in 0..sizes[-1]-1 (a softmax output; a kernel
             does not bounds-check, so check on the host first), or the targets (n, sizes[-1])
         sample_weight : array (n,) on the device, optional (checked by the caller)
+        l2 : bool
+            Include the L2 term (when alpha > 0). Data-parallel ranks leave it out and add it once
+            to the summed gradient with :meth:`add_l2`.
 
         Returns
         -------
@@ -187,9 +190,9 @@ class MLP:
             dW and db); a new buffer each call
         """
         with self._products():
-            return self._flat_loss_and_grad(X, y, sample_weight)
+            return self._flat_loss_and_grad(X, y, sample_weight, l2)
 
-    def _flat_loss_and_grad(self, X, y, sample_weight):
+    def _flat_loss_and_grad(self, X, y, sample_weight, l2: bool):
         """flat_loss_and_grad's forward and backward pass, inside _products()."""
         xp, kernels = self.xp, self.backend.kernels
         a, zL = self._forward_products(X)  # zL: (n, nL) without the output bias
@@ -209,19 +212,20 @@ class MLP:
             if l > 0:
                 # BP2: delta[l-1] = (delta[l] @ W[l].T) * f'(z[l-1]), f' from the saved a
                 delta = kernels.backprop_delta(xp, self._matmul(delta, self.weights[l].T), a[l], self.activation)
-        if self.alpha:
-            loss = self._add_l2(g, loss, X.shape[0] if sample_weight is None else sample_weight.sum())
+        if self.alpha and l2:
+            loss = loss + self.add_l2(g, X.shape[0] if sample_weight is None else sample_weight.sum())
         return loss, g
 
-    def _add_l2(self, g, loss, n):
-        """The L2 term on every weight at once: g's weights += alpha/n * W, and the loss gains
-        alpha/(2n) * sum ||W||^2; n is the row count or the total sample weight (0-d array)."""
+    def add_l2(self, g, n):
+        """The L2 term on every weight at once: g's weights += alpha/n * W (in place); returns the
+        loss's term alpha/(2n) * sum ||W||^2 (0-d, on the device). g: (n_params,) in flat_params'
+        layout; n: the row count (int) or the total sample weight (0-d array)."""
         W, gW = self.flat_params[:self.n_weights], g[:self.n_weights]
         # c kept in the network's dtype: NumPy 1.x turns a float32 scalar and a Python number
         # into float64; n stays on the device (no sync) when it is a sum of weights
         c = self.dtype.type(self.alpha / n) if isinstance(n, int) else (self.alpha / n).astype(self.dtype)
         gW += c * W
-        return loss + self.xp.vdot(W, W) * (c * self.dtype.type(0.5))
+        return self.xp.vdot(W, W) * (c * self.dtype.type(0.5))
 
     def loss_and_grads(self, X, y, sample_weight=None):
         """Mean cross-entropy of a batch and its gradient by backpropagation.

@@ -507,11 +507,7 @@ class Trainer:
         net, xp = self.net, self.net.xp
         arrays = batch.arrays()  # also for an empty share: a streamed feed expects every batch taken
         if batch.rows:
-            alpha, net.alpha = net.alpha, 0.0  # MLP has no switch for its L2 term (yet)
-            try:
-                loss, g = net.flat_loss_and_grad(*arrays)
-            finally:
-                net.alpha = alpha
+            loss, g = net.flat_loss_and_grad(*arrays, l2=False)
             scale = net.dtype.type(batch.rows / batch.size)
             g *= scale
             loss = loss * scale
@@ -519,17 +515,8 @@ class Trainer:
             loss, g = xp.zeros((), net.dtype), xp.zeros(net.flat_params.shape, net.dtype)
         self.comm.allreduce_sum(g)
         if net.alpha:
-            self._l2.append(self._add_l2(g, batch.size))
+            self._l2.append(net.add_l2(g, batch.size))
         return loss, g
-
-    def _add_l2(self, g, n: int):
-        """g's weights += alpha/n * W; returns the loss's L2 term alpha/(2n) * sum ||W||^2 (0-d), in
-        the arithmetic of MLP.flat_loss_and_grad's own term."""
-        net = self.net
-        W, gW = net.flat_params[:net.n_weights], g[:net.n_weights]
-        c = net.dtype.type(net.alpha / n)
-        gW += c * W
-        return net.xp.vdot(W, W) * (c * net.dtype.type(0.5))
 
     def _validate(self, validation) -> tuple[float, float]:
         """Validation loss and accuracy; data parallel, each rank scores its share and the sums
