@@ -45,11 +45,7 @@ class Batch:
     start: int
     size: int
     arrays: Callable[[], tuple]
-    rows: int = -1
-
-    def __post_init__(self):
-        if self.rows < 0:
-            self.rows = self.size
+    rows: int
 
 
 def share(m: int, part: tuple[int, int]) -> tuple[int, int]:
@@ -85,8 +81,6 @@ def _shares(order, n: int, batch_size: int, position: int, part: tuple[int, int]
 class ResidentFeed:
     """Batches gathered on the device from a training set copied there once."""
 
-    streamed = False
-
     def __init__(self, backend, X: np.ndarray, y: np.ndarray, batch_size: int, part: tuple[int, int] = (0, 1)):
         self.backend, self.batch_size, self.n, self.part = backend, batch_size, X.shape[0], part
         self.X, self.y = backend.asarray(X), backend.asarray(y)
@@ -107,8 +101,6 @@ class ResidentFeed:
 class StreamedFeed:
     """Batches gathered on the host and, on a GPU, copied over a side stream into two device
     buffers that take turns (see the module docstring)."""
-
-    streamed = True
 
     def __init__(self, backend, X, y: np.ndarray, batch_size: int, dtype, part: tuple[int, int] = (0, 1)):
         self.backend, self.batch_size, self.n, self.part = backend, batch_size, X.shape[0], part

@@ -39,6 +39,8 @@ class HostRows:
     """
 
     def __init__(self, X, rows=None, mean=None, scale=None, name: str = "X"):
+        if X.ndim != 2:
+            raise ValueError(f"{name} must be 2-D (samples, features), got shape {X.shape}")
         self.X, self.name = X, name
         self.rows = None if rows is None else np.asarray(rows, dtype=np.int64)
         self.mean, self.scale = mean, scale

@@ -412,7 +412,8 @@ class Trainer:
         """Check that every rank has rank 0's settings, network and data; give every rank rank 0's
         parameters (a network built with seed=None differs from rank to rank)."""
         net = self.net
-        self.comm.check_same({"config": self.config.as_dict(), "sizes": list(net.sizes), "activation": net.activation,
+        config = {k: v for k, v in self.config.as_dict().items() if k != "verbose"}  # only rank 0 prints
+        self.comm.check_same({"config": config, "sizes": list(net.sizes), "activation": net.activation,
                               "dtype": net.dtype.name, "alpha": net.alpha, "backend": net.backend.name,
                               "data": self._fingerprint, "resume": checkpoint is not None,
                               "split_seed": self.state.split_seed})
@@ -464,7 +465,7 @@ class Trainer:
                 tqdm.write(_epoch_line(epoch, cfg.epochs, logs))
             halt = self._early_stopping(epoch, logs)
             asked = any([bool(cb(epoch, dict(logs))) for cb in self.callbacks])  # call every one
-            if self.parallel and self.callbacks:
+            if self.parallel:  # every rank, callbacks or not: a collective is never skipped by one rank
                 asked = self.comm.allreduce_scalar(asked, "any")
             halt = asked or halt
             if cfg.checkpoint_every and (epoch % cfg.checkpoint_every == 0 or halt or epoch == cfg.epochs):

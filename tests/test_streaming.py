@@ -230,3 +230,12 @@ def test_streamed_runs_equal_the_resident_run_on_a_gpu(tmp_path):
     assert_bitwise(train("cuda", X, y, stream=True), resident)
     folder, _ = load_dataset(str(tmp_path / "d"))
     assert_bitwise(train("cuda", folder.X, folder.y), resident)
+
+
+def test_a_memmap_that_is_not_2d_is_refused_clearly(tmp_path):
+    from gpubp import MLP, fit
+
+    np.save(tmp_path / "flat.npy", np.zeros(12, np.float32))
+    with pytest.raises(ValueError, match=r"flat.npy must be 2-D \(samples, features\), got shape \(12,\)"):
+        fit(MLP([3, 4, 2], backend="cpu", seed=0), np.load(tmp_path / "flat.npy", mmap_mode="r"), np.zeros(12, int),
+            epochs=1)
