@@ -20,7 +20,7 @@ from gpubp.checkpoint import read_checkpoint
 from gpubp.distributed import SingleProcess
 
 from . import dp_worker
-from .test_distributed import REPO, _mpirun, needs_mpirun
+from .test_distributed import _mpirun, mpi_env, needs_mpirun, run_ranks
 
 WORKER = Path(__file__).with_name("dp_worker.py")
 TIMEOUT = 300  # seconds for the whole mpirun job; it takes about 10-20 s here
@@ -82,20 +82,10 @@ def job(tmp_path_factory):
     """The 2-rank job's outputs by name: (rank 0's npz, rank 1's npz), and the folder."""
     out = tmp_path_factory.mktemp("dp")
     dp_worker.train("resume", epochs=2, checkpoint=str(out / "one_process.npz"), checkpoint_every=1)
-    env = {**os.environ, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
-           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    args = [_mpirun(), "-n", "2", "--oversubscribe", sys.executable, str(WORKER), str(out)]
-    start = time.monotonic()
-    with subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          start_new_session=True) as proc:
-        try:
-            output, _ = proc.communicate(timeout=TIMEOUT)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
-            pytest.fail(f"mpirun -n 2 dp_worker.py still running after {TIMEOUT} s: a hang")
+    proc, seconds = run_ranks([str(WORKER), str(out)], "dp_worker.py", TIMEOUT)
+    output = proc.stdout
     assert proc.returncode == 0, output
-    print(f"mpirun -n 2 dp_worker.py: {time.monotonic() - start:.1f} s")
+    print(f"mpirun -n 2 dp_worker.py: {seconds:.1f} s")
 
     def load(name):
         files = [np.load(out / f"{name}_rank{r}.npz") for r in range(2)]
@@ -183,10 +173,8 @@ def test_only_rank_0_writes_and_prints(job):
 
 def _command(args: list[str], cwd, ranks: int | None) -> subprocess.CompletedProcess:
     """``gpubp train ARGS`` in ``cwd``, under ``mpirun -n RANKS`` unless ranks is None."""
-    env = {**os.environ, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
-           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     launcher = [] if ranks is None else [_mpirun(), "-n", str(ranks), "--oversubscribe"]
-    return subprocess.run([*launcher, sys.executable, "-m", "gpubp", "train", *args], cwd=cwd, env=env,
+    return subprocess.run([*launcher, sys.executable, "-m", "gpubp", "train", *args], cwd=cwd, env=mpi_env(),
                           capture_output=True, text=True, timeout=TIMEOUT)
 
 
@@ -244,12 +232,10 @@ def _rank_pid(marker: str, rank: int) -> int | None:
 def test_a_killed_rank_ends_the_job_and_its_checkpoint_resumes_in_one_process(tmp_path):
     """SIGKILL to rank 1 mid-run: the launcher ends the job at once (no hang) and says which rank
     died; rank 0's last checkpoint is whole and a single process resumes it."""
-    env = {**os.environ, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
-           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     ckpt = tmp_path / "run.npz"
     args = [_mpirun(), "-n", "2", "--oversubscribe", sys.executable, "-m", "gpubp", "train", "--distributed",
             "--device", "cpu", "--epochs", "100000", "--quiet", "--checkpoint", str(ckpt)]
-    with subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    with subprocess.Popen(args, cwd=tmp_path, env=mpi_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           start_new_session=True) as proc:
         try:
             deadline = time.monotonic() + 120

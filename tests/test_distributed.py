@@ -125,22 +125,31 @@ needs_mpirun = pytest.mark.skipif(
     reason="mpi4py or mpirun is not installed (pip install 'gpubp[mpi]')")
 
 
-def run_job(scenario: str, out: Path) -> tuple[subprocess.CompletedProcess, float]:
-    """``mpirun -n 2 python tests/mpi_worker.py SCENARIO OUT``, its whole process group killed
-    after TIMEOUT seconds; returns the finished process and its wall time."""
-    env = {**os.environ, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
-           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    args = [_mpirun(), "-n", "2", "--oversubscribe", sys.executable, str(WORKER), scenario, str(out)]
+def mpi_env() -> dict:
+    """The environment of a job under mpirun: root allowed (CI runs as root), this checkout importable."""
+    return {**os.environ, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+
+
+def run_ranks(script_args: list[str], what: str, timeout: float = TIMEOUT) -> tuple[subprocess.CompletedProcess, float]:
+    """``mpirun -n 2 python SCRIPT_ARGS``, its whole process group killed after ``timeout``
+    seconds; returns the finished process (output merged) and its wall time."""
+    args = [_mpirun(), "-n", "2", "--oversubscribe", sys.executable, *script_args]
     start = time.monotonic()
-    with subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    with subprocess.Popen(args, env=mpi_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           start_new_session=True) as job:
         try:
-            output, _ = job.communicate(timeout=TIMEOUT)
+            output, _ = job.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             os.killpg(job.pid, signal.SIGKILL)
             job.communicate()
-            pytest.fail(f"mpirun -n 2 ({scenario}) still running after {TIMEOUT} s: a hang")
+            pytest.fail(f"mpirun -n 2 ({what}) still running after {timeout} s: a hang")
     return subprocess.CompletedProcess(args, job.returncode, output), time.monotonic() - start
+
+
+def run_job(scenario: str, out: Path) -> tuple[subprocess.CompletedProcess, float]:
+    """``mpirun -n 2 python tests/mpi_worker.py SCENARIO OUT`` (see :func:`run_ranks`)."""
+    return run_ranks([str(WORKER), scenario, str(out)], scenario)
 
 
 @pytest.fixture(scope="module")
