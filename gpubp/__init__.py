@@ -18,7 +18,8 @@ from .mlp import MLP
 from .optim import SGD, Adam
 from .saving import load_model, save_model
 from .schedules import Schedule
-from .train import History, TrainConfig, Trainer, fit
+from .config import TrainConfig
+from .train import History, Trainer, fit
 from .version import __version__
 
 __all__ = [

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import numbers
 import warnings
-from numbers import Integral, Real
 
 import numpy as np
 import scipy.optimize
@@ -16,47 +15,17 @@ from sklearn.base import BaseEstimator, is_classifier
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state, gen_batches, shuffle
-from sklearn.utils._param_validation import Interval, InvalidParameterError, Options, StrOptions
+from sklearn.utils._param_validation import InvalidParameterError
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 from tqdm.auto import tqdm
 
+from .estimator_params import PARAMETER_CONSTRAINTS
 from .backend import backend_for, get_backend, to_numpy
 from .checkpoint import write_checkpoint
 from .mlp import MLP
 from .optim import SGD, Adam, optimizer_from_state
 
 _STOCHASTIC = ("sgd", "adam")
-# scikit-learn 1.9's BaseMultilayerPerceptron._parameter_constraints, in its order (the order of
-# a StrOptions set shows in the messages), plus gpubp's device (checked by get_backend), dtype and
-# tf32 (a bool; float32 only, checked at fit once the training dtype is known).
-PARAMETER_CONSTRAINTS = {
-    "hidden_layer_sizes": ["array-like", Interval(Integral, 1, None, closed="left")],
-    "activation": [StrOptions({"identity", "logistic", "tanh", "relu"})],
-    "solver": [StrOptions({"lbfgs", "sgd", "adam"})],
-    "alpha": [Interval(Real, 0, None, closed="left")],
-    "batch_size": [StrOptions({"auto"}), Interval(Integral, 1, None, closed="left")],
-    "learning_rate": [StrOptions({"constant", "invscaling", "adaptive"})],
-    "learning_rate_init": [Interval(Real, 0, None, closed="neither")],
-    "power_t": [Interval(Real, 0, None, closed="left")],
-    "max_iter": [Interval(Integral, 1, None, closed="left")],
-    "shuffle": ["boolean"],
-    "random_state": ["random_state"],
-    "tol": [Interval(Real, 0, None, closed="left")],
-    "verbose": ["verbose"],
-    "warm_start": ["boolean"],
-    "momentum": [Interval(Real, 0, 1, closed="both")],
-    "nesterovs_momentum": ["boolean"],
-    "early_stopping": ["boolean"],
-    "validation_fraction": [Interval(Real, 0, 1, closed="left")],  # 0 is refused later, by the split
-    "beta_1": [Interval(Real, 0, 1, closed="left")],
-    "beta_2": [Interval(Real, 0, 1, closed="left")],
-    "epsilon": [Interval(Real, 0, None, closed="neither")],
-    "n_iter_no_change": [Interval(Integral, 1, None, closed="left"), Options(Real, {np.inf})],
-    "max_fun": [Interval(Integral, 1, None, closed="left")],
-    "device": [str],
-    "dtype": "no_validation",  # numpy types and names: checked in _check_params
-    "tf32": ["boolean"],
-}
 _ACTIVATION_NAMES = {"identity": "identity", "logistic": "sigmoid", "tanh": "tanh", "relu": "relu"}
 _PREDICT_BATCH = 4096  # rows per device batch in predict
 

@@ -46,7 +46,8 @@ from sklearn.utils.validation import column_or_1d, validate_data
 
 from .checkpoint import read_checkpoint
 from .errors import DataError
-from .estimator_base import PARAMETER_CONSTRAINTS, BaseMLP
+from .estimator_base import BaseMLP
+from .estimator_params import PARAMETER_CONSTRAINTS
 
 def load_estimator(path, device="auto"):
     """An MLPClassifier or MLPRegressor written by ``save``, ready to predict on ``device``."""
