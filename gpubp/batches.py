@@ -40,12 +40,16 @@ from .rows import HostRows
 @dataclass
 class Batch:
     """Rows ``start .. start + size`` of an epoch's order, of which this rank trains ``rows``
-    (all of them in one process); ``arrays()`` gives ``(Xb (rows, d), yb (rows,))`` on the device."""
+    (all of them in one process); ``arrays()`` gives ``(Xb (rows, d), yb (rows,) or (rows, k),
+    wb (rows,) or None)`` on the device. ``weight`` is the whole batch's weight W (its row count,
+    or its summed sample weights) and ``share`` this rank's part of it, W_r / W (1 in one process)."""
 
     start: int
     size: int
     arrays: Callable[[], tuple]
     rows: int
+    weight: float = 0
+    share: float = 1.0
 
 
 def share(m: int, part: tuple[int, int]) -> tuple[int, int]:
@@ -57,33 +61,42 @@ def share(m: int, part: tuple[int, int]) -> tuple[int, int]:
     return lo, lo + q + (r < extra)
 
 
-def batch_feed(backend, X, y, batch_size: int, dtype, stream: bool, part: tuple[int, int] = (0, 1)):
-    """The feed for training data X (n, d) (a host array in ``dtype``, or HostRows) and labels y
-    (n,) int64 on ``backend``: resident when X is an array that fits on the device and
+def batch_feed(backend, X, y, batch_size: int, dtype, stream: bool, part: tuple[int, int] = (0, 1),
+               sample_weight=None):
+    """The feed for training data X (n, d) (a host array in ``dtype``, or HostRows), targets y
+    (host: class indices (n,) int64, or (n, k) in ``dtype``) and optional sample weights (host
+    (n,) in ``dtype``) on ``backend``: resident when X is an array that fits on the device and
     streaming was not asked for, streamed otherwise (batches in ``dtype``). ``part=(rank, size)``:
     this rank's share of every batch (the whole batch by default)."""
     if isinstance(X, HostRows) or stream or not backend.fits(X.nbytes):
-        return StreamedFeed(backend, X, y, batch_size, dtype, part)
-    return ResidentFeed(backend, X, y, batch_size, part)
+        return StreamedFeed(backend, X, y, batch_size, dtype, part, sample_weight)
+    return ResidentFeed(backend, X, y, batch_size, part, sample_weight)
 
 
-def _shares(order, n: int, batch_size: int, position: int, part: tuple[int, int]):
-    """(start, size, idx) of every batch of ``order`` from ``position`` on, idx this rank's share."""
+def _shares(order: np.ndarray, n: int, batch_size: int, position: int, part: tuple[int, int], w=None):
+    """(start, size, lo, hi, weight, share) of every batch of the host ``order`` from
+    ``position`` on: ``order[lo:hi]`` are this rank's rows, weight is the batch's W and share this
+    rank's W_r / W."""
     for start in range(position, n, batch_size):
         size = min(batch_size, n - start)
-        if part[1] == 1:
-            yield start, size, order[start : start + size]
+        lo, hi = share(size, part)
+        lo, hi = start + lo, start + hi
+        if w is None:
+            yield start, size, lo, hi, size, (hi - lo) / size
         else:
-            lo, hi = share(size, part)
-            yield start, size, order[start + lo : start + hi]
+            weight = float(w[order[start : start + size]].sum(dtype=np.float64))
+            yield start, size, lo, hi, weight, float(w[order[lo:hi]].sum(dtype=np.float64)) / weight
 
 
 class ResidentFeed:
     """Batches gathered on the device from a training set copied there once."""
 
-    def __init__(self, backend, X: np.ndarray, y: np.ndarray, batch_size: int, part: tuple[int, int] = (0, 1)):
+    def __init__(self, backend, X: np.ndarray, y: np.ndarray, batch_size: int, part: tuple[int, int] = (0, 1),
+                 sample_weight=None):
         self.backend, self.batch_size, self.n, self.part = backend, batch_size, X.shape[0], part
         self.X, self.y = backend.asarray(X), backend.asarray(y)
+        self.w_host = sample_weight
+        self.w = None if sample_weight is None else backend.asarray(sample_weight)
 
     def __enter__(self):
         return self
@@ -93,20 +106,26 @@ class ResidentFeed:
 
     def epoch(self, order: np.ndarray, position: int) -> Iterator[Batch]:
         """The batches of ``order`` (host int array (n,)) from row ``position`` on."""
-        order = self.backend.asarray(order)
-        for start, size, idx in _shares(order, self.n, self.batch_size, position, self.part):
-            yield Batch(start, size, lambda idx=idx: (self.X[idx], self.y[idx]), idx.shape[0])
+        device_order = self.backend.asarray(order)  # one copy per epoch; batches slice it on the device
+        for start, size, lo, hi, weight, part in _shares(order, self.n, self.batch_size, position, self.part,
+                                                         self.w_host):
+            yield Batch(start, size, lambda idx=device_order[lo:hi]: self._gather(idx), hi - lo, weight, part)
+
+    def _gather(self, idx) -> tuple:
+        return self.X[idx], self.y[idx], None if self.w is None else self.w[idx]
 
 
 class StreamedFeed:
     """Batches gathered on the host and, on a GPU, copied over a side stream into two device
     buffers that take turns (see the module docstring)."""
 
-    def __init__(self, backend, X, y: np.ndarray, batch_size: int, dtype, part: tuple[int, int] = (0, 1)):
+    def __init__(self, backend, X, y: np.ndarray, batch_size: int, dtype, part: tuple[int, int] = (0, 1),
+                 sample_weight=None):
         self.backend, self.batch_size, self.n, self.part = backend, batch_size, X.shape[0], part
         self.rows = X if isinstance(X, HostRows) else HostRows(X)
-        self.y = np.asarray(y, dtype=np.int64)
         self.dtype = np.dtype(dtype)
+        self.y = np.asarray(y, dtype=np.int64 if np.asarray(y).ndim == 1 else self.dtype)
+        self.w = None if sample_weight is None else np.asarray(sample_weight, dtype=self.dtype)
         self._slots = None  # allocated by the first step (inside it, so running out of memory there is reported)
 
     def __enter__(self):
@@ -119,52 +138,62 @@ class StreamedFeed:
 
     def epoch(self, order: np.ndarray, position: int) -> Iterator[Batch]:
         """The batches of ``order`` (host int array (n,)) from row ``position`` on."""
-        batches = list(_shares(order, self.n, self.batch_size, position, self.part))
-        idx = [i for _, _, i in batches]
-        for k, (start, size, _) in enumerate(batches):
+        batches = list(_shares(order, self.n, self.batch_size, position, self.part, self.w))
+        idx = [order[lo:hi] for _, _, lo, hi, _, _ in batches]
+        for k, (start, size, lo, hi, weight, part) in enumerate(batches):
             if self.backend.name == "cpu":
-                fetch = lambda i=idx[k]: (self.rows.take(i, self.dtype), self.y[i])  # noqa: E731
+                fetch = lambda i=idx[k]: self._take(i)  # noqa: E731
             else:
                 fetch = lambda k=k: self._arrive(idx, k)  # noqa: E731
-            yield Batch(start, size, fetch, idx[k].shape[0])
+            yield Batch(start, size, fetch, hi - lo, weight, part)
+
+    def _take(self, i: np.ndarray) -> tuple:
+        """Rows i (host int array (m,)) of X, y and the weights, gathered on the host."""
+        return self.rows.take(i, self.dtype), self.y[i], None if self.w is None else self.w[i]
 
     def _arrive(self, idx: list, k: int) -> tuple:
         """Batch k of ``idx`` on the device: sent now if it is the first, batch k+1 sent behind it."""
-        slots = self._slots = self._slots or _Slots(self.backend, self.batch_size, self.rows.shape[1], self.dtype)
+        if self._slots is None:
+            self._slots = _Slots(self.backend, self.batch_size, self.dtype, self.rows, [self.y, self.w])
+        slots = self._slots
         if k == 0:  # every step before this epoch (or resumed part) is queued: both slots are free after it
             slots.release(0)
             slots.release(1)
-            slots.send(0, idx[0], self.rows, self.y)
+            slots.send(0, idx[0])
         else:
             slots.release((k - 1) % 2)  # step k-1, which read slot (k-1) % 2, is queued before this
         if k + 1 < len(idx):
-            slots.send((k + 1) % 2, idx[k + 1], self.rows, self.y)
+            slots.send((k + 1) % 2, idx[k + 1])
         return slots.receive(k % 2, idx[k].shape[0])
 
 
 class _Slots:
-    """Two pinned host buffers, two device buffers, a side stream and two events per slot."""
+    """Two pinned host buffers, two device buffers, a side stream and two events per slot, for
+    the rows of X and of each per-row array (targets, and weights when not None)."""
 
-    def __init__(self, backend, batch_size: int, d: int, dtype):
-        cuda = backend.xp.cuda
+    def __init__(self, backend, batch_size: int, dtype, rows: HostRows, columns: list):
+        cuda, xp = backend.xp.cuda, backend.xp
         self.stream = cuda.Stream(non_blocking=True)
         self.compute = cuda.get_current_stream()
-        self.X_host = [_pinned(cuda, (batch_size, d), dtype) for _ in range(2)]
-        self.y_host = [_pinned(cuda, (batch_size,), np.int64) for _ in range(2)]
-        self.X_dev = [backend.xp.empty((batch_size, d), dtype) for _ in range(2)]
-        self.y_dev = [backend.xp.empty((batch_size,), np.int64) for _ in range(2)]
+        self.rows, self.columns = rows, columns
+        shapes = [((batch_size, rows.shape[1]), dtype)]  # X's rows, converted as they are gathered
+        shapes += [((batch_size, *c.shape[1:]), c.dtype) for c in columns if c is not None]
+        self.host = [[_pinned(cuda, shape, dtype) for shape, dtype in shapes] for _ in range(2)]
+        self.dev = [[xp.empty(shape, dtype) for shape, dtype in shapes] for _ in range(2)]
         self.ready = [cuda.Event(disable_timing=True) for _ in range(2)]
         self.free = [cuda.Event(disable_timing=True) for _ in range(2)]
 
-    def send(self, s: int, idx: np.ndarray, rows: HostRows, y: np.ndarray) -> None:
+    def send(self, s: int, idx: np.ndarray) -> None:
         """Gather rows idx (m,) into pinned slot s and queue their copy to device slot s."""
         m = idx.shape[0]
         self.ready[s].synchronize()  # the last copy out of this pinned buffer has finished
-        rows.take(idx, out=self.X_host[s][:m])
-        np.take(y, idx, out=self.y_host[s][:m])
+        host = self.host[s]
+        self.rows.take(idx, out=host[0][:m])
+        for column, buffer in zip([c for c in self.columns if c is not None], host[1:]):
+            np.take(column, idx, axis=0, out=buffer[:m])
         self.stream.wait_event(self.free[s])  # the last step that read this device buffer has run
-        self.X_dev[s][:m].set(self.X_host[s][:m], stream=self.stream)
-        self.y_dev[s][:m].set(self.y_host[s][:m], stream=self.stream)
+        for h, d in zip(host, self.dev[s]):
+            d[:m].set(h[:m], stream=self.stream)
         self.ready[s].record(self.stream)
 
     def release(self, s: int) -> None:
@@ -172,9 +201,11 @@ class _Slots:
         self.free[s].record(self.compute)
 
     def receive(self, s: int, m: int) -> tuple:
-        """Device slot s's first m rows, with the compute stream waiting for their copy."""
+        """Device slot s's first m rows (X, y, weights or None), with the compute stream waiting
+        for their copy."""
         self.compute.wait_event(self.ready[s])
-        return self.X_dev[s][:m], self.y_dev[s][:m]
+        arrays = [d[:m] for d in self.dev[s]]
+        return arrays[0], arrays[1], arrays[2] if len(arrays) > 2 else None
 
 
 def _pinned(cuda, shape: tuple, dtype) -> np.ndarray:

@@ -223,7 +223,7 @@ class MLP:
         W, gW = self.flat_params[:self.n_weights], g[:self.n_weights]
         # c kept in the network's dtype: NumPy 1.x turns a float32 scalar and a Python number
         # into float64; n stays on the device (no sync) when it is a sum of weights
-        c = self.dtype.type(self.alpha / n) if isinstance(n, int) else (self.alpha / n).astype(self.dtype)
+        c = self.dtype.type(self.alpha / n) if isinstance(n, (int, float)) else (self.alpha / n).astype(self.dtype)
         gW += c * W
         return self.xp.vdot(W, W) * (c * self.dtype.type(0.5))
 

@@ -107,8 +107,8 @@ def test_divergence_names_the_step_and_keeps_the_last_good_checkpoint(tmp_path, 
     calls = []
     original = MLP.flat_loss_and_grad
 
-    def nan_at_step_20(self, Xb, yb, sample_weight=None):
-        loss, g = original(self, Xb, yb, sample_weight)
+    def nan_at_step_20(self, Xb, yb, sample_weight=None, l2=True):
+        loss, g = original(self, Xb, yb, sample_weight, l2)
         calls.append(1)
         return (loss * np.nan if len(calls) == 20 else loss), g
 
@@ -136,7 +136,7 @@ def test_clipping_by_global_norm(rng):
 def test_out_of_memory_suggests_a_batch_size(monkeypatch):
     X, y = problem()
 
-    def no_memory(self, Xb, yb, sample_weight=None):
+    def no_memory(self, Xb, yb, sample_weight=None, l2=True):
         raise MemoryError("Unable to allocate 3.00 GiB for an array with shape (1000000, 800)")
 
     monkeypatch.setattr(MLP, "flat_loss_and_grad", no_memory)
@@ -154,7 +154,7 @@ def test_out_of_memory_releases_the_failed_step_before_measuring(monkeypatch):
     class Activations(np.ndarray):
         """An array a weak reference can follow (a device array's memory in the real case)."""
 
-    def no_memory(self, Xb, yb, sample_weight=None):
+    def no_memory(self, Xb, yb, sample_weight=None, l2=True):
         activations = np.zeros(1000).view(Activations)
         held.append(weakref.ref(activations))
         raise MemoryError("Unable to allocate 3.00 GiB for an array with shape (1000000, 800)")

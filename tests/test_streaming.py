@@ -18,7 +18,7 @@ from gpubp.checkpoint import data_fingerprint
 from gpubp.data import Dataset, load_dataset, split, standardize
 from gpubp.errors import DataError
 from gpubp.rows import HostRows
-from gpubp.train import Trainer
+from gpubp.engine import Engine
 
 from . import fake_cupy_arrays
 from .test_cli import assert_one_line_error, gpubp as run_cli
@@ -112,7 +112,7 @@ def test_a_streamed_run_stopped_mid_epoch_resumes_bitwise(request, tmp_path, mon
     X, y = write_folder(tmp_path / "d")
     folder, _ = load_dataset(str(tmp_path / "d"))
     whole = train(device, X, y)  # resident, uninterrupted
-    steps, real_step = [], Trainer._step
+    steps, real_step = [], Engine.step
 
     def step_then_signal(self, *args):
         loss = real_step(self, *args)
@@ -121,11 +121,11 @@ def test_a_streamed_run_stopped_mid_epoch_resumes_bitwise(request, tmp_path, mon
             os.kill(os.getpid(), signal.SIGINT)
         return loss
 
-    monkeypatch.setattr(Trainer, "_step", step_then_signal)
+    monkeypatch.setattr(Engine, "step", step_then_signal)
     ckpt = tmp_path / "c.npz"
     with pytest.raises(gpubp.TrainingInterrupted):
         train(device, folder.X, folder.y, checkpoint=ckpt)
-    monkeypatch.setattr(Trainer, "_step", real_step)
+    monkeypatch.setattr(Engine, "step", real_step)
     state = gpubp.read_checkpoint(ckpt).meta["state"]
     assert (state["epoch"], state["position"]) == (1, 3 * 16)
     net = MLP([7, 12, 3], "tanh", device, "float32", seed=2)

@@ -1,0 +1,52 @@
+"""What :func:`gpubp.fit` trains on: the training set, its sample weights and the validation set,
+checked on the host, with the validation set held out when asked, and the data's fingerprint."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+from sklearn.model_selection import train_test_split
+
+from .checkpoint import data_fingerprint
+from .mlp import MLP
+from .rows import HostRows, check_rows, fingerprint
+from .validation import check_sample_weight, check_X, check_y
+
+
+def training_data(net: MLP, X, y, sample_weight, validation_data, fraction: float, split_seed: int):
+    """X (n, d) (a host array or HostRows), y (n,) int64, weights (n,) float64 or None, and the
+    validation pair (X_val, y_val) or None: checked, the validation set given or held out
+    (``fraction`` of the rows, stratified by class, seeded by ``split_seed``)."""
+    if isinstance(X, np.memmap):
+        X = HostRows(X, name=str(X.filename))
+    X = check_rows(X, net.sizes[0]) if isinstance(X, HostRows) else check_X(X, net.sizes[0])
+    y = check_y(y, X.shape[0], net.n_classes)
+    w = None if sample_weight is None else check_sample_weight(sample_weight, X.shape[0])
+    if validation_data is not None:
+        if not (isinstance(validation_data, (tuple, list)) and len(validation_data) == 2):
+            raise ValueError("validation_data must be a pair (X_val, y_val)")
+        Xv = check_X(validation_data[0], net.sizes[0], name="X_val")
+        yv = check_y(validation_data[1], Xv.shape[0], net.n_classes, name="y_val")
+        return X, y, w, (Xv, yv)
+    if fraction == 0:
+        return X, y, w, None
+    counts = np.bincount(y)
+    if counts[counts > 0].min() < 2:
+        raise ValueError("validation_fraction needs at least 2 samples of every class for a stratified "
+                         f"split; class counts are {counts.tolist()}")
+    try:  # the partition depends only on the row count, the classes and the seed
+        train, held = train_test_split(np.arange(len(X)), test_size=fraction, stratify=y, random_state=split_seed)
+    except ValueError as exc:
+        raise ValueError(f"cannot hold out validation_fraction={fraction}: {exc}") from None
+    X, Xv = (X.subset(train), X.take(held)) if isinstance(X, HostRows) else (X[train], X[held])
+    return X, y[train], None if w is None else w[train], (Xv, y[held])
+
+
+def data_id(X, y: np.ndarray, w, dtype) -> str:
+    """Fingerprint of the training rows (in ``dtype``), labels and weights: a resumed run or
+    another rank must train on the same."""
+    digest = fingerprint(X, y, dtype) if isinstance(X, HostRows) else data_fingerprint(X, y)
+    if w is None:
+        return digest
+    return digest + "|w:" + hashlib.sha256(np.ascontiguousarray(w, dtype=np.float64).tobytes()).hexdigest()
