@@ -48,8 +48,8 @@ class Batch:
     size: int
     arrays: Callable[[], tuple]
     rows: int
-    weight: float = 0
-    share: float = 1.0
+    weight: float
+    share: float
 
 
 def share(m: int, part: tuple[int, int]) -> tuple[int, int]:
@@ -85,7 +85,8 @@ def _shares(order: np.ndarray, n: int, batch_size: int, position: int, part: tup
             yield start, size, lo, hi, size, (hi - lo) / size
         else:
             weight = float(w[order[start : start + size]].sum(dtype=np.float64))
-            yield start, size, lo, hi, weight, float(w[order[lo:hi]].sum(dtype=np.float64)) / weight
+            mine = float(w[order[lo:hi]].sum(dtype=np.float64))
+            yield start, size, lo, hi, weight, mine / weight if weight else 0.0
 
 
 class ResidentFeed:

@@ -164,6 +164,11 @@ class Engine:
     def _update(self, batch, lr: float):
         """Loss and gradient of a batch's rows, clipped if asked, and the optimizer's update."""
         net = self.net
+        if not batch.weight:  # every row of the batch weighs 0: no step
+            batch.arrays()  # a streamed feed expects every batch taken
+            if self.parallel and net.alpha:
+                self._l2.append(net.xp.zeros((), net.dtype))
+            return net.xp.zeros((), net.dtype)
         loss, g = self._global_gradient(batch) if self.parallel else self._gradient(*batch.arrays())
         if self.clip_norm is not None:
             clip_by_global_norm(net.xp, [g], self.clip_norm)
@@ -186,12 +191,12 @@ class Engine:
         this rank's part of the mean loss (0-d, summed over the ranks at the epoch's end)."""
         net, xp = self.net, self.net.xp
         X, y, w = batch.arrays()  # also for an empty share: a streamed feed expects every batch taken
-        if batch.rows:
+        if batch.share:  # W_r > 0
             loss, g = net.flat_loss_and_grad(X, y, w, l2=False)
             scale = net.dtype.type(batch.share)  # W_r / W
             g *= scale
             loss = loss * (scale * net.dtype.type(self.loss_scale))
-        else:  # fewer rows than ranks: this rank adds nothing, but takes part in the sum
+        else:  # no rows (fewer than ranks), or none that weighs: this rank adds nothing, but takes part
             loss, g = xp.zeros((), net.dtype), xp.zeros(net.flat_params.shape, net.dtype)
         self.comm.allreduce_sum(g)
         if net.alpha:

@@ -31,6 +31,13 @@ def data(n: int, seed: int):
     return X, y
 
 
+def weights(n: int):
+    """Sample weights (n,): uniform in [0, 2) with every fifth row weighted 0."""
+    w = np.random.default_rng(7).uniform(0, 2, n)
+    w[::5] = 0
+    return w
+
+
 def net():
     return gpubp.MLP(SIZES, activation="tanh", backend="cpu", dtype="float64", seed=0, alpha=1e-3)
 
@@ -48,6 +55,8 @@ CASES = {
     "validation": (121, dict(batch_size=16, optimizer="adam", lr=0.01, epochs=3, seed=4, validation_fraction=0.25,
                              verbose=1)),
 }
+CASES["weighted"] = (107, dict(batch_size=10, optimizer="adam", lr=0.01, epochs=5, seed=5, validation_fraction=0.2,
+                              patience=2, sample_weight=lambda n: weights(n)))
 RESUME = (101, dict(batch_size=10, optimizer="momentum", lr=0.05, epochs=4, seed=1))  # = "momentum"
 INTERRUPT_AFTER = 14  # optimizer steps: mid-epoch 2 (11 steps an epoch)
 
@@ -56,6 +65,8 @@ def train(name, comm=None, **extra):
     """Train the case ``name`` (or RESUME for other names) and return (params, history)."""
     n, settings = CASES.get(name, RESUME)
     X, y = data(n, 0)
+    if callable(settings.get("sample_weight")):
+        settings = {**settings, "sample_weight": settings["sample_weight"](n)}
     model = net()
     history = gpubp.fit(model, X, y, comm=comm, **{**settings, **extra})
     return np.concatenate([p.ravel() for p in model.params]), history
