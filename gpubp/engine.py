@@ -176,15 +176,7 @@ class Engine:
         return loss
 
     def _gradient(self, X, y, w):
-        """Mean loss (0-d) and flat gradient (n_params,) of one batch: X (m, d), y (m,) or
-        (m, k), w (m,) or None, all on the device."""
-        net = self.net
-        loss, g = net.flat_loss_and_grad(X, y, w, l2=False)
-        if self.loss_scale != 1.0:
-            loss = loss * net.dtype.type(self.loss_scale)
-        if net.alpha:
-            loss = loss + net.add_l2(g, X.shape[0] if w is None else w.sum())
-        return loss, g
+        return batch_loss_and_grad(self.net, X, y, w, self.loss_scale)
 
     def _global_gradient(self, batch):
         """Data parallel: the global batch's mean gradient on every rank (one all-reduce), and
@@ -223,13 +215,13 @@ class Engine:
         return total
 
     def _check_finite(self, plan: Plan, epoch: int, losses: list) -> None:
-        """Ask the plan what to raise when a step's loss (host floats, the epoch's so far) or a
-        parameter went non-finite, naming the first such step."""
+        """Ask the plan what to raise when a step's loss (host floats, the epoch's so far) went
+        non-finite, naming the first such step, and then when a parameter did."""
+        first = self.progress.step - len(losses) + 1  # the step of losses[0]
         bad = next((i for i, loss in enumerate(losses) if not math.isfinite(loss)), None)
-        if bad is None and bool(self.net.xp.isfinite(self.net.flat_params).all()):
-            return
-        step = self.progress.step - len(losses) + (bad if bad is not None else len(losses) - 1) + 1
-        error = plan.diverged(epoch, step, "the loss" if bad is not None else "a parameter")
+        error = None if bad is None else plan.diverged(epoch, first + bad, "the loss")
+        if error is None and not bool(self.net.xp.isfinite(self.net.flat_params).all()):
+            error = plan.diverged(epoch, self.progress.step, "a parameter")
         if error is not None:
             raise error
 
@@ -248,3 +240,15 @@ class Engine:
                 f"(step {state.step + 1}) at batch size {batch_size}: the allocation asked for "
                 f"{asked.group(1) if asked else 'more than was free'}, with {free_text}; "
                 f"batch size {suggestion} should fit (or use a smaller network)")
+
+
+def batch_loss_and_grad(net: MLP, X, y, w=None, loss_scale: float = 1.0):
+    """Mean loss (0-d) and flat gradient (n_params,) of one batch in one process, the L2 term
+    included (n = the rows, or the summed weights): X (m, d), y (m,) or (m, k), w (m,) or None,
+    all on the device. ``loss_scale`` multiplies the data part of the loss only."""
+    loss, g = net.flat_loss_and_grad(X, y, w, l2=False)
+    if loss_scale != 1.0:
+        loss = loss * net.dtype.type(loss_scale)
+    if net.alpha:
+        loss = loss + net.add_l2(g, X.shape[0] if w is None else w.sum())
+    return loss, g

@@ -18,6 +18,7 @@ import hashlib
 from collections.abc import Iterator
 
 import numpy as np
+from scipy import sparse
 from sklearn.model_selection import train_test_split as sk_train_test_split
 
 CHUNK_BYTES = 32 * 2**20  # input bytes read per chunk by the checks, statistics and fingerprint
@@ -28,7 +29,7 @@ class HostRows:
 
     Parameters
     ----------
-    X : numpy array or numpy.memmap (n_total, d)
+    X : numpy array, numpy.memmap or scipy sparse matrix (n_total, d)
     rows : int array (n,), optional
         Which rows of X, in this order; all of them, in order, when None.
     mean, scale : float64 arrays (d,), optional
@@ -80,7 +81,9 @@ class HostRows:
             source = self.rows[source]
         if out is None:
             out = np.empty((source.shape[0], self.shape[1]), dtype=dtype or self.dtype)
-        if self.mapped:  # read in file order, then put each row where idx asks for it
+        if sparse.issparse(self.X):  # a scipy sparse matrix: its rows densified
+            out[...] = self._scale(self.X[source].toarray())
+        elif self.mapped:  # read in file order, then put each row where idx asks for it
             order = np.argsort(source, kind="stable")
             out[order] = self._scale(self.X[source[order]])
         elif self.mean is None and self.X.dtype == out.dtype:

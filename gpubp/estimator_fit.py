@@ -1,0 +1,305 @@
+"""How gpubp.MLPClassifier and gpubp.MLPRegressor fit: scikit-learn's training algorithm (batch
+order, SGD schedules and Adam, stopping rules, lbfgs) on gpubp's MLP.
+
+The stochastic solvers run on the shared loop (:class:`gpubp.engine.Engine`) with scikit-learn's
+policies (:class:`_SklearnEpochs`): each epoch's order is ``sklearn.utils.shuffle`` of the previous
+one with the estimator's random state; the learning rate is constant through an epoch and changes
+between epochs (invscaling) or when the loss stalls (adaptive); an epoch ends with scikit-learn's
+records, messages and stopping rule (``tol``, ``n_iter_no_change``, early stopping on the
+validation score); Ctrl-C ends training with scikit-learn's "Training interrupted by user."
+warning, keeping the parameters. From the engine the estimators get the batches (resident, or
+streamed when the data do not fit on the device or are sparse), out-of-memory reported as
+:class:`gpubp.DeviceMemoryError` with a batch size that fits, and parameters that became NaN or
+infinite found at the end of the epoch where it happened (scikit-learn finds them after the
+last epoch; the error is its ValueError, naming the epoch and step).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import scipy.optimize
+from scipy import sparse
+from sklearn.base import is_classifier
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.model_selection import train_test_split
+from sklearn.utils import gen_batches, shuffle
+from sklearn.utils.validation import validate_data
+
+from .backend import backend_for, to_numpy
+from .batches import batch_feed
+from .engine import Engine, batch_loss_and_grad
+from .optim import SGD, Adam, optimizer_from_state
+from .rows import HostRows
+
+STOCHASTIC = ("sgd", "adam")
+PREDICT_BATCH = 4096  # rows per device batch in prediction and validation
+NON_FINITE = ("Solver produced non-finite parameter weights. The input data may contain large values and need to "
+              "be preprocessed.")
+
+
+class _LearningRate:
+    """scikit-learn's learning-rate bookkeeping for SGD (constant, invscaling, adaptive) and Adam."""
+
+    def __init__(self, solver: str, schedule: str, init: float, power_t: float):
+        self.solver, self.schedule, self.init, self.power_t = solver, schedule, init, power_t
+        self.value = init
+
+    def iteration_ends(self, time_step: int) -> None:
+        if self.solver == "sgd" and self.schedule == "invscaling":
+            self.value = float(self.init) / (time_step + 1) ** self.power_t
+
+    def trigger_stopping(self, msg: str, verbose) -> bool:
+        """True to stop; adaptive SGD divides the rate by 5 instead while it is above 1e-6."""
+        if self.solver != "sgd" or self.schedule != "adaptive":
+            if verbose:
+                print(msg + " Stopping.")
+            return True
+        if self.value <= 1e-6:
+            if verbose:
+                print(msg + " Learning rate too small. Stopping.")
+            return True
+        self.value /= 5.0
+        if verbose:
+            print(msg + " Setting learning rate to %f" % self.value)
+        return False
+
+
+class _SklearnEpochs:
+    """scikit-learn's policies for the engine (a :class:`gpubp.engine.Plan`)."""
+
+    def __init__(self, estimator, net, n_samples: int, batch_size: int, sample_weight, incremental: bool,
+                 validation):
+        self.estimator, self.net, self.n_samples, self.batch_size = estimator, net, n_samples, batch_size
+        self.sample_weight, self.incremental, self.validation = sample_weight, incremental, validation
+        self.epochs = 1 if incremental else estimator.max_iter
+        self.sample_idx = np.arange(n_samples, dtype=int)
+
+    def order(self, epoch: int) -> np.ndarray:
+        est = self.estimator
+        if est.shuffle:
+            self.sample_idx = shuffle(self.sample_idx, random_state=est._random_state)
+        _check_batch_weights(self.sample_weight, self.sample_idx, self.batch_size)
+        return self.sample_idx
+
+    def rate(self, step: int) -> float:
+        return self.estimator._lr.value
+
+    def end_epoch(self, epoch: int, train_loss: float, started: float) -> bool:
+        """scikit-learn's end of an iteration: records, messages, stopping rule, warning."""
+        est = self.estimator
+        est.n_iter_ += 1
+        est.loss_ = train_loss
+        est.t_ += self.n_samples
+        est.loss_curve_.append(est.loss_)
+        if est.verbose:
+            print("Iteration %d, loss = %.8f" % (est.n_iter_, est.loss_))
+        if self.validation is not None:
+            est.validation_loss_curve_.append(est._validation_loss(self.net, *self.validation))
+        est._update_no_improvement_count(self.net, *(self.validation or (None, None, None)))
+        est._lr.iteration_ends(est.t_)
+        if est._no_improvement_count > est.n_iter_no_change:
+            what = "Validation score" if est.early_stopping else "Training loss"
+            msg = f"{what} did not improve more than tol={est.tol:f} for {est.n_iter_no_change:d} consecutive epochs."
+            if est._lr.trigger_stopping(msg, est.verbose):
+                return True
+            est._no_improvement_count = 0
+        if self.incremental:
+            return True
+        if est.n_iter_ == est.max_iter:
+            warnings.warn(f"Stochastic Optimizer: Maximum iterations ({est.max_iter:d}) reached and the "
+                          "optimization hasn't converged yet.", ConvergenceWarning)
+        return False
+
+    def interrupted(self, signum: int, epoch: int) -> None:  # the engine runs without signal handlers here
+        raise KeyboardInterrupt
+
+    def diverged(self, epoch: int, step: int, what: str) -> Exception | None:
+        """scikit-learn's error for non-finite parameters, at once; a non-finite loss alone goes on."""
+        if what == "the loss":
+            return None
+        return ValueError(f"{NON_FINITE} (They became NaN or infinite in iteration {epoch}, step {step}.)")
+
+
+class StochasticFit:
+    """The fitting half of the estimators (a mixin of gpubp.estimator_base.BaseMLP)."""
+
+    def _fit_stochastic(self, net, X, Y, sample_weight, incremental, validation_data):
+        self._start_optimizer(net, incremental)
+        if self._best_is_live:
+            self._best_params = net.params  # the network may have been made again (device, dtype)
+        X, Y, sample_weight, *validation = self._split_validation(X, Y, sample_weight, validation_data)
+        batch_size = self._batch_size(X.shape[0])
+        rows = HostRows(X) if sparse.issparse(X) else np.asarray(X, dtype=net.dtype)  # sparse: densified per batch
+        feed = batch_feed(net.backend, rows, host_targets(net, Y), batch_size, net.dtype, False,
+                          sample_weight=sample_weight)
+        scale = 1.0 / self.n_outputs_ if net.output == "identity" and self.n_outputs_ > 1 else 1.0
+        engine = Engine(net, self._optimizer, loss_scale=scale)  # scikit-learn's squared loss averages outputs
+        plan = _SklearnEpochs(self, net, X.shape[0], batch_size, sample_weight, incremental,
+                              validation if validation[0] is not None else None)
+        self.n_iter_ = 0
+        try:
+            engine.run(feed, plan, bar=bool(self.verbose) and self.verbose >= 2, signals=False)
+        except KeyboardInterrupt:
+            warnings.warn("Training interrupted by user.")
+        if self.early_stopping:
+            self._restore_best(net)
+
+    def _make_optimizer(self):
+        if self.solver == "adam":
+            return Adam(self.beta_1, self.beta_2, self.epsilon)
+        nesterov = bool(self.nesterovs_momentum) and self.momentum > 0
+        return SGD(self.momentum, nesterov)
+
+    def _start_optimizer(self, net, incremental) -> None:
+        """A fresh optimizer and schedule, or for partial_fit the running ones (also after a pickle
+        or a change of device), holding state on the network's device."""
+        saved = self.__dict__.pop("_optimizer_state", None)  # left by unpickling
+        if incremental and self._optimizer is None and saved is not None:
+            self._optimizer = optimizer_from_state(saved[0])
+            self._optimizer.load_state(saved[1], [net.flat_params])
+        if not incremental or self._optimizer is None:
+            self._optimizer = self._make_optimizer()
+            self._lr = _LearningRate(self.solver, self.learning_rate, self.learning_rate_init, self.power_t)
+        state = self._optimizer.state()[1]
+        if any(backend_for(a) is not net.backend for a in state.values()):  # device changed since the last fit
+            self._optimizer.load_state(state, [net.flat_params])
+
+    def _batch_size(self, n_samples: int) -> int:
+        """scikit-learn's batch size: "auto" is min(200, n), a larger one is clipped with a warning."""
+        if self.batch_size == "auto":
+            return min(200, n_samples)
+        if self.batch_size > n_samples:
+            warnings.warn("Got `batch_size` less than 1 or larger than sample size. It is going to be clipped")
+        return int(np.clip(self.batch_size, 1, n_samples))
+
+    def _split_validation(self, X, Y, sample_weight, validation_data):
+        """(X, Y, sample_weight, X_val, y_val, w_val): the validation set given, held out for early
+        stopping as scikit-learn holds it out, or None three times."""
+        if validation_data is not None:
+            Xv, yv = validation_data
+            Xv = validate_data(self, Xv, accept_sparse=["csr", "csc"], dtype=X.dtype, reset=False)
+            return X, Y, sample_weight, Xv, np.asarray(yv), None
+        if not self.early_stopping:
+            return X, Y, sample_weight, None, None, None
+        if self.validation_fraction == 0:  # scikit-learn fails here too, naming its test_size
+            raise ValueError("validation_fraction=0.0 leaves no validation set for early_stopping=True; "
+                             "give a fraction in (0, 1) or set early_stopping=False")
+        stratify = Y if is_classifier(self) and self.n_outputs_ == 1 else None
+        arrays = (X, Y) if sample_weight is None else (X, Y, sample_weight)
+        parts = train_test_split(*arrays, random_state=self._random_state,
+                                 test_size=self.validation_fraction, stratify=stratify)
+        X, Xv, Y, Yv = parts[:4]
+        sample_weight, wv = (parts[4], parts[5]) if sample_weight is not None else (None, None)
+        if Xv.shape[0] < 2:
+            raise ValueError("The validation set is too small. Increase 'validation_fraction' or the size of "
+                             "your dataset.")
+        yv = self._label_binarizer.inverse_transform(Yv) if is_classifier(self) else Yv
+        if not is_classifier(self) and self.n_outputs_ == 1:
+            yv = yv.ravel()
+        return X, Y, sample_weight, Xv, yv, wv
+
+    def _restore_best(self, net) -> None:
+        """End an early-stopping fit on the best parameters seen, as scikit-learn does.
+
+        scikit-learn's coefs_ then *are* its saved best (the same arrays), so the best moves with
+        further training: a warm-started fit that beats no earlier score ends on its last
+        parameters. ``_best_is_live`` says so here, ``_best_params`` then being ``net.params``."""
+        if not self._best_is_live:
+            net.set_params(self._best_params)
+        self._best_params, self._best_is_live = net.params, True
+
+    def _update_no_improvement_count(self, net, Xv, yv, wv):
+        if self.early_stopping:
+            score = self._score_net(net, Xv, yv, wv)
+            self.validation_scores_.append(score)
+            if self.verbose:
+                print("Validation score: %f" % score)
+            if score < self.best_validation_score_ + self.tol:
+                self._no_improvement_count += 1
+            else:
+                self._no_improvement_count = 0
+            if score > self.best_validation_score_:
+                self.best_validation_score_ = score
+                self._best_params, self._best_is_live = net.get_params(), False
+        else:
+            if self.loss_curve_[-1] > self.best_loss_ - self.tol:
+                self._no_improvement_count += 1
+            else:
+                self._no_improvement_count = 0
+            if self.loss_curve_[-1] < self.best_loss_:
+                self.best_loss_ = self.loss_curve_[-1]
+
+    def _batch_loss(self, net, Xb, Yb, wb):
+        """Loss as scikit-learn reports it and the flat gradient (n_params,) as scikit-learn
+        computes it, in the layout of net.flat_params (scikit-learn's packing: weights, then biases)."""
+        scale = 1.0 / self.n_outputs_ if net.output == "identity" and self.n_outputs_ > 1 else 1.0
+        return batch_loss_and_grad(net, Xb, Yb, wb, scale)
+
+    def _validation_loss(self, net, Xv, yv, wv) -> float:
+        Yv = self._targets(yv)
+        loss_sum, n = 0.0, 0.0
+        for batch in gen_batches(Xv.shape[0], PREDICT_BATCH):
+            Xb = net.backend.asarray(dense(Xv[batch]), net.dtype)
+            Yb = net.backend.asarray(host_targets(net, Yv[batch]))
+            wb = None if wv is None else net.backend.asarray(wv[batch], net.dtype)
+            loss, _ = self._batch_loss(net, Xb, Yb, wb)
+            weight = (batch.stop - batch.start) if wv is None else float(wv[batch].sum())
+            loss_sum, n = loss_sum + float(loss) * weight, n + weight
+        return loss_sum / n
+
+    def _fit_lbfgs(self, net, X, Y, sample_weight):
+        backend = net.backend
+        Xd = backend.asarray(dense(X), net.dtype)
+        Yd = backend.asarray(host_targets(net, Y))
+        wd = None if sample_weight is None else backend.asarray(sample_weight, net.dtype)
+        _check_batch_weights(sample_weight, np.arange(X.shape[0]), X.shape[0])
+
+        def unpack(packed):  # (n_params,) float64 in scikit-learn's packing, which is flat_params' layout
+            net.flat_params[...] = backend.asarray(packed, net.dtype)
+
+        def loss_and_grad(packed):
+            unpack(packed)
+            loss, g = self._batch_loss(net, Xd, Yd, wd)
+            return float(loss), to_numpy(g).astype(np.float64)
+
+        packed = np.concatenate([p.ravel() for p in self.coefs_ + self.intercepts_])
+        result = scipy.optimize.minimize(loss_and_grad, packed, method="L-BFGS-B", jac=True,
+                                         options={"maxfun": self.max_fun, "maxiter": self.max_iter, "gtol": self.tol})
+        self.n_iter_ = min(result.nit, self.max_iter)
+        if result.status != 0:
+            warnings.warn(_lbfgs_warning(result, self.n_iter_, self.max_iter), ConvergenceWarning)
+        self.loss_ = float(result.fun)
+        unpack(result.x)
+
+
+def host_targets(net, Y) -> np.ndarray:
+    """Targets on the host as the network takes them: class indices (n,) for a softmax output
+    (from the one-hot rows (n, k)), the (n, k) matrix in the network's dtype otherwise."""
+    if net.output == "softmax":
+        return np.asarray(Y).argmax(axis=1)
+    return np.asarray(Y, dtype=net.dtype)
+
+
+def dense(X):
+    """X as a dense array (a sparse matrix converted)."""
+    return X.toarray() if sparse.issparse(X) else X
+
+
+def _check_batch_weights(sample_weight, sample_idx, batch_size: int) -> None:
+    """scikit-learn's ZeroDivisionError (from np.average) for a batch whose weights sum to zero,
+    which negative weights allow; raised on the host before the arithmetic that would divide."""
+    if sample_weight is not None:
+        sums = np.add.reduceat(sample_weight[sample_idx], np.arange(0, len(sample_idx), batch_size))
+        if not sums.all():
+            raise ZeroDivisionError("Weights sum to zero, can't be normalized")
+
+
+def _lbfgs_warning(result, n_iter: int, max_iter: int) -> str:
+    """scikit-learn's words when L-BFGS-B stops without converging (utils.optimize)."""
+    msg = f"lbfgs failed to converge after {n_iter} iteration(s) (status={result.status}):\n{result.message}\n"
+    if n_iter == max_iter:  # advice to raise max_iter only when the limit is what stopped it
+        msg += f"\nIncrease the number of iterations to improve the convergence (max_iter={max_iter})."
+    return msg + ("\nYou might also want to scale the data as shown in:\n"
+                  "    https://scikit-learn.org/stable/modules/preprocessing.html")

@@ -1,0 +1,66 @@
+"""What the estimators gain from the shared engine: out-of-memory reported with a batch size that
+fits, divergence found at the end of the epoch where it happened, sparse and weighted batches."""
+
+import warnings
+
+import numpy as np
+import pytest
+from scipy import sparse
+
+from gpubp import MLP, DeviceMemoryError, MLPClassifier, MLPRegressor
+
+
+def problem(n=80, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, 5))
+    return X, (X[:, 0] + X[:, 1] > 0).astype(int)
+
+
+def test_out_of_memory_in_a_step_is_a_device_memory_error_with_advice(monkeypatch):
+    X, y = problem()
+
+    def no_memory(self, *args, **kwargs):
+        raise MemoryError("Unable to allocate 3.00 GiB for an array with shape (1000000, 800)")
+
+    monkeypatch.setattr(MLP, "flat_loss_and_grad", no_memory)
+    with pytest.raises(DeviceMemoryError, match=r"epoch 1 \(step 1\) at batch size 32: .*3.00 GiB.*batch size \d+ "
+                                                r"should fit"):
+        MLPClassifier((8,), batch_size=32, max_iter=3, device="cpu").fit(X, y)
+
+
+def test_parameters_that_blow_up_stop_the_fit_in_that_iteration():
+    X, y = problem()
+    X[:5] *= 1e300  # the first steps overflow the weights
+    calls = []
+    real = MLP.flat_loss_and_grad
+
+    def counting(self, *args, **kwargs):
+        calls.append(1)
+        return real(self, *args, **kwargs)
+
+    clf = MLPClassifier((8,), solver="sgd", learning_rate_init=1.0, batch_size=20, max_iter=50, shuffle=False,
+                        device="cpu", random_state=0)
+    MLP.flat_loss_and_grad = counting
+    try:
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("ignore")
+            with pytest.raises(ValueError, match=r"^Solver produced non-finite parameter weights.*iteration 1, "
+                                                 r"step \d\.\)$"):
+                clf.fit(X, y)
+    finally:
+        MLP.flat_loss_and_grad = real
+    assert len(calls) == 4  # one epoch of 4 batches, not 50 epochs
+
+
+@pytest.mark.parametrize("Estimator", [MLPClassifier, MLPRegressor])
+def test_sparse_input_trains_as_its_dense_copy(Estimator):
+    X, y = problem()
+    X[np.abs(X) < 0.8] = 0
+    settings = dict(hidden_layer_sizes=(6,), max_iter=4, random_state=1, device="cpu", batch_size=16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        a = Estimator(**settings).fit(sparse.csr_matrix(X), y)
+        b = Estimator(**settings).fit(X, y)
+    for p, q in zip(a.coefs_ + a.intercepts_, b.coefs_ + b.intercepts_):
+        np.testing.assert_array_equal(p, q)
+    assert a.loss_curve_ == b.loss_curve_
