@@ -11,7 +11,7 @@ The four equations (row form, see gpubp.mlp) and where they live:
 from . import distributed  # gpubp.distributed.world(): the communicator of this process
 from .backend import Backend, cuda_status, get_backend, to_numpy
 from .checkpoint import read_checkpoint
-from .errors import BackendUnavailableError, DataError, DeviceMemoryError, DivergenceError
+from .errors import BackendUnavailableError, DataError, DeviceMemoryError, DivergenceError, RankFailedError
 from .interrupt import TrainingInterrupted
 from .estimators import MLPClassifier, MLPRegressor, load_estimator
 from .mlp import MLP
@@ -25,6 +25,6 @@ from .version import __version__
 __all__ = [
     "MLP", "MLPClassifier", "MLPRegressor", "load_estimator", "fit", "Trainer", "TrainConfig", "History", "SGD", "Adam", "Schedule",
     "Backend", "get_backend", "cuda_status", "to_numpy", "save_model", "load_model",
-    "read_checkpoint", "BackendUnavailableError", "DataError", "DeviceMemoryError", "DivergenceError",
+    "read_checkpoint", "BackendUnavailableError", "DataError", "DeviceMemoryError", "DivergenceError", "RankFailedError",
     "TrainingInterrupted", "distributed", "__version__",
 ]

@@ -7,12 +7,15 @@ Every method of a communicator is collective: every rank calls it, in the same o
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
 from typing import Any
 
 import numpy as np
+
+from .errors import RankFailedError
 
 SCALAR_OPS = ("sum", "max", "any")
 
@@ -175,8 +178,39 @@ class Communicator:
         if message is not None:
             raise ValueError(message)
 
+    def raise_together(self, failure: BaseException | None) -> None:
+        """End a stretch of work each rank did alone (checks, reading files): when any rank's
+        ``failure`` is not None, every rank raises, so that none waits in a later collective for a
+        rank that has stopped.
+
+        Raises
+        ------
+        the rank's own ``failure``
+            On a rank that failed.
+        RankFailedError
+            On the others, naming the first rank that failed and its error.
+        """
+        reports = self.allgather_object(None if failure is None else f"{type(failure).__name__}: {failure}")
+        if failure is not None:
+            raise failure
+        failed = next(((r, m) for r, m in enumerate(reports) if m is not None), None)
+        if failed is not None:
+            raise RankFailedError(f"rank {failed[0]} of {self.size} failed before training: {failed[1]}")
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(rank={self.rank}, size={self.size}, local_rank={self.local_rank})"
+
+
+@contextlib.contextmanager
+def failing_together(comm: Communicator):
+    """Run a block of work each rank does alone (no collective inside); at its end, every rank
+    raises if any rank's block raised (:meth:`Communicator.raise_together`)."""
+    try:
+        yield
+    except Exception as exc:
+        comm.raise_together(exc)
+    else:
+        comm.raise_together(None)
 
 
 class SingleProcess(Communicator):

@@ -15,3 +15,8 @@ class DivergenceError(FloatingPointError):
 
 class DeviceMemoryError(MemoryError):
     """Training ran out of device (or host) memory; the message suggests a batch size that fits."""
+
+
+class RankFailedError(RuntimeError):
+    """Another rank of a data-parallel run failed before training; the message names the rank
+    and gives its error."""

@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 
 from .version import __version__
 from .batches import batch_feed, share
-from .communicator import Communicator, reduce_in_rank_order
+from .communicator import Communicator, SingleProcess, failing_together, reduce_in_rank_order
 from .config import TrainConfig
 from .checkpoint import Checkpoint, read_checkpoint, write_checkpoint
 from .engine import Engine, Progress
@@ -47,7 +47,7 @@ from .mlp import MLP
 from .rows import HostRows
 from .optim import make_optimizer, optimizer_from_state
 from .schedules import Schedule
-from .train_data import data_id, training_data
+from .train_data import check_training_data, data_id, hold_out
 
 Callback = Callable[[int, dict], "bool | None"]
 # Settings a resumed run may change; all others must equal the checkpoint's.
@@ -173,8 +173,10 @@ def fit(net: MLP, X, y, *, sample_weight=None, validation_data=None, callbacks: 
     TrainingInterrupted
         On SIGINT or SIGTERM, after the current step and the checkpoint.
     """
-    config = TrainConfig(**settings)
-    trainer = Trainer(net, config, callbacks, checkpoint_extra, comm)
+    if comm is not None and not isinstance(comm, Communicator):
+        raise ValueError(f"comm must be a gpubp.distributed communicator, got {comm!r}")
+    with failing_together(comm or SingleProcess()):  # a bad setting on one rank stops every rank
+        trainer = Trainer(net, TrainConfig(**settings), callbacks, checkpoint_extra, comm)
     return trainer.run(X, y, validation_data, resume, sample_weight)
 
 
@@ -213,28 +215,33 @@ class Trainer:
     # ------------------------------------------------------------------ setting up
 
     def run(self, X, y, validation_data=None, resume=None, sample_weight=None) -> History:
-        """Train for the configured epochs (or until stopped) and return the history."""
+        """Train for the configured epochs (or until stopped) and return the history. Data
+        parallel, a rank whose data, checkpoint or settings fail the checks makes every rank
+        raise (the others a RankFailedError naming it) before any step."""
         net, cfg, backend = self.net, self.config, self.net.backend
-        checkpoint = read_checkpoint(resume) if resume is not None else None
-        if checkpoint is not None:
-            self._check_resumable(checkpoint)
+        with failing_together(self.comm):
+            checkpoint = read_checkpoint(resume) if resume is not None else None
+            if checkpoint is not None:
+                self._check_resumable(checkpoint)
+            X, y, w, validation = check_training_data(net, X, y, sample_weight, validation_data)
         rng = np.random.default_rng(cfg.seed)
         if self.parallel:  # rank 0's generator (and so split and orders) on every rank, also for seed=None
             rng.bit_generator.state = self.comm.bcast_object(rng.bit_generator.state)
         split_seed = checkpoint.meta["state"]["split_seed"] if checkpoint else int(rng.integers(2**31))
-        X, y, w, validation = training_data(net, X, y, sample_weight, validation_data, cfg.validation_fraction,
-                                            split_seed)
-        if not isinstance(X, HostRows):  # a HostRows is read batch by batch, converted then
-            X = np.ascontiguousarray(X, dtype=net.dtype)
-        w = None if w is None else w.astype(net.dtype)
-        if cfg.checkpoint is not None or checkpoint is not None or self.parallel:
-            self._fingerprint = data_id(X, y, w, net.dtype)
-        if checkpoint is not None:
-            if checkpoint.meta["data"] != self._fingerprint:
-                raise ValueError(f"the training data differ from those {checkpoint.path} was trained on")
-            self._restore(checkpoint)
-        else:
-            self.run_state.update(rng_state=rng.bit_generator.state, split_seed=split_seed)
+        with failing_together(self.comm):
+            if validation is None and cfg.validation_fraction:
+                X, y, w, validation = hold_out(X, y, w, cfg.validation_fraction, split_seed)
+            if not isinstance(X, HostRows):  # a HostRows is read batch by batch, converted then
+                X = np.ascontiguousarray(X, dtype=net.dtype)
+            w = None if w is None else w.astype(net.dtype)
+            if cfg.checkpoint is not None or checkpoint is not None or self.parallel:
+                self._fingerprint = data_id(X, y, w, net.dtype)
+            if checkpoint is not None:
+                if checkpoint.meta["data"] != self._fingerprint:
+                    raise ValueError(f"the training data differ from those {checkpoint.path} was trained on")
+                self._restore(checkpoint)
+            else:
+                self.run_state.update(rng_state=rng.bit_generator.state, split_seed=split_seed)
         part = (self.comm.rank, self.comm.size)
         if self.parallel:
             self._start_together(checkpoint)

@@ -14,23 +14,26 @@ from .rows import HostRows, check_rows, fingerprint
 from .validation import check_sample_weight, check_X, check_y
 
 
-def training_data(net: MLP, X, y, sample_weight, validation_data, fraction: float, split_seed: int):
-    """X (n, d) (a host array or HostRows), y (n,) int64, weights (n,) float64 or None, and the
-    validation pair (X_val, y_val) or None: checked, the validation set given or held out
-    (``fraction`` of the rows, stratified by class, seeded by ``split_seed``)."""
+def check_training_data(net: MLP, X, y, sample_weight, validation_data):
+    """X (n, d) (a host array or HostRows), y (n,) int64, weights (n,) float64 or None and the
+    validation pair (X_val, y_val) or None, checked for ``net``."""
     if isinstance(X, np.memmap):
         X = HostRows(X, name=str(X.filename))
     X = check_rows(X, net.sizes[0]) if isinstance(X, HostRows) else check_X(X, net.sizes[0])
     y = check_y(y, X.shape[0], net.n_classes)
     w = None if sample_weight is None else check_sample_weight(sample_weight, X.shape[0])
-    if validation_data is not None:
-        if not (isinstance(validation_data, (tuple, list)) and len(validation_data) == 2):
-            raise ValueError("validation_data must be a pair (X_val, y_val)")
-        Xv = check_X(validation_data[0], net.sizes[0], name="X_val")
-        yv = check_y(validation_data[1], Xv.shape[0], net.n_classes, name="y_val")
-        return X, y, w, (Xv, yv)
-    if fraction == 0:
+    if validation_data is None:
         return X, y, w, None
+    if not (isinstance(validation_data, (tuple, list)) and len(validation_data) == 2):
+        raise ValueError("validation_data must be a pair (X_val, y_val)")
+    Xv = check_X(validation_data[0], net.sizes[0], name="X_val")
+    yv = check_y(validation_data[1], Xv.shape[0], net.n_classes, name="y_val")
+    return X, y, w, (Xv, yv)
+
+
+def hold_out(X, y: np.ndarray, w, fraction: float, split_seed: int):
+    """(X, y, w, (X_val, y_val)): ``fraction`` of the checked rows held out for validation,
+    stratified by class and seeded by ``split_seed``, the weights staying with their rows."""
     counts = np.bincount(y)
     if counts[counts > 0].min() < 2:
         raise ValueError("validation_fraction needs at least 2 samples of every class for a stratified "

@@ -119,6 +119,27 @@ def main() -> None:
     history = gpubp.fit(model, X, y, comm=comm, batch_size=10, epochs=2, validation_fraction=0.2)
     save(out, "unseeded", r, np.concatenate([p.ravel() for p in model.params]), history)
     save(out, "writes", r, np.zeros(0), None, writes=writes)
+    save(out, "bad_data_on_rank_1", r, np.zeros(0), None, **failure_alone(comm))
+
+
+def failure_alone(comm) -> dict:
+    """Rank 1 alone gets a NaN in its X (and then a wrong shape): each time, both ranks must
+    raise before any step, neither waiting for the other."""
+    got = {}
+    for what in ("nan", "shape"):
+        X, y = data(101, 0)
+        if comm.rank == 1:
+            X = X[:, :-1] if what == "shape" else X
+            X[3, 2] = np.nan if what == "nan" else X[3, 2]
+        model = net()
+        before = np.concatenate([p.ravel() for p in model.params])
+        try:
+            gpubp.fit(model, X, y, comm=comm, batch_size=10, epochs=1, seed=1)
+            got[what] = ["no error", ""]
+        except Exception as exc:
+            got[what] = [type(exc).__name__, str(exc)]
+        got[what].append(bool(np.array_equal(before, np.concatenate([p.ravel() for p in model.params]))))
+    return got
 
 
 if __name__ == "__main__":

@@ -121,6 +121,19 @@ def test_two_ranks_equal_one_process(job, name):
 
 
 @needs_mpirun
+def test_bad_data_on_one_rank_fails_every_rank_before_any_step(job):
+    load, _, _ = job
+    (_, _, rank0), (_, _, rank1) = load("bad_data_on_rank_1")
+    assert rank1["nan"][:2] == ["ValueError", "X contains NaN or infinity (first at row 3, column 2: nan); clean or "
+                                              "impute the data first"]
+    assert rank0["nan"][:2] == ["RankFailedError", "rank 1 of 2 failed before training: ValueError: "
+                                                   + rank1["nan"][1]]
+    assert rank1["shape"][0] == "ValueError" and "5 features per row but the network expects 6" in rank1["shape"][1]
+    assert rank0["shape"][0] == "RankFailedError" and rank1["shape"][1] in rank0["shape"][1]
+    assert all(r[what][2] for r in (rank0, rank1) for what in ("nan", "shape"))  # no step was taken
+
+
+@needs_mpirun
 def test_without_seeds_the_ranks_train_rank_0s_network(job):
     load, _, _ = job
     _same_on_both_ranks(load("unseeded"))
