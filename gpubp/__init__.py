@@ -19,7 +19,8 @@ from .optim import SGD, Adam
 from .saving import load_model, save_model
 from .schedules import Schedule
 from .config import TrainConfig
-from .train import History, Trainer, fit
+from .history import History
+from .train import Trainer, fit
 from .version import __version__
 
 __all__ = [

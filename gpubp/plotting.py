@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .saving import atomic_write
-from .train import History
+from .history import History
 
 
 def require_matplotlib() -> None:

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -41,6 +40,7 @@ from .communicator import Communicator, SingleProcess, failing_together, reduce_
 from .config import TrainConfig
 from .checkpoint import Checkpoint, read_checkpoint, write_checkpoint
 from .engine import Engine, Progress
+from .history import History, epoch_line
 from .errors import DivergenceError
 from .interrupt import TrainingInterrupted
 from .mlp import MLP
@@ -60,28 +60,6 @@ def model_block(net: MLP) -> dict:
     """The network's settings as a checkpoint records them (and a resume must match)."""
     return {"sizes": net.sizes, "activation": net.activation, "dtype": net.dtype.name, "alpha": net.alpha,
             "tf32": net.tf32}
-
-
-@dataclass
-class History:
-    """Per-epoch record of a run. Lists have one entry per completed epoch."""
-
-    train_loss: list[float] = field(default_factory=list)
-    val_loss: list[float] = field(default_factory=list)
-    val_accuracy: list[float] = field(default_factory=list)
-    lr: list[float] = field(default_factory=list)
-    seconds: list[float] = field(default_factory=list)
-    best_epoch: int | None = None
-    stopped_early: bool = False
-    device: str = ""
-    ranks: int = 1  # processes that trained it together (data-parallel), in the latest run
-
-    @property
-    def epochs(self) -> int:
-        return len(self.train_loss)
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 def fit(net: MLP, X, y, *, sample_weight=None, validation_data=None, callbacks: tuple[Callback, ...] = (),
@@ -311,7 +289,7 @@ class Trainer:
         logs["seconds"] = time.perf_counter() - started
         self._record(logs)
         if cfg.verbose and self.comm.rank == 0:
-            tqdm.write(_epoch_line(epoch, cfg.epochs, logs))
+            tqdm.write(epoch_line(epoch, cfg.epochs, logs))
         halt = self._early_stopping(epoch, logs)
         asked = any([bool(cb(epoch, dict(logs))) for cb in self.callbacks])  # call every one
         if self.parallel:  # every rank, callbacks or not: a collective is never skipped by one rank
@@ -413,13 +391,3 @@ class Trainer:
             self.best_params = [net.backend.asarray(best[str(i)], net.dtype) for i in range(len(best))]
         self.history = History(**{**meta["history"], "device": net.backend.device, "ranks": self.comm.size})
         self.last_checkpoint = str(checkpoint.path)
-
-
-def _epoch_line(epoch: int, epochs: int, logs: dict) -> str:
-    """'epoch  3/20  train_loss 0.1234  val_loss 0.1500  val_acc 0.9583  lr 1.0e-03  0.050s'."""
-    width = len(str(epochs))
-    parts = [f"epoch {epoch:>{width}}/{epochs}", f"train_loss {logs['train_loss']:.4f}"]
-    if logs["val_loss"] is not None:
-        parts += [f"val_loss {logs['val_loss']:.4f}", f"val_acc {logs['val_accuracy']:.4f}"]
-    parts += [f"lr {logs['lr']:.1e}", f"{logs['seconds']:.3f}s"]
-    return "  ".join(parts)
