@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from .estimator_params import PARAMETER_CONSTRAINTS
 from .backend import backend_for, get_backend, to_numpy
-from .checkpoint import write_checkpoint
+from .container import model_block, write
 from .mlp import MLP
 from .optim import SGD, Adam, optimizer_from_state
 
@@ -462,10 +462,9 @@ class BaseMLP(BaseEstimator):
             arrays["classes"] = self.classes_.astype(str) if self.classes_.dtype == object else self.classes_
             meta["label_type"] = self._label_binarizer.y_type_
             meta["classes_are_objects"] = bool(self.classes_.dtype == object)
-        meta["model"] = {"sizes": [self.coefs_[0].shape[0]] + [c.shape[1] for c in self.coefs_],
-                         "dtype": self.coefs_[0].dtype.name}
+        meta["model"] = model_block(self._network())
         arrays.update({f"param_{i}": p for i, p in enumerate(self.coefs_ + self.intercepts_)})
-        return write_checkpoint(path, meta, arrays)
+        return write(path, "estimator", meta, arrays)
 
 
 def _float_targets(owner, Y, dtype):

@@ -40,6 +40,7 @@ from .batches import batch_feed, share
 from .communicator import Communicator, reduce_in_rank_order
 from .config import TrainConfig
 from .checkpoint import Checkpoint, read_checkpoint, write_checkpoint
+from .container import model_block
 from .engine import Engine, Progress
 from .errors import DivergenceError
 from .interrupt import TrainingInterrupted
@@ -54,12 +55,6 @@ Callback = Callable[[int, dict], "bool | None"]
 _CHANGEABLE_ON_RESUME = ("epochs", "verbose", "checkpoint", "checkpoint_every", "stream")
 # The face's own run state, stored in a checkpoint beside the engine's Progress.
 _RUN_STATE = ("rng_state", "split_seed", "best_score", "waited")
-
-
-def model_block(net: MLP) -> dict:
-    """The network's settings as a checkpoint records them (and a resume must match)."""
-    return {"sizes": net.sizes, "activation": net.activation, "dtype": net.dtype.name, "alpha": net.alpha,
-            "tf32": net.tf32}
 
 
 @dataclass
