@@ -44,18 +44,26 @@ from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import type_of_target, unique_labels
 from sklearn.utils.validation import column_or_1d, validate_data
 
-from .checkpoint import read_checkpoint
+from .container import read
 from .errors import DataError
 from .estimator_base import BaseMLP
 from .estimator_params import PARAMETER_CONSTRAINTS
 
 def load_estimator(path, device="auto"):
-    """An MLPClassifier or MLPRegressor written by ``save``, ready to predict on ``device``."""
-    checkpoint = read_checkpoint(path)
+    """An MLPClassifier or MLPRegressor written by ``save``, ready to predict on ``device``.
+
+    Raises
+    ------
+    DataError
+        When the file is missing, corrupted, not a saved estimator (a model file or a
+        checkpoint: the message says how to load it), of a newer format, or of an unknown class.
+    """
+    checkpoint = read(path, "estimator")
     meta = checkpoint.meta
     kinds = {"MLPClassifier": MLPClassifier, "MLPRegressor": MLPRegressor}
     if meta.get("estimator") not in kinds:
-        raise DataError(f"{path}: a gpubp checkpoint, not a saved estimator")
+        raise DataError(f"{path}: a saved estimator of class {meta.get('estimator')!r}; this gpubp loads "
+                        f"{' and '.join(kinds)}")
     params = dict(meta["params"])
     if isinstance(params["hidden_layer_sizes"], list):
         params["hidden_layer_sizes"] = tuple(params["hidden_layer_sizes"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .saving import atomic_write
+from .container import atomic_write
 from .history import History
 
 

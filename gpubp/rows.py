@@ -142,15 +142,30 @@ def train_test_split(X: HostRows, y: np.ndarray, *, test_size: float, stratify, 
     return X.subset(train), X.take(test), y[train], y[test]
 
 
-def fingerprint(X: HostRows, y: np.ndarray, dtype) -> str:
-    """:func:`gpubp.checkpoint.data_fingerprint` of the rows converted to ``dtype`` and the
-    labels, computed chunk by chunk (SHA-256 runs over the same bytes in the same order, so it
-    equals the fingerprint of the same data held in memory)."""
+def fingerprint(X, y: np.ndarray, dtype, sample_weight=None) -> str:
+    """SHA-256 identifying training data, so that a resumed run or another rank refuses other data.
+
+    Parameters
+    ----------
+    X : HostRows or host array (n, d)
+        Hashed as its rows converted to ``dtype``, chunk by chunk (:meth:`HostRows.chunks`), so
+        the same data give the same fingerprint in memory, memory-mapped or as a HostRows.
+    y : host array (n,)
+        The labels, hashed as they are.
+    dtype : numpy dtype or name
+        The dtype training reads the rows in.
+    sample_weight : host array (n,), optional
+        Hashed as float64 and appended after ``"|w:"``.
+    """
+    rows = X if isinstance(X, HostRows) else HostRows(np.asarray(X))
     digest = hashlib.sha256()
-    digest.update(f"X|{np.dtype(dtype).str}|{X.shape}|".encode())
-    for _, block in X.chunks(dtype):
+    digest.update(f"X|{np.dtype(dtype).str}|{rows.shape}|".encode())
+    for _, block in rows.chunks(dtype):
         digest.update(np.ascontiguousarray(block).tobytes())
     y = np.ascontiguousarray(y)
     digest.update(f"y|{y.dtype.str}|{y.shape}|".encode())
     digest.update(y.tobytes())
-    return digest.hexdigest()
+    if sample_weight is None:
+        return digest.hexdigest()
+    weights = np.ascontiguousarray(sample_weight, dtype=np.float64)
+    return digest.hexdigest() + "|w:" + hashlib.sha256(weights.tobytes()).hexdigest()

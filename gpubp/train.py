@@ -39,6 +39,7 @@ from .batches import batch_feed, share
 from .communicator import Communicator, SingleProcess, failing_together, reduce_in_rank_order
 from .config import TrainConfig
 from .checkpoint import Checkpoint, read_checkpoint, write_checkpoint
+from .container import model_block
 from .engine import Engine, Progress
 from .history import History, epoch_line
 from .errors import DivergenceError
@@ -56,10 +57,6 @@ _CHANGEABLE_ON_RESUME = ("epochs", "verbose", "checkpoint", "checkpoint_every", 
 _RUN_STATE = ("rng_state", "split_seed", "best_score", "waited")
 
 
-def model_block(net: MLP) -> dict:
-    """The network's settings as a checkpoint records them (and a resume must match)."""
-    return {"sizes": net.sizes, "activation": net.activation, "dtype": net.dtype.name, "alpha": net.alpha,
-            "tf32": net.tf32}
 
 
 def fit(net: MLP, X, y, *, sample_weight=None, validation_data=None, callbacks: tuple[Callback, ...] = (),

@@ -3,12 +3,9 @@ checked on the host, with the validation set held out when asked, and the data's
 
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-from .checkpoint import data_fingerprint
 from .mlp import MLP
 from .rows import HostRows, check_rows, fingerprint
 from .validation import check_sample_weight, check_X, check_y
@@ -49,7 +46,4 @@ def hold_out(X, y: np.ndarray, w, fraction: float, split_seed: int):
 def data_id(X, y: np.ndarray, w, dtype) -> str:
     """Fingerprint of the training rows (in ``dtype``), labels and weights: a resumed run or
     another rank must train on the same."""
-    digest = fingerprint(X, y, dtype) if isinstance(X, HostRows) else data_fingerprint(X, y)
-    if w is None:
-        return digest
-    return digest + "|w:" + hashlib.sha256(np.ascontiguousarray(w, dtype=np.float64).tobytes()).hexdigest()
+    return fingerprint(X, y, dtype, w)

@@ -16,6 +16,8 @@ from gpubp.errors import DeviceMemoryError
 from gpubp.interrupt import TrainingInterrupted
 from gpubp.optim import SGD, clip_by_global_norm
 
+from .legacy_files import write_with_meta
+
 SETTINGS = dict(epochs=6, batch_size=16, optimizer="nesterov", schedule="cosine", warmup_epochs=1,
                 validation_fraction=0.2, patience=10, seed=3)
 
@@ -207,17 +209,20 @@ def test_bad_checkpoint_files(tmp_path):
         with pytest.raises(DataError, match=message):
             read_checkpoint(tmp_path / name)
     np.savez(tmp_path / "foreign.npz", weights=np.zeros(3))
-    with pytest.raises(DataError, match="not a gpubp checkpoint"):
+    with pytest.raises(DataError, match="not a gpubp file .*; expected a checkpoint"):
         read_checkpoint(tmp_path / "foreign.npz")
     save_model(new_net(), tmp_path / "model.npz")
-    with pytest.raises(DataError, match="a gpubp model file, not a checkpoint"):
+    with pytest.raises(DataError, match="is a gpubp model file, not a checkpoint: load it with gpubp.load_model"):
         read_checkpoint(tmp_path / "model.npz")
     with pytest.raises(DataError, match="no checkpoint at"):
         read_checkpoint(tmp_path / "missing.npz")
     c = read_checkpoint(good)
-    write_checkpoint(tmp_path / "future.npz", {**c.meta, "version": 99}, c.arrays)
-    with pytest.raises(DataError, match="format version 99, this gpubp reads 1 and 2"):
+    write_with_meta(tmp_path / "future.npz", {**c.meta, "version": 99}, c.arrays)
+    with pytest.raises(DataError, match="format version 99, written by gpubp .*: upgrade gpubp"):
         read_checkpoint(tmp_path / "future.npz")
+    write_with_meta(tmp_path / "old99.npz", {**c.meta, "format": "gpubp-checkpoint", "version": 99}, c.arrays)
+    with pytest.raises(DataError, match="gpubp-checkpoint format version 99, not one this gpubp reads"):
+        read_checkpoint(tmp_path / "old99.npz")
     write_checkpoint(tmp_path / "shape.npz", c.meta, {**c.arrays, "param_0": np.zeros((5, 13))})
     with pytest.raises(DataError, match=r"parameter 0 is float64 \(5, 13\), the model 5-12-3 float64 needs"):
         read_checkpoint(tmp_path / "shape.npz")
@@ -233,7 +238,9 @@ def test_checkpoint_holds_no_pickle_and_states_its_contents(tmp_path):
     with np.load(ckpt, allow_pickle=False) as f:  # loads without pickle
         meta = json.loads(f["meta"].tobytes())
         names = set(f.files)
-    assert meta["format"] == "gpubp-checkpoint" and meta["version"] == 2
+    assert (meta["format"], meta["version"], meta["kind"]) == ("gpubp", 3, "checkpoint")
+    assert meta["model"] == {"sizes": [5, 12, 3], "activation": "tanh", "output": "softmax", "dtype": "float64",
+                             "alpha": 1e-3, "tf32": False}
     assert meta["model"]["sizes"] == [5, 12, 3] and meta["optimizer"]["name"] == "adam"
     assert meta["optimizer"]["t"] == 2 * 3 and meta["state"]["epoch"] == 2
     assert len(meta["history"]["train_loss"]) == 2 and meta["config"]["epochs"] == 2
@@ -257,7 +264,8 @@ def test_a_version_1_checkpoint_with_state_per_parameter_resumes_the_same(tmp_pa
             weights, biases = net.unflatten(c.arrays[f"opt_{kind}_0"])
             per_parameter.update({f"opt_{kind}_{i}": a.copy() for i, a in enumerate(weights + biases)})
     assert len(per_parameter) > len(c.arrays)
-    write_checkpoint(tmp_path / "v1.npz", {**c.meta, "version": 1}, per_parameter)
+    v1 = {**{k: v for k, v in c.meta.items() if k != "kind"}, "format": "gpubp-checkpoint", "version": 1}
+    write_with_meta(tmp_path / "v1.npz", v1, per_parameter)  # as gpubp 0.1 wrote it
     a, b = new_net(), new_net()
     fit(a, X, y, resume=flat, **settings)
     fit(b, X, y, resume=tmp_path / "v1.npz", **settings)
@@ -265,7 +273,7 @@ def test_a_version_1_checkpoint_with_state_per_parameter_resumes_the_same(tmp_pa
         np.testing.assert_array_equal(pa, pb)
     short = dict(per_parameter)
     del short["opt_" + ("m" if optimizer == "adam" else "velocity") + "_3"]  # the last bias's
-    write_checkpoint(tmp_path / "short.npz", {**c.meta, "version": 1}, short)
+    write_with_meta(tmp_path / "short.npz", v1, short)
     with pytest.raises(ValueError, match=f"optimizer state has 3 .* arrays of 108 values in all for {net.n_params} "):
         fit(new_net(), X, y, resume=tmp_path / "short.npz", **settings)
 

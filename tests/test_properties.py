@@ -112,4 +112,4 @@ def test_a_damaged_checkpoint_is_refused_with_a_data_error(tmp_path, checkpoint_
     except DataError:
         return
     # a change that zip and our checksum both accept must have left the content as it was
-    assert checkpoint.meta["format"] == "gpubp-checkpoint" and len(checkpoint.params) == 4
+    assert checkpoint.kind == "checkpoint" and len(checkpoint.params) == 4

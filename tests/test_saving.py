@@ -1,10 +1,15 @@
-"""save_model / load_model: round trip, atomic writes, and refusal of bad files."""
+"""save_model / load_model: round trip, atomic writes, refusal of bad files, and model files
+of gpubp 0.1 (before the one container) still load."""
+
+import re
 
 import numpy as np
 import pytest
 
 from gpubp import MLP, DataError, load_model, save_model
-from gpubp import saving
+from gpubp import container
+
+from .legacy_files import legacy_model_arrays
 
 
 def test_round_trip_keeps_parameters_settings_and_extras(tmp_path, rng):
@@ -18,6 +23,9 @@ def test_round_trip_keeps_parameters_settings_and_extras(tmp_path, rng):
     X = rng.normal(size=(4, 5))
     np.testing.assert_array_equal(net.predict_proba(X), loaded.predict_proba(X))
     assert [p.name for p in tmp_path.iterdir()] == ["m.npz"]  # no temporary file left
+    with np.load(path, allow_pickle=False) as f:  # the container: meta, parameters, extras, checksum
+        assert sorted(f.files) == ["checksum", "extra_classes", "meta", "param_0", "param_1", "param_2",
+                                   "param_3"]
 
 
 def test_a_failed_write_keeps_the_old_file(tmp_path):
@@ -29,7 +37,7 @@ def test_a_failed_write_keeps_the_old_file(tmp_path):
         raise RuntimeError("disk full")
 
     with pytest.raises(RuntimeError, match="disk full"):
-        saving.atomic_write(path, explode)
+        container.atomic_write(path, explode)
     assert path.read_bytes() == b"old model"
     assert [p.name for p in tmp_path.iterdir()] == ["m.npz"]
 
@@ -39,23 +47,37 @@ def test_bad_files_are_refused(tmp_path):
     good = save_model(net, tmp_path / "good.npz")
     truncated = tmp_path / "truncated.npz"
     truncated.write_bytes(good.read_bytes()[:100])
-    with pytest.raises(DataError, match="not a readable gpubp model"):
+    with pytest.raises(DataError, match=f"{re.escape(str(truncated))}: truncated or corrupted, not readable as a gpubp model"):
         load_model(truncated, backend="cpu")
     foreign = tmp_path / "foreign.npz"
     np.savez(foreign, X=np.zeros(3))
-    with pytest.raises(DataError, match="not a gpubp model file"):
+    with pytest.raises(DataError, match=r"not a gpubp file \(it holds \['X'\]\); expected a gpubp model file"):
         load_model(foreign, backend="cpu")
-    future = tmp_path / "future.npz"
-    with np.load(good) as f:
-        arrays = dict(f)
-    np.savez(future, **{**arrays, "format_version": np.array(99)})
-    with pytest.raises(DataError, match="format version 99"):
-        load_model(future, backend="cpu")
-    broken = tmp_path / "broken.npz"
-    np.savez(broken, **{**arrays, "W0": np.zeros((5, 5))})
-    with pytest.raises(DataError, match="inconsistent"):
-        load_model(broken, backend="cpu")
-    with pytest.raises(DataError, match="not a readable"):
+    old = legacy_model_arrays(net)
+    np.savez(tmp_path / "future.npz", **{**old, "format_version": np.array(99)})
+    with pytest.raises(DataError, match="model file format version 99"):
+        load_model(tmp_path / "future.npz", backend="cpu")
+    np.savez(tmp_path / "broken.npz", **{**old, "W0": np.zeros((5, 5), np.float32)})
+    with pytest.raises(DataError, match=r"parameter 0 is float32 \(5, 5\), the model 3-2 float32 needs"):
+        load_model(tmp_path / "broken.npz", backend="cpu")
+    np.savez(tmp_path / "settings.npz", **{**old, "activation": np.array("swish")})
+    with pytest.raises(DataError, match="inconsistent gpubp model file .*unknown activation 'swish'"):
+        load_model(tmp_path / "settings.npz", backend="cpu")
+    with pytest.raises(DataError, match="no gpubp model file at"):
         load_model(tmp_path / "missing.npz", backend="cpu")
     with pytest.raises(ValueError, match="does not exist"):
         save_model(net, tmp_path / "no" / "such" / "m.npz")
+
+
+@pytest.mark.parametrize("tf32", [None, True])
+def test_a_model_file_of_gpubp_0_1_loads(tmp_path, rng, tf32):
+    net = MLP([5, 4, 3], "relu", backend="cpu", dtype="float32", seed=3, alpha=0.5, tf32=bool(tf32))
+    arrays = legacy_model_arrays(net, extra={"input_mean": np.arange(5.0)})
+    if tf32 is not None:
+        arrays["tf32"] = np.array(tf32)
+    np.savez(tmp_path / "old.npz", **arrays)
+    loaded, extra = load_model(tmp_path / "old.npz", backend="cpu")
+    assert repr(loaded) == repr(net) and loaded.alpha == 0.5
+    X = rng.normal(size=(6, 5)).astype(np.float32)
+    np.testing.assert_array_equal(loaded.predict_proba(X), net.predict_proba(X))
+    np.testing.assert_array_equal(extra["input_mean"], np.arange(5.0))

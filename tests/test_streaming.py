@@ -14,7 +14,6 @@ import pytest
 
 import gpubp
 from gpubp import MLP, fit, npy_folder, rows, to_numpy
-from gpubp.checkpoint import data_fingerprint
 from gpubp.data import Dataset, load_dataset, split, standardize
 from gpubp.errors import DataError
 from gpubp.rows import HostRows
@@ -137,9 +136,9 @@ def test_the_chunked_fingerprint_equals_the_in_memory_one(tmp_path, small_chunks
     X, y = write_folder(tmp_path / "d")
     folder, _ = load_dataset(str(tmp_path / "d"))
     for dtype in ("float32", "float64"):
-        assert rows.fingerprint(folder.X, y, dtype) == data_fingerprint(X.astype(dtype), y)
+        assert rows.fingerprint(folder.X, y, dtype) == rows.fingerprint(X.astype(dtype), y, dtype)
     part = folder.X.subset(np.array([5, 2, 9]))
-    assert rows.fingerprint(part, y[:3], "float32") == data_fingerprint(X[[5, 2, 9]], y[:3])
+    assert rows.fingerprint(part, y[:3], "float32") == rows.fingerprint(X[[5, 2, 9]], y[:3], "float32")
 
 
 def test_split_and_standardize_of_a_folder_read_rows_not_the_file(tmp_path, small_chunks):
