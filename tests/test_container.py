@@ -177,5 +177,6 @@ def test_an_estimator_saved_by_gpubp_0_1_loads(files, tmp_path):
     loaded = load_estimator(tmp_path / "old.npz", device="cpu")
     np.testing.assert_array_equal(loaded.predict_proba(X), est.predict_proba(X))
     assert loaded.get_params() == est.get_params()
-    with pytest.raises(DataError, match=f"{re.escape(str(tmp_path / 'old.npz'))} is a saved estimator, not a checkpoint"):
+    old_file = re.escape(str(tmp_path / "old.npz"))
+    with pytest.raises(DataError, match=f"{old_file} is a saved estimator, not a checkpoint"):
         read_checkpoint(tmp_path / "old.npz")

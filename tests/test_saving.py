@@ -47,7 +47,7 @@ def test_bad_files_are_refused(tmp_path):
     good = save_model(net, tmp_path / "good.npz")
     truncated = tmp_path / "truncated.npz"
     truncated.write_bytes(good.read_bytes()[:100])
-    with pytest.raises(DataError, match=f"{re.escape(str(truncated))}: truncated or corrupted, not readable as a gpubp model"):
+    with pytest.raises(DataError, match=f"{re.escape(str(truncated))}: truncated or corrupted, not readable as a gpubp"):
         load_model(truncated, backend="cpu")
     foreign = tmp_path / "foreign.npz"
     np.savez(foreign, X=np.zeros(3))
