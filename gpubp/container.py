@@ -75,8 +75,14 @@ class Contents:
 def model_block(net) -> dict:
     """The settings of ``net`` (a :class:`gpubp.MLP`) as every kind of file records them, and as
     a resumed run must match them: sizes, activation, output, dtype, alpha, tf32 (JSON types)."""
-    return {"sizes": [int(s) for s in net.sizes], "activation": net.activation, "output": net.output,
-            "dtype": net.dtype.name, "alpha": float(net.alpha), "tf32": bool(net.tf32)}
+    return block(net.sizes, net.activation, net.output, net.dtype, net.alpha, net.tf32)
+
+
+def block(sizes, activation: str, output: str, dtype, alpha: float, tf32: bool) -> dict:
+    """The model block of a network with these settings (see :func:`model_block`), for a caller
+    that has the settings but no network on a device (a saved estimator)."""
+    return {"sizes": [int(s) for s in sizes], "activation": activation, "output": output,
+            "dtype": np.dtype(dtype).name, "alpha": float(alpha), "tf32": bool(tf32)}
 
 
 def write(path, kind: str, meta: dict, arrays: dict) -> Path:

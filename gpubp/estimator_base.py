@@ -15,7 +15,7 @@ from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
 from .estimator_params import PARAMETER_CONSTRAINTS
 from .backend import get_backend, to_numpy
-from .container import model_block, write
+from .container import block, write
 from .mlp import MLP
 from .estimator_fit import PREDICT_BATCH, STOCHASTIC, StochasticFit, dense
 
@@ -240,7 +240,9 @@ class BaseMLP(StochasticFit, BaseEstimator):
             arrays["classes"] = self.classes_.astype(str) if self.classes_.dtype == object else self.classes_
             meta["label_type"] = self._label_binarizer.y_type_
             meta["classes_are_objects"] = bool(self.classes_.dtype == object)
-        meta["model"] = model_block(self._network())
+        sizes = [self.coefs_[0].shape[0]] + [c.shape[1] for c in self.coefs_]
+        meta["model"] = block(sizes, _ACTIVATION_NAMES[self.activation], self.out_activation_, self.coefs_[0].dtype,
+                              self.alpha, self.tf32)  # the device need not be usable here
         arrays.update({f"param_{i}": p for i, p in enumerate(self.coefs_ + self.intercepts_)})
         return write(path, "estimator", meta, arrays)
 

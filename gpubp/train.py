@@ -28,37 +28,27 @@ from __future__ import annotations
 
 import math
 import time
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from .version import __version__
 from .batches import batch_feed, share
 from .communicator import Communicator, SingleProcess, failing_together, reduce_in_rank_order
 from .config import TrainConfig
-from .checkpoint import Checkpoint, read_checkpoint, write_checkpoint
-from .container import model_block
-from .engine import Engine, Progress
+from .checkpoint import read_checkpoint
+from .engine import Engine
 from .history import History, epoch_line
 from .errors import DivergenceError
 from .interrupt import TrainingInterrupted
 from .mlp import MLP
 from .rows import HostRows
-from .optim import make_optimizer, optimizer_from_state
+from .optim import make_optimizer
 from .schedules import Schedule
+from .train_checkpoint import RunCheckpoints
 from .train_data import check_training_data, data_id, hold_out
 
 Callback = Callable[[int, dict], "bool | None"]
-# Settings a resumed run may change; all others must equal the checkpoint's.
-_CHANGEABLE_ON_RESUME = ("epochs", "verbose", "checkpoint", "checkpoint_every", "stream")
-# The face's own run state, stored in a checkpoint beside the engine's Progress.
-_RUN_STATE = ("rng_state", "split_seed", "best_score", "waited")
-
-
-
-
 def fit(net: MLP, X, y, *, sample_weight=None, validation_data=None, callbacks: tuple[Callback, ...] = (),
         resume=None, checkpoint_extra: dict | None = None, comm: Communicator | None = None,
         **settings) -> History:
@@ -155,7 +145,7 @@ def fit(net: MLP, X, y, *, sample_weight=None, validation_data=None, callbacks: 
     return trainer.run(X, y, validation_data, resume, sample_weight)
 
 
-class Trainer:
+class Trainer(RunCheckpoints):
     """Runs the epochs of one :class:`TrainConfig` on one network: the set-up, the policies the
     engine calls (:class:`gpubp.engine.Plan`) and the checkpoints."""
 
@@ -250,22 +240,6 @@ class Trainer:
         if checkpoint is None:
             net.set_params(self.comm.bcast_object([net.backend.to_host(p) for p in net.params]))
 
-    def _check_resumable(self, checkpoint: Checkpoint) -> None:
-        net, meta = self.net, checkpoint.meta
-        if "config" not in meta:
-            raise ValueError(f"{checkpoint.path} is not a training checkpoint (a saved estimator?)")
-        mine, theirs = model_block(net), {"tf32": False, **meta["model"]}  # tf32 recorded since it exists
-        if theirs != mine:
-            raise ValueError(f"{checkpoint.path} holds the network {theirs}, not {mine}")
-        now = self.config.as_dict()
-        changed = [f"{k}={meta['config'].get(k)!r} there, {now[k]!r} here" for k in now
-                   if k not in _CHANGEABLE_ON_RESUME and meta["config"].get(k) != now[k]]
-        if changed:
-            raise ValueError(f"resuming {checkpoint.path} needs its training settings: " + "; ".join(changed))
-        if self.config.epochs < meta["state"]["epoch"]:
-            raise ValueError(f"{checkpoint.path} has trained {meta['state']['epoch']} epochs, "
-                             f"more than epochs={self.config.epochs}")
-
     # ------------------------------------------------------------------ the policies (gpubp.engine.Plan)
 
     def order(self, epoch: int) -> np.ndarray:
@@ -345,46 +319,3 @@ class Trainer:
         if logs["val_loss"] is not None:
             history.val_loss.append(logs["val_loss"])
             history.val_accuracy.append(logs["val_accuracy"])
-
-    # ------------------------------------------------------------------ checkpoints
-
-    def save(self, path) -> Path:
-        """Write the run's checkpoint to ``path`` (atomically); data parallel, rank 0 writes it and
-        every rank returns once it is written."""
-        path = Path(path)
-        if self.comm.rank == 0:
-            write_checkpoint(path, *self._checkpoint_contents())
-        if self.parallel:
-            self.comm.barrier()
-        self.last_checkpoint = str(path)
-        return path
-
-    def _checkpoint_contents(self) -> tuple[dict, dict]:
-        """The checkpoint's meta and host arrays: the global run state only, whatever the ranks."""
-        net, progress = self.net, self.engine.progress
-        settings, opt_arrays = self.engine.optimizer.state()
-        state = {**{k: getattr(progress, k) for k in Progress.SCALARS}, **self.run_state}
-        meta = {"model": model_block(net), "optimizer": settings, "config": self.config.as_dict(),
-                "state": state, "history": self.history.as_dict(), "data": self._fingerprint,
-                "extra": self.extra, "gpubp_version": __version__}
-        host = net.backend.to_host
-        arrays = {f"param_{i}": host(p) for i, p in enumerate(net.params)}
-        arrays.update({f"opt_{k}": host(v) for k, v in opt_arrays.items()})
-        arrays.update({f"best_{i}": host(p) for i, p in enumerate(self.best_params or [])})
-        if progress.position:
-            arrays["order"] = np.asarray(progress.order)
-        return meta, arrays
-
-    def _restore(self, checkpoint: Checkpoint) -> None:
-        net, meta = self.net, checkpoint.meta
-        net.set_params(checkpoint.params)
-        self.engine.optimizer = optimizer_from_state(meta["optimizer"])
-        self.engine.optimizer.load_state(checkpoint.prefixed("opt_"), [net.flat_params])
-        self.engine.progress = Progress(**{k: meta["state"][k] for k in Progress.SCALARS},
-                                        order=checkpoint.arrays.get("order"))
-        self.run_state.update({k: meta["state"][k] for k in _RUN_STATE})
-        best = checkpoint.prefixed("best_")
-        if best:
-            self.best_params = [net.backend.asarray(best[str(i)], net.dtype) for i in range(len(best))]
-        self.history = History(**{**meta["history"], "device": net.backend.device, "ranks": self.comm.size})
-        self.last_checkpoint = str(checkpoint.path)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 import gpubp
-import gpubp.train
+import gpubp.train_checkpoint
 from gpubp.interrupt import TrainingInterrupted
 from gpubp.optim import SGD
 
@@ -103,8 +103,8 @@ def main() -> None:
     comm = gpubp.distributed.world("cpu")
     assert comm.size == 2, f"not a 2-rank job: {comm!r}"
     r = comm.rank
-    writes, write = [], gpubp.train.write_checkpoint
-    gpubp.train.write_checkpoint = lambda path, *a: writes.append(str(path)) or write(path, *a)
+    writes, write = [], gpubp.train_checkpoint.write_checkpoint
+    gpubp.train_checkpoint.write_checkpoint = lambda path, *a: writes.append(str(path)) or write(path, *a)
     for name in CASES:
         save(out, name, r, *train(name, comm))
     # 2 ranks write a checkpoint after 2 of 4 epochs (the test resumes it in one process) ...

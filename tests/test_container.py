@@ -180,3 +180,21 @@ def test_an_estimator_saved_by_gpubp_0_1_loads(files, tmp_path):
     old_file = re.escape(str(tmp_path / "old.npz"))
     with pytest.raises(DataError, match=f"{old_file} is a saved estimator, not a checkpoint"):
         read_checkpoint(tmp_path / "old.npz")
+
+
+def test_an_estimator_set_to_a_device_this_machine_lacks_still_saves(tmp_path):
+    """The model block of a saved estimator comes from its fitted attributes, not from a network
+    on its device (a model fitted on a GPU machine, unpickled on a CPU one, can be saved)."""
+    import warnings
+
+    from gpubp import MLPClassifier, load_estimator
+
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(40, 4)), rng.integers(0, 3, 40)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        clf = MLPClassifier((5,), max_iter=3, device="cpu", random_state=0).fit(X, y)
+    clf.set_params(device="cuda")
+    clf.save(tmp_path / "e.npz")
+    loaded = load_estimator(tmp_path / "e.npz", device="cpu")
+    np.testing.assert_array_equal(loaded.predict_proba(X), clf.set_params(device="cpu").predict_proba(X))
