@@ -30,8 +30,6 @@ class RunCheckpoints:
 
     def _check_resumable(self, checkpoint: Checkpoint) -> None:
         net, meta = self.net, checkpoint.meta
-        if "config" not in meta:
-            raise ValueError(f"{checkpoint.path} is not a training checkpoint (a saved estimator?)")
         mine, theirs = model_block(net), {"tf32": False, **meta["model"]}  # tf32 recorded since it exists
         if theirs != mine:
             raise ValueError(f"{checkpoint.path} holds the network {theirs}, not {mine}")
