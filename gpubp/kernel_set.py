@@ -66,7 +66,8 @@ OPERATIONS = tuple(name for name, member in vars(KernelSet).items()
 
 def _signature_problem(name: str, implementation) -> str | None:
     """Why ``implementation`` cannot stand for the operation ``name``, or None when it can: it
-    must be callable with the contract's parameters, in order, by name; extra ones need defaults."""
+    must be callable with the contract's parameters, in order, by name; extra ones need defaults.
+    (A wrapper keeps the signature of what it wraps through functools.wraps.)"""
     if not callable(implementation):
         return f"{name} is not callable"
     try:
