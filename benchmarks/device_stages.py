@@ -108,9 +108,10 @@ def probe_kernel(cp) -> dict:
 
 def parity_stage(save) -> dict:
     """gpubp.parity's kernel checks and model checks on cuda, float32 and float64: every row."""
-    from gpubp import get_backend, kernels, parity
+    from gpubp import get_backend, parity
 
-    results = parity.kernel_checks(get_backend("cuda"), kernels)
+    gpu = get_backend("cuda")
+    results = parity.kernel_checks(gpu, gpu.kernels)
     save(parity_section(results))
     return parity_section(results + parity.model_checks(get_backend("cpu"), get_backend("cuda")))
 

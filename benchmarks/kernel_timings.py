@@ -92,7 +92,8 @@ def restore(xp, arr: SimpleNamespace) -> None:
 
 def timing_calls(xp, kern, arr: SimpleNamespace) -> dict:
     """Name -> (kernel call, plain chain call) for every timed kernel; each returns the array to
-    compare. ``kern`` is gpubp.kernels; the chains are its NumPy twins run with ``xp``."""
+    compare. ``kern`` is the CUDA kernel set, gpubp.kernels.CUDA_KERNELS (of its operations, those
+    with a kernel of their own); the chains are its NumPy twins run with ``xp``."""
     ops = twins()
     calls = {}
     for act in ops.ACTIVATIONS:
@@ -153,7 +154,7 @@ def kernel_timings(cp, arr: SimpleNamespace) -> dict:
     src, dst = arr.orig["p"], arr.p
     copy_ms = event_median_ms(cupy_events(cp), lambda: dst.data.copy_from_device_async(src.data, src.nbytes))
     copy = {"ms": copy_ms, "gbs": 2 * src.nbytes / copy_ms / 1e6}
-    rows = [kernel_row(cp, name, calls, arr, copy["gbs"]) for name, calls in timing_calls(cp, kernels, arr).items()]
+    rows = [kernel_row(cp, name, calls, arr, copy["gbs"]) for name, calls in timing_calls(cp, kernels.CUDA_KERNELS, arr).items()]
     return {"copy": copy, "kernels": rows}
 
 

@@ -16,8 +16,10 @@ from types import ModuleType
 
 import numpy as np
 
-from . import host_kernels, kernels
 from .errors import BackendUnavailableError
+from .host_kernels import CPU_KERNELS
+from .kernel_set import KernelSet, check_kernel_set
+from .kernels import CUDA_KERNELS
 
 _ALIASES = {
     "auto": "auto",
@@ -118,16 +120,20 @@ class Backend:
         ``numpy`` or ``cupy``.
     device : str
         Human-readable description of where the arrays live.
-    kernels : module
-        The fused BP steps and optimizer updates: :mod:`gpubp.kernels` on "cuda"; on "cpu"
-        :mod:`gpubp.host_kernels`, the NumPy twins from :mod:`gpubp.ops` with the optimizer
-        updates run in cache-sized blocks (same function names and signatures).
+    kernels : KernelSet
+        Every array operation of a step and a prediction (gpubp.kernel_set): on "cuda"
+        ``gpubp.kernels.CUDA_KERNELS``, the CUDA kernels; on "cpu" ``gpubp.host_kernels.CPU_KERNELS``,
+        the NumPy twins with the optimizer updates run in cache-sized blocks. An incomplete set
+        is refused with a ValueError naming what it lacks.
     """
 
     name: str
     xp: ModuleType
     device: str
-    kernels: ModuleType
+    kernels: KernelSet
+
+    def __post_init__(self):
+        check_kernel_set(self.kernels)
 
     def asarray(self, a, dtype=None):
         """Array ``a`` (host or device, any backend) as an array of this backend, copied only when
@@ -208,7 +214,7 @@ def backend_for(a) -> Backend:
 @functools.lru_cache(maxsize=None)
 def _cpu_backend() -> Backend:
     cpu = platform.processor() or platform.machine() or "CPU"
-    return Backend("cpu", np, f"cpu ({cpu}, NumPy {np.__version__})", host_kernels)
+    return Backend("cpu", np, f"cpu ({cpu}, NumPy {np.__version__})", CPU_KERNELS)
 
 
 @functools.lru_cache(maxsize=None)
@@ -220,7 +226,7 @@ def _cuda_backend() -> Backend:
 
     current = cupy.cuda.runtime.getDevice()
     device = f"cuda:{current} {status.devices[current]}, CuPy {status.cupy_version}"
-    return Backend("cuda", cupy, device, kernels)
+    return Backend("cuda", cupy, device, CUDA_KERNELS)
 
 
 def get_backend(name: str | Backend = "auto") -> Backend:

@@ -290,7 +290,6 @@ def _info() -> int:
 
 
 def _check() -> int:
-    from . import kernels
     from .parity import format_table, kernel_checks, model_checks
 
     status = cuda_status()
@@ -300,7 +299,7 @@ def _check() -> int:
         return 3
     gpu, cpu = get_backend("cuda"), get_backend("cpu")
     print(f"comparing {gpu.device} with {cpu.device}", flush=True)
-    results = kernel_checks(gpu, kernels) + model_checks(cpu, gpu)
+    results = kernel_checks(gpu, gpu.kernels) + model_checks(cpu, gpu)
     print(format_table(results))
     failed = [r for r in results if not r.passed]
     print(f"{len(results) - len(failed)} passed, {len(failed)} failed")

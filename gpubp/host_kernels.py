@@ -1,5 +1,5 @@
-"""The CPU backend's kernels: the NumPy twins of :mod:`gpubp.ops`, with the optimizer updates run
-block by block.
+"""The CPU backend's kernel set, :data:`CPU_KERNELS`: the NumPy twins of :mod:`gpubp.ops`, with the
+optimizer updates run block by block.
 
 An optimizer update is a dozen NumPy operations. Over a whole 2048x2048 parameter, each operation
 streams its arrays through main memory again. Here the parameters are cut into blocks of
@@ -18,9 +18,6 @@ import threading
 import numpy as np
 
 from . import ops
-from .ops import backprop_delta, bias_activation, softmax_minus_y  # the twins serve as they are
-
-__all__ = ["adam_update", "backprop_delta", "bias_activation", "sgd_momentum_update", "softmax_minus_y"]
 
 # per array per block; measured on a 2-core AMD EPYC (1 MB of L2 per core), Adam over the
 # 784-2048-2048-10 network's 5.8M parameters in a training step: float32 10.6 ms whole, 8.2 ms in
@@ -71,3 +68,23 @@ def adam_update(xp, p, g, m, v, lr_t: float, beta1: float, beta2: float, eps: fl
     p, g, m, v: NumPy arrays of one shape and dtype. Twin: ops.adam_update (bitwise equal).
     """
     _blocked(ops.adam_update, (p, g, m, v), lr_t, beta1, beta2, eps)
+
+
+class CpuKernels:
+    """The "cpu" backend's kernel set (gpubp.kernel_set.KernelSet): the twins of gpubp.ops as they
+    are, but for the optimizer updates, which run block by block here (bitwise the twins')."""
+
+    bias_activation = staticmethod(ops.bias_activation)
+    backprop_delta = staticmethod(ops.backprop_delta)
+    softmax_minus_y = staticmethod(ops.softmax_minus_y)
+    output_minus_y = staticmethod(ops.output_minus_y)
+    output_activation = staticmethod(ops.output_activation)
+    cross_entropy = staticmethod(ops.cross_entropy)
+    sgd_momentum_update = staticmethod(sgd_momentum_update)
+    adam_update = staticmethod(adam_update)
+
+    def __repr__(self) -> str:
+        return "gpubp.host_kernels.CPU_KERNELS"
+
+
+CPU_KERNELS = CpuKernels()

@@ -1,6 +1,7 @@
-"""The BP steps as hand-written CUDA kernels, built from the sources in kernels/ with CuPy.
+"""The BP steps as hand-written CUDA kernels, built from the sources in kernels/ with CuPy, and
+the "cuda" backend's kernel set, :data:`CUDA_KERNELS`.
 
-Each public function here has the signature of its NumPy twin in :mod:`gpubp.ops` (same name)
+Each kernel function here has the signature of its NumPy twin in :mod:`gpubp.ops` (same name)
 and does in one pass over memory what the twin does in several:
 
 - ``bias_activation``: z + b and the activation (ElementwiseKernel per activation);
@@ -8,6 +9,10 @@ and does in one pass over memory what the twin does in several:
 - ``softmax_minus_y``: BP1 and the loss, with the output layer's bias added on the way in, in
   one RawKernel launch (one warp per row) and a sum of the rows' losses;
 - ``sgd_momentum_update`` and ``adam_update``: one pass over each parameter.
+
+The operations of the kernel set with no kernel of their own (:data:`TWINS_RUN_BY_CUPY`: the
+non-softmax output layers, the output activation, the evaluation loss) are the twins, run by
+cupy's array calls.
 
 The per-element math lives in ``kernels/gpubp_math.cuh`` as host+device functions, so the CPU
 tests compile the same source with g++. Kernels are built once per name and memoized; cupy is
@@ -22,6 +27,7 @@ import functools
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import ops
 from .ops import row_scale
 
 ACTIVATION_CODES = {"identity": 0, "relu": 1, "sigmoid": 2, "tanh": 3}
@@ -169,3 +175,27 @@ def adam_update(xp, p, g, m, v, lr_t: float, beta1: float, beta2: float, eps: fl
     """One pass of Adam over p, m and v. Twin: ops.adam_update."""
     t = p.dtype.type
     elementwise_kernel("gpubp_adam")(g, t(lr_t), t(beta1), t(1 - beta1), t(beta2), t(1 - beta2), t(eps), p, m, v)
+
+
+# the operations of the kernel set that have no CUDA kernel: CUDA_KERNELS runs their twins with cupy
+TWINS_RUN_BY_CUPY = ("output_minus_y", "output_activation", "cross_entropy")
+
+
+class CudaKernels:
+    """The "cuda" backend's kernel set (gpubp.kernel_set.KernelSet): the kernels above, and the
+    twins of gpubp.ops run by cupy for the operations of TWINS_RUN_BY_CUPY."""
+
+    bias_activation = staticmethod(bias_activation)
+    backprop_delta = staticmethod(backprop_delta)
+    softmax_minus_y = staticmethod(softmax_minus_y)
+    output_minus_y = staticmethod(ops.output_minus_y)  # twin, run by cupy
+    output_activation = staticmethod(ops.output_activation)  # twin, run by cupy
+    cross_entropy = staticmethod(ops.cross_entropy)  # twin, run by cupy
+    sgd_momentum_update = staticmethod(sgd_momentum_update)
+    adam_update = staticmethod(adam_update)
+
+    def __repr__(self) -> str:
+        return "gpubp.kernels.CUDA_KERNELS"
+
+
+CUDA_KERNELS = CudaKernels()

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import ops, precision
-from .backend import Backend, get_backend, is_out_of_memory
-from .validation import (check_dtype, check_positive_int, check_sample_weight, check_sizes, check_targets,
-                         check_X, check_y)
+from . import ops, precision, prediction
+from .backend import Backend, get_backend
+from .validation import check_dtype, check_sample_weight, check_sizes, check_targets, check_y
 
 
 def init_params(sizes: list[int], activation: str, seed) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -203,7 +202,7 @@ class MLP:
             delta, loss = kernels.softmax_minus_y(xp, zL, y, sample_weight, self.biases[-1])
         else:
             zL += self.biases[-1]
-            delta, loss = ops.output_minus_y(xp, zL, y, self.output, sample_weight)
+            delta, loss = kernels.output_minus_y(xp, zL, y, self.output, sample_weight)
         for l in reversed(range(len(self.weights))):
             # BP3: db[l] = sum over the batch of delta[l]
             delta.sum(axis=0, out=db[l])
@@ -248,7 +247,7 @@ class MLP:
         dW : list of arrays shaped like ``weights``, views of one flat gradient
         db : list of arrays shaped like ``biases``, views of the same
         """
-        X = self.backend.asarray(self._check_X(X), self.dtype)
+        X = self.backend.asarray(prediction.check_input(self.xp, X, self.sizes[0]), self.dtype)
         if self.output == "softmax":
             y = self.backend.asarray(check_y(y, X.shape[0], self.n_classes))
         else:
@@ -258,112 +257,33 @@ class MLP:
         loss, g = self.flat_loss_and_grad(X, y, sample_weight)
         return (loss, *self.unflatten(g))
 
-    def _check_X(self, X):
-        """X checked (2-D, n0 features, finite, non-empty); device arrays stay on the device."""
-        xp = self.xp
-        if xp is not np and isinstance(X, xp.ndarray):
-            if X.ndim != 2 or X.shape[1] != self.sizes[0] or X.shape[0] == 0:
-                raise ValueError(f"X must have shape (n >= 1, {self.sizes[0]}), got {X.shape}")
-            if not bool(xp.isfinite(X).all()):
-                raise ValueError("X contains NaN or infinity; clean or impute the data first")
-            return X
-        return check_X(X, self.sizes[0])
+    # ------------------------------------------------------------------ prediction (gpubp.prediction)
 
-    # ------------------------------------------------------------------ prediction
-
-    def _map_batches(self, X, batch_size: int, fn):
-        """(start, stop, fn(zL, start, stop)) over the rows of a checked X, batch by batch, with
-        zL the batch's logits. A batch that runs out of memory, in the forward pass or in fn, is
-        retried at half the size, down to one row, before giving up; only fn's result outlives
-        its batch, so one batch's activations are held at a time."""
-        start, n = 0, X.shape[0]
-        while start < n:
-            stop = min(start + batch_size, n)
-            done, result = self._try_batch(X, start, stop, fn)
-            if not done:  # the failed batch's arrays are gone with its traceback: release, halve
-                self.backend.release_memory()
-                batch_size = max(1, (stop - start) // 2)
-                continue
-            yield start, stop, result
-            start = stop
-
-    def _try_batch(self, X, start: int, stop: int, fn):
-        """(True, fn(zL, start, stop)) for rows start:stop, or (False, None) when they ran out of
-        memory (a single row that does not fit raises)."""
-        try:
-            return True, fn(self._forward(self.backend.asarray(X[start:stop], self.dtype))[1], start, stop)
-        except Exception as exc:
-            if not is_out_of_memory(exc) or stop - start == 1:
-                raise
-        return False, None
+    def logits(self, X):
+        """z[L] (n, sizes[-1]), the output layer's pre-activations, of rows X (n, sizes[0]), host or
+        device, in one batch and unchecked (see predict_output for checked, batched rows)."""
+        return self._forward(self.backend.asarray(X, self.dtype))[1]
 
     def predict_output(self, X, batch_size: int = 4096):
-        """The output layer's activations a[L], computed ``batch_size`` rows at a time so memory
-        stays bounded (a batch that does not fit in memory is split further): probabilities
-        for softmax and logistic outputs, predictions for identity and exp outputs.
-
-        Parameters
-        ----------
-        X : array (n, sizes[0]), host or device
-        batch_size : int
-
-        Returns
-        -------
-        array (n, sizes[-1]) on the network's device
-        """
-        check_positive_int(batch_size, "batch_size")
-        X = self._check_X(X)
-        A = self.xp.empty((X.shape[0], self.sizes[-1]), dtype=self.dtype)  # (n, nL)
-        for start, stop, a in self._map_batches(
-                X, batch_size, lambda zL, start, stop: ops.output_activation(self.xp, zL, self.output)):
-            A[start:stop] = a
-        return A
+        """a[L] (n, sizes[-1]) on the network's device of X (n, sizes[0]), host or device, computed
+        ``batch_size`` rows at a time: probabilities for softmax and logistic outputs, predictions
+        for identity and exp outputs. See :func:`gpubp.prediction.predict_output`."""
+        return prediction.predict_output(self, X, batch_size)
 
     def predict_proba(self, X, batch_size: int = 4096):
         """Class probabilities (n, sizes[-1]) of a softmax or logistic output; see predict_output."""
-        if self.output not in ("softmax", "logistic"):
-            raise ValueError(f"predict_proba needs a softmax or logistic output, not {self.output!r}; "
-                             "use predict_output")
-        return self.predict_output(X, batch_size)
+        return prediction.predict_proba(self, X, batch_size)
 
     def predict(self, X, batch_size: int = 4096):
         """Most probable class index for each row of a softmax network: integer array (n,)."""
-        self._require_softmax("predict")
-        return self.predict_proba(X, batch_size).argmax(axis=1)
+        return prediction.predict(self, X, batch_size)
 
-    def _require_softmax(self, what: str) -> None:
-        if self.output != "softmax":
-            raise ValueError(f"{what} needs a softmax output (class labels), not {self.output!r}")
-
-    def evaluate(self, X, y, batch_size: int = 4096) -> tuple[float, float]:
-        """Mean cross-entropy (without the L2 term) and accuracy over all rows of X, batched.
-
-        Parameters
-        ----------
-        X : array (n, sizes[0]), host or device
-        y : integer array (n,)
-        batch_size : int
-
-        Returns
-        -------
-        loss, accuracy : float, float
-        """
-        self._require_softmax("evaluate")
-        check_positive_int(batch_size, "batch_size")
-        X = self._check_X(X)
-        y = check_y(y, X.shape[0], self.n_classes)
-        return self._evaluate(X, y, batch_size)
-
-    def _evaluate(self, X, y, batch_size: int) -> tuple[float, float]:
-        """evaluate() on checked arrays, host or device."""
-        def loss_and_correct(zL, start, stop):  # the batch's summed loss and hits, on the device
-            yb = self.backend.asarray(y[start:stop])
-            return ops.cross_entropy(self.xp, zL, yb) * (stop - start), (zL.argmax(axis=1) == yb).sum()
-
-        loss_sum, correct = 0.0, 0
-        for _, _, (batch_loss, batch_correct) in self._map_batches(X, batch_size, loss_and_correct):
-            loss_sum, correct = loss_sum + batch_loss, correct + batch_correct
-        return float(loss_sum) / X.shape[0], int(correct) / X.shape[0]
+    def evaluate(self, X, y, batch_size: int = 4096, check: bool = True) -> tuple[float, float]:
+        """(loss, accuracy), floats: the mean cross-entropy (without the L2 term) and the accuracy
+        of a softmax network over X (n, sizes[0]) and labels y (n,), host or device, batched.
+        ``check=False`` skips the checks of X, y and batch_size, for arrays already checked and
+        on the device (a trainer's validation set). See :func:`gpubp.prediction.evaluate`."""
+        return prediction.evaluate(self, X, y, batch_size, check)
 
     def score(self, X, y, batch_size: int = 4096) -> float:
         """Accuracy: the fraction of rows of X whose predicted class equals y."""

@@ -2,7 +2,8 @@
 
 Every function takes the array module ``xp`` (numpy or cupy) first and works on either. These are
 the reference (NumPy) versions of the steps that hand-written CUDA kernels fuse on the GPU; a
-kernel's docstring names its twin here by the same stem.
+kernel's docstring names its twin here by the same stem. :data:`TWIN_KERNELS` gathers the twins
+into the kernel set of gpubp.kernel_set, the one the others are checked against.
 
 Rows are samples: ``z`` and ``a`` are (n, width), labels ``y`` are (n,) integers in 0..C-1.
 """
@@ -226,3 +227,23 @@ def adam_update(xp, p, g, m, v, lr_t: float, beta1: float, beta2: float, eps: fl
     s2 += eps
     s1 /= s2
     p -= s1
+
+
+class TwinKernels:
+    """The NumPy twins as a kernel set (gpubp.kernel_set.KernelSet): plain array calls, run by
+    whichever ``xp`` is passed."""
+
+    bias_activation = staticmethod(bias_activation)
+    backprop_delta = staticmethod(backprop_delta)
+    softmax_minus_y = staticmethod(softmax_minus_y)
+    output_minus_y = staticmethod(output_minus_y)
+    output_activation = staticmethod(output_activation)
+    cross_entropy = staticmethod(cross_entropy)
+    sgd_momentum_update = staticmethod(sgd_momentum_update)
+    adam_update = staticmethod(adam_update)
+
+    def __repr__(self) -> str:
+        return "gpubp.ops.TWIN_KERNELS"
+
+
+TWIN_KERNELS = TwinKernels()

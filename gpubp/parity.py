@@ -1,5 +1,5 @@
-"""GPU-against-CPU checks behind ``gpubp check``: each kernel against its NumPy twin, and the
-whole model on CuPy against the whole model on NumPy.
+"""GPU-against-CPU checks behind ``gpubp check``: each operation of a kernel set against its
+NumPy twin, and the whole model on CuPy against the whole model on NumPy.
 
 A check passes when every element satisfies ``|actual - expected| <= max(rtol * |expected|, atol)``;
 its "worst error" is ``max |actual - expected| / max(|expected|, atol / rtol)``, to be read
@@ -9,12 +9,11 @@ against rtol.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from types import ModuleType
-
 import numpy as np
 
 from . import ops
 from .backend import Backend, to_numpy
+from .kernel_set import OPERATIONS, KernelSet, check_kernel_set
 from .mlp import MLP
 from .optim import make_optimizer
 
@@ -63,67 +62,175 @@ def _on_device(backend: Backend, host: np.ndarray, layout: str):
     return view
 
 
-def kernel_checks(backend: Backend, kernels: ModuleType, dtypes=("float32", "float64"),
-                  seed: int = 0) -> list[CheckResult]:
-    """Every function of ``kernels`` on ``backend`` against its twin in gpubp.ops on the host.
+@dataclass
+class _Case:
+    """One operation's checks in one dtype and layout: the kernel set under test, the seeded
+    generator of its inputs, and the list its results go to."""
 
-    ``kernels`` is gpubp.kernels for the GPU; any module with the same functions can be checked.
+    backend: Backend
+    kernels: KernelSet
+    dtype: str
+    layout: str
+    rng: np.random.Generator
+    results: list
+
+    @property
+    def xp(self):
+        return self.backend.xp
+
+    def dev(self, host):
+        """``host`` as an input of the kernel under test, in this case's layout; None stays None."""
+        return None if host is None else _on_device(self.backend, host, self.layout)
+
+    def normal(self, shape, scale=1.0) -> np.ndarray:
+        return self.rng.normal(scale=scale, size=shape).astype(self.dtype)
+
+    def check(self, name: str, actual, expected) -> None:
+        rtol, atol = KERNEL_TOL[self.dtype]
+        self.results.append(compare(f"{name} [{self.layout}]", self.dtype, actual, expected, rtol, atol))
+
+
+N, WIDTH, C = 257, 130, 10  # rows, hidden width and classes of the checks' inputs
+
+
+def _hidden(case: _Case) -> np.ndarray:
+    z = case.normal((N, WIDTH), 3)
+    z[0, :4] = [1000, -1000, 0, 50]
+    return z
+
+
+def _logits(case: _Case) -> np.ndarray:
+    z = case.normal((N, C), 4)
+    z[0, :2] = [1000, -1000]
+    return z
+
+
+def _check_bias_activation(case: _Case) -> None:
+    z, b = _hidden(case), case.normal(WIDTH)
+    for name in ops.ACTIVATIONS:
+        expected = ops.bias_activation(np, z.copy(), b, name)
+        case.check(f"bias_activation {name}", case.kernels.bias_activation(case.xp, case.dev(z), case.dev(b), name),
+                   expected)
+
+
+def _check_backprop_delta(case: _Case) -> None:
+    z = _hidden(case)
+    for name in ops.ACTIVATIONS:
+        a = ops.activate(np, z.copy(), name)
+        a[1, :3] = [0, 1, 0]
+        g = case.normal(a.shape)
+        expected = ops.backprop_delta(np, g.copy(), a, name)
+        case.check(f"backprop_delta {name}", case.kernels.backprop_delta(case.xp, case.dev(g), case.dev(a), name),
+                   expected)
+
+
+def _check_softmax_minus_y(case: _Case) -> None:
+    z, y = _logits(case), case.rng.integers(0, C, N)
+    w, bias = case.rng.uniform(0, 2, N).astype(case.dtype), case.normal(C, 2)
+    for weights, b in ((None, None), (w, None), (None, bias), (w, bias)):
+        label = "softmax_minus_y" + (" weighted" if weights is not None else "") + (" bias" if b is not None else "")
+        expected_delta, expected_loss = ops.softmax_minus_y(np, z, y, weights, b)
+        delta, loss = case.kernels.softmax_minus_y(case.xp, case.dev(z), case.backend.asarray(y),
+                                                   case.dev(weights), case.dev(b))
+        case.check(f"{label} delta", delta, expected_delta)
+        case.check(f"{label} loss", loss, expected_loss)
+
+
+def _targets(case: _Case, output: str, z: np.ndarray) -> np.ndarray:
+    """Targets of an output layer, shaped like z: 0/1, real values, or counts."""
+    if output == "logistic":
+        return case.rng.integers(0, 2, z.shape).astype(case.dtype)
+    if output == "identity":
+        return case.normal(z.shape, 2)
+    return case.rng.poisson(np.exp(np.clip(z, -5, 5))).astype(case.dtype)
+
+
+def _check_output_minus_y(case: _Case) -> None:
+    w = case.rng.uniform(0, 2, N).astype(case.dtype)
+    for output in ops.OUTPUTS[1:]:
+        z = case.normal((N, 3), 2)
+        z[0, :2] = [30, -30]
+        Y = _targets(case, output, z)
+        for weights in (None, w):
+            label = f"output_minus_y {output}" + (" weighted" if weights is not None else "")
+            expected_delta, expected_loss = ops.output_minus_y(np, z, Y, output, weights)
+            delta, loss = case.kernels.output_minus_y(case.xp, case.dev(z), case.dev(Y), output, case.dev(weights))
+            case.check(f"{label} delta", delta, expected_delta)
+            case.check(f"{label} loss", loss, expected_loss)
+
+
+def _check_output_activation(case: _Case) -> None:
+    z = _logits(case)
+    z[0, :2] = [80, -80]  # exp(80) is finite in float32
+    for output in ops.OUTPUTS:
+        expected = ops.output_activation(np, z.copy(), output)
+        case.check(f"output_activation {output}", case.kernels.output_activation(case.xp, case.dev(z), output),
+                   expected)
+
+
+def _check_cross_entropy(case: _Case) -> None:
+    z, y = _logits(case), case.rng.integers(0, C, N)
+    case.check("cross_entropy", case.kernels.cross_entropy(case.xp, case.dev(z), case.backend.asarray(y)),
+               ops.cross_entropy(np, z, y))
+
+
+def _check_sgd_momentum_update(case: _Case) -> None:
+    p, g, v = (case.normal((64, 33)) for _ in range(3))
+    for nesterov in (False, True):
+        ref = [p.copy(), v.copy()]
+        ops.sgd_momentum_update(np, ref[0], g, ref[1], 0.05, 0.9, nesterov)
+        out = [case.dev(p), case.dev(v)]
+        case.kernels.sgd_momentum_update(case.xp, out[0], case.dev(g), out[1], 0.05, 0.9, nesterov)
+        label = "sgd_nesterov_update" if nesterov else "sgd_momentum_update"
+        case.check(f"{label} p", out[0], ref[0])
+        case.check(f"{label} v", out[1], ref[1])
+
+
+def _check_adam_update(case: _Case) -> None:
+    p, g, m, v = (case.normal((64, 33)) for _ in range(4))
+    v = np.abs(v)
+    ref = [p.copy(), m.copy(), v.copy()]
+    ops.adam_update(np, ref[0], g, ref[1], ref[2], 2e-3, 0.9, 0.999, 1e-8)
+    out = [case.dev(p), case.dev(m), case.dev(v)]
+    case.kernels.adam_update(case.xp, out[0], case.dev(g), out[1], out[2], 2e-3, 0.9, 0.999, 1e-8)
+    for what, actual, expected in zip("pmv", out, ref):
+        case.check(f"adam_update {what}", actual, expected)
+
+
+# The check of each operation of the kernel set against its twin in gpubp.ops, by name;
+# tests/test_parity.py holds the keys to gpubp.kernel_set.OPERATIONS.
+OPERATION_CHECKS = {
+    "bias_activation": _check_bias_activation,
+    "backprop_delta": _check_backprop_delta,
+    "softmax_minus_y": _check_softmax_minus_y,
+    "output_minus_y": _check_output_minus_y,
+    "output_activation": _check_output_activation,
+    "cross_entropy": _check_cross_entropy,
+    "sgd_momentum_update": _check_sgd_momentum_update,
+    "adam_update": _check_adam_update,
+}
+
+
+def kernel_checks(backend: Backend, kernels: KernelSet, dtypes=("float32", "float64"),
+                  seed: int = 0) -> list[CheckResult]:
+    """Every operation of the kernel set ``kernels`` on ``backend`` against its twin in gpubp.ops
+    on the host, in each dtype, on contiguous and on strided inputs.
+
+    ``kernels`` is any gpubp.kernel_set.KernelSet (an incomplete one raises ValueError), e.g.
+    ``get_backend("cuda").kernels``. The operations are those of gpubp.kernel_set.OPERATIONS; one
+    without a check in OPERATION_CHECKS gives a failed row "<operation>: no parity check".
     """
+    check_kernel_set(kernels)
     results = []
     for dtype in dtypes:
-        rtol, atol = KERNEL_TOL[dtype]
         for layout in LAYOUTS:
-            rng = np.random.default_rng(seed)
-
-            def dev(host):
-                return _on_device(backend, host, layout)
-
-            def check(name, actual, expected):
-                results.append(compare(f"{name} [{layout}]", dtype, actual, expected, rtol, atol))
-
-            n, width, C = 257, 130, 10
-            z = rng.normal(scale=3, size=(n, width)).astype(dtype)
-            z[0, :4] = [1000, -1000, 0, 50]
-            b = rng.normal(size=width).astype(dtype)
-            for name in ops.ACTIVATIONS:
-                expected = ops.bias_activation(np, z.copy(), b, name)
-                check(f"bias_activation {name}", kernels.bias_activation(backend.xp, dev(z), backend.asarray(b), name), expected)
-                a = ops.activate(np, z.copy(), name)
-                a[1, :3] = [0, 1, 0]
-                g = rng.normal(size=a.shape).astype(dtype)
-                expected = ops.backprop_delta(np, g.copy(), a, name)
-                check(f"backprop_delta {name}", kernels.backprop_delta(backend.xp, dev(g), dev(a), name), expected)
-
-            logits = rng.normal(scale=4, size=(n, C)).astype(dtype)
-            logits[0, :2] = [1000, -1000]
-            y = rng.integers(0, C, n)
-            w = rng.uniform(0, 2, n)
-            bias = rng.normal(scale=2, size=C).astype(dtype)
-            for weights, b in ((None, None), (w, None), (None, bias), (w, bias)):
-                label = "softmax_minus_y" + (" weighted" if weights is not None else "") + (" bias" if b is not None else "")
-                expected_delta, expected_loss = ops.softmax_minus_y(np, logits, y, weights, b)
-                delta, loss = kernels.softmax_minus_y(
-                    backend.xp, dev(logits), backend.asarray(y),
-                    None if weights is None else backend.asarray(weights, dtype), None if b is None else dev(b))
-                check(f"{label} delta", delta, expected_delta)
-                check(f"{label} loss", loss, expected_loss)
-
-            p, g, v, m = (rng.normal(size=(64, 33)).astype(dtype) for _ in range(4))
-            v2 = np.abs(v)
-            for nesterov in (False, True):
-                ref = [p.copy(), v.copy()]
-                ops.sgd_momentum_update(np, ref[0], g, ref[1], 0.05, 0.9, nesterov)
-                out = [dev(p), dev(v)]
-                kernels.sgd_momentum_update(backend.xp, out[0], dev(g), out[1], 0.05, 0.9, nesterov)
-                label = "sgd_nesterov_update" if nesterov else "sgd_momentum_update"
-                check(f"{label} p", out[0], ref[0])
-                check(f"{label} v", out[1], ref[1])
-            ref = [p.copy(), m.copy(), v2.copy()]
-            ops.adam_update(np, ref[0], g, ref[1], ref[2], 2e-3, 0.9, 0.999, 1e-8)
-            out = [dev(p), dev(m), dev(v2)]
-            kernels.adam_update(backend.xp, out[0], dev(g), out[1], out[2], 2e-3, 0.9, 0.999, 1e-8)
-            for what, actual, expected in zip("pmv", out, ref):
-                check(f"adam_update {what}", actual, expected)
+            for i, operation in enumerate(OPERATIONS):
+                run = OPERATION_CHECKS.get(operation)
+                if run is None:
+                    results.append(CheckResult(f"{operation}: no parity check [{layout}]", dtype, np.nan,
+                                               KERNEL_TOL[dtype][0], False))
+                    continue
+                run(_Case(backend, kernels, dtype, layout, np.random.default_rng([seed, i]), results))
     return results
 
 

@@ -287,11 +287,11 @@ class Trainer(RunCheckpoints):
         """Validation loss and accuracy; data parallel, each rank scores its share and the sums
         are reduced in rank order (the same figures on every rank)."""
         if not self.parallel:
-            return self.net._evaluate(*validation, batch_size=4096)
+            return self.net.evaluate(*validation, batch_size=4096, check=False)
         m = validation[1].shape[0]
         loss, hits = (0.0, 0)
         if m:
-            loss, accuracy = self.net._evaluate(*validation, batch_size=4096)
+            loss, accuracy = self.net.evaluate(*validation, batch_size=4096, check=False)
             loss, hits = loss * m, round(accuracy * m)
         pairs = self.comm.allgather_object((loss, hits))
         total = reduce_in_rank_order([p[0] for p in pairs], "sum")

@@ -144,7 +144,7 @@ def test_cuda_giving_wrong_results_is_refused(monkeypatch, fresh_probe):
 
 
 def _cuda_backend_on(xp):
-    return backend_module.Backend("cuda", xp, "fake device", backend_module.kernels)
+    return backend_module.Backend("cuda", xp, "fake device", backend_module.CUDA_KERNELS)
 
 
 @pytest.mark.parametrize("limit, expected_gib", [(0, 11), (6, 2)])

@@ -284,7 +284,8 @@ def test_gpubp_check_passes_on_the_stand_in(fake_cupy, capsys):
     """`gpubp check` in-process: every kernel against its twin, the model on cuda against cpu."""
     assert cli.main(["check"]) == 0
     out = capsys.readouterr().out
-    kernel_rows = 2 * 2 * (4 + 4 + 8 + 4 + 3)  # dtypes x layouts x (activations, softmax with/without w, b; updates)
+    # dtypes x layouts x the rows of each operation of gpubp.kernel_set.OPERATIONS (gpubp.parity)
+    kernel_rows = 2 * 2 * (4 + 4 + 8 + 12 + 4 + 1 + 4 + 3)
     model_rows = 2 * (len(ACTIVATIONS) + 2)  # dtypes x (activations + 2 optimizers)
     assert f"{kernel_rows + model_rows} passed, 0 failed" in out
     assert "comparing cuda:0 gpubp CuPy stand-in (NumPy)" in out

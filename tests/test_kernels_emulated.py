@@ -20,7 +20,6 @@ from gpubp.ops import ACTIVATIONS
 
 from . import fake_cupy, fake_nvrtc
 
-EMULATED = ("bias_activation", "backprop_delta", "softmax_minus_y", "sgd_momentum_update", "adam_update")
 # The kernels whose float32 results move by more than KERNEL_TOL when a * b + c is fused.
 FMA_SENSITIVE = {"sgd_momentum_update p", "sgd_nesterov_update p", "backprop_delta tanh", "adam_update p"}
 
@@ -35,7 +34,7 @@ def emulated(monkeypatch):
     fake.RawModule = fake_cupy.RawModule
     kernels.clear_cache()
     monkeypatch.setitem(sys.modules, "cupy", fake)
-    yield types.SimpleNamespace(**{name: getattr(kernels, name) for name in EMULATED})
+    yield kernels.CUDA_KERNELS  # its twins (kernels.TWINS_RUN_BY_CUPY) run here on NumPy
     kernels.clear_cache()
 
 
@@ -47,7 +46,9 @@ def test_every_emulated_kernel_matches_its_numpy_twin(emulated):
     results = parity.kernel_checks(get_backend("cpu"), emulated)
     failed = [r for r in results if not r.passed]
     assert not failed, parity.format_table(failed)
-    assert len(results) == 2 * 2 * (4 + 4 + 8 + 4 + 3)  # dtypes x layouts x checks
+    # dtypes x layouts x checks: bias_activation, backprop_delta, softmax_minus_y, output_minus_y,
+    # output_activation, cross_entropy, the SGD and the Adam updates
+    assert len(results) == 2 * 2 * (4 + 4 + 8 + 12 + 4 + 1 + 4 + 3)
     assert any(r.check.startswith("softmax_minus_y weighted bias delta") for r in results)
 
 
@@ -147,7 +148,7 @@ def test_raw_kernel_arguments_are_checked_against_the_c_signature(emulated):
 
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 def test_whole_model_with_the_kernels_matches_the_twins(emulated, activation):
-    with_kernels = Backend("cpu", np, "cpu, gpubp.kernels emulated", kernels)
+    with_kernels = Backend("cpu", np, "cpu, gpubp.kernels emulated", kernels.CUDA_KERNELS)
     rng = np.random.default_rng(0)
     X, y = rng.normal(size=(33, 6)), rng.integers(0, 4, 33)
     w = rng.uniform(0.5, 2, 33)

@@ -1,9 +1,12 @@
 """The MLP: initialisation, shapes, dtypes, stability, batched prediction and bad input."""
 
+import inspect
+import types
+
 import numpy as np
 import pytest
 
-from gpubp import MLP
+from gpubp import MLP, get_backend
 
 
 def test_shapes_and_initialisation_bounds():
@@ -167,3 +170,54 @@ def test_fit_refuses_non_softmax_networks():
 
     with pytest.raises(ValueError, match="fit trains softmax classifiers"):
         fit(MLP([4, 1], backend="cpu", output="identity"), np.zeros((4, 4)), np.zeros(4))
+
+
+def test_evaluate_without_checks_gives_the_checked_result(rng):
+    net = MLP([6, 9, 4], "relu", backend="cpu", dtype="float64", seed=2)
+    X, y = rng.normal(size=(40, 6)), rng.integers(0, 4, 40)
+    assert net.evaluate(X, y, batch_size=16, check=False) == net.evaluate(X, y, batch_size=16)
+    with pytest.raises(ValueError, match="labels from 1 to 4 but the network has 4 classes"):
+        net.evaluate(X, np.where(y == 0, 4, y))  # the labels are checked by default
+    with pytest.raises(ValueError, match="batch_size"):
+        net.evaluate(X, y, batch_size=0)
+    with pytest.raises(ValueError, match="softmax output"):
+        MLP([6, 2], backend="cpu", output="identity").evaluate(X, y, check=False)
+
+
+def _recording_backend(calls):
+    """The CPU backend with every operation of its kernel set recorded in ``calls`` by name."""
+    from gpubp.backend import Backend
+    from gpubp.kernel_set import OPERATIONS
+
+    cpu = get_backend("cpu")
+
+    def recorded(name):
+        def run(*args, **kwargs):
+            calls.append(name)
+            return getattr(cpu.kernels, name)(*args, **kwargs)
+        run.__signature__ = inspect.signature(getattr(cpu.kernels, name))
+        return run
+
+    kernels = types.SimpleNamespace(**{name: recorded(name) for name in OPERATIONS})
+    return Backend("cpu", np, "cpu, recorded", kernels)
+
+
+@pytest.mark.parametrize("output", ["softmax", "logistic", "identity", "exp"])
+def test_the_step_and_the_predictions_run_through_the_backends_kernel_set(rng, output):
+    calls = []
+    net = MLP([5, 7, 3], "tanh", backend=_recording_backend(calls), dtype="float64", seed=0, output=output)
+    ref = MLP([5, 7, 3], "tanh", backend="cpu", dtype="float64", seed=0, output=output)
+    X = rng.normal(size=(12, 5))
+    y = rng.integers(0, 3, 12) if output == "softmax" else rng.uniform(0, 1, (12, 3))
+    (loss, dW, db), (ref_loss, ref_dW, ref_db) = net.loss_and_grads(X, y), ref.loss_and_grads(X, y)
+    for got, want in zip([loss, *dW, *db], [ref_loss, *ref_dW, *ref_db]):
+        np.testing.assert_array_equal(got, want)  # bitwise: the same twins, called through the set
+    bp1 = "softmax_minus_y" if output == "softmax" else "output_minus_y"
+    assert calls == ["bias_activation", bp1, "backprop_delta"]
+    calls.clear()
+    np.testing.assert_array_equal(net.predict_output(X, batch_size=5), ref.predict_output(X))
+    assert calls == ["bias_activation", "output_activation"] * 3  # batches of 5, 5 and 2 rows
+    if output == "softmax":
+        calls.clear()
+        assert net.evaluate(X, y, batch_size=12) == ref.evaluate(X, y)
+        assert calls == ["bias_activation", "cross_entropy"]

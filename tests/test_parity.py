@@ -8,6 +8,7 @@ import pytest
 
 from gpubp import MLP, get_backend, host_kernels, ops, parity
 from gpubp.backend import cuda_status
+from gpubp.kernel_set import OPERATIONS
 
 from .test_cli import gpubp
 
@@ -25,13 +26,42 @@ def test_compare_reads_worst_error_against_rtol():
 
 def test_the_cpu_backends_kernels_pass_the_checks():
     cpu = get_backend("cpu")
-    assert cpu.kernels is host_kernels
-    results = parity.kernel_checks(cpu, host_kernels)
+    assert cpu.kernels is host_kernels.CPU_KERNELS
+    results = parity.kernel_checks(cpu, cpu.kernels)
     assert results and all(r.passed for r in results), parity.format_table([r for r in results if not r.passed])
     names = {r.check.split(" [")[0] for r in results}
     assert {"bias_activation sigmoid", "backprop_delta tanh", "softmax_minus_y weighted delta",
+            "output_minus_y exp weighted loss", "output_activation softmax", "cross_entropy",
             "sgd_nesterov_update p", "adam_update v"} <= names
     assert {r.check.split("[")[1] for r in results} == {"contiguous]", "strided]"}
+
+
+def test_every_operation_of_the_contract_has_a_parity_check():
+    assert list(parity.OPERATION_CHECKS) == list(OPERATIONS)
+    results = parity.kernel_checks(get_backend("cpu"), ops.TWIN_KERNELS, dtypes=("float64",))
+    for operation in OPERATIONS:  # each check reports rows of its own operation
+        stem = "sgd_" if operation == "sgd_momentum_update" else operation
+        assert any(r.check.startswith(stem) for r in results), operation
+
+
+def test_an_operation_without_a_check_fails_the_checks(monkeypatch):
+    monkeypatch.delitem(parity.OPERATION_CHECKS, "cross_entropy")
+    results = parity.kernel_checks(get_backend("cpu"), ops.TWIN_KERNELS, dtypes=("float32",))
+    failed = [r for r in results if not r.passed]
+    assert [r.check for r in failed] == ["cross_entropy: no parity check [contiguous]",
+                                         "cross_entropy: no parity check [strided]"]
+
+
+def test_an_incomplete_kernel_set_is_refused():
+    incomplete = types.SimpleNamespace(**{op: getattr(ops.TWIN_KERNELS, op) for op in OPERATIONS
+                                          if op != "output_minus_y"})
+    with pytest.raises(ValueError, match="output_minus_y is missing"):
+        parity.kernel_checks(get_backend("cpu"), incomplete)
+
+
+def _twins_but(**replaced):
+    """The twin kernel set with some operations replaced."""
+    return types.SimpleNamespace(**{op: getattr(ops.TWIN_KERNELS, op) for op in OPERATIONS} | replaced)
 
 
 def test_a_wrong_kernel_is_caught():
@@ -41,11 +71,19 @@ def test_a_wrong_kernel_is_caught():
             return g
         return ops.backprop_delta(xp, g, a, name)
 
-    broken = types.SimpleNamespace(**{name: getattr(ops, name) for name in (
-        "bias_activation", "softmax_minus_y", "sgd_momentum_update", "adam_update")},
-        backprop_delta=wrong_backprop_delta)
-    failed = [r for r in parity.kernel_checks(get_backend("cpu"), broken) if not r.passed]
+    failed = [r for r in parity.kernel_checks(get_backend("cpu"), _twins_but(backprop_delta=wrong_backprop_delta))
+              if not r.passed]
     assert failed and {r.check.split(" [")[0] for r in failed} == {"backprop_delta sigmoid"}
+
+
+def test_a_wrong_output_layer_is_caught():
+    def wrong_output_minus_y(xp, z, Y, output, sample_weight=None):
+        delta, loss = ops.output_minus_y(xp, z, Y, output, sample_weight)
+        return delta, loss * 2 if output == "exp" else loss  # Poisson deviance doubled
+
+    failed = [r for r in parity.kernel_checks(get_backend("cpu"), _twins_but(output_minus_y=wrong_output_minus_y))
+              if not r.passed]
+    assert {r.check.split(" [")[0] for r in failed} == {"output_minus_y exp loss", "output_minus_y exp weighted loss"}
 
 
 def test_model_checks_pass_on_identical_backends():
