@@ -32,6 +32,8 @@ def epoch_line(epoch: int, epochs: int, logs: dict) -> str:
     width = len(str(epochs))
     parts = [f"epoch {epoch:>{width}}/{epochs}", f"train_loss {logs['train_loss']:.4f}"]
     if logs["val_loss"] is not None:
-        parts += [f"val_loss {logs['val_loss']:.4f}", f"val_acc {logs['val_accuracy']:.4f}"]
+        parts.append(f"val_loss {logs['val_loss']:.4f}")
+    if logs["val_accuracy"] is not None:
+        parts.append(f"val_acc {logs['val_accuracy']:.4f}")
     parts += [f"lr {logs['lr']:.1e}", f"{logs['seconds']:.3f}s"]
     return "  ".join(parts)

@@ -278,15 +278,17 @@ class MLP:
         """Most probable class index for each row of a softmax network: integer array (n,)."""
         return prediction.predict(self, X, batch_size)
 
-    def evaluate(self, X, y, batch_size: int = 4096, check: bool = True) -> tuple[float, float]:
-        """(loss, accuracy), floats: the mean cross-entropy (without the L2 term) and the accuracy
-        of a softmax network over X (n, sizes[0]) and labels y (n,), host or device, batched.
+    def evaluate(self, X, y, batch_size: int = 4096, check: bool = True) -> tuple[float, float | None]:
+        """(loss, accuracy): the mean loss (without the L2 term) over X (n, sizes[0]) and labels y
+        (n,) (softmax) or targets (n, sizes[-1]), host or device, batched; accuracy is None for a
+        non-softmax output.
         ``check=False`` skips the checks of X, y and batch_size, for arrays already checked and
         on the device (a trainer's validation set). See :func:`gpubp.prediction.evaluate`."""
         return prediction.evaluate(self, X, y, batch_size, check)
 
     def score(self, X, y, batch_size: int = 4096) -> float:
-        """Accuracy: the fraction of rows of X whose predicted class equals y."""
+        """Accuracy: the fraction of rows of X whose predicted class equals y (softmax output)."""
+        prediction.require_softmax(self, "score")
         return self.evaluate(X, y, batch_size)[1]
 
     # ------------------------------------------------------------------ parameters

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from .backend import is_out_of_memory
-from .validation import check_positive_int, check_X, check_y
+from .validation import check_positive_int, check_targets, check_X, check_y
 
 
 def check_input(xp, X, n_features: int):
@@ -96,46 +96,53 @@ def predict_proba(net, X, batch_size: int = 4096):
 
 def predict(net, X, batch_size: int = 4096):
     """Most probable class index (integer array (n,)) of each row of X for a softmax network."""
-    _require_softmax(net, "predict")
+    require_softmax(net, "predict")
     return predict_output(net, X, batch_size).argmax(axis=1)
 
 
-def _require_softmax(net, what: str) -> None:
+def require_softmax(net, what: str) -> None:
+    """ValueError unless ``net`` has a softmax output (``what`` needs class labels)."""
     if net.output != "softmax":
         raise ValueError(f"{what} needs a softmax output (class labels), not {net.output!r}")
 
 
-def evaluate(net, X, y, batch_size: int = 4096, check: bool = True) -> tuple[float, float]:
-    """Mean cross-entropy (without the L2 term) and accuracy of a softmax network, batched.
+def evaluate(net, X, y, batch_size: int = 4096, check: bool = True) -> tuple[float, float | None]:
+    """Mean loss (without the L2 term) and accuracy, batched: cross-entropy and the share of rows
+    whose most probable class is y for a softmax network; for the other outputs (logistic,
+    identity, exp) the mean of their loss (see :func:`gpubp.ops.output_minus_y`) and None.
 
     Parameters
     ----------
-    net : gpubp.mlp.MLP with a softmax output
+    net : gpubp.mlp.MLP
     X : array (n, net.sizes[0]), host or device
-    y : integer array (n,), host or device
+    y : integer array (n,) of class indices (softmax), or targets (n, net.sizes[-1]); host or device
     batch_size : int
     check : bool
         True: X, y and batch_size are checked first (the labels on the host). False: they are
         used as they are, for arrays already checked and on the device (a trainer's validation
-        set): nothing is copied to the host but the two sums at the end, and a label out of
-        range reaches the kernels unchecked.
+        set): nothing is copied to the host but the sums at the end, and a label out of range
+        reaches the kernels unchecked.
 
     Returns
     -------
-    loss, accuracy : float, float
+    loss : float
+    accuracy : float, or None for a non-softmax output
     """
-    _require_softmax(net, "evaluate")
+    softmax = net.output == "softmax"
     if check:
         check_positive_int(batch_size, "batch_size")
         X = check_input(net.xp, X, net.sizes[0])
-        y = check_y(y, X.shape[0], net.n_classes)
+        y = (check_y(y, X.shape[0], net.n_classes) if softmax
+             else check_targets(y, X.shape[0], net.sizes[-1], net.output).astype(net.dtype))
     xp, kernels = net.xp, net.backend.kernels
 
-    def loss_and_correct(zL, start, stop):  # the batch's summed loss and hits, on the device
+    def sums(zL, start, stop):  # the batch's summed loss and hits, on the device
         yb = net.backend.asarray(y[start:stop])
+        if not softmax:
+            return kernels.output_minus_y(xp, zL, yb, net.output)[1] * (stop - start), 0
         return kernels.cross_entropy(xp, zL, yb) * (stop - start), (zL.argmax(axis=1) == yb).sum()
 
     loss_sum, correct = 0.0, 0
-    for _, _, (batch_loss, batch_correct) in map_batches(net, X, batch_size, loss_and_correct):
+    for _, _, (batch_loss, batch_correct) in map_batches(net, X, batch_size, sums):
         loss_sum, correct = loss_sum + batch_loss, correct + batch_correct
-    return float(loss_sum) / X.shape[0], int(correct) / X.shape[0]
+    return float(loss_sum) / X.shape[0], (int(correct) / X.shape[0] if softmax else None)

@@ -1,4 +1,4 @@
-"""``gpubp.fit``: mini-batch training of a softmax classifier with shuffling, validation, early
+"""``gpubp.fit``: mini-batch training of a network (any output layer) with shuffling, validation, early
 stopping, callbacks, progress, history, checkpoints, resuming, and stopping cleanly on a signal,
 divergence or lack of memory.
 
@@ -61,8 +61,10 @@ def fit(net: MLP, X, y, *, sample_weight=None, validation_data=None, callbacks: 
         Training inputs (host or device arrays). A memory-mapped array (``np.load(path,
         mmap_mode="r")``) or HostRows is never read whole: it is checked chunk by chunk and
         batches are read from it as they are needed (streamed, as with ``stream=True``).
-    y : integer array (n,)
-        Class indices in 0..sizes[-1]-1.
+    y : integer array (n,), or array (n, sizes[-1])
+        Class indices in 0..sizes[-1]-1 for a softmax output; for a logistic, identity or exp
+        output, the targets (0/1 indicators, real values, counts >= 0). Validation then records
+        the loss only (no accuracy) and the held-out rows are not stratified.
     sample_weight : array (n,), optional
         Non-negative weights, not all zero: each batch's loss and gradient become the weighted
         means ``sum(w_i l_i) / sum(w_i)`` over its rows and the L2 term uses n = sum(w_i)
@@ -153,9 +155,6 @@ class Trainer(RunCheckpoints):
                  checkpoint_extra: dict | None = None, comm: Communicator | None = None):
         if not isinstance(net, MLP):
             raise ValueError(f"net must be a gpubp.MLP, got {type(net).__name__}")
-        if net.output != "softmax":
-            raise ValueError(f"fit trains softmax classifiers; a network with a {net.output!r} output "
-                             "is trained by gpubp.MLPClassifier or gpubp.MLPRegressor")
         for cb in callbacks:
             if not callable(cb):
                 raise ValueError(f"callbacks must be callables cb(epoch, logs), got {cb!r}")
@@ -216,7 +215,7 @@ class Trainer(RunCheckpoints):
                 validation = (validation[0][lo:hi], validation[1][lo:hi])
         feed = batch_feed(backend, X, y, cfg.batch_size, net.dtype, cfg.stream, part, w)
         if validation is not None and backend.fits(validation[0].nbytes):
-            validation = (backend.asarray(validation[0], net.dtype), backend.asarray(validation[1]))
+            validation = (backend.asarray(validation[0], net.dtype), backend.asarray(validation[1]))  # y's dtype kept
         self._validation, self._n_rows = validation, feed.n
         steps_per_epoch = math.ceil(feed.n / cfg.batch_size)
         self._schedule = Schedule(cfg.lr, cfg.epochs * steps_per_epoch, cfg.schedule,
@@ -292,10 +291,11 @@ class Trainer(RunCheckpoints):
         loss, hits = (0.0, 0)
         if m:
             loss, accuracy = self.net.evaluate(*validation, batch_size=4096, check=False)
-            loss, hits = loss * m, round(accuracy * m)
+            loss, hits = loss * m, round((accuracy or 0.0) * m)
         pairs = self.comm.allgather_object((loss, hits))
         total = reduce_in_rank_order([p[0] for p in pairs], "sum")
-        return total / self._n_val, reduce_in_rank_order([p[1] for p in pairs], "sum") / self._n_val
+        accuracy = reduce_in_rank_order([p[1] for p in pairs], "sum") / self._n_val
+        return total / self._n_val, accuracy if self.net.output == "softmax" else None
 
     def _early_stopping(self, epoch: int, logs: dict) -> bool:
         """Track the best epoch; True when patience has run out."""
@@ -318,4 +318,5 @@ class Trainer(RunCheckpoints):
         history.seconds.append(logs["seconds"])
         if logs["val_loss"] is not None:
             history.val_loss.append(logs["val_loss"])
+        if logs["val_accuracy"] is not None:
             history.val_accuracy.append(logs["val_accuracy"])

@@ -8,7 +8,7 @@ from sklearn.model_selection import train_test_split
 
 from .mlp import MLP
 from .rows import HostRows, check_rows, fingerprint
-from .validation import check_sample_weight, check_X, check_y
+from .validation import check_sample_weight, check_targets, check_X, check_y
 
 
 def check_training_data(net: MLP, X, y, sample_weight, validation_data):
@@ -17,26 +17,37 @@ def check_training_data(net: MLP, X, y, sample_weight, validation_data):
     if isinstance(X, np.memmap):
         X = HostRows(X, name=str(X.filename))
     X = check_rows(X, net.sizes[0]) if isinstance(X, HostRows) else check_X(X, net.sizes[0])
-    y = check_y(y, X.shape[0], net.n_classes)
+    y = labels(net, y, X.shape[0])
     w = None if sample_weight is None else check_sample_weight(sample_weight, X.shape[0])
     if validation_data is None:
         return X, y, w, None
     if not (isinstance(validation_data, (tuple, list)) and len(validation_data) == 2):
         raise ValueError("validation_data must be a pair (X_val, y_val)")
     Xv = check_X(validation_data[0], net.sizes[0], name="X_val")
-    yv = check_y(validation_data[1], Xv.shape[0], net.n_classes, name="y_val")
-    return X, y, w, (Xv, yv)
+    return X, y, w, (Xv, labels(net, validation_data[1], Xv.shape[0], "y_val"))
+
+
+def labels(net: MLP, y, n: int, name: str = "y") -> np.ndarray:
+    """y checked for ``net``'s output: class indices (n,) int64 for a softmax, else the targets
+    (n, sizes[-1]) in the network's dtype."""
+    if net.output == "softmax":
+        return check_y(y, n, net.n_classes, name=name)
+    return check_targets(y, n, net.sizes[-1], net.output, name=name).astype(net.dtype)
 
 
 def hold_out(X, y: np.ndarray, w, fraction: float, split_seed: int):
     """(X, y, w, (X_val, y_val)): ``fraction`` of the checked rows held out for validation,
-    stratified by class and seeded by ``split_seed``, the weights staying with their rows."""
-    counts = np.bincount(y)
-    if counts[counts > 0].min() < 2:
-        raise ValueError("validation_fraction needs at least 2 samples of every class for a stratified "
-                         f"split; class counts are {counts.tolist()}")
+    stratified by class (class indices y) and seeded by ``split_seed``, the weights staying with
+    their rows."""
+    stratify = y if y.ndim == 1 else None  # targets (n, k) of a non-softmax output: not stratified
+    if stratify is not None:
+        counts = np.bincount(y)
+        if counts[counts > 0].min() < 2:
+            raise ValueError("validation_fraction needs at least 2 samples of every class for a stratified "
+                             f"split; class counts are {counts.tolist()}")
     try:  # the partition depends only on the row count, the classes and the seed
-        train, held = train_test_split(np.arange(len(X)), test_size=fraction, stratify=y, random_state=split_seed)
+        train, held = train_test_split(np.arange(len(X)), test_size=fraction, stratify=stratify,
+                                       random_state=split_seed)
     except ValueError as exc:
         raise ValueError(f"cannot hold out validation_fraction={fraction}: {exc}") from None
     X, Xv = (X.subset(train), X.take(held)) if isinstance(X, HostRows) else (X[train], X[held])
