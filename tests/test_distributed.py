@@ -3,6 +3,7 @@
 ``cupy.cuda.nccl`` over the CuPy stand-in, two ranks played by two threads; NCCL on a GPU."""
 
 import ctypes
+import importlib.metadata
 import importlib.util
 import json
 import math
@@ -372,8 +373,77 @@ def test_nccl_unavailable_and_gpu_choice(monkeypatch):
 
 def test_describe_reports_nccl_through_cupy(cupy_with_nccl, monkeypatch):
     assert "NCCL yes (NCCL 2.27.3 through CuPy 14.0.0" in distributed.describe()
-    monkeypatch.setattr(cupy_with_nccl[1], "available", False)
-    assert "NCCL no (CuPy 14.0.0+gpubp.stand.in cannot load NCCL: pip install nvidia-nccl" in distributed.describe()
+    monkeypatch.setattr(cupy_with_nccl[1], "available", False)  # the stand-in has no cupy_backends to load
+    assert "NCCL no (CuPy 14.0.0+gpubp.stand.in cannot load NCCL: ModuleNotFoundError: No module named " \
+           "'cupy_backends'; CuPy is not from a cupy-cuda12x or cupy-cuda13x wheel" in distributed.describe()
+
+
+LIBNCCL_MISSING = "libnccl.so.2: cannot open shared object file: No such file or directory"
+
+
+class RefuseImport:
+    """A meta path finder under which importing ``name`` fails as a missing shared library does."""
+
+    def __init__(self, name: str, message: str):
+        self.name, self.message = name, message
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname == self.name:
+            raise ImportError(self.message, name=fullname)
+        return None
+
+
+@pytest.fixture
+def cupy_without_nccl(monkeypatch):
+    """A bare ``cupy`` 14.2.0 whose cupy.cuda.nccl did not load (``available`` False) and whose NCCL
+    binding fails to import with LIBNCCL_MISSING; returns wheels, the distributions that
+    importlib.metadata reports as installed ({name: version}), empty until a test fills it."""
+    cupy, cuda, nccl = (types.ModuleType(name) for name in ("cupy", "cupy.cuda", "cupy.cuda.nccl"))
+    cupy.__version__, cupy.cuda, cuda.nccl, nccl.available = "14.2.0", cuda, nccl, False
+    for module in (cupy, cuda, nccl):
+        monkeypatch.setitem(sys.modules, module.__name__, module)
+    for name in ("cupy_backends", "cupy_backends.cuda", "cupy_backends.cuda.libs"):
+        package = types.ModuleType(name)
+        package.__path__ = []
+        monkeypatch.setitem(sys.modules, name, package)
+    monkeypatch.delitem(sys.modules, "cupy_backends.cuda.libs.nccl", raising=False)
+    monkeypatch.setattr(sys, "meta_path", [RefuseImport("cupy_backends.cuda.libs.nccl", LIBNCCL_MISSING), *sys.meta_path])
+    wheels = {}
+
+    def version(name):
+        if name not in wheels:
+            raise importlib.metadata.PackageNotFoundError(name)
+        return wheels[name]
+
+    monkeypatch.setattr(importlib.metadata, "version", version)
+    return wheels
+
+
+def _nccl_part(line: str) -> str:
+    return line.split("; NCCL ", 1)[1].rsplit("; ", 1)[0]
+
+
+def test_describe_says_why_nccl_does_not_load_and_which_wheel_to_install(cupy_without_nccl):
+    cupy_without_nccl["cupy-cuda12x"] = "14.2.0"
+    assert _nccl_part(distributed.describe()) == (
+        f"no (CuPy 14.2.0 cannot load NCCL: ImportError: {LIBNCCL_MISSING}; "
+        'nvidia-nccl-cu12 is not installed: pip install "gpubp[cuda12]" (or nvidia-nccl-cu12))')
+    with pytest.raises(BackendUnavailableError, match=r"cannot load NCCL: ImportError: libnccl\.so\.2: cannot open "
+                       r".*nvidia-nccl-cu12 is not installed"):
+        NCCLCommunicator(SingleProcess())  # the communicator refuses with the same reason
+
+
+def test_describe_names_an_installed_nccl_wheel_that_did_not_load(cupy_without_nccl):
+    cupy_without_nccl.update({"cupy-cuda12x": "13.6.0", "cupy-cuda13x": "14.2.0", "nvidia-nccl-cu13": "2.27.7"})
+    assert _nccl_part(distributed.describe()) == (
+        f"no (CuPy 14.2.0 cannot load NCCL: ImportError: {LIBNCCL_MISSING}; "
+        "nvidia-nccl-cu13 2.27.7 is installed but did not load)")
+
+
+def test_describe_without_cupy_says_which_extra_brings_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "cupy", None)  # as if it were not installed
+    assert _nccl_part(distributed.describe()) == \
+        'no (CuPy is not installed: pip install "gpubp[cuda12]" or "gpubp[cuda13]", as the driver\'s CUDA)'
 
 
 # ----------------------------------------------------------------------------- NCCL on a GPU
