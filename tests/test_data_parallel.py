@@ -20,7 +20,7 @@ from gpubp.checkpoint import read_checkpoint
 from gpubp.distributed import SingleProcess
 
 from . import dp_worker
-from .test_distributed import mpi_env, mpirun_path, mpirun_test, run_group, run_ranks
+from .test_distributed import kill_session, mpi_env, mpirun_path, mpirun_test, run_group, run_ranks
 
 WORKER = Path(__file__).with_name("dp_worker.py")
 TIMEOUT = 300  # seconds for one job: the whole dp_worker.py job takes about 10-20 s here, a command less
@@ -251,7 +251,7 @@ def test_a_killed_rank_ends_the_job_and_its_checkpoint_resumes_in_one_process(tm
             os.kill(pid, signal.SIGKILL)
             output, _ = proc.communicate(timeout=60)
         except BaseException:
-            os.killpg(proc.pid, signal.SIGKILL)
+            kill_session(proc.pid)
             raise
     assert proc.returncode != 0
     assert "rank 1" in output and "signal 9" in output, output[-2000:]

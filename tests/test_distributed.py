@@ -137,18 +137,34 @@ def mpi_env() -> dict:
             "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
 
 
+def kill_session(sid: int) -> None:
+    """SIGKILL every process of the session ``sid``: mpirun, started as a session's leader, and its
+    ranks, which Open MPI puts in process groups of their own but leaves in that session."""
+    pids = [int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit()] if Path("/proc").is_dir() else []
+    for pid in pids:
+        try:
+            if os.getsid(pid) == sid:
+                os.kill(pid, signal.SIGKILL)
+        except OSError:  # gone already, or not ours
+            pass
+    try:
+        os.killpg(sid, signal.SIGKILL)  # where there is no /proc: at least mpirun's own group
+    except OSError:
+        pass
+
+
 def run_group(args: list[str], what: str, timeout: float, cwd=None, merge: bool = True) -> tuple[subprocess.CompletedProcess, float]:
-    """Run ``args`` (mpirun and its ranks, or one process) in a process group of its own, killed
-    whole after ``timeout`` seconds or when the test ends early (pytest-timeout, Ctrl-C), so no
-    rank outlives its test; returns the finished process (stderr merged into stdout where
-    ``merge``) and its wall time."""
+    """Run ``args`` (mpirun and its ranks, or one process) in a session of its own, killed whole
+    after ``timeout`` seconds or when the test ends early (pytest-timeout, Ctrl-C), so no rank
+    outlives its test; returns the finished process (stderr merged into stdout where ``merge``)
+    and its wall time."""
     start = time.monotonic()
     with subprocess.Popen(args, cwd=cwd, env=mpi_env(), stdout=subprocess.PIPE, text=True, start_new_session=True,
                           stderr=subprocess.STDOUT if merge else subprocess.PIPE) as job:
         try:
             output, errors = job.communicate(timeout=timeout)
         except BaseException as exc:
-            os.killpg(job.pid, signal.SIGKILL)
+            kill_session(job.pid)
             job.communicate()
             if isinstance(exc, subprocess.TimeoutExpired):
                 pytest.fail(f"{what} still running after {timeout} s: a hang")
