@@ -4,7 +4,9 @@ functions only."""
 
 from __future__ import annotations
 
+import importlib
 import warnings
+from importlib import metadata
 from typing import Any
 
 import numpy as np
@@ -13,7 +15,8 @@ from .backend import is_device_array
 from .communicator import Communicator, check_buffer
 from .errors import BackendUnavailableError
 
-NCCL_HINT = "pip install nvidia-nccl-cu12 (or -cu13, matching CuPy)"
+# CuPy's wheel for a CUDA major -> the NCCL wheel CuPy loads (the extras gpubp[cuda12], gpubp[cuda13] bring it)
+NCCL_WHEELS = {"cupy-cuda12x": ("nvidia-nccl-cu12", "cuda12"), "cupy-cuda13x": ("nvidia-nccl-cu13", "cuda13")}
 
 
 def gpu_for_local_rank(local_rank: int, device_count: int) -> int:
@@ -51,7 +54,7 @@ class NCCLCommunicator(Communicator):
         except ImportError as exc:
             raise BackendUnavailableError(f"NCCL needs CuPy ({exc}): install gpubp[cuda12] or gpubp[cuda13]") from exc
         if not getattr(nccl, "available", False):
-            raise BackendUnavailableError(f"CuPy {cupy.__version__} cannot load NCCL: {NCCL_HINT}")
+            raise BackendUnavailableError(f"CuPy {cupy.__version__} cannot load NCCL: {why_nccl_not_loaded(cupy)}")
         self.bootstrap, self.cupy, self.nccl = bootstrap, cupy, nccl
         self.rank, self.size, self.local_rank = bootstrap.rank, bootstrap.size, bootstrap.local_rank
         if device is None:
@@ -100,18 +103,45 @@ class NCCLCommunicator(Communicator):
 
 
 def describe_nccl() -> str:
-    """'yes (NCCL x.y.z through CuPy v)' or 'no (why)', for gpubp info."""
-    with warnings.catch_warnings():  # CuPy warns when it cannot preload libnccl
+    """'yes (NCCL x.y.z through CuPy v)' or 'no (why; what to install)', for gpubp info."""
+    with warnings.catch_warnings():  # CuPy warns when it cannot preload libnccl; the reason is given below
         warnings.simplefilter("ignore")
         try:
             import cupy
-            from cupy.cuda import nccl
-        except ImportError:
-            return "no (CuPy is not installed)"
+        except ImportError as exc:
+            if exc.name == "cupy":
+                return 'no (CuPy is not installed: pip install "gpubp[cuda12]" or "gpubp[cuda13]", as the driver\'s CUDA)'
+            return f"no (CuPy failed to import: {type(exc).__name__}: {exc})"
         except Exception as exc:  # a broken CuPy raises all sorts at import
             return f"no (CuPy failed to import: {type(exc).__name__}: {exc})"
+        try:
+            from cupy.cuda import nccl
+        except Exception as exc:
+            return f"no (CuPy {cupy.__version__} has no cupy.cuda.nccl: {type(exc).__name__}: {exc})"
     if not getattr(nccl, "available", False):
-        return f"no (CuPy {cupy.__version__} cannot load NCCL: {NCCL_HINT})"
+        return f"no (CuPy {cupy.__version__} cannot load NCCL: {why_nccl_not_loaded(cupy)})"
     v = nccl.get_version()  # NCCL_VERSION_CODE: X*10000+Y*100+Z from 2.9 on, X*1000+Y*100+Z before
     major, rest = (v // 10000, v % 10000) if v >= 10000 else (v // 1000, v % 1000)
     return f"yes (NCCL {major}.{rest // 100}.{rest % 100} through CuPy {cupy.__version__})"
+
+
+def why_nccl_not_loaded(cupy) -> str:
+    """Where ``cupy.cuda.nccl.available`` is False: the loader's error (CuPy keeps it only in a
+    warning, so its NCCL binding is imported again here) and the NCCL wheel to install, if any."""
+    try:
+        importlib.import_module("cupy_backends.cuda.libs.nccl")
+        error = "CuPy's NCCL binding imports now, but did not when cupy.cuda.nccl was first imported"
+    except ImportError as exc:
+        error = f"{type(exc).__name__}: {exc}"
+    for cupy_wheel, (nccl_wheel, extra) in NCCL_WHEELS.items():
+        try:
+            if metadata.version(cupy_wheel) != cupy.__version__:
+                continue
+        except metadata.PackageNotFoundError:
+            continue
+        try:
+            return f"{error}; {nccl_wheel} {metadata.version(nccl_wheel)} is installed but did not load"
+        except metadata.PackageNotFoundError:
+            return f'{error}; {nccl_wheel} is not installed: pip install "gpubp[{extra}]" (or {nccl_wheel})'
+    return (f"{error}; CuPy is not from a cupy-cuda12x or cupy-cuda13x wheel: install NCCL for its CUDA "
+            "(pip install nvidia-nccl-cu12 or nvidia-nccl-cu13, or conda install nccl)")

@@ -1,4 +1,5 @@
-"""Shared fixtures; tests marked ``gpu`` are skipped, with the reason, where CUDA is not usable."""
+"""Shared fixtures; tests marked ``gpu`` are skipped, with the reason, where CUDA is not usable,
+and every test that uses the ``fake_cupy`` fixture is marked ``cupy_stand_in`` (pyproject.toml)."""
 
 from pathlib import Path
 
@@ -12,6 +13,9 @@ MNIST_T10K = REPO.parent / "shared" / "data" / "mnist-t10k"
 
 
 def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if "fake_cupy" in getattr(item, "fixturenames", ()):  # directly or through another fixture
+            item.add_marker(pytest.mark.cupy_stand_in)
     status = cuda_status()
     if status.usable:
         return

@@ -20,10 +20,11 @@ from gpubp.checkpoint import read_checkpoint
 from gpubp.distributed import SingleProcess
 
 from . import dp_worker
-from .test_distributed import _mpirun, mpi_env, needs_mpirun, run_ranks
+from .test_distributed import kill_session, mpi_env, mpirun_path, mpirun_test, run_group, run_ranks
 
 WORKER = Path(__file__).with_name("dp_worker.py")
-TIMEOUT = 300  # seconds for the whole mpirun job; it takes about 10-20 s here
+TIMEOUT = 300  # seconds for one job: the whole dp_worker.py job takes about 10-20 s here, a command less
+TEST_TIMEOUT = 2 * TIMEOUT + 60  # pytest-timeout's bound on a test: at most two jobs, and fixtures
 TOL = 1e-10
 
 
@@ -108,7 +109,7 @@ def _equals_one_process(result, params, history):
     assert (h["best_epoch"], h["stopped_early"]) == (history.best_epoch, history.stopped_early)
 
 
-@needs_mpirun
+@mpirun_test(TEST_TIMEOUT)
 @pytest.mark.parametrize("name", list(dp_worker.CASES))
 def test_two_ranks_equal_one_process(job, name):
     load, _, output = job
@@ -120,7 +121,7 @@ def test_two_ranks_equal_one_process(job, name):
         assert len(results[0][1]["train_loss"]) == 3
 
 
-@needs_mpirun
+@mpirun_test(TEST_TIMEOUT)
 def test_bad_data_on_one_rank_fails_every_rank_before_any_step(job):
     load, _, _ = job
     (_, _, rank0), (_, _, rank1) = load("bad_data_on_rank_1")
@@ -133,13 +134,13 @@ def test_bad_data_on_one_rank_fails_every_rank_before_any_step(job):
     assert all(r[what][2] for r in (rank0, rank1) for what in ("nan", "shape"))  # no step was taken
 
 
-@needs_mpirun
+@mpirun_test(TEST_TIMEOUT)
 def test_without_seeds_the_ranks_train_rank_0s_network(job):
     load, _, _ = job
     _same_on_both_ranks(load("unseeded"))
 
 
-@needs_mpirun
+@mpirun_test(TEST_TIMEOUT)
 def test_two_rank_checkpoint_resumes_in_one_process(job):
     load, out, _ = job
     _same_on_both_ranks(load("first_half"))
@@ -149,7 +150,7 @@ def test_two_rank_checkpoint_resumes_in_one_process(job):
     close(resumed[1].train_loss, uninterrupted[1].train_loss, "train_loss")
 
 
-@needs_mpirun
+@mpirun_test(TEST_TIMEOUT)
 def test_one_process_checkpoint_resumes_on_two_ranks(job):
     load, _, _ = job
     results = load("resumed_one_process")
@@ -157,7 +158,7 @@ def test_one_process_checkpoint_resumes_on_two_ranks(job):
     _equals_one_process(results[0], *dp_worker.train("resume"))
 
 
-@needs_mpirun
+@mpirun_test(TEST_TIMEOUT)
 def test_a_signal_to_one_rank_stops_both_mid_epoch_and_resumes_in_one_process(job):
     load, out, _ = job
     for _, _, got in load("interrupted"):  # both ranks stopped after the same step
@@ -171,7 +172,7 @@ def test_a_signal_to_one_rank_stops_both_mid_epoch_and_resumes_in_one_process(jo
     close(resumed[1].train_loss, uninterrupted[1].train_loss, "train_loss")
 
 
-@needs_mpirun
+@mpirun_test(TEST_TIMEOUT)
 def test_only_rank_0_writes_and_prints(job):
     load, out, output = job
     (_, _, rank0), (_, _, rank1) = load("writes")
@@ -185,13 +186,14 @@ def test_only_rank_0_writes_and_prints(job):
 # ----------------------------------------------------------------------------- the command
 
 def _command(args: list[str], cwd, ranks: int | None) -> subprocess.CompletedProcess:
-    """``gpubp train ARGS`` in ``cwd``, under ``mpirun -n RANKS`` unless ranks is None."""
-    launcher = [] if ranks is None else [_mpirun(), "-n", str(ranks), "--oversubscribe"]
-    return subprocess.run([*launcher, sys.executable, "-m", "gpubp", "train", *args], cwd=cwd, env=mpi_env(),
-                          capture_output=True, text=True, timeout=TIMEOUT)
+    """``gpubp train ARGS`` in ``cwd``, under ``mpirun -n RANKS`` unless ranks is None (stdout and
+    stderr apart; the whole process group killed after TIMEOUT seconds)."""
+    launcher = [] if ranks is None else [mpirun_path(), "-n", str(ranks), "--oversubscribe"]
+    what = f"gpubp train {' '.join(args)}" + ("" if ranks is None else f" under mpirun -n {ranks}")
+    return run_group([*launcher, sys.executable, "-m", "gpubp", "train", *args], what, TIMEOUT, cwd=cwd, merge=False)[0]
 
 
-@needs_mpirun
+@mpirun_test(TEST_TIMEOUT)
 def test_the_command_on_two_ranks_equals_one_process(tmp_path):
     """gpubp train --distributed: rank 0 alone prints and saves, and the model is the one
     process's to 1e-10 (float64, the same global batch)."""
@@ -209,7 +211,8 @@ def test_the_command_on_two_ranks_equals_one_process(tmp_path):
         close(pb.ravel(), pa.ravel(), "the command's parameters")
 
 
-@needs_mpirun
+@mpirun_test(TEST_TIMEOUT)
+@pytest.mark.os_level
 def test_the_command_on_two_ranks_ends_a_failed_job_with_one_line_and_status_2(tmp_path):
     two = _command(["--device", "cpu", "--distributed", "--dataset", "missing.csv"], tmp_path, 2)
     assert two.returncode == 2, two.stdout + two.stderr
@@ -217,7 +220,7 @@ def test_the_command_on_two_ranks_ends_a_failed_job_with_one_line_and_status_2(t
     assert "Traceback" not in two.stderr
 
 
-@needs_mpirun
+@mpirun_test(TEST_TIMEOUT)
 def test_the_scaling_benchmark_runs_both_configurations_alike():
     """benchmarks/bench_data_parallel.py's two configurations train the same network alike."""
     from benchmarks import bench_data_parallel as bench
@@ -240,13 +243,14 @@ def _rank_pid(marker: str, rank: int) -> int | None:
     return None
 
 
-@needs_mpirun
+@mpirun_test(TEST_TIMEOUT)
+@pytest.mark.os_level
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the rank's process through Linux /proc")
 def test_a_killed_rank_ends_the_job_and_its_checkpoint_resumes_in_one_process(tmp_path):
     """SIGKILL to rank 1 mid-run: the launcher ends the job at once (no hang) and says which rank
     died; rank 0's last checkpoint is whole and a single process resumes it."""
     ckpt = tmp_path / "run.npz"
-    args = [_mpirun(), "-n", "2", "--oversubscribe", sys.executable, "-m", "gpubp", "train", "--distributed",
+    args = [mpirun_path(), "-n", "2", "--oversubscribe", sys.executable, "-m", "gpubp", "train", "--distributed",
             "--device", "cpu", "--epochs", "100000", "--quiet", "--checkpoint", str(ckpt)]
     with subprocess.Popen(args, cwd=tmp_path, env=mpi_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           start_new_session=True) as proc:
@@ -260,7 +264,7 @@ def test_a_killed_rank_ends_the_job_and_its_checkpoint_resumes_in_one_process(tm
             os.kill(pid, signal.SIGKILL)
             output, _ = proc.communicate(timeout=60)
         except BaseException:
-            os.killpg(proc.pid, signal.SIGKILL)
+            kill_session(proc.pid)
             raise
     assert proc.returncode != 0
     assert "rank 1" in output and "signal 9" in output, output[-2000:]

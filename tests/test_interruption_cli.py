@@ -1,5 +1,8 @@
 """The command under signals: SIGINT/SIGTERM stop cleanly; SIGKILL at any moment, often in the
-middle of writing a checkpoint, always leaves the newest checkpoint loadable and resumable."""
+middle of writing a checkpoint, always leaves the newest checkpoint loadable and resumable.
+
+Every test here is ``os_level`` (what signals and kills do to the process and its files) and
+bounded by pytest-timeout; a process a test started is killed when the test ends."""
 
 import os
 import random
@@ -14,15 +17,30 @@ from gpubp.checkpoint import read_checkpoint
 
 from .conftest import REPO
 
+pytestmark = pytest.mark.os_level
+
 EPOCHS = "100000"  # far more than a test waits for
 # on the CPU even where a GPU is usable: the kill and signal times below assume no CUDA start-up
 LONG_RUN = ["train", "--device", "cpu", "--epochs", EPOCHS, "--hidden", "256,256", "--batch-size", "32"]
 
 
-def start(*args, cwd):
-    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "gpubp", *args], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+@pytest.fixture
+def start():
+    """start(*ARGS, cwd=...) runs ``python -m gpubp ARGS`` in cwd, output piped, and returns the
+    process; those still running when the test ends (a failure, a timeout) are killed then."""
+    started = []
+
+    def launch(*args, cwd):
+        env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+        started.append(subprocess.Popen([sys.executable, "-m", "gpubp", *args], cwd=cwd, env=env,
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        return started[-1]
+
+    yield launch
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=30)
 
 
 def wait_for_epoch(proc, epoch, timeout=60):
@@ -47,8 +65,9 @@ def finish(path, cwd):
     return done
 
 
+@pytest.mark.timeout(300)
 @pytest.mark.parametrize("signum, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_signal_writes_a_checkpoint_and_exits_with_the_documented_status(tmp_path, signum, status):
+def test_signal_writes_a_checkpoint_and_exits_with_the_documented_status(start, tmp_path, signum, status):
     proc = start(*LONG_RUN, "--checkpoint", "run.npz", cwd=tmp_path)
     wait_for_epoch(proc, 2)
     proc.send_signal(signum)
@@ -61,7 +80,8 @@ def test_signal_writes_a_checkpoint_and_exits_with_the_documented_status(tmp_pat
     assert finish(tmp_path / "run.npz", tmp_path) >= 2
 
 
-def test_default_checkpoint_on_interrupt(tmp_path):
+@pytest.mark.timeout(300)
+def test_default_checkpoint_on_interrupt(start, tmp_path):
     proc = start("train", "--device", "cpu", "--epochs", EPOCHS, cwd=tmp_path)
     wait_for_epoch(proc, 1)
     proc.send_signal(signal.SIGINT)
@@ -71,7 +91,8 @@ def test_default_checkpoint_on_interrupt(tmp_path):
 
 
 @pytest.mark.slow
-def test_sigkill_at_20_moments_never_loses_the_newest_checkpoint(tmp_path):
+@pytest.mark.timeout(600)
+def test_sigkill_at_20_moments_never_loses_the_newest_checkpoint(start, tmp_path):
     ckpt = tmp_path / "run.npz"
     rng = random.Random(2026)
     during_write = 0
