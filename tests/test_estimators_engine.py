@@ -64,3 +64,20 @@ def test_sparse_input_trains_as_its_dense_copy(Estimator):
     for p, q in zip(a.coefs_ + a.intercepts_, b.coefs_ + b.intercepts_):
         np.testing.assert_array_equal(p, q)
     assert a.loss_curve_ == b.loss_curve_
+
+
+def test_sparse_weighted_input_streams_on_the_cuda_path_as_on_the_cpu(fake_cupy):
+    """Sparse rows go through the pinned double buffers of the cuda path with their targets and
+    weights (the CuPy stand-in runs that path's Python code) and train as on the CPU."""
+    X, y = problem()
+    X[np.abs(X) < 0.8] = 0
+    w = np.random.default_rng(3).uniform(0.5, 2, len(y))
+    fitted = {}
+    for device in ("cpu", "cuda"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            clf = MLPClassifier((6,), max_iter=3, random_state=1, device=device, batch_size=16, dtype="float64")
+            fitted[device] = clf.fit(sparse.csr_matrix(X), y, sample_weight=w)
+    for p, q in zip(fitted["cpu"].coefs_, fitted["cuda"].coefs_):
+        np.testing.assert_allclose(p, q, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(fitted["cpu"].loss_curve_, fitted["cuda"].loss_curve_, rtol=1e-12)
