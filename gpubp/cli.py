@@ -18,7 +18,8 @@ from .errors import BackendUnavailableError, DataError, DeviceMemoryError, Diver
 from .interrupt import TrainingInterrupted
 from .mlp import MLP
 from .ops import ACTIVATIONS
-from .optim import DEFAULT_LR, OPTIMIZERS
+from .optim import DEFAULT_LR
+from .params import OPTIMIZERS
 from .rows import HostRows
 from .schedules import SCHEDULES
 from .train import fit
