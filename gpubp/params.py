@@ -303,6 +303,11 @@ def check(name: str, value):
     raise ParameterError(name, value, setting.allowed())
 
 
+def accepts(name: str, value) -> bool:
+    """Whether setting ``name`` takes ``value`` (for a face that must word the refusal its own way)."""
+    return any(c.accepts(value) for c in _setting(name).constraints)
+
+
 def check_all(values: dict) -> dict:
     """:func:`check` of every item, in order (the first bad one raises); the normalized dict."""
     return {name: check(name, value) for name, value in values.items()}

@@ -10,7 +10,7 @@ from gpubp import TrainConfig, cli
 from gpubp.cli_parser import build_parser
 from gpubp.estimator_params import PARAMETER_CONSTRAINTS
 from gpubp.params import (SETTINGS, Boolean, FilePath, FloatDType, Interval, NoneValue, Options, ParameterError,
-                          Widths, check, check_all, from_text)
+                          Widths, accepts, check, check_all, from_text)
 
 
 @pytest.mark.parametrize(
@@ -56,6 +56,7 @@ def test_check_normalizes_and_names_the_setting_its_range_and_the_value(tmp_path
     assert (caught.value.name, caught.value.value) == ("patience", 0) and isinstance(caught.value, ValueError)
     with pytest.raises(ParameterError, match=r"^warmup_epochs must be an int in the range \[0, inf\), got -1$"):
         check_all({"epochs": 3, "warmup_epochs": -1, "lr": -1})  # the first bad one, in order
+    assert accepts("lr", 0.1) and not accepts("lr", 0)
     with pytest.raises(KeyError, match="'learning_rate' is not a gpubp setting"):
         check("learning_rate", 0.1)
 
