@@ -3,7 +3,7 @@
 Every setting that :func:`gpubp.fit` (:class:`gpubp.TrainConfig`), the optimizers, the network's
 dtype and the ``gpubp`` command take is a row of :data:`SETTINGS`: its constraints (any one of them
 may accept a value) and a one-line description. :func:`check` is the only place a value is judged,
-so a bad value gives the same words wherever it enters::
+so a bad value gives the same words wherever it enters (the constraints are gpubp.constraints)::
 
     >>> check("lr", -1)
     Traceback (most recent call last):
@@ -18,20 +18,14 @@ Rules between settings (warmup_epochs <= epochs, ...) stay with the code that ha
 
 from __future__ import annotations
 
-import importlib
 import math
-import numbers
-import os
-from dataclasses import dataclass
-from pathlib import Path
 
-import numpy as np
-
+from .constraints import (NOT_READ, Boolean, FilePath, FloatDType, Instances, Interval, NoneValue, Options, Setting,
+                          Widths)
 from .ops import ACTIVATIONS
 from .schedules import SCHEDULES
 
 OPTIMIZERS = ("adam", "sgd", "momentum", "nesterov")
-_NOT_THIS_KIND = object()  # from_text: the text does not read as a value of this constraint
 
 
 class ParameterError(ValueError):
@@ -40,198 +34,6 @@ class ParameterError(ValueError):
     def __init__(self, name: str, value, allowed: str):
         super().__init__(f"{name} must be {allowed}, got {value!r}")
         self.name, self.value, self.allowed = name, value, allowed
-
-
-@dataclass(frozen=True)
-class Interval:
-    """Numbers of a kind (int or float) between low and high; ``closed`` is "left", "right",
-    "both" or "neither". A missing bound is infinite; NaN and booleans are never inside."""
-
-    kind: type
-    low: float = -math.inf
-    high: float = math.inf
-    closed: str = "left"
-
-    def accepts(self, value) -> bool:
-        wanted = numbers.Integral if self.kind is int else numbers.Real
-        if isinstance(value, (bool, np.bool_)) or not isinstance(value, wanted) or math.isnan(value):
-            return False
-        above = value >= self.low if self.closed in ("left", "both") else value > self.low
-        below = value <= self.high if self.closed in ("right", "both") else value < self.high
-        return above and below
-
-    def normalize(self, value):
-        return self.kind(value)
-
-    def describe(self) -> str:
-        show = int if self.kind is int else float
-        low = "-inf" if math.isinf(self.low) else show(self.low)
-        high = "inf" if math.isinf(self.high) else show(self.high)
-        left = "[" if self.closed in ("left", "both") else "("
-        right = "]" if self.closed in ("right", "both") else ")"
-        return f"{'an int' if self.kind is int else 'a float'} in the range {left}{low}, {high}{right}"
-
-    def from_text(self, text: str):
-        for parse in (int, float) if self.kind is float else (int,):
-            try:
-                return parse(text)
-            except ValueError:
-                pass
-        return _NOT_THIS_KIND
-
-
-@dataclass(frozen=True)
-class Options:
-    """One of a fixed set of values (names or numbers), in the order the messages list them."""
-
-    values: tuple
-
-    def accepts(self, value) -> bool:
-        return isinstance(value, (str, numbers.Number)) and value in self.values
-
-    def normalize(self, value):
-        return value
-
-    def describe(self) -> str:
-        shown = "{" + ", ".join(map(repr, self.values)) + "}"
-        return f"a str among {shown}" if all(isinstance(v, str) for v in self.values) else f"one of {shown}"
-
-    def from_text(self, text: str):
-        kind = type(self.values[0])
-        try:
-            return kind(text)
-        except ValueError:
-            return _NOT_THIS_KIND
-
-
-@dataclass(frozen=True)
-class Boolean:
-    """True or False (Python's or NumPy's)."""
-
-    def accepts(self, value) -> bool:
-        return isinstance(value, (bool, np.bool_))
-
-    def normalize(self, value):
-        return bool(value)
-
-    def describe(self) -> str:
-        return "True or False"
-
-    def from_text(self, text: str):
-        return {"true": True, "false": False}.get(text.lower(), _NOT_THIS_KIND)
-
-
-@dataclass(frozen=True)
-class NoneValue:
-    """None: the setting is off or takes its default."""
-
-    def accepts(self, value) -> bool:
-        return value is None
-
-    def normalize(self, value):
-        return None
-
-    def describe(self) -> str:
-        return "None"
-
-    def from_text(self, text: str):
-        return None if text.lower() == "none" else _NOT_THIS_KIND
-
-
-@dataclass(frozen=True)
-class FilePath:
-    """A str or os.PathLike naming a file whose folder exists (normalized to str)."""
-
-    def accepts(self, value) -> bool:
-        return isinstance(value, (str, os.PathLike)) and str(value) != "" and Path(value).parent.is_dir()
-
-    def normalize(self, value):
-        return str(value)
-
-    def describe(self) -> str:
-        return "a file path in an existing folder"
-
-    def from_text(self, text: str):
-        return text
-
-
-@dataclass(frozen=True)
-class Instances:
-    """An object of one of the classes named here, looked up in ``module`` when first needed
-    (gpubp.optim checks its own settings through this table, so it cannot be imported here)."""
-
-    module: str
-    classes: tuple
-
-    def accepts(self, value) -> bool:
-        found = importlib.import_module(self.module)
-        return isinstance(value, tuple(getattr(found, name) for name in self.classes))
-
-    def normalize(self, value):
-        return value
-
-    def describe(self) -> str:
-        return f"an instance of {' or '.join(self.classes)}"
-
-    def from_text(self, text: str):
-        return _NOT_THIS_KIND
-
-
-@dataclass(frozen=True)
-class Widths:
-    """Layer widths: a list of ints >= 1, maybe empty; on the command line "256,128" or "none"."""
-
-    def accepts(self, value) -> bool:
-        return isinstance(value, (list, tuple)) and all(Interval(int, 1).accepts(w) for w in value)
-
-    def normalize(self, value):
-        return [int(w) for w in value]
-
-    def describe(self) -> str:
-        return "a list of ints in the range [1, inf)"
-
-    def from_text(self, text: str):
-        if text.strip().lower() in ("", "none"):
-            return []
-        try:
-            return [int(part) for part in text.replace(" ", ",").split(",") if part]
-        except ValueError:
-            return _NOT_THIS_KIND
-
-
-@dataclass(frozen=True)
-class FloatDType:
-    """float32 or float64, as a name or anything numpy.dtype reads as one (normalized to the name)."""
-
-    names: tuple = ("float32", "float64")
-
-    def accepts(self, value) -> bool:
-        try:
-            return value is not None and np.dtype(value).name in self.names
-        except (TypeError, ValueError):
-            return False
-
-    def normalize(self, value):
-        return np.dtype(value).name
-
-    def describe(self) -> str:
-        return "a float dtype among {" + ", ".join(map(repr, self.names)) + "}"
-
-    def from_text(self, text: str):
-        return text
-
-
-@dataclass(frozen=True)
-class Setting:
-    """One row of the table: the constraints (a value must meet one of them) and what it means."""
-
-    constraints: tuple
-    description: str
-
-    def allowed(self) -> str:
-        """The constraints in words, as "A, B or C"."""
-        words = [c.describe() for c in self.constraints]
-        return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " or " + words[-1]
 
 
 def _positive_int(description: str, or_none: bool = False) -> Setting:
@@ -318,7 +120,7 @@ def from_text(name: str, text: str):
     it as its own kind and accepts it makes it (else as the first that reads it, else the text);
     pass the result to :func:`check`, which accepts it or names it in its message."""
     read = [c.from_text(text) for c in _setting(name).constraints]
-    read = [(c, v) for c, v in zip(_setting(name).constraints, read) if v is not _NOT_THIS_KIND]
+    read = [(c, v) for c, v in zip(_setting(name).constraints, read) if v is not NOT_READ]
     for constraint, value in read:
         if constraint.accepts(value):
             return value

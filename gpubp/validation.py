@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from .backend import to_numpy
-from .params import Interval, ParameterError, check
+from .constraints import Interval
+from .params import ParameterError, check
 
 def check_dtype(dtype) -> np.dtype:
     """numpy dtype for "float32" or "float64" (a name or a dtype); the table's ParameterError else."""

@@ -9,8 +9,8 @@ import pytest
 from gpubp import TrainConfig, cli
 from gpubp.cli_parser import build_parser
 from gpubp.estimator_params import PARAMETER_CONSTRAINTS
-from gpubp.params import (SETTINGS, Boolean, FilePath, FloatDType, Interval, NoneValue, Options, ParameterError,
-                          Widths, accepts, check, check_all, from_text)
+from gpubp.constraints import Boolean, FilePath, FloatDType, Interval, NoneValue, Options, Widths
+from gpubp.params import SETTINGS, ParameterError, accepts, check, check_all, from_text
 
 
 @pytest.mark.parametrize(
