@@ -17,6 +17,7 @@ from .estimator_params import PARAMETER_CONSTRAINTS
 from .backend import get_backend, to_numpy
 from .container import block, write
 from .mlp import MLP
+from .params import accepts
 from .estimator_fit import PREDICT_BATCH, STOCHASTIC, StochasticFit, dense
 
 _ACTIVATION_NAMES = {"identity": "identity", "logistic": "sigmoid", "tanh": "tanh", "relu": "relu"}
@@ -60,7 +61,7 @@ class BaseMLP(StochasticFit, BaseEstimator):
         if not all(isinstance(s, numbers.Integral) and not isinstance(s, (bool, np.bool_)) for s in sizes):
             # scikit-learn fails here too, with NumPy's TypeError when it makes the weights
             raise TypeError(f"hidden_layer_sizes must hold ints, got {self.hidden_layer_sizes!r}.")
-        if self.dtype not in (None, "float32", "float64", np.float32, np.float64):
+        if self.dtype is not None and not accepts("dtype", self.dtype):  # gpubp's rule, scikit-learn's words
             raise InvalidParameterError(f"The 'dtype' parameter of {type(self).__name__} must be None, 'float32' "
                                         f"or 'float64'. Got {self.dtype!r} instead.")
         get_backend(self.device)  # unknown names and an unusable "cuda" fail here, with the reason

@@ -1,4 +1,18 @@
-"""The settings of gpubp.MLPClassifier and gpubp.MLPRegressor and their allowed values."""
+"""The settings of gpubp.MLPClassifier and gpubp.MLPRegressor and their allowed values.
+
+These are written in scikit-learn's constraint objects and checked by scikit-learn's own checker
+(``BaseEstimator._validate_params``), not by gpubp.params, which judges every other setting of
+gpubp. The estimators are a drop-in for scikit-learn's, and scikit-learn's estimator checks
+(``check_param_validation``) require three things that only its private
+``sklearn.utils._param_validation`` provides: ``_parameter_constraints`` must hold its constraint
+objects (the check builds invalid values from them with ``make_constraint`` and
+``generate_invalid_param_val``), a bad value must raise its ``InvalidParameterError`` class
+itself (``pytest.raises(InvalidParameterError)``), and the message must be its own. A copy of
+that class or those objects would fail the ``isinstance`` tests, so the private import stays.
+The ranges gpubp shares with it (momentum, beta_1/beta1, epsilon/eps, alpha, validation_fraction,
+batch_size, max_iter/epochs, learning_rate_init/lr) are the same in both tables over finite
+numbers (tests/test_params.py), and gpubp.params writes its ranges in scikit-learn's words.
+"""
 
 from __future__ import annotations
 

@@ -11,15 +11,7 @@ from __future__ import annotations
 import math
 
 from .backend import backend_for
-
-
-def _check_rate(value, name: str, low: float, high: float, high_open: bool) -> float:
-    ok = isinstance(value, (int, float)) and math.isfinite(value) and low <= value
-    ok = ok and (value < high if high_open else value <= high)
-    if not ok:
-        bracket = ")" if high_open else "]"
-        raise ValueError(f"{name} must be a number in [{low}, {high}{bracket}, got {value!r}")
-    return float(value)
+from .params import check, check_all
 
 
 def _zeros_like(p):
@@ -30,10 +22,8 @@ def _zeros_like(p):
 
 
 def check_lr(lr) -> float:
-    """``lr`` if it is a finite number > 0, else a ValueError."""
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
-        raise ValueError(f"learning rate must be a finite number > 0, got {lr!r}")
-    return float(lr)
+    """``lr`` as a float if it is in (0, inf), else gpubp.params.ParameterError (a ValueError)."""
+    return check("lr", lr)
 
 
 class SGD:
@@ -49,10 +39,10 @@ class SGD:
     """
 
     def __init__(self, momentum: float = 0.9, nesterov: bool = False):
-        self.momentum = _check_rate(momentum, "momentum", 0.0, 1.0, high_open=False)  # scikit-learn's [0, 1]
-        if nesterov and self.momentum == 0:
+        self.momentum = check("momentum", momentum)  # scikit-learn's [0, 1]
+        self.nesterov = check("nesterov", nesterov)
+        if self.nesterov and self.momentum == 0:
             raise ValueError("nesterov=True needs momentum > 0")
-        self.nesterov = bool(nesterov)
         self.velocity: list | None = None
 
     def __repr__(self) -> str:
@@ -88,11 +78,8 @@ class Adam:
     """
 
     def __init__(self, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8):
-        self.beta1 = _check_rate(beta1, "beta1", 0.0, 1.0, high_open=True)
-        self.beta2 = _check_rate(beta2, "beta2", 0.0, 1.0, high_open=True)
-        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
-            raise ValueError(f"eps must be a number > 0, got {eps!r}")
-        self.eps = float(eps)
+        settings = check_all({"beta1": beta1, "beta2": beta2, "eps": eps})
+        self.beta1, self.beta2, self.eps = settings["beta1"], settings["beta2"], settings["eps"]
         self.t = 0
         self.m: list | None = None
         self.v: list | None = None
@@ -176,12 +163,12 @@ def clip_by_global_norm(xp, grads, max_norm: float):
     return norm
 
 
-OPTIMIZERS = ("adam", "sgd", "momentum", "nesterov")
 DEFAULT_LR = {"adam": 1e-3, "sgd": 0.1, "momentum": 0.05, "nesterov": 0.05}
 
 
 def make_optimizer(name: str, momentum: float = 0.9):
-    """Optimizer for a name: "adam", "sgd" (no momentum), "momentum" or "nesterov"."""
+    """Optimizer for a name: "adam", "sgd" (no momentum), "momentum" or "nesterov" (an SGD or Adam
+    object is returned as it is; anything else raises gpubp.params.ParameterError)."""
     if name == "adam":
         return Adam()
     if name == "sgd":
@@ -190,4 +177,4 @@ def make_optimizer(name: str, momentum: float = 0.9):
         return SGD(momentum=momentum)
     if name == "nesterov":
         return SGD(momentum=momentum, nesterov=True)
-    raise ValueError(f"unknown optimizer {name!r}: expected one of {', '.join(OPTIMIZERS)}")
+    return check("optimizer", name)

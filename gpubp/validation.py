@@ -2,30 +2,23 @@
 
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
 
 from .backend import to_numpy
-
-FLOAT_DTYPES = ("float32", "float64")
-
+from .constraints import Interval
+from .params import ParameterError, check
 
 def check_dtype(dtype) -> np.dtype:
-    """numpy dtype for "float32" or "float64"; ValueError for anything else."""
-    try:
-        dt = np.dtype(dtype)
-    except TypeError:
-        dt = None
-    if dt is None or dt.name not in FLOAT_DTYPES:
-        raise ValueError(f"unsupported dtype {dtype!r}: expected 'float32' or 'float64'")
-    return dt
+    """numpy dtype for "float32" or "float64" (a name or a dtype); the table's ParameterError else."""
+    return np.dtype(check("dtype", dtype))
 
 
 def check_positive_int(value, name: str, minimum: int = 1) -> int:
-    """``value`` as an int >= minimum, else a ValueError naming the setting."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    """``value`` as an int >= minimum, else a ParameterError (a ValueError) naming the setting in
+    the table's words."""
+    interval = Interval(int, minimum)
+    if not interval.accepts(value):
+        raise ParameterError(name, value, interval.describe())
     return int(value)
 
 

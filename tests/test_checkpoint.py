@@ -298,9 +298,9 @@ def test_resume_refuses_what_does_not_match(tmp_path, change, message):
 
 
 def test_checkpoint_settings_are_checked():
-    with pytest.raises(ValueError, match="folder .* does not exist"):
+    with pytest.raises(ValueError, match="checkpoint must be a file path in an existing folder"):
         fit(new_net(), *problem(), checkpoint="/no/such/folder/c.npz")
     with pytest.raises(ValueError, match="checkpoint_every needs a checkpoint path"):
         fit(new_net(), *problem(), checkpoint_every=2)
-    with pytest.raises(ValueError, match="clip_norm must be a finite number > 0"):
+    with pytest.raises(ValueError, match=r"clip_norm must be a float in the range \(0.0, inf\)"):
         fit(new_net(), *problem(), clip_norm=0)

@@ -67,14 +67,16 @@ def test_train_on_a_csv_file(tmp_path):
 @pytest.mark.parametrize(
     "args, fragment",
     [
-        (["train", "--epochs", "0"], "--epochs: must be > 0"),
-        (["train", "--lr", "-1"], "--lr: must be > 0"),
-        (["train", "--hidden", "12,x"], "--hidden"),
-        (["train", "--activation", "swish"], "invalid choice: 'swish'"),
+        (["train", "--epochs", "0"], "argument --epochs: epochs must be an int in the range [1, inf), got 0"),
+        (["train", "--lr", "-1"], "argument --lr: lr must be a float in the range (0.0, inf), got -1"),
+        (["train", "--hidden", "12,x"], "hidden must be a list of ints in the range [1, inf), got '12,x'"),
+        (["train", "--activation", "swish"], "activation must be a str among {'relu', "),
         (["train", "--dataset", "nowhere.csv"], "no such data set or file"),
         (["train", "--bogus"], "unrecognized arguments: --bogus"),
         (["train", "--out", "/no/such/folder/m.npz"], "folder /no/such/folder does not exist"),
-        (["train", "--val-fraction", "1.5"], "--val-fraction"),
+        (["train", "--val-fraction", "1.5"],
+         "argument --val-fraction: validation_fraction must be a float in the range [0.0, 1.0), got 1.5"),
+        (["bench", "--pairs", "0"], "argument --pairs: pairs must be an int in the range [1, inf), got 0"),
         ([], "the following arguments are required"),
     ],
 )
@@ -134,11 +136,13 @@ def test_bad_data_files_give_one_line_and_status_2(tmp_path, name, content, frag
 @pytest.mark.parametrize(
     "args, fragment",
     [
-        (["--batch-size", "0"], "--batch-size: must be > 0"),
-        (["--hidden", "64,0"], "layer widths must be >= 1"),
-        (["--lr", "0"], "--lr: must be > 0"),
-        (["--clip-norm", "-1"], "--clip-norm: must be > 0"),
-        (["--checkpoint-every", "0"], "--checkpoint-every: must be > 0"),
+        (["--batch-size", "0"], "--batch-size: batch_size must be an int in the range [1, inf), got 0"),
+        (["--hidden", "64,0"], "hidden must be a list of ints in the range [1, inf), got [64, 0]"),
+        (["--lr", "0"], "--lr: lr must be a float in the range (0.0, inf), got 0"),
+        (["--clip-norm", "-1"], "--clip-norm: clip_norm must be a float in the range (0.0, inf) or None, got -1"),
+        (["--checkpoint-every", "0"], "checkpoint_every must be an int in the range [1, inf) or None, got 0"),
+        (["--checkpoint", "/no/such/folder/c.npz"], "checkpoint must be a file path in an existing folder"),
+        (["--seed", "-1"], "--seed: seed must be an int in the range [0, inf) or None, got -1"),
         (["--resume", "/no/such/ckpt.npz"], "no checkpoint at /no/such/ckpt.npz"),
     ],
 )

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn.neural_network._stochastic_optimizers import AdamOptimizer, SGDOptimizer
 
-from gpubp.optim import SGD, Adam, make_optimizer
+from gpubp.optim import SGD, Adam, check_lr, make_optimizer
 from gpubp.schedules import Schedule
 
 
@@ -74,17 +74,28 @@ def test_optimizers_keep_float32(rng):
 @pytest.mark.parametrize(
     "make, message",
     [
-        (lambda: SGD(momentum=1.5), "momentum"),  # 1 is allowed, as in scikit-learn
-        (lambda: SGD(momentum=-0.1), "momentum"),
-        (lambda: SGD(momentum=0.0, nesterov=True), "nesterov"),
-        (lambda: Adam(beta1=1.0), "beta1"),
-        (lambda: Adam(eps=0), "eps"),
-        (lambda: make_optimizer("rmsprop"), "unknown optimizer"),
+        (lambda: SGD(momentum=1.5), "momentum must be a float in the range [0.0, 1.0], got 1.5"),  # 1 is allowed
+        (lambda: SGD(momentum=-0.1), "momentum must be a float in the range [0.0, 1.0], got -0.1"),
+        (lambda: SGD(momentum=0.5, nesterov="yes"), "nesterov must be True or False, got 'yes'"),
+        (lambda: SGD(momentum=0.0, nesterov=True), "nesterov=True needs momentum > 0"),
+        (lambda: Adam(beta1=1.0), "beta1 must be a float in the range [0.0, 1.0), got 1.0"),
+        (lambda: Adam(beta2=-1), "beta2 must be a float in the range [0.0, 1.0), got -1"),
+        (lambda: Adam(eps=0), "eps must be a float in the range (0.0, inf), got 0"),
+        (lambda: check_lr(float("nan")), "lr must be a float in the range (0.0, inf), got nan"),
+        (lambda: make_optimizer("rmsprop"), "optimizer must be a str among {'adam', 'sgd', 'momentum', 'nesterov'}"
+                                            " or an instance of SGD or Adam, got 'rmsprop'"),
     ],
 )
 def test_bad_optimizer_settings(make, message):
-    with pytest.raises(ValueError, match=message):
+    """The optimizers check their settings through gpubp.params, in its words."""
+    with pytest.raises(ValueError) as caught:
         make()
+    assert str(caught.value) == message
+
+
+def test_make_optimizer_passes_an_optimizer_object_through():
+    opt = Adam(beta1=0.5)
+    assert make_optimizer(opt) is opt
 
 
 def test_constant_schedule_with_warmup():

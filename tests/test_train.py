@@ -132,12 +132,12 @@ def test_divergence_is_reported_not_hidden(rng):
 @pytest.mark.parametrize(
     "settings, message",
     [
-        (dict(epochs=0), "epochs must be an integer >= 1"),
-        (dict(batch_size=0), "batch_size must be an integer >= 1"),
-        (dict(lr=-0.1), "learning rate must be a finite number > 0"),
-        (dict(lr=float("nan")), "learning rate"),
-        (dict(optimizer="rmsprop"), "unknown optimizer"),
-        (dict(schedule="step"), "unknown schedule"),
+        (dict(epochs=0), r"epochs must be an int in the range \[1, inf\), got 0"),
+        (dict(batch_size=0), r"batch_size must be an int in the range \[1, inf\), got 0"),
+        (dict(lr=-0.1), r"lr must be a float in the range \(0.0, inf\), got -0.1"),
+        (dict(lr=float("nan")), "lr must be"),
+        (dict(optimizer="rmsprop"), "optimizer must be a str among"),
+        (dict(schedule="step"), "schedule must be a str among"),
         (dict(validation_fraction=1.0), "validation_fraction"),
         (dict(patience=0), "patience"),
         (dict(verbose=3), "verbose"),

@@ -1,0 +1,157 @@
+"""``gpubp train``: resume from a checkpoint, check the outputs, load and split the data, train
+with :func:`gpubp.fit` (on one process or every rank of an MPI job), report and save."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from .backend import cuda_status, get_backend
+from .checkpoint import read_checkpoint
+from .cli_parser import DEFAULT_CHECKPOINT, UsageError, build_parser, report
+from .data import load_dataset, split, standardize
+from .errors import DivergenceError
+from .interrupt import TrainingInterrupted
+from .mlp import MLP
+from .rows import HostRows
+from .train import fit
+
+# Options a resumed run takes from its checkpoint, with the name each has there.
+_FROM_CHECKPOINT_CONFIG = {"optimizer": "optimizer", "lr": "lr", "momentum": "momentum",
+                           "schedule": "schedule", "warmup_epochs": "warmup_epochs",
+                           "batch_size": "batch_size", "val_fraction": "validation_fraction",
+                           "patience": "patience", "seed": "seed", "clip_norm": "clip_norm"}
+_FROM_CHECKPOINT_MODEL = ("hidden", "activation", "dtype", "alpha")
+_FROM_CHECKPOINT_EXTRA = ("dataset", "test_fraction")
+
+
+
+def _apply_checkpoint(args) -> None:
+    """Fill args from the checkpoint named by --resume; refuse options that would contradict it."""
+    checkpoint = read_checkpoint(args.resume)
+    defaults = vars(build_parser().parse_args(["train"]))
+    fixed = [*_FROM_CHECKPOINT_CONFIG, *_FROM_CHECKPOINT_MODEL, *_FROM_CHECKPOINT_EXTRA]
+    given = [name for name in fixed if getattr(args, name) != defaults[name]]
+    if given:
+        option = "--" + given[0].replace("_", "-")
+        raise UsageError(f"gpubp train: {option} cannot be changed when resuming: it comes from {args.resume}")
+    meta = checkpoint.meta
+    if not all(key in meta["extra"] for key in _FROM_CHECKPOINT_EXTRA):
+        raise UsageError(f"gpubp train: {args.resume} was not written by gpubp train; "
+                          "resume it with gpubp.fit(..., resume=PATH)")
+    for name, key in _FROM_CHECKPOINT_CONFIG.items():
+        setattr(args, name, meta["config"][key])
+    if "tf32" in meta["model"]:  # a checkpoint that records it; otherwise --tf32 is taken as given
+        if args.tf32 != defaults["tf32"]:
+            raise UsageError(f"gpubp train: --tf32 cannot be changed when resuming: it comes from {args.resume}")
+        args.tf32 = bool(meta["model"]["tf32"])
+    args.hidden = meta["model"]["sizes"][1:-1]
+    args.activation, args.dtype, args.alpha = (meta["model"][k] for k in ("activation", "dtype", "alpha"))
+    for name in _FROM_CHECKPOINT_EXTRA:
+        setattr(args, name, meta["extra"][name])
+    if args.epochs == defaults["epochs"]:
+        args.epochs = meta["config"]["epochs"]
+    if args.checkpoint is None:
+        args.checkpoint = args.resume
+
+
+def _check_outputs(args) -> None:
+    """Fail before training when an output cannot be written."""
+    for option, path in (("--out", args.out), ("--plot", args.plot)):  # --checkpoint: by its type
+        if path is not None and not path.parent.is_dir():
+            raise UsageError(f"gpubp train: {option} {path}: folder {path.parent} does not exist")
+    if args.plot is not None:
+        from .plotting import require_matplotlib
+
+        try:
+            require_matplotlib()
+        except ImportError as exc:
+            raise UsageError(f"gpubp train: --plot: {exc}") from None
+
+
+def train(args) -> int:
+    """gpubp train, on one process or (--distributed) on every rank of an MPI job. A rank that
+    fails alone (bad data on its node) ends the whole job with the error's exit status instead
+    of leaving the others waiting; failures every rank meets together end each rank alike."""
+    if not args.distributed:
+        return _train_with(args, None)
+    from .distributed import world
+
+    comm = world(args.device)
+    try:
+        return _train_with(args, comm)
+    except (TrainingInterrupted, DivergenceError):
+        raise  # decided from all-reduced figures: every rank raises it at the same step
+    except BaseException as exc:
+        status = report(exc) if comm.size > 1 else None
+        if status is None:
+            raise
+        comm.abort(status)
+        raise
+
+
+def _train_with(args, comm) -> int:
+    """The command's work; ``comm`` is the communicator of a --distributed run, else None."""
+    lead = comm is None or comm.rank == 0  # the rank that prints and writes
+    say = print if lead else (lambda *args, **kwargs: None)
+    if args.resume is not None:
+        _apply_checkpoint(args)
+    if args.tf32 and args.dtype != "float32":
+        raise UsageError(f"gpubp train: --tf32 needs --dtype float32 (TF32 rounds float32 inputs), got {args.dtype}")
+    _check_outputs(args)
+    backend = get_backend(args.device)
+    note = "" if backend.name == "cuda" or args.device != "auto" else f"  [no GPU: {cuda_status().reason}]"
+    say(f"device: {backend.device}{note}", flush=True)
+    if comm is not None:
+        say(f"distributed: {comm.size} rank(s), {type(comm).__name__}; global batch {args.batch_size}", flush=True)
+
+    train_set, test_set = load_dataset(args.dataset)
+    if test_set is None:
+        if args.test_fraction == 0:
+            raise UsageError("gpubp train: --test-fraction must be > 0 when the data set has no test part")
+        train_set, test_set = split(train_set, args.test_fraction, seed=args.seed)
+    scaler, (train_set, test_set) = standardize(train_set, test_set)
+    mapped = " (memory-mapped: training batches are read from the file)" if isinstance(train_set.X, HostRows) \
+        else ""
+    say(f"data: {args.dataset}: {len(train_set)} train / {len(test_set)} test samples, "
+          f"{train_set.X.shape[1]} features, {train_set.n_classes} classes{mapped}", flush=True)
+
+    sizes = [train_set.X.shape[1], *args.hidden, train_set.n_classes]
+    net = MLP(sizes, args.activation, backend, args.dtype, seed=args.seed, alpha=args.alpha, tf32=args.tf32)
+    say(f"model: {'-'.join(map(str, sizes))} {args.activation}, {args.dtype}{' tf32' if args.tf32 else ''}, "
+          f"{net.n_params:,} parameters; {args.optimizer}, {args.epochs} epochs of batch {args.batch_size}",
+          flush=True)
+    verbose = 0 if args.quiet or not lead else (2 if sys.stderr.isatty() else 1)
+    dataset = args.dataset if args.dataset == "digits" else str(Path(args.dataset).resolve())
+    checkpoint_every = args.checkpoint_every or (1 if args.checkpoint is not None else None)
+    if args.resume is not None:
+        say(f"resuming: {args.resume}", flush=True)
+    history = fit(
+        net, train_set.X, train_set.y, epochs=args.epochs, batch_size=args.batch_size,
+        optimizer=args.optimizer, lr=args.lr, momentum=args.momentum, schedule=args.schedule,
+        warmup_epochs=args.warmup_epochs, validation_fraction=args.val_fraction,
+        patience=args.patience, seed=args.seed, clip_norm=args.clip_norm, verbose=verbose,
+        checkpoint=str(args.checkpoint or DEFAULT_CHECKPOINT), checkpoint_every=checkpoint_every,
+        resume=args.resume, stream=args.stream, checkpoint_extra={"dataset": dataset, "test_fraction": args.test_fraction},
+        comm=comm,
+    )
+    if not lead:
+        return 0
+    test_loss, test_acc = net.evaluate(test_set.X, test_set.y)
+    print(f"trained {history.epochs} epochs in {sum(history.seconds):.1f}s"
+          + (f" on {history.ranks} ranks" if history.ranks > 1 else "")
+          + (f" (stopped early, best epoch {history.best_epoch})" if history.stopped_early else ""))
+    print(f"test loss: {test_loss:.4f}")
+    print(f"test accuracy: {test_acc:.4f}")
+    if args.out is not None:
+        from .saving import save_model
+
+        save_model(net, args.out, extra={"classes": train_set.classes, "input_mean": scaler.mean_,
+                                         "input_scale": scaler.scale_})
+        print(f"saved model: {args.out}")
+    if args.plot is not None:
+        from .plotting import plot_history
+
+        plot_history(history, args.plot, title=f"{args.dataset}: {'-'.join(map(str, sizes))}")
+        print(f"saved plot: {args.plot}")
+    return 0
