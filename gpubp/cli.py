@@ -312,6 +312,9 @@ def _bench(args) -> int:
 
     from . import bench
 
+    missing = bench.extra_missing()
+    if missing:
+        raise _UsageError(missing)
     rng = np.random.default_rng(0)
     n = args.samples
     y = rng.integers(0, 10, n + 1000)
