@@ -1,12 +1,15 @@
 """The benchmark machinery: FLOP counts, the quick `gpubp bench`, and the RESULTS.md renderer."""
 
 import json
+import tomllib
 
 import numpy as np
 import pytest
+from packaging.requirements import Requirement
 
 from gpubp import bench
 
+from .conftest import REPO
 from .test_cli import gpubp
 
 
@@ -70,17 +73,11 @@ def test_quick_bench_without_its_extra_says_what_to_install(monkeypatch, capsys)
 def test_the_bench_extra_is_what_gpubp_bench_imports():
     """pyproject.toml's [bench] extra holds the modules bench.EXTRA checks for, and the core
     dependencies do not: gpubp itself runs without them."""
-    import tomllib
-
-    from packaging.requirements import Requirement
-
-    from .conftest import REPO
-
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    names = {kind: {Requirement(r).name for r in reqs}
-             for kind, reqs in [("core", project["dependencies"]), ("bench", project["optional-dependencies"]["bench"])]}
-    assert names["bench"] == set(bench.EXTRA)
-    assert not names["core"] & set(bench.EXTRA)
+    core = {Requirement(line).name for line in project["dependencies"]}
+    extra = {Requirement(line).name for line in project["optional-dependencies"]["bench"]}
+    assert extra == set(bench.EXTRA)
+    assert not core & extra
 
 
 def test_results_markdown_names_the_machine_and_the_verdicts(tmp_path):
