@@ -42,10 +42,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks import device_check as dc  # noqa: E402
+from benchmarks import timed_command as runner  # noqa: E402
 from benchmarks.results_md import write_results  # noqa: E402
-from benchmarks.kernel_timings import MOMENTUM  # noqa: E402
-from benchmarks.step_timings import LR, gpubp_sgd_step  # noqa: E402
+from benchmarks.kernel_timings import MOMENTUM, cupy_events, event_median_ms, torch_events  # noqa: E402
+from benchmarks.step_timings import LR, gpubp_sgd_step, set_fp32_precision, step_errors, torch_twin  # noqa: E402
 
 CASES = [((784, 512, 512, 10), 256), ((784, 512, 512, 10), 1024), ((784, 512, 512, 10), 4096),
          ((4096, 4096, 4096, 10), 4096), ((8192, 8192, 10), 4096)]
@@ -61,10 +61,12 @@ def case_label(sizes, batch: int) -> str:
 
 def matmul_ceiling_tflops(cp) -> float:
     """TFLOP/s of an 8192^3 float32 product in the current precision mode (median of 10)."""
+    from gpubp.bench import matmul_flops
+
     n = 8192
     a, b = cp.random.standard_normal((n, n), dtype=cp.float32), cp.random.standard_normal((n, n), dtype=cp.float32)
-    ms = dc.event_median_ms(dc.cupy_events(cp), lambda: a @ b, repeat=10)
-    return 2 * n**3 / ms / 1e9
+    ms = event_median_ms(cupy_events(cp), lambda: a @ b, repeat=10)
+    return matmul_flops(n, n, n) / ms / 1e9
 
 
 def step_functions(torch, net, model, Xd, y, Xt, yt) -> dict:
@@ -99,43 +101,44 @@ def run_case(mode: str, index: int, with_compile: bool, save) -> dict:
     import torch
 
     from gpubp import MLP, get_backend
-    from gpubp.bench import Case
 
-    dc.set_fp32_precision(torch, "tf32" if mode == "tf32" else "ieee")
+    set_fp32_precision(torch, "tf32" if mode == "tf32" else "ieee")
     sizes, batch = CASES[index]
     rng = np.random.default_rng(0)
     X, y = rng.normal(size=(batch, sizes[0])).astype(np.float32), rng.integers(0, sizes[-1], batch)
     net = MLP(list(sizes), "relu", get_backend("cuda"), "float32", seed=0)
-    model = dc.torch_twin(torch, net, cp)
+    model = torch_twin(torch, net, cp)
     Xd, Xt, yt = cp.asarray(X), torch.as_tensor(X, device="cuda"), torch.as_tensor(y, device="cuda")
-    errors = dc.step_errors(cp, torch, net, model, Xd, y, Xt, yt)
+    errors = step_errors(cp, torch, net, model, Xd, y, Xt, yt)
     row = {"case": case_label(sizes, batch), "mode": mode, "max_rel_error": max(errors),
            "agree": max(errors) < TOLERANCE[mode], "ceiling_tflops": matmul_ceiling_tflops(cp)}
     if not row["agree"]:
         return row
     steps = step_functions(torch, net, model, Xd, y, Xt, yt)
     repeat = 100 if batch <= 1024 else 30
-    times = {"gpubp": dc.event_median_ms(dc.cupy_events(cp), steps["gpubp"], repeat=repeat),
-             "torch eager": dc.event_median_ms(dc.torch_events(torch), steps["torch eager"], repeat=repeat)}
+    times = {"gpubp": event_median_ms(cupy_events(cp), steps["gpubp"], repeat=repeat),
+             "torch eager": event_median_ms(torch_events(torch), steps["torch eager"], repeat=repeat)}
     save({**row, "ms": times})
     for name, make in (("torch CUDA graph", steps["captured"]),) + ((("torch.compile", steps["compiled"]),)
                                                                   if with_compile else ()):
         try:
-            times[name] = dc.event_median_ms(dc.torch_events(torch), make(), repeat=repeat)
+            times[name] = event_median_ms(torch_events(torch), make(), repeat=repeat)
         except Exception as exc:  # a PyTorch without Triton, or a capture it refuses
             row.setdefault("failed", {})[name] = f"{type(exc).__name__}: {exc}"[:300]
-    return rates(row, times, Case(sizes, batch, "float32", "momentum"))
+    return rates(row, times, sizes, batch)
 
 
-def rates(row: dict, times: dict, case) -> dict:
+def rates(row: dict, times: dict, sizes, batch: int) -> dict:
     """row with the times, samples/s, TFLOP/s, fraction of the ceiling, and the target verdict."""
-    flops, batch = case.flops_per_epoch(case.batch_size), case.batch_size
+    from gpubp.bench import train_flops
+
+    flops = train_flops(sizes, batch)  # one step
     row.update(ms=times, samples_per_s={k: batch / (v / 1e3) for k, v in times.items()},
                tflops={k: flops / v / 1e9 for k, v in times.items()})
     row["fraction_of_ceiling"] = row["tflops"]["gpubp"] / row["ceiling_tflops"]
     row["ratio_to_eager"] = times["gpubp"] / times["torch eager"]
-    wide = case.sizes[1] >= 4096
-    if row["mode"] == "fp32" and (wide or (case.sizes[1] == 512 and batch == 256)):
+    wide = sizes[1] >= 4096
+    if row["mode"] == "fp32" and (wide or (sizes[1] == 512 and batch == 256)):
         limit = 1.1 if wide else 1.5
         row["target"] = f"<= {limit}x eager" + (", >= 70% of ceiling" if wide else "")
         row["met"] = bool(row["ratio_to_eager"] <= limit and (not wide or row["fraction_of_ceiling"] >= 0.7))
@@ -147,7 +150,7 @@ def run_all(compile_case: str, case_timeout: float, overall: float) -> list[dict
     deadline, rows = time.monotonic() + overall, []
     with tempfile.TemporaryDirectory(prefix="gpubp-bench-", ignore_cleanup_errors=True) as scratch:
         for mode in ("fp32", "tf32"):
-            env = {**dc.child_env(None), **({"CUPY_TF32": "1"} if mode == "tf32" else {})}
+            env = {**runner.child_env(None), **({"CUPY_TF32": "1"} if mode == "tf32" else {})}
             for index, (sizes, batch) in enumerate(CASES):
                 label = case_label(sizes, batch)
                 with_compile = mode == "fp32" and label == compile_case
@@ -159,7 +162,7 @@ def run_all(compile_case: str, case_timeout: float, overall: float) -> list[dict
                 result = Path(scratch) / f"{mode}-{index}.json"
                 cmd = [sys.executable, __file__, "--mode", mode, "--case", str(index), "--result", str(result)]
                 cmd += ["--with-compile"] if with_compile else []
-                status, section = dc.run_isolated(cmd, round(budget), result, env)
+                status, section = runner.run_isolated(cmd, round(budget), result, env)
                 row = section or {"case": label, "mode": mode}
                 if status["status"] != "passed":
                     row["problem"] = status["detail"]
@@ -212,7 +215,7 @@ def main(argv=None) -> int:
     """Run every case in its child process, then write and print the results."""
     args = parse_args(argv)
     if args.mode:
-        return dc.run_child(partial(run_case, args.mode, args.case, args.with_compile), args.result)
+        return runner.run_child(partial(run_case, args.mode, args.case, args.with_compile), args.result)
     from gpubp.backend import cuda_status
 
     status = cuda_status()

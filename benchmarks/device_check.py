@@ -33,8 +33,9 @@ Each child pays a few seconds of imports and CUDA start-up; CuPy compiles every 
 dtype on a fresh machine (parity pays for most of it) and the disk cache serves the later stages.
 A stage that saves as it goes (all but tests) keeps what it saved past a timeout or an error.
 
-This file is the runner; the stages are in benchmarks/device_stages.py (the timings in
-kernel_timings.py and step_timings.py) and summary.md is rendered by device_report.py.
+This file is the runner (each child run by timed_command.py); the stages are in
+benchmarks/device_stages.py (the timings in kernel_timings.py and step_timings.py) and
+precision_stage.py, and summary.md is rendered by device_report.py.
 
 Timings are medians of CUDA-event times. The CuPy children run with CUPY_TF32 removed from the
 environment and PyTorch with ``fp32_precision = "ieee"``: float32 is IEEE float32 on both sides.
@@ -52,8 +53,6 @@ import platform
 import re
 import sys
 import tempfile
-import time
-import traceback
 from pathlib import Path
 
 import numpy as np
@@ -66,7 +65,7 @@ from benchmarks.device_stages import (  # noqa: E402
     estimator_stage, parity_stage, preflight, tests_stage, timings_stage)
 from benchmarks.precision_stage import precision_stage  # noqa: E402
 from benchmarks.results_md import RESULTS, write_results  # noqa: E402
-from benchmarks.timed_command import run_command, tail  # noqa: E402
+from benchmarks.timed_command import child_env, run_child, run_isolated, write_json  # noqa: E402
 
 MAX_OUT_FILES = 8  # what the device machine sends back
 
@@ -75,79 +74,7 @@ STAGES = {"preflight": (preflight, 30), "parity": (parity_stage, 50), "tests": (
           "timings": (timings_stage, 90), "estimator": (estimator_stage, 50), "precision": (precision_stage, 50)}
 
 
-# ------------------------------------------------------------------ running children
-
-
-def write_json(path: Path, data) -> None:
-    """Write data as JSON atomically (a reader never sees half a file); NumPy scalars as numbers."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=_plain) + "\n")
-    os.replace(tmp, path)
-
-
-def _plain(value):
-    """JSON for what json cannot write itself: NumPy scalars and paths."""
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
-
-
-def run_child(fn, result: Path) -> int:
-    """Child side: section = fn(save), written to ``result``; fn may save(partial) as it goes.
-
-    An exception is written there too, with the last saved section and the traceback's end.
-    """
-    saved = {}
-
-    def save(section: dict) -> None:
-        saved["section"] = section
-        write_json(result, {"section": section})
-
-    try:
-        section = fn(save)
-    except Exception as exc:  # recorded for the parent, which goes on with the next stage
-        write_json(result, {"section": saved.get("section"), "error": f"{type(exc).__name__}: {exc}"[:500],
-                            "traceback": tail(traceback.format_exc())})
-        return 1
-    save(section)
-    return 0
-
-
-def run_isolated(cmd: list[str], budget: float, result: Path, env: dict | None = None) -> tuple[dict, dict | None]:
-    """Parent side: run a child that writes ``result`` (run_child) within ``budget`` seconds.
-
-    Returns its status (status: passed, failed, error or timed out; seconds; budget_s; detail) and
-    its section (what it saved last, also after a timeout), or None.
-    """
-    result.unlink(missing_ok=True)
-    t0 = time.monotonic()
-    code, output = run_command(cmd, budget, env)
-    status = {"budget_s": budget, "seconds": round(time.monotonic() - t0, 1)}
-    saved = json.loads(result.read_text()) if result.is_file() else {}
-    section = saved.get("section")
-    if code is None:
-        kept = " (the results saved before are kept)" if section else ""
-        status.update(status="timed out", detail=f"timed out after {budget} s{kept}", output=tail(output))
-    elif "error" in saved:
-        status.update(status="error", detail=saved["error"], traceback=saved["traceback"])
-    elif code != 0 or section is None:
-        status.update(status="error", detail=f"exit status {code} without a result", output=tail(output))
-    elif section.get("failures"):
-        status.update(status="failed", detail="; ".join(section["failures"])[:300])
-    else:
-        status["status"] = "passed"
-    return status, section
-
-
-def child_env(out: Path | None) -> dict:
-    """The environment of every stage: the checkout importable, $OUT as given, CUPY_TF32 removed."""
-    env = {k: v for k, v in os.environ.items() if k != "CUPY_TF32"}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    if out is not None:
-        env["OUT"] = str(out)
-    return env
+# ------------------------------------------------------------------ running the stages
 
 
 def stage_file(name: str) -> str:

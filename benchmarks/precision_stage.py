@@ -41,6 +41,8 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from benchmarks.kernel_timings import cupy_events, event_median_ms, rel_error, torch_events  # noqa: E402
+from benchmarks.timed_command import child_env, run_child, run_isolated, write_json  # noqa: E402
+from gpubp.bench import matmul_flops  # noqa: E402
 from gpubp.precision import TF32_TYPICAL_REL_ERROR, matmul_as_tf32, round_to_tf32  # noqa: E402
 
 SIZE = 4096  # n = k = m
@@ -59,7 +61,7 @@ NEAREST_EVEN = "nearest even"
 
 def tflops(n: int, k: int, m: int, ms: float) -> float:
     """TFLOP/s of an (n, k) @ (k, m) product that took ``ms`` milliseconds."""
-    return 2.0 * n * k * m / (ms * 1e-3) / 1e12
+    return matmul_flops(n, k, m) / (ms * 1e-3) / 1e12
 
 
 def product_inputs(size: int | None = None, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -199,7 +201,7 @@ def cupy_part(cp, A, B, result: dict, save) -> None:
     from gpubp import precision
 
     n = A.shape[0]
-    flops = 2.0 * n ** 3
+    flops = matmul_flops(n, n, n)
     a, b = cp.asarray(A), cp.asarray(B)
     ref = a.astype(cp.float64) @ b.astype(cp.float64)  # (n, n)
 
@@ -277,7 +279,7 @@ def torch_part(A, B) -> dict:
     try:
         for setting in ("ieee", "tf32"):
             matmul.fp32_precision = setting
-            out["rows"].append(measure(f"torch {setting}", setting, lambda: a @ b, error, timer, 2.0 * n ** 3))
+            out["rows"].append(measure(f"torch {setting}", setting, lambda: a @ b, error, timer, matmul_flops(n, n, n)))
         X = rounding_inputs()
         x = torch.from_numpy(X).cuda()
         out["rounding"] = rounding_agreement(X, (x @ torch.eye(X.shape[1], device="cuda")).cpu().numpy())
@@ -304,19 +306,17 @@ def precision_stage(save) -> dict:
     return summary(result)
 
 
-# ------------------------------------------------------------------ alone, through the device check's runner
+# ------------------------------------------------------------------ alone, through timed_command's runner
 
 
 def main(argv=None) -> int:
-    """Run the stage in a child process under BUDGET_S (device_check's runner); write
+    """Run the stage in a child process under BUDGET_S (timed_command.run_isolated); write
     $OUT/precision.json; exit status 0 when it passed, 1 otherwise, 3 without a usable GPU."""
-    from benchmarks import device_check as dc
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)  # the child's
     args = parser.parse_args(argv)
     if args.result:
-        return dc.run_child(precision_stage, args.result)
+        return run_child(precision_stage, args.result)
     out = Path(os.environ["OUT"]) if os.environ.get("OUT") else None
     from gpubp.backend import cuda_status
 
@@ -325,11 +325,11 @@ def main(argv=None) -> int:
         return 3
     with tempfile.TemporaryDirectory(prefix="gpubp-precision-") as scratch:
         result = Path(scratch) / "precision.json"
-        status, section = dc.run_isolated([sys.executable, str(Path(__file__).resolve()), "--result", str(result)],
-                                          BUDGET_S, result, dc.child_env(out))
+        status, section = run_isolated([sys.executable, str(Path(__file__).resolve()), "--result", str(result)],
+                                       BUDGET_S, result, child_env(out))
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        dc.write_json(out / "precision.json", {"stage": "precision", **status, "result": section})
+        write_json(out / "precision.json", {"stage": "precision", **status, "result": section})
     print(f"[precision] {status['status']} in {status['seconds']} s: "
           f"{status.get('detail') or (section or {}).get('verdict', '')}")
     for row in (section or {}).get("rows", []) + (section or {}).get("torch", {}).get("rows", []):

@@ -1,6 +1,6 @@
 """Render benchmarks/RESULTS.md (and PNG plots) from the newest result files in benchmarks/results/.
 
-Each section names the machine that produced it. Plots need matplotlib (gpubp[bench]).
+Each section names the machine that produced it. Plots need matplotlib (gpubp[plot]).
 """
 
 from __future__ import annotations

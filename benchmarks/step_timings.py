@@ -67,7 +67,7 @@ def step_case(cp, torch, sizes: list[int], batch: int, precision: str = "ieee") 
     ``precision`` "tf32" builds the network with tf32=True; PyTorch's is set by the caller.
     """
     from gpubp import MLP, get_backend
-    from gpubp.bench import Case
+    from gpubp.bench import train_flops
 
     label = f"{'-'.join(map(str, sizes))} b{batch}" + (" tf32" if precision == "tf32" else "")
     rng = np.random.default_rng(1)
@@ -91,7 +91,7 @@ def step_case(cp, torch, sizes: list[int], batch: int, precision: str = "ieee") 
     repeat = 50 if batch <= 1024 else 20
     gpubp_ms = event_median_ms(cupy_events(cp), gpubp_step, repeat=repeat)
     torch_ms = event_median_ms(torch_events(torch), torch_step, repeat=repeat)
-    flops = Case(tuple(sizes), batch, "float32", "momentum").flops_per_epoch(batch)
+    flops = train_flops(sizes, batch)  # one step
     row.update(gpubp_ms=gpubp_ms, torch_ms=torch_ms, ratio=gpubp_ms / torch_ms, gpubp_tflops=flops / gpubp_ms / 1e9,
                target=f"<= {STEP_TARGET}x torch eager", met=gpubp_ms / torch_ms <= STEP_TARGET,
                gpubp_kernels=kernels_per_step(torch, gpubp_step), torch_kernels=kernels_per_step(torch, torch_step),

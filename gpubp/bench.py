@@ -4,11 +4,16 @@ Used by ``gpubp bench`` (a quick run on the user's machine) and ``benchmarks/ben
 full run that writes results). Every comparison first checks that the libraries learn the same
 problem from the same initial weights, then times whole epochs in paired, alternating runs and
 reports medians, so that a shared, noisy machine affects all libraries alike.
+
+Its requirements are the optional extra ``gpubp[bench]`` (threadpoolctl, imported when the
+machine is described); PyTorch is compared when it is installed. :func:`train_flops` is the one
+FLOP count of MLP training that every benchmark divides by.
 """
 
 from __future__ import annotations
 
 import datetime
+import importlib.util
 import os
 import platform
 import statistics
@@ -23,6 +28,42 @@ from .mlp import MLP
 from .train import fit
 
 LIBRARIES = ("gpubp", "sklearn", "torch")
+EXTRA = ("threadpoolctl",)  # the modules of the [bench] extra (pyproject.toml)
+
+
+def extra_missing() -> str | None:
+    """None when the [bench] extra is installed; else the one line that says what to install."""
+    missing = [name for name in EXTRA if importlib.util.find_spec(name) is None]
+    if not missing:
+        return None
+    return f"gpubp bench needs: pip install 'gpubp[bench]' (missing: {', '.join(missing)})"
+
+
+def matmul_flops(n: int, k: int, m: int) -> float:
+    """Floating-point operations of an (n, k) @ (k, m) product: n m sums of k products."""
+    return 2.0 * n * k * m
+
+
+def train_flops(sizes, rows: int) -> float:
+    """Floating-point operations of the matrix products of training an MLP on ``rows`` samples.
+
+    ``sizes`` = [n0, n1, ..., nL]: the widths of the input, hidden and output layers. Each layer's
+    forward product a @ W and its weight gradient a.T @ delta (BP4) count, and its backward
+    product delta @ W.T (BP2) except in the first layer (no delta for the input): in all
+    6 rows sum(n_in n_out) - 2 rows n0 n1, however the rows are split into batches. Element-wise
+    work (activations, softmax, the update) is not counted. ``rows``: the batch size for one
+    step, the number of samples for one epoch.
+    """
+    sizes = [int(s) for s in sizes]
+    if len(sizes) < 2 or min(sizes) < 1 or rows < 0:
+        raise ValueError(f"train_flops needs at least two layer widths, all >= 1, and rows >= 0; "
+                         f"got sizes={sizes}, rows={rows}")
+    total = 0.0
+    for layer, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        total += matmul_flops(rows, n_in, n_out) + matmul_flops(n_in, rows, n_out)  # a @ W, a.T @ delta
+        if layer > 0:
+            total += matmul_flops(rows, n_out, n_in)  # delta @ W.T
+    return total
 
 
 @dataclass
@@ -37,11 +78,6 @@ class Case:
     @property
     def label(self) -> str:
         return f"{'-'.join(map(str, self.sizes))} b{self.batch_size} {self.dtype} {self.optimizer}"
-
-    def flops_per_epoch(self, n: int) -> float:
-        """6 n sum(n_in n_out) - 2 n n0 n1: forward, dW and delta products, no delta for the input."""
-        pairs = sum(a * b for a, b in zip(self.sizes[:-1], self.sizes[1:]))
-        return 6.0 * n * pairs - 2.0 * n * self.sizes[0] * self.sizes[1]
 
 
 def machine_info() -> dict:
@@ -86,7 +122,7 @@ def matmul_rate(dtype: str, n: int = 2048, repeat: int = 5) -> float:
         t0 = time.perf_counter()
         a @ b
         times.append(time.perf_counter() - t0)
-    return 2.0 * n**3 / statistics.median(times) / 1e9
+    return matmul_flops(n, n, n) / statistics.median(times) / 1e9
 
 
 class Runner:
@@ -214,7 +250,7 @@ def time_case(case: Case, X, y, X_test, y_test, pairs: int, rates: dict) -> dict
             for lib in (libraries if pair % 2 == 0 else tuple(reversed(libraries))):
                 times[lib].append(runner.run(lib))
             floor.append(runner.run("products"))
-    flops = case.flops_per_epoch(len(X))
+    flops = train_flops(case.sizes, len(X))
     row = {**asdict(case), "label": case.label, "accuracy": accuracy, "agree": agree, "seconds": times,
            "products_seconds": floor}
     if agree:

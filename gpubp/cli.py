@@ -11,7 +11,7 @@ import sys
 
 from .version import __version__
 from .backend import cuda_status, get_backend
-from .cli_parser import build_parser, report
+from .cli_parser import UsageError, build_parser, report
 from .cli_train import train
 
 
@@ -56,6 +56,9 @@ def _bench(args) -> int:
 
     from . import bench
 
+    missing = bench.extra_missing()
+    if missing:
+        raise UsageError(missing)
     rng = np.random.default_rng(0)
     n = args.samples
     y = rng.integers(0, 10, n + 1000)

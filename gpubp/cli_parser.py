@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .errors import BackendUnavailableError, DataError, DeviceMemoryError, DivergenceError
+from .errors import BackendUnavailableError, DataError, DeviceMemoryError, DivergenceError, RankFailedError
 from .interrupt import TrainingInterrupted
 from .optim import DEFAULT_LR
 from .params import SETTINGS, ParameterError, check, from_text
@@ -133,7 +133,7 @@ def build_parser() -> _Parser:
 def report(exc: BaseException) -> int | None:
     """Print the one line an expected failure ends the command with; its exit status (None: not
     an expected failure, let it raise)."""
-    if isinstance(exc, (UsageError, DataError, BackendUnavailableError, ValueError)):
+    if isinstance(exc, (UsageError, DataError, BackendUnavailableError, ValueError, RankFailedError)):
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 2
     if isinstance(exc, (DivergenceError, DeviceMemoryError)):

@@ -1,20 +1,36 @@
 """The benchmark machinery: FLOP counts, the quick `gpubp bench`, and the RESULTS.md renderer."""
 
 import json
+import tomllib
 
 import numpy as np
 import pytest
+from packaging.requirements import Requirement
 
 from gpubp import bench
 
+from .conftest import REPO
 from .test_cli import gpubp
 
 
-def test_flop_count_of_an_epoch():
-    case = bench.Case((784, 512, 512, 10), 256, "float32", "adam")
-    pairs = 784 * 512 + 512 * 512 + 512 * 10
-    assert case.flops_per_epoch(1000) == 6 * 1000 * pairs - 2 * 1000 * 784 * 512
-    assert case.label == "784-512-512-10 b256 float32 adam"
+def test_flop_count_of_a_small_network_by_hand():
+    # 3-4-2 on 5 rows. Forward: (5,3)@(3,4) = 2*5*3*4 = 120 and (5,4)@(4,2) = 80. Weight
+    # gradients a.T @ delta: (3,5)@(5,4) = 120 and (4,5)@(5,2) = 80. Backward delta @ W.T only
+    # into the hidden layer: (5,2)@(2,4) = 80. 480 in all.
+    assert bench.train_flops([3, 4, 2], 5) == 480
+    assert bench.train_flops((3, 2), 5) == 120  # no hidden layer: forward and gradient, no delta
+    assert bench.train_flops([3, 4, 2], 0) == 0
+    assert bench.matmul_flops(5, 3, 4) == 120
+
+
+def test_flop_count_refuses_what_is_no_network():
+    for sizes, rows in (([784], 10), ([784, 0, 10], 10), ([784, 10], -1)):
+        with pytest.raises(ValueError, match="train_flops needs at least two layer widths"):
+            bench.train_flops(sizes, rows)
+
+
+def test_case_label():
+    assert bench.Case((784, 512, 512, 10), 256, "float32", "adam").label == "784-512-512-10 b256 float32 adam"
 
 
 def test_the_products_floor_does_the_counted_flops():
@@ -29,7 +45,7 @@ def test_the_products_floor_does_the_counted_flops():
         return np.matmul(a, b)
 
     runner.products(matmul=counting)
-    assert sum(flops) == case.flops_per_epoch(27)
+    assert sum(flops) == bench.train_flops(case.sizes, 27)
 
 
 def test_matmul_rate_is_measured():
@@ -43,6 +59,25 @@ def test_quick_bench_command():
     assert "GFLOP/s" in lines[0]
     rows = [line for line in lines if line.startswith("784-512-512-10 b256 float32")]
     assert {row.split()[4] for row in rows} >= {"gpubp", "sklearn"}
+
+
+def test_quick_bench_without_its_extra_says_what_to_install(monkeypatch, capsys):
+    from gpubp import cli
+
+    monkeypatch.setattr(bench, "EXTRA", ("threadpoolctl", "gpubp_no_such_module"))
+    assert cli.main(["bench", "--pairs", "1", "--samples", "10"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["error: gpubp bench needs: pip install 'gpubp[bench]' (missing: gpubp_no_such_module)"]
+
+
+def test_the_bench_extra_is_what_gpubp_bench_imports():
+    """pyproject.toml's [bench] extra holds the modules bench.EXTRA checks for, and the core
+    dependencies do not: gpubp itself runs without them."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    core = {Requirement(line).name for line in project["dependencies"]}
+    extra = {Requirement(line).name for line in project["optional-dependencies"]["bench"]}
+    assert extra == set(bench.EXTRA)
+    assert not core & extra
 
 
 def test_results_markdown_names_the_machine_and_the_verdicts(tmp_path):

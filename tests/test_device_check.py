@@ -444,7 +444,7 @@ def test_gpu_benchmark_compiles_one_case_and_runs_each_case_in_a_child_under_its
         calls.append((cmd, budget, env.get("CUPY_TF32")))
         return {"status": "timed out", "detail": f"timed out after {budget} s", "seconds": budget}, None
 
-    monkeypatch.setattr(bench.dc, "run_isolated", timed_out)
+    monkeypatch.setattr(bench.runner, "run_isolated", timed_out)
     rows = bench.run_all(bench.COMPILE_CASE, case_timeout=90, overall=10_000)
     compiled = [(cmd, budget) for cmd, budget, _ in calls if "--with-compile" in cmd]
     assert len(compiled) == 1 and compiled[0][1] == bench.COMPILE_TIMEOUT_S

@@ -1,4 +1,7 @@
-"""pyproject.toml's dependency floors and .ci/floors.txt, the pins CI tests them on, cannot drift apart."""
+"""pyproject.toml's dependency floors and .ci/floors.txt, the pins CI tests them on, cannot drift apart.
+
+The floors are those of the runtime dependencies and of the extras the tests install ([bench]).
+"""
 
 import re
 import tomllib
@@ -11,13 +14,25 @@ from .conftest import REPO
 from .test_readme import readme_commands
 
 
+def floored_requirements(project):
+    """The requirements CI tests on their floors: [project] dependencies, and those of every extra
+    of gpubp's own that the test extra installs (test = [..., "gpubp[bench]"])."""
+    lines = list(project["dependencies"])
+    extras = project.get("optional-dependencies", {})
+    for line in extras.get("test", []):
+        req = Requirement(line)
+        if canonicalize_name(req.name) == canonicalize_name(project["name"]):
+            lines += [dep for extra in sorted(req.extras) for dep in extras[extra]]
+    return lines
+
+
 def declared_floors(pyproject_text):
-    """{name: floor} from [project] dependencies; AssertionError for a dependency without a >= floor."""
+    """{name: floor} from floored_requirements; AssertionError for one without a >= floor."""
     floors = {}
-    for line in tomllib.loads(pyproject_text)["project"]["dependencies"]:
+    for line in floored_requirements(tomllib.loads(pyproject_text)["project"]):
         req = Requirement(line)
         lower = [s.version for s in req.specifier if s.operator == ">="]
-        assert len(lower) == 1, f"{line!r}: every runtime dependency needs exactly one >= floor"
+        assert len(lower) == 1, f"{line!r}: every floored requirement needs exactly one >= floor"
         floors[canonicalize_name(req.name)] = Version(lower[0])
     return floors
 
@@ -55,12 +70,22 @@ def test_every_declared_floor_is_the_version_ci_pins():
 
 
 def test_a_changed_floor_an_extra_pin_or_a_missing_pin_is_caught():
-    pyproject = '[project]\ndependencies = ["numpy>=1.23.2", "scikit-learn>=1.7"]\n'
+    pyproject = '[project]\nname = "gpubp"\ndependencies = ["numpy>=1.23.2", "scikit-learn>=1.7"]\n'
     assert drift(pyproject, "numpy==1.23.2\nscikit_learn==1.7.0\n") == []
     assert drift(pyproject, "numpy==1.24.0\nscikit-learn==1.7.0\n") == ["numpy: declared >=1.23.2, pinned ==1.24.0"]
     assert drift(pyproject, "numpy==1.23.2\n") == ["scikit-learn>=1.7 is declared but not pinned"]
     assert drift(pyproject, "numpy==1.23.2\nscikit-learn==1.7.0\nscipy==1.9.2\n") == [
         "scipy==1.9.2 is pinned but not a declared dependency"]
+
+
+def test_an_extra_the_tests_install_is_floored_and_one_they_do_not_is_not():
+    pyproject = ('[project]\nname = "gpubp"\ndependencies = ["numpy>=1.23.2"]\n[project.optional-dependencies]\n'
+                 'bench = ["threadpoolctl>=3.1.0"]\nplot = ["matplotlib>=3.6"]\n'
+                 'test = ["pytest>=7", "gpubp[bench]"]\n')
+    assert declared_floors(pyproject) == {"numpy": Version("1.23.2"), "threadpoolctl": Version("3.1.0")}
+    assert drift(pyproject, "numpy==1.23.2\n") == ["threadpoolctl>=3.1.0 is declared but not pinned"]
+    assert drift(pyproject.replace('"gpubp[bench]"', '"gpubp[plot]"'), "numpy==1.23.2\n") == [
+        "matplotlib>=3.6 is declared but not pinned"]
 
 
 def test_ci_tests_on_the_floors_before_the_main_run():
