@@ -135,8 +135,13 @@ def _train_with(args, comm) -> int:
         resume=args.resume, stream=args.stream, checkpoint_extra={"dataset": dataset, "test_fraction": args.test_fraction},
         comm=comm,
     )
-    if not lead:
-        return 0
+    if lead:
+        _report_run(args, net, history, test_set, scaler, train_set.classes)
+    return 0
+
+
+def _report_run(args, net, history, test_set, scaler, classes) -> None:
+    """Rank 0's end of the command: the test figures, and the model and plot when asked."""
     test_loss, test_acc = net.evaluate(test_set.X, test_set.y)
     print(f"trained {history.epochs} epochs in {sum(history.seconds):.1f}s"
           + (f" on {history.ranks} ranks" if history.ranks > 1 else "")
@@ -146,12 +151,11 @@ def _train_with(args, comm) -> int:
     if args.out is not None:
         from .saving import save_model
 
-        save_model(net, args.out, extra={"classes": train_set.classes, "input_mean": scaler.mean_,
+        save_model(net, args.out, extra={"classes": classes, "input_mean": scaler.mean_,
                                          "input_scale": scaler.scale_})
         print(f"saved model: {args.out}")
     if args.plot is not None:
         from .plotting import plot_history
 
-        plot_history(history, args.plot, title=f"{args.dataset}: {'-'.join(map(str, sizes))}")
+        plot_history(history, args.plot, title=f"{args.dataset}: {'-'.join(map(str, net.sizes))}")
         print(f"saved plot: {args.plot}")
-    return 0

@@ -18,7 +18,8 @@ from .backend import get_backend, to_numpy
 from .container import block, write
 from .mlp import MLP
 from .params import accepts
-from .estimator_fit import PREDICT_BATCH, STOCHASTIC, StochasticFit, dense
+from .estimator_data import PREDICT_BATCH, dense
+from .estimator_fit import STOCHASTIC, StochasticFit
 
 _ACTIVATION_NAMES = {"identity": "identity", "logistic": "sigmoid", "tanh": "tanh", "relu": "relu"}
 

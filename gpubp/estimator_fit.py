@@ -19,7 +19,6 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-import scipy.optimize
 from scipy import sparse
 from sklearn.base import is_classifier
 from sklearn.exceptions import ConvergenceWarning
@@ -27,14 +26,15 @@ from sklearn.model_selection import train_test_split
 from sklearn.utils import gen_batches, shuffle
 from sklearn.utils.validation import validate_data
 
-from .backend import backend_for, to_numpy
+from .backend import backend_for
 from .batches import batch_feed
-from .engine import Engine, batch_loss_and_grad
+from .engine import Engine
+from .estimator_data import PREDICT_BATCH, check_batch_weights, dense, host_targets
+from .estimator_lbfgs import LbfgsFit
 from .optim import SGD, Adam, optimizer_from_state
 from .rows import HostRows
 
 STOCHASTIC = ("sgd", "adam")
-PREDICT_BATCH = 4096  # rows per device batch in prediction and validation
 NON_FINITE = ("Solver produced non-finite parameter weights. The input data may contain large values and need to "
               "be preprocessed.")
 
@@ -80,7 +80,7 @@ class _SklearnEpochs:
         est = self.estimator
         if est.shuffle:
             self.sample_idx = shuffle(self.sample_idx, random_state=est._random_state)
-        _check_batch_weights(self.sample_weight, self.sample_idx, self.batch_size)
+        check_batch_weights(self.sample_weight, self.sample_idx, self.batch_size)
         return self.sample_idx
 
     def rate(self, step: int) -> float:
@@ -122,7 +122,7 @@ class _SklearnEpochs:
         return ValueError(f"{NON_FINITE} (They became NaN or infinite in iteration {epoch}, step {step}.)")
 
 
-class StochasticFit:
+class StochasticFit(LbfgsFit):
     """The fitting half of the estimators (a mixin of gpubp.estimator_base.BaseMLP)."""
 
     def _fit_stochastic(self, net, X, Y, sample_weight, incremental, validation_data):
@@ -231,12 +231,6 @@ class StochasticFit:
             if self.loss_curve_[-1] < self.best_loss_:
                 self.best_loss_ = self.loss_curve_[-1]
 
-    def _batch_loss(self, net, Xb, Yb, wb):
-        """Loss as scikit-learn reports it and the flat gradient (n_params,) as scikit-learn
-        computes it, in the layout of net.flat_params (scikit-learn's packing: weights, then biases)."""
-        scale = 1.0 / self.n_outputs_ if net.output == "identity" and self.n_outputs_ > 1 else 1.0
-        return batch_loss_and_grad(net, Xb, Yb, wb, scale)
-
     def _validation_loss(self, net, Xv, yv, wv) -> float:
         Yv = self._targets(yv)
         loss_sum, n = 0.0, 0.0
@@ -248,58 +242,3 @@ class StochasticFit:
             weight = (batch.stop - batch.start) if wv is None else float(wv[batch].sum())
             loss_sum, n = loss_sum + float(loss) * weight, n + weight
         return loss_sum / n
-
-    def _fit_lbfgs(self, net, X, Y, sample_weight):
-        backend = net.backend
-        Xd = backend.asarray(dense(X), net.dtype)
-        Yd = backend.asarray(host_targets(net, Y))
-        wd = None if sample_weight is None else backend.asarray(sample_weight, net.dtype)
-        _check_batch_weights(sample_weight, np.arange(X.shape[0]), X.shape[0])
-
-        def unpack(packed):  # (n_params,) float64 in scikit-learn's packing, which is flat_params' layout
-            net.flat_params[...] = backend.asarray(packed, net.dtype)
-
-        def loss_and_grad(packed):
-            unpack(packed)
-            loss, g = self._batch_loss(net, Xd, Yd, wd)
-            return float(loss), to_numpy(g).astype(np.float64)
-
-        packed = np.concatenate([p.ravel() for p in self.coefs_ + self.intercepts_])
-        result = scipy.optimize.minimize(loss_and_grad, packed, method="L-BFGS-B", jac=True,
-                                         options={"maxfun": self.max_fun, "maxiter": self.max_iter, "gtol": self.tol})
-        self.n_iter_ = min(result.nit, self.max_iter)
-        if result.status != 0:
-            warnings.warn(_lbfgs_warning(result, self.n_iter_, self.max_iter), ConvergenceWarning)
-        self.loss_ = float(result.fun)
-        unpack(result.x)
-
-
-def host_targets(net, Y) -> np.ndarray:
-    """Targets on the host as the network takes them: class indices (n,) for a softmax output
-    (from the one-hot rows (n, k)), the (n, k) matrix in the network's dtype otherwise."""
-    if net.output == "softmax":
-        return np.asarray(Y).argmax(axis=1)
-    return np.asarray(Y, dtype=net.dtype)
-
-
-def dense(X):
-    """X as a dense array (a sparse matrix converted)."""
-    return X.toarray() if sparse.issparse(X) else X
-
-
-def _check_batch_weights(sample_weight, sample_idx, batch_size: int) -> None:
-    """scikit-learn's ZeroDivisionError (from np.average) for a batch whose weights sum to zero,
-    which negative weights allow; raised on the host before the arithmetic that would divide."""
-    if sample_weight is not None:
-        sums = np.add.reduceat(sample_weight[sample_idx], np.arange(0, len(sample_idx), batch_size))
-        if not sums.all():
-            raise ZeroDivisionError("Weights sum to zero, can't be normalized")
-
-
-def _lbfgs_warning(result, n_iter: int, max_iter: int) -> str:
-    """scikit-learn's words when L-BFGS-B stops without converging (utils.optimize)."""
-    msg = f"lbfgs failed to converge after {n_iter} iteration(s) (status={result.status}):\n{result.message}\n"
-    if n_iter == max_iter:  # advice to raise max_iter only when the limit is what stopped it
-        msg += f"\nIncrease the number of iterations to improve the convergence (max_iter={max_iter})."
-    return msg + ("\nYou might also want to scale the data as shown in:\n"
-                  "    https://scikit-learn.org/stable/modules/preprocessing.html")

@@ -23,6 +23,16 @@ class History:
     def epochs(self) -> int:
         return len(self.train_loss)
 
+    def record(self, logs: dict) -> None:
+        """Append an epoch's figures (``logs`` as callbacks get them; None where not measured)."""
+        self.train_loss.append(logs["train_loss"])
+        self.lr.append(logs["lr"])
+        self.seconds.append(logs["seconds"])
+        if logs["val_loss"] is not None:
+            self.val_loss.append(logs["val_loss"])
+        if logs["val_accuracy"] is not None:
+            self.val_accuracy.append(logs["val_accuracy"])
+
     def as_dict(self) -> dict:
         return asdict(self)
 

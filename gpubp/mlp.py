@@ -11,34 +11,9 @@ from __future__ import annotations
 import numpy as np
 
 from . import ops, precision, prediction
+from .initialization import init_params
 from .backend import Backend, get_backend
 from .validation import check_dtype, check_sample_weight, check_sizes, check_targets, check_y
-
-
-def init_params(sizes: list[int], activation: str, seed) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Initial weights and biases, drawn on the host in float64.
-
-    Weights are uniform in [-r, r]: He for layers feeding a ReLU, ``r = sqrt(6 / n_in)``, and
-    Glorot otherwise (sigmoid, tanh, identity and the softmax layer), ``r = sqrt(6 / (n_in + n_out))``.
-    Biases start at zero. One ``numpy.random.default_rng(seed)`` draws layer by layer, so a seed
-    gives the same network on every device and dtype (up to the final rounding).
-
-    Returns
-    -------
-    weights : list of (sizes[l], sizes[l+1]) arrays
-    biases : list of (sizes[l+1],) arrays
-    """
-    rng = np.random.default_rng(seed)
-    weights, biases = [], []
-    last = len(sizes) - 2
-    for l, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
-        if activation == "relu" and l < last:
-            r = np.sqrt(6.0 / n_in)
-        else:
-            r = np.sqrt(6.0 / (n_in + n_out))
-        weights.append(rng.uniform(-r, r, size=(n_in, n_out)))
-        biases.append(np.zeros(n_out))
-    return weights, biases
 
 
 class MLP:
@@ -55,7 +30,7 @@ class MLP:
     dtype : {"float32", "float64"}
         Dtype of parameters and computation.
     seed : int or None
-        Seed of the host generator that draws the initial parameters (:func:`init_params`).
+        Seed of the host generator that draws the initial parameters (:func:`gpubp.initialization.init_params`).
     alpha : float
         L2 penalty: the loss gains ``alpha / (2 n) * sum ||W||^2`` over a batch of n rows.
     output : {"softmax", "logistic", "identity", "exp"}

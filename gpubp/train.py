@@ -1,27 +1,18 @@
-"""``gpubp.fit``: mini-batch training of a network (any output layer) with shuffling, validation, early
-stopping, callbacks, progress, history, checkpoints, resuming, and stopping cleanly on a signal,
-divergence or lack of memory.
+"""``gpubp.fit``: mini-batch training of a network (any output layer) with shuffling, validation,
+early stopping, callbacks, progress, history, checkpoints (:mod:`gpubp.train_checkpoint`),
+resuming, and stopping cleanly on a signal, divergence or lack of memory.
 
-``fit(net, X, y, ...)`` checks its settings once (:class:`gpubp.config.TrainConfig`) and hands
-them to a :class:`Trainer`, which runs the shared loop (:class:`gpubp.engine.Engine`) with this
-face's policies: a seeded host generator draws each epoch's permutation, the learning rate follows
-a :class:`gpubp.schedules.Schedule` step by step, early stopping watches the validation loss (or
-the training loss) with ``patience`` and ``min_delta``, and a stop signal writes a checkpoint and
-raises :class:`TrainingInterrupted`. The training set is moved to the device once when it fits and
-batches are gathered by index there; otherwise (or with ``stream=True``, or for a memory-mapped
-X) batches are gathered on the host and streamed (:mod:`gpubp.batches`).
+``fit`` checks its settings once (:class:`gpubp.config.TrainConfig`) and hands them to a
+:class:`Trainer`, which runs the shared loop (:class:`gpubp.engine.Engine`) with this face's
+policies: a seeded host generator draws each epoch's permutation, a :class:`Schedule` gives each
+step's rate, early stopping watches the validation (or training) loss with ``patience`` and
+``min_delta``, and a stop signal writes a checkpoint and raises :class:`TrainingInterrupted`.
 
-Everything that decides what the next step computes -- parameters, optimizer state, step count,
-the shuffling generator's state and the current epoch's row order -- is in the checkpoint, so a
-resumed run ends with exactly the parameters of an uninterrupted one (bitwise, on the CPU).
-
-Data parallel (``comm`` with more than one rank, :mod:`gpubp.distributed`): every rank holds the
-whole data set, the same parameters (rank 0's, broadcast at the start) and the same shuffling
-generator (rank 0's), so the same global order each epoch; the engine splits each global batch
-and sums the gradients. Validation is split over the ranks and its sums reduced; stopping is
-decided from reduced figures, so every rank stops at the same step. Only rank 0 prints and writes
-checkpoints, and a checkpoint holds only the global run state: it resumes under any number of
-ranks.
+Data parallel (``comm``, :mod:`gpubp.distributed`): every rank holds the whole data set, rank
+0's parameters and shuffling generator (broadcast at the start), so the same global order; the
+engine splits each global batch and sums the gradients. Validation is split over the ranks and
+its sums reduced, so every rank stops at the same step. Only rank 0 prints and writes checkpoints,
+which hold the global run state and resume under any number of ranks.
 """
 
 from __future__ import annotations
@@ -49,6 +40,8 @@ from .train_checkpoint import RunCheckpoints
 from .train_data import check_training_data, data_id, hold_out
 
 Callback = Callable[[int, dict], "bool | None"]
+
+
 def fit(net: MLP, X, y, *, sample_weight=None, validation_data=None, callbacks: tuple[Callback, ...] = (),
         resume=None, checkpoint_extra: dict | None = None, comm: Communicator | None = None,
         **settings) -> History:
@@ -76,17 +69,14 @@ def fit(net: MLP, X, y, *, sample_weight=None, validation_data=None, callbacks: 
         Called after every epoch with ``logs`` holding that epoch's ``train_loss``, ``val_loss``,
         ``val_accuracy``, ``lr`` and ``seconds``; returning True stops training.
     resume : path, optional
-        A checkpoint to continue from. The network, data and settings must be the ones it was
-        written with (``epochs``, ``verbose`` and the checkpoint settings may change); the
-        parameters, optimizer state and history continue from it.
+        A checkpoint to continue from, with its network, data and settings (``epochs``, ``verbose``
+        and the checkpoint settings may change); parameters, optimizer and history continue.
     checkpoint_extra : dict, optional
         JSON-able values stored in each checkpoint's ``meta["extra"]``.
     comm : gpubp.distributed.Communicator, optional
-        Train data-parallel over its ranks (``gpubp.distributed.world()`` under ``mpirun``):
-        every rank calls ``fit`` with the same network, data and settings; ``batch_size`` is the
-        global batch, split over the ranks; the result equals one process's up to rounding, and
-        every rank ends with the same parameters. Only rank 0 prints and writes checkpoints.
-        None (or a one-rank communicator) trains in this process alone.
+        Data-parallel over its ranks (``gpubp.distributed.world()`` under ``mpirun``): every rank
+        calls ``fit`` alike; ``batch_size`` is the global batch; the result is one process's up to
+        rounding, on every rank. None (or one rank): this process alone.
     epochs : int, default 20
     batch_size : int, default 64
         The last batch of an epoch may be smaller.
@@ -105,8 +95,7 @@ def fit(net: MLP, X, y, *, sample_weight=None, validation_data=None, callbacks: 
         Early stopping: stop after this many epochs without an improvement of more than
         ``min_delta`` in validation loss (training loss when there is no validation set).
     min_delta : float, default 0
-    restore_best : bool, default True
-        With early stopping, put back the parameters of the best epoch at the end.
+    restore_best : bool, default True: with early stopping, end on the best epoch's parameters
     shuffle : bool, default True
     seed : int, optional
         Seeds the shuffling and the validation split.
@@ -119,9 +108,8 @@ def fit(net: MLP, X, y, *, sample_weight=None, validation_data=None, callbacks: 
     verbose : {0, 1, 2}, default 0
         1 prints a line per epoch, 2 adds a progress bar over each epoch's batches.
     stream : bool, default False
-        Keep the training set on the host and stream batches to the device (gathered into pinned
-        buffers, copied on a side stream while the previous step computes), as is done anyway
-        when it does not fit in half the free device memory. The results are bitwise the same.
+        Keep the training set on the host and stream batches to the device through pinned double
+        buffers, as when it does not fit in half the free device memory (bitwise the same results).
 
     Returns
     -------
@@ -257,7 +245,7 @@ class Trainer(RunCheckpoints):
         if self._validation is not None:
             logs["val_loss"], logs["val_accuracy"] = self._validate(self._validation)
         logs["seconds"] = time.perf_counter() - started
-        self._record(logs)
+        self.history.record(logs)
         if cfg.verbose and self.comm.rank == 0:
             tqdm.write(epoch_line(epoch, cfg.epochs, logs))
         halt = self._early_stopping(epoch, logs)
@@ -310,13 +298,3 @@ class Trainer(RunCheckpoints):
         if cfg.patience is not None and state["waited"] >= cfg.patience:
             history.stopped_early = True
         return history.stopped_early
-
-    def _record(self, logs: dict) -> None:
-        history = self.history
-        history.train_loss.append(logs["train_loss"])
-        history.lr.append(logs["lr"])
-        history.seconds.append(logs["seconds"])
-        if logs["val_loss"] is not None:
-            history.val_loss.append(logs["val_loss"])
-        if logs["val_accuracy"] is not None:
-            history.val_accuracy.append(logs["val_accuracy"])
