@@ -15,8 +15,10 @@ from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
 from .estimator_params import PARAMETER_CONSTRAINTS
 from .backend import get_backend, to_numpy
+from .communicator import SingleProcess, failing_together
 from .container import block, write
 from .mlp import MLP
+from .rows import HostRows, fingerprint
 from .params import accepts
 from .estimator_data import PREDICT_BATCH, dense
 from .estimator_fit import STOCHASTIC, StochasticFit
@@ -76,29 +78,20 @@ class BaseMLP(StochasticFit, BaseEstimator):
 
     # ------------------------------------------------------------------ fitting
 
-    def _fit(self, X, y, sample_weight=None, incremental=False, validation_data=None):
-        hidden = self._check_params()
-        first_pass = not hasattr(self, "coefs_") or (not self.warm_start and not incremental)
-        X, y = self._validate_input(X, y, incremental, reset=first_pass)
-        if self.dtype is not None:
-            X = X.astype(self.dtype)
-        if self.tf32 and X.dtype != np.float32:
-            raise ValueError(f"tf32=True needs float32 (TF32 rounds float32 inputs), but this fit runs in "
-                             f"{X.dtype.name}: pass dtype='float32' or float32 X")
-        n_samples, n_features = X.shape
-        sample_weight = self._sample_weight(sample_weight, n_samples, X.dtype)
-        Y = y.reshape(-1, 1) if y.ndim == 1 else y
-        self.n_outputs_ = Y.shape[1]
-        layer_units = [n_features, *hidden, self.n_outputs_]
-        self._random_state = check_random_state(self.random_state)
+    def _fit(self, X, y, sample_weight=None, incremental=False, validation_data=None, comm=None):
+        parallel = comm is not None and comm.size > 1
+        with failing_together(comm if parallel else SingleProcess()):  # a rank that fails here stops them all
+            X, Y, sample_weight, first_pass, hidden = self._prepare(X, y, sample_weight, incremental, parallel)
+        if parallel:
+            self._start_together(comm, X, Y, sample_weight)
         if first_pass:
-            self._initialize(layer_units, X.dtype)
+            self._initialize([X.shape[1], *hidden, self.n_outputs_], X.dtype)
         if self.early_stopping and incremental:
             raise ValueError("partial_fit does not support early_stopping=True")
         Y = _float_targets(self, Y, X.dtype)
         net = self._network(X.dtype)
         if self.solver in STOCHASTIC:
-            self._fit_stochastic(net, X, Y, sample_weight, incremental, validation_data)
+            self._fit_stochastic(net, X, Y, sample_weight, incremental, validation_data, comm if parallel else None)
         else:
             self._fit_lbfgs(net, X, Y, sample_weight)
         self._sync_from(net)
@@ -106,6 +99,35 @@ class BaseMLP(StochasticFit, BaseEstimator):
             raise ValueError("Solver produced non-finite parameter weights. The input data may contain "
                              "large values and need to be preprocessed.")
         return self
+
+    def _prepare(self, X, y, sample_weight, incremental: bool, parallel: bool):
+        """The checks of a fit, done by each rank alone: (X, Y (n, n_outputs), weights, whether the
+        parameters start afresh, the hidden widths); sets n_outputs_ and the random state."""
+        hidden = self._check_params()
+        if parallel and self.solver not in STOCHASTIC:
+            raise ValueError(f"data-parallel fitting (comm) needs solver 'sgd' or 'adam', not {self.solver!r}")
+        first_pass = not hasattr(self, "coefs_") or (not self.warm_start and not incremental)
+        X, y = self._validate_input(X, y, incremental, reset=first_pass)
+        if self.dtype is not None:
+            X = X.astype(self.dtype)
+        if self.tf32 and X.dtype != np.float32:
+            raise ValueError(f"tf32=True needs float32 (TF32 rounds float32 inputs), but this fit runs in "
+                             f"{X.dtype.name}: pass dtype='float32' or float32 X")
+        sample_weight = self._sample_weight(sample_weight, X.shape[0], X.dtype)
+        Y = y.reshape(-1, 1) if y.ndim == 1 else y
+        self.n_outputs_ = Y.shape[1]
+        self._random_state = check_random_state(self.random_state)
+        return X, Y, sample_weight, first_pass, hidden
+
+    def _start_together(self, comm, X, Y, sample_weight) -> None:
+        """Data parallel: every rank takes rank 0's random state (initial parameters, validation
+        split and batch orders) and must have rank 0's settings, data and fitted state."""
+        state = comm.bcast_object(self._random_state.get_state())
+        self._random_state = np.random.RandomState()
+        self._random_state.set_state(state)
+        settings = {k: v for k, v in self.get_params().items() if k not in ("verbose", "random_state")}
+        comm.check_same({"settings": repr(sorted(settings.items())), "data": fingerprint(HostRows(X), Y, X.dtype, sample_weight),
+                         "fitted": [np.asarray(p).tobytes() for p in getattr(self, "coefs_", [])]})
 
     def _sample_weight(self, sample_weight, n_samples, dtype):
         """Sample weights (n_samples,) in dtype, or None, checked by scikit-learn's rules and in its

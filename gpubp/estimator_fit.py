@@ -125,17 +125,17 @@ class _SklearnEpochs:
 class StochasticFit(LbfgsFit):
     """The fitting half of the estimators (a mixin of gpubp.estimator_base.BaseMLP)."""
 
-    def _fit_stochastic(self, net, X, Y, sample_weight, incremental, validation_data):
+    def _fit_stochastic(self, net, X, Y, sample_weight, incremental, validation_data, comm=None):
         self._start_optimizer(net, incremental)
         if self._best_is_live:
             self._best_params = net.params  # the network may have been made again (device, dtype)
         X, Y, sample_weight, *validation = self._split_validation(X, Y, sample_weight, validation_data)
         batch_size = self._batch_size(X.shape[0])
         rows = HostRows(X) if sparse.issparse(X) else np.asarray(X, dtype=net.dtype)  # sparse: densified per batch
-        feed = batch_feed(net.backend, rows, host_targets(net, Y), batch_size, net.dtype, False,
-                          sample_weight=sample_weight)
+        part = (0, 1) if comm is None else (comm.rank, comm.size)  # data parallel: this rank's share of each batch
+        feed = batch_feed(net.backend, rows, host_targets(net, Y), batch_size, net.dtype, False, part, sample_weight)
         scale = 1.0 / self.n_outputs_ if net.output == "identity" and self.n_outputs_ > 1 else 1.0
-        engine = Engine(net, self._optimizer, loss_scale=scale)  # scikit-learn's squared loss averages outputs
+        engine = Engine(net, self._optimizer, comm, loss_scale=scale)  # scikit-learn's squared loss averages outputs
         plan = _SklearnEpochs(self, net, X.shape[0], batch_size, sample_weight, incremental,
                               validation if validation[0] is not None else None)
         self.n_iter_ = 0

@@ -147,14 +147,20 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
     def _targets(self, y):
         return self._label_binarizer.transform(y).astype(np.float64).reshape(len(y), -1)
 
-    def fit(self, X, y, sample_weight=None, validation_data=None):
+    def fit(self, X, y, sample_weight=None, validation_data=None, comm=None):
         """Fit to X (n_samples, n_features) and labels y (n_samples,) or a label indicator matrix.
 
         validation_data : (X_val, y_val), optional
             Held-out data scored every epoch (``validation_loss_curve_``) and, with
             early_stopping=True, used instead of a split of X.
+        comm : gpubp.distributed communicator, optional
+            Fit data-parallel over its ranks (solver "sgd" or "adam"; every rank calls fit with
+            the same data and settings): ``batch_size`` is the global batch, each rank trains its
+            share and the gradients are summed; rank 0's random state seeds every rank, and every
+            rank ends with the parameters one process would have, up to rounding.
         """
-        return self._fit(X, y, sample_weight=sample_weight, incremental=False, validation_data=validation_data)
+        return self._fit(X, y, sample_weight=sample_weight, incremental=False, validation_data=validation_data,
+                         comm=comm)
 
     @available_if(lambda self: self._check_solver())
     def partial_fit(self, X, y, sample_weight=None, classes=None):
@@ -240,13 +246,14 @@ class MLPRegressor(RegressorMixin, BaseMLP):
     def _targets(self, y):
         return np.asarray(y, dtype=np.float64).reshape(len(y), -1)
 
-    def fit(self, X, y, sample_weight=None, validation_data=None):
+    def fit(self, X, y, sample_weight=None, validation_data=None, comm=None):
         """Fit to X (n_samples, n_features) and targets y (n_samples,) or (n_samples, n_outputs).
 
-        validation_data : (X_val, y_val), optional
+        validation_data, comm
             As for MLPClassifier.fit.
         """
-        return self._fit(X, y, sample_weight=sample_weight, incremental=False, validation_data=validation_data)
+        return self._fit(X, y, sample_weight=sample_weight, incremental=False, validation_data=validation_data,
+                         comm=comm)
 
     @available_if(lambda self: self._check_solver())
     def partial_fit(self, X, y, sample_weight=None):

@@ -19,7 +19,7 @@ from gpubp.batches import ResidentFeed, StreamedFeed, share
 from gpubp.checkpoint import read_checkpoint
 from gpubp.distributed import SingleProcess
 
-from . import dp_worker
+from . import dp_worker, estimator_worker
 from .test_distributed import kill_session, mpi_env, mpirun_path, mpirun_test, run_group, run_ranks
 
 WORKER = Path(__file__).with_name("dp_worker.py")
@@ -273,3 +273,22 @@ def test_a_killed_rank_ends_the_job_and_its_checkpoint_resumes_in_one_process(tm
                        tmp_path, None)
     assert resumed.returncode == 0, resumed.stderr
     assert f"trained {epochs_done + 1} epochs" in resumed.stdout and "test accuracy:" in resumed.stdout
+
+
+@mpirun_test(TEST_TIMEOUT)
+def test_the_estimators_fit_on_two_ranks_as_in_one_process(tmp_path):
+    proc, _ = run_ranks([str(Path(estimator_worker.__file__)), str(tmp_path)], "estimator_worker.py", TIMEOUT)
+    assert proc.returncode == 0, proc.stdout
+    got = {name: [json.loads((tmp_path / f"{name}_rank{r}.json").read_text()) for r in range(2)]
+           for name in estimator_worker.CASES}
+    for name in ("classifier_adam_early_weighted", "regressor_sgd_invscaling"):
+        rank0, rank1 = got[name]
+        one = estimator_worker.fit(name)
+        assert rank0 == rank1, f"{name}: the ranks differ"
+        assert rank0["n_iter"] == one["n_iter"]
+        np.testing.assert_allclose(rank0["params"], one["params"], rtol=0, atol=1e-10, err_msg=name)
+        np.testing.assert_allclose(rank0["loss_curve"], one["loss_curve"], rtol=1e-10, err_msg=name)
+    for rank in got["settings_differ"]:
+        assert rank["error"][0] == "ValueError" and "rank 1" in rank["error"][1] and "alpha" in rank["error"][1]
+    for rank in got["lbfgs"]:
+        assert rank["error"] == ["ValueError", "data-parallel fitting (comm) needs solver 'sgd' or 'adam', not 'lbfgs'"]
