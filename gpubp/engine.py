@@ -51,9 +51,10 @@ class Progress:
     position: int = 0  # rows of the current epoch already trained (0 between epochs)
     loss_sum: float = 0.0  # their summed loss (each step's mean loss times its rows)
     epoch_seconds: float = 0.0  # time spent in the current epoch before a stop
+    weightless: int = 0  # rows of the current epoch in batches whose weights are all 0 (no step)
     order: np.ndarray | None = None  # current epoch's row order (host), None between epochs
 
-    SCALARS = ("epoch", "step", "position", "loss_sum", "epoch_seconds")
+    SCALARS = ("epoch", "step", "position", "loss_sum", "epoch_seconds", "weightless")
 
 
 class Plan(Protocol):
@@ -120,7 +121,7 @@ class Engine:
         state = self.progress
         started = time.perf_counter() - state.epoch_seconds
         if state.position == 0:
-            state.order, state.loss_sum = plan.order(epoch), 0.0
+            state.order, state.loss_sum, state.weightless = plan.order(epoch), 0.0, 0
         losses, rows = [], []  # each step's loss (0-d, on the device) and its row count
         self._l2 = []
         steps = math.ceil(feed.n / feed.batch_size)
@@ -129,6 +130,7 @@ class Engine:
         for batch in feed.epoch(state.order, state.position):
             losses.append(self.step(batch, plan.rate(state.step), feed.batch_size))
             rows.append(batch.size)
+            state.weightless += 0 if batch.weight else batch.size
             state.step += 1
             state.position = batch.start + batch.size
             progress_bar.update()
@@ -141,8 +143,10 @@ class Engine:
                 state.epoch_seconds = time.perf_counter() - started
                 plan.interrupted(signum, epoch)
         progress_bar.close()
-        train_loss = self._loss_sum(plan, epoch, losses, rows) / feed.n
+        # the mean over the rows that took part: a batch that weighs nothing took no step
+        train_loss = self._loss_sum(plan, epoch, losses, rows) / (feed.n - state.weightless)
         state.epoch, state.position, state.order, state.loss_sum, state.epoch_seconds = epoch, 0, None, 0.0, 0.0
+        state.weightless = 0
         return plan.end_epoch(epoch, train_loss, started)
 
     # ------------------------------------------------------------------ the step

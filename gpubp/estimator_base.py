@@ -15,18 +15,18 @@ from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
 from .estimator_params import PARAMETER_CONSTRAINTS
 from .backend import get_backend, to_numpy
-from .communicator import SingleProcess, failing_together
+from .communicator import Communicator, SingleProcess, failing_together
 from .container import block, write
 from .mlp import MLP
-from .rows import HostRows, fingerprint
 from .params import accepts
 from .estimator_data import PREDICT_BATCH, dense
 from .estimator_fit import STOCHASTIC, StochasticFit
+from .estimator_parallel import DataParallelFit
 
 _ACTIVATION_NAMES = {"identity": "identity", "logistic": "sigmoid", "tanh": "tanh", "relu": "relu"}
 
 
-class BaseMLP(StochasticFit, BaseEstimator):
+class BaseMLP(StochasticFit, DataParallelFit, BaseEstimator):
     """Shared fitting and prediction of MLPClassifier and MLPRegressor."""
 
     _parameter_constraints: dict = PARAMETER_CONSTRAINTS
@@ -79,11 +79,15 @@ class BaseMLP(StochasticFit, BaseEstimator):
     # ------------------------------------------------------------------ fitting
 
     def _fit(self, X, y, sample_weight=None, incremental=False, validation_data=None, comm=None):
+        if comm is not None and not isinstance(comm, Communicator):
+            raise ValueError(f"comm must be a gpubp.distributed communicator, got {comm!r}")
         parallel = comm is not None and comm.size > 1
         with failing_together(comm if parallel else SingleProcess()):  # a rank that fails here stops them all
             X, Y, sample_weight, first_pass, hidden = self._prepare(X, y, sample_weight, incremental, parallel)
+            if parallel:
+                validation_data = self._check_shared_validation(X, sample_weight, validation_data)
         if parallel:
-            self._start_together(comm, X, Y, sample_weight)
+            self._start_together(comm, X, Y, sample_weight, validation_data)
         if first_pass:
             self._initialize([X.shape[1], *hidden, self.n_outputs_], X.dtype)
         if self.early_stopping and incremental:
@@ -118,16 +122,6 @@ class BaseMLP(StochasticFit, BaseEstimator):
         self.n_outputs_ = Y.shape[1]
         self._random_state = check_random_state(self.random_state)
         return X, Y, sample_weight, first_pass, hidden
-
-    def _start_together(self, comm, X, Y, sample_weight) -> None:
-        """Data parallel: every rank takes rank 0's random state (initial parameters, validation
-        split and batch orders) and must have rank 0's settings, data and fitted state."""
-        state = comm.bcast_object(self._random_state.get_state())
-        self._random_state = np.random.RandomState()
-        self._random_state.set_state(state)
-        settings = {k: v for k, v in self.get_params().items() if k not in ("verbose", "random_state")}
-        comm.check_same({"settings": repr(sorted(settings.items())), "data": fingerprint(HostRows(X), Y, X.dtype, sample_weight),
-                         "fitted": [np.asarray(p).tobytes() for p in getattr(self, "coefs_", [])]})
 
     def _sample_weight(self, sample_weight, n_samples, dtype):
         """Sample weights (n_samples,) in dtype, or None, checked by scikit-learn's rules and in its

@@ -70,7 +70,8 @@ class _SklearnEpochs:
     """scikit-learn's policies for the engine (a :class:`gpubp.engine.Plan`)."""
 
     def __init__(self, estimator, net, n_samples: int, batch_size: int, sample_weight, incremental: bool,
-                 validation):
+                 validation, comm=None):
+        self.comm = comm
         self.estimator, self.net, self.n_samples, self.batch_size = estimator, net, n_samples, batch_size
         self.sample_weight, self.incremental, self.validation = sample_weight, incremental, validation
         self.epochs = 1 if incremental else estimator.max_iter
@@ -87,6 +88,11 @@ class _SklearnEpochs:
         return self.estimator._lr.value
 
     def end_epoch(self, epoch: int, train_loss: float, started: float) -> bool:
+        """scikit-learn's end of an iteration; data parallel, the ranks stop together."""
+        halt = self._end_iteration(train_loss)
+        return self.comm.allreduce_scalar(halt, "any") if self.comm is not None else halt
+
+    def _end_iteration(self, train_loss: float) -> bool:
         """scikit-learn's end of an iteration: records, messages, stopping rule, warning."""
         est = self.estimator
         est.n_iter_ += 1
@@ -112,7 +118,7 @@ class _SklearnEpochs:
                           "optimization hasn't converged yet.", ConvergenceWarning)
         return False
 
-    def interrupted(self, signum: int, epoch: int) -> None:  # the engine runs without signal handlers here
+    def interrupted(self, signum: int, epoch: int) -> None:  # data parallel only: the engine caught the signal
         raise KeyboardInterrupt
 
     def diverged(self, epoch: int, step: int, what: str) -> Exception | None:
@@ -137,10 +143,10 @@ class StochasticFit(LbfgsFit):
         scale = 1.0 / self.n_outputs_ if net.output == "identity" and self.n_outputs_ > 1 else 1.0
         engine = Engine(net, self._optimizer, comm, loss_scale=scale)  # scikit-learn's squared loss averages outputs
         plan = _SklearnEpochs(self, net, X.shape[0], batch_size, sample_weight, incremental,
-                              validation if validation[0] is not None else None)
+                              validation if validation[0] is not None else None, comm)
         self.n_iter_ = 0
-        try:
-            engine.run(feed, plan, bar=bool(self.verbose) and self.verbose >= 2, signals=False)
+        try:  # data parallel, a signal stops every rank after the same step (the engine's agreement)
+            engine.run(feed, plan, bar=bool(self.verbose) and self.verbose >= 2, signals=comm is not None)
         except KeyboardInterrupt:
             warnings.warn("Training interrupted by user.")
         if self.early_stopping:

@@ -74,7 +74,8 @@ class RunCheckpoints:
         net.set_params(checkpoint.params)
         self.engine.optimizer = optimizer_from_state(meta["optimizer"])
         self.engine.optimizer.load_state(checkpoint.prefixed("opt_"), [net.flat_params])
-        self.engine.progress = Progress(**{k: meta["state"][k] for k in Progress.SCALARS},
+        scalars = {"weightless": 0, **meta["state"]}  # weightless: recorded since sample weights exist
+        self.engine.progress = Progress(**{k: scalars[k] for k in Progress.SCALARS},
                                         order=checkpoint.arrays.get("order"))
         self.run_state.update({k: meta["state"][k] for k in _RUN_STATE})
         best = checkpoint.prefixed("best_")

@@ -50,6 +50,9 @@ def hold_out(X, y: np.ndarray, w, fraction: float, split_seed: int):
                                        random_state=split_seed)
     except ValueError as exc:
         raise ValueError(f"cannot hold out validation_fraction={fraction}: {exc}") from None
+    if w is not None and not w[train].sum() > 0:
+        raise ValueError(f"sample_weight of the training rows sums to 0 once validation_fraction={fraction} is "
+                         "held out: every weight fell in the validation set")
     X, Xv = (X.subset(train), X.take(held)) if isinstance(X, HostRows) else (X[train], X[held])
     return X, y[train], None if w is None else w[train], (Xv, y[held])
 

@@ -38,10 +38,16 @@ def case(name, rank=0):
         return gpubp.MLPClassifier((8,), alpha=1e-4 * (1 + rank), random_state=0, **common), (X, y), {}
     if name == "lbfgs":
         return gpubp.MLPClassifier((8,), solver="lbfgs", random_state=0, **common), (X, y), {}
+    if name == "negative_weights":  # scikit-learn allows them; a rank's share of a batch could weigh 0
+        return gpubp.MLPClassifier((8,), random_state=0, **common), (X, y), {"sample_weight": w - 0.5}
+    if name == "bad_validation_on_rank_1":  # must not leave rank 0 waiting in the first all-reduce
+        Xv = X[:30, :2] if rank == 1 else X[:30]
+        return gpubp.MLPClassifier((8,), random_state=0, **common), (X, y), {"validation_data": (Xv, y[:30])}
     raise KeyError(name)
 
 
-CASES = ("classifier_adam_early_weighted", "regressor_sgd_invscaling", "settings_differ", "lbfgs")
+CASES = ("classifier_adam_early_weighted", "regressor_sgd_invscaling", "settings_differ", "lbfgs", "negative_weights",
+         "bad_validation_on_rank_1")
 
 
 def fit(name, comm=None, rank=0) -> dict:

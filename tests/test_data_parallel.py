@@ -292,3 +292,8 @@ def test_the_estimators_fit_on_two_ranks_as_in_one_process(tmp_path):
         assert rank["error"][0] == "ValueError" and "rank 1" in rank["error"][1] and "alpha" in rank["error"][1]
     for rank in got["lbfgs"]:
         assert rank["error"] == ["ValueError", "data-parallel fitting (comm) needs solver 'sgd' or 'adam', not 'lbfgs'"]
+    for rank in got["negative_weights"]:
+        assert rank["error"] == ["ValueError", "data-parallel fitting (comm) needs sample weights >= 0"]
+    rank0, rank1 = got["bad_validation_on_rank_1"]
+    assert rank1["error"][0] == "ValueError" and "2 features" in rank1["error"][1]
+    assert rank0["error"][0] == "RankFailedError" and "rank 1 of 2" in rank0["error"][1]

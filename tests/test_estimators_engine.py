@@ -81,3 +81,9 @@ def test_sparse_weighted_input_streams_on_the_cuda_path_as_on_the_cpu(fake_cupy)
     for p, q in zip(fitted["cpu"].coefs_, fitted["cuda"].coefs_):
         np.testing.assert_allclose(p, q, rtol=1e-12, atol=1e-14)
     np.testing.assert_allclose(fitted["cpu"].loss_curve_, fitted["cuda"].loss_curve_, rtol=1e-12)
+
+
+def test_a_comm_that_is_not_a_gpubp_communicator_is_refused():
+    X, y = problem()
+    with pytest.raises(ValueError, match="comm must be a gpubp.distributed communicator, got <object"):
+        MLPClassifier((4,), device="cpu").fit(X, y, comm=object())

@@ -111,3 +111,25 @@ def test_streamed_weights_train_bitwise_as_resident_ones(request, device):
                      history.train_loss))
     np.testing.assert_array_equal(runs[0][0], runs[1][0])
     assert runs[0][1] == runs[1][1]
+
+
+def test_the_training_loss_is_the_mean_over_the_rows_that_take_part():
+    X, y, w = problem(n=8)
+    w[:4] = 0  # the first batch (no shuffling) weighs nothing and takes no step
+    model = net()
+    history = fit(model, X, y, sample_weight=w, epochs=1, batch_size=4, optimizer="sgd", lr=1e-12, shuffle=False)
+    loss = float(net().loss_and_grads(X[4:], y[4:], sample_weight=w[4:])[0])
+    assert history.train_loss[0] == pytest.approx(loss, rel=1e-9)
+
+
+def test_weights_that_all_fall_in_the_validation_rows_are_refused():
+    X, y, _ = problem(n=40)
+    w = np.zeros(40)
+    w[0] = 1.0
+    for seed in range(10):  # a seed whose split holds row 0 out
+        try:
+            fit(net(), X, y, sample_weight=w, epochs=1, validation_fraction=0.5, seed=seed)
+        except ValueError as exc:
+            assert "sample_weight of the training rows sums to 0" in str(exc)
+            return
+    pytest.fail("no seed held row 0 out")
