@@ -85,7 +85,7 @@ def _shares(order: np.ndarray, n: int, batch_size: int, position: int, part: tup
             yield start, size, lo, hi, size, (hi - lo) / size
         else:
             weight = float(w[order[start : start + size]].sum(dtype=np.float64))
-            mine = float(w[order[lo:hi]].sum(dtype=np.float64))
+            mine = weight if part[1] == 1 else float(w[order[lo:hi]].sum(dtype=np.float64))
             yield start, size, lo, hi, weight, mine / weight if weight else 0.0
 
 

@@ -173,14 +173,12 @@ class Engine:
             if self.parallel and net.alpha:
                 self._l2.append(net.xp.zeros((), net.dtype))
             return net.xp.zeros((), net.dtype)
-        loss, g = self._global_gradient(batch) if self.parallel else self._gradient(*batch.arrays())
+        loss, g = (self._global_gradient(batch) if self.parallel
+                   else batch_loss_and_grad(net, *batch.arrays(), self.loss_scale))
         if self.clip_norm is not None:
             clip_by_global_norm(net.xp, [g], self.clip_norm)
         self.optimizer.step([net.flat_params], [g], lr)  # every parameter in one pass
         return loss
-
-    def _gradient(self, X, y, w):
-        return batch_loss_and_grad(self.net, X, y, w, self.loss_scale)
 
     def _global_gradient(self, batch):
         """Data parallel: the global batch's mean gradient on every rank (one all-reduce), and

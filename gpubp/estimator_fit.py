@@ -140,8 +140,7 @@ class StochasticFit(LbfgsFit):
         rows = HostRows(X) if sparse.issparse(X) else np.asarray(X, dtype=net.dtype)  # sparse: densified per batch
         part = (0, 1) if comm is None else (comm.rank, comm.size)  # data parallel: this rank's share of each batch
         feed = batch_feed(net.backend, rows, host_targets(net, Y), batch_size, net.dtype, False, part, sample_weight)
-        scale = 1.0 / self.n_outputs_ if net.output == "identity" and self.n_outputs_ > 1 else 1.0
-        engine = Engine(net, self._optimizer, comm, loss_scale=scale)  # scikit-learn's squared loss averages outputs
+        engine = Engine(net, self._optimizer, comm, loss_scale=self._loss_scale(net))
         plan = _SklearnEpochs(self, net, X.shape[0], batch_size, sample_weight, incremental,
                               validation if validation[0] is not None else None, comm)
         self.n_iter_ = 0

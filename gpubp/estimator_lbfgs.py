@@ -21,8 +21,12 @@ class LbfgsFit:
     def _batch_loss(self, net, Xb, Yb, wb):
         """Loss as scikit-learn reports it and the flat gradient (n_params,) as scikit-learn
         computes it, in the layout of net.flat_params (scikit-learn's packing: weights, then biases)."""
-        scale = 1.0 / self.n_outputs_ if net.output == "identity" and self.n_outputs_ > 1 else 1.0
-        return batch_loss_and_grad(net, Xb, Yb, wb, scale)
+        return batch_loss_and_grad(net, Xb, Yb, wb, self._loss_scale(net))
+
+    def _loss_scale(self, net) -> float:
+        """The factor on the data part of the reported loss: scikit-learn's squared loss averages
+        over the outputs (its gradient does not)."""
+        return 1.0 / self.n_outputs_ if net.output == "identity" and self.n_outputs_ > 1 else 1.0
 
     def _fit_lbfgs(self, net, X, Y, sample_weight):
         backend = net.backend

@@ -33,11 +33,11 @@ from .history import History, epoch_line
 from .errors import DivergenceError
 from .interrupt import TrainingInterrupted
 from .mlp import MLP
-from .rows import HostRows
+from .rows import HostRows, fingerprint
 from .optim import make_optimizer
 from .schedules import Schedule
 from .train_checkpoint import RunCheckpoints
-from .train_data import check_training_data, data_id, hold_out
+from .train_data import check_training_data, hold_out
 
 Callback = Callable[[int, dict], "bool | None"]
 
@@ -187,7 +187,7 @@ class Trainer(RunCheckpoints):
                 X = np.ascontiguousarray(X, dtype=net.dtype)
             w = None if w is None else w.astype(net.dtype)
             if cfg.checkpoint is not None or checkpoint is not None or self.parallel:
-                self._fingerprint = data_id(X, y, w, net.dtype)
+                self._fingerprint = fingerprint(X, y, net.dtype, w)
             if checkpoint is not None:
                 if checkpoint.meta["data"] != self._fingerprint:
                     raise ValueError(f"the training data differ from those {checkpoint.path} was trained on")

@@ -1,5 +1,5 @@
 """What :func:`gpubp.fit` trains on: the training set, its sample weights and the validation set,
-checked on the host, with the validation set held out when asked, and the data's fingerprint."""
+checked on the host, with the validation set held out when asked."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import numpy as np
 from sklearn.model_selection import train_test_split
 
 from .mlp import MLP
-from .rows import HostRows, check_rows, fingerprint
+from .rows import HostRows, check_rows
 from .validation import check_sample_weight, check_targets, check_X, check_y
 
 
@@ -55,9 +55,3 @@ def hold_out(X, y: np.ndarray, w, fraction: float, split_seed: int):
                          "held out: every weight fell in the validation set")
     X, Xv = (X.subset(train), X.take(held)) if isinstance(X, HostRows) else (X[train], X[held])
     return X, y[train], None if w is None else w[train], (Xv, y[held])
-
-
-def data_id(X, y: np.ndarray, w, dtype) -> str:
-    """Fingerprint of the training rows (in ``dtype``), labels and weights: a resumed run or
-    another rank must train on the same."""
-    return fingerprint(X, y, dtype, w)

@@ -8,7 +8,9 @@ import numpy as np
 
 
 def legacy_checksum(entries: dict) -> str:
-    """The checksum of gpubp 0.1 checkpoints: SHA-256 over name|dtype|shape| and bytes, by name."""
+    """The checksum of gpubp 0.1 checkpoints: SHA-256 over name|dtype|shape| and bytes, by name.
+    Written out here rather than taken from gpubp.container, so that a change there cannot change
+    what the old files look like."""
     digest = hashlib.sha256()
     for name in sorted(entries):
         a = np.ascontiguousarray(entries[name])

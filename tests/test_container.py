@@ -9,22 +9,12 @@ import warnings
 import numpy as np
 import pytest
 
-from gpubp import (MLP, DataError, MLPClassifier, fit, load_estimator, load_model, read_checkpoint,
+from gpubp import (DataError, MLPClassifier, fit, load_estimator, load_model, read_checkpoint,
                    save_model)
 from gpubp import container
 
 from .legacy_files import write_with_meta
-
-
-def problem(n=90, d=5, classes=3, seed=0):
-    rng = np.random.default_rng(seed)
-    centers = rng.normal(scale=2, size=(classes, d))
-    y = rng.integers(0, classes, n)
-    return centers[y] + rng.normal(size=(n, d)), y
-
-
-def new_net(dtype="float64"):
-    return MLP([5, 6, 3], "tanh", backend="cpu", dtype=dtype, seed=1, alpha=1e-3)
+from .test_checkpoint import new_net, problem
 
 
 SETTINGS = dict(epochs=3, batch_size=16, optimizer="adam", seed=2)
@@ -34,7 +24,7 @@ SETTINGS = dict(epochs=3, batch_size=16, optimizer="adam", seed=2)
 def files(tmp_path_factory):
     """One file of each kind, and the objects they were written from."""
     folder = tmp_path_factory.mktemp("kinds")
-    X, y = problem()
+    X, y = problem(n=90)
     net = new_net()
     fit(net, X, y, checkpoint=folder / "checkpoint.npz", checkpoint_every=1, **SETTINGS)
     save_model(net, folder / "model.npz", extra={"classes": np.array(["a", "b", "c"])})
@@ -132,7 +122,7 @@ def test_writing_refuses_objects_reserved_names_and_a_missing_model_block(tmp_pa
 
 
 def test_a_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
-    X, y = problem()
+    X, y = problem(n=90)
     ckpt = tmp_path / "c.npz"
     fit(new_net(), X, y, checkpoint=ckpt, checkpoint_every=1, **SETTINGS)
     before = ckpt.read_bytes()
@@ -154,7 +144,7 @@ def legacy_meta(meta: dict, **model) -> dict:
 
 
 def test_a_checkpoint_of_format_2_resumes_as_the_new_one(tmp_path):
-    X, y = problem()
+    X, y = problem(n=90)
     ckpt = tmp_path / "c.npz"
     fit(new_net(), X, y, checkpoint=ckpt, checkpoint_every=1, callbacks=[lambda e, logs: e == 1], **SETTINGS)
     c = read_checkpoint(ckpt)
