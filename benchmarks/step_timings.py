@@ -129,10 +129,11 @@ def gpubp_sgd_step(net, Xd, yd):
     from gpubp.optim import SGD
 
     opt = SGD(momentum=MOMENTUM)
+    state = opt.init(net.flat_params)
 
     def step():
         _, g = net.flat_loss_and_grad(Xd, yd)
-        opt.step([net.flat_params], [g], LR)
+        opt.update(net.flat_params, g, state, LR)
 
     return step
 

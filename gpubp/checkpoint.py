@@ -5,10 +5,11 @@ the model block, the optimizer's settings and step count, the training configura
 state (epochs and steps done, position inside the current epoch, the shuffling generator's state,
 early-stopping bookkeeping), the history, a fingerprint of the training data
 (:func:`gpubp.rows.fingerprint`) and free-form ``extra`` (the command line keeps its data set
-there). Its arrays: ``param_0..``, the weights then the biases; ``opt_*``, the optimizer state,
-one flat array per kind of state in the layout of ``MLP.flat_params`` (checkpoints of format 1
-kept one array per parameter and are still read: the optimizer joins them); ``best_0..``, the
-best epoch's parameters (early stopping); ``order``, the current epoch's row order when the run
+there). Its arrays: ``param_0..``, the weights then the biases; ``opt_<name>``, the optimizer's
+state arrays by name (``opt_m``, ``opt_v``, ``opt_velocity``), each flat in the layout of
+``MLP.flat_params`` (format 3 called them ``opt_<name>_0``, format 1 kept one per parameter; both
+are still read: :func:`gpubp.optim.restore_state`); ``best_0..``, the best epoch's parameters
+(early stopping); ``order``, the current epoch's row order when the run
 stopped inside an epoch.
 
 The container writes atomically, so a kill at any moment leaves the previous checkpoint whole,

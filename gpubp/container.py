@@ -43,7 +43,8 @@ from .errors import DataError
 from .version import __version__
 
 FORMAT = "gpubp"
-VERSION = 3  # after the checkpoint formats 1 and 2
+VERSION = 4  # after the checkpoint formats 1 and 2; 4 names a checkpoint's optimizer state opt_<name>
+_READABLE = (3, VERSION)  # 3 named it opt_<name>_0: an older gpubp must not take opt_<name> for no state
 KINDS = ("model", "checkpoint", "estimator")
 _LEGACY_FORMAT, _LEGACY_VERSIONS = "gpubp-checkpoint", (1, 2)
 _NOUNS = {"model": "gpubp model file", "checkpoint": "checkpoint", "estimator": "saved estimator"}
@@ -183,9 +184,9 @@ def _checked_meta(path: Path, entries: dict) -> tuple[str, dict]:
     if meta["format"] == FORMAT and isinstance(version, int) and version > VERSION:
         raise DataError(f"{path}: format version {version}, written by gpubp {meta.get('gpubp_version')}; "
                         f"this gpubp ({__version__}) reads versions up to {VERSION}: upgrade gpubp")
-    if version != VERSION or meta["format"] != FORMAT:
+    if version not in _READABLE or meta["format"] != FORMAT:
         raise DataError(f"{path}: {meta['format']} format version {version}, not one this gpubp reads "
-                        f"(1 and 2 of {_LEGACY_FORMAT}, up to {VERSION} of {FORMAT})")
+                        f"(1 and 2 of {_LEGACY_FORMAT}, 3 to {VERSION} of {FORMAT})")
     if meta.get("kind") not in KINDS:
         raise DataError(f"{path}: unknown kind {meta.get('kind')!r}, expected one of {', '.join(KINDS)}")
     return meta["kind"], meta

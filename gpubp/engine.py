@@ -39,7 +39,7 @@ from .communicator import Communicator, SingleProcess
 from .errors import DeviceMemoryError
 from .interrupt import StopFlag, catch_stop_signals
 from .mlp import MLP
-from .optim import clip_by_global_norm
+from .optim import OptimizerState, clip_by_global_norm
 
 
 @dataclass
@@ -87,6 +87,7 @@ class Engine:
     ----------
     net : MLP
     optimizer : gpubp.SGD or gpubp.Adam
+        The update rule; its state is ``opt_state`` (fresh zeros unless ``opt_state`` is given).
     comm : Communicator, optional
         Data-parallel ranks (one process when None).
     clip_norm : float, optional
@@ -94,11 +95,14 @@ class Engine:
     loss_scale : float
         Factor on the data part of each step's reported loss (scikit-learn's squared loss
         averages over the outputs, its gradient does not); the gradient is not scaled.
+    opt_state : gpubp.optim.OptimizerState, optional
+        The optimizer's state to go on from (a resumed run, a partial_fit); fresh when None.
     """
 
     def __init__(self, net: MLP, optimizer, comm: Communicator | None = None, clip_norm: float | None = None,
-                 loss_scale: float = 1.0):
+                 loss_scale: float = 1.0, opt_state: OptimizerState | None = None):
         self.net, self.optimizer, self.clip_norm, self.loss_scale = net, optimizer, clip_norm, loss_scale
+        self.opt_state = opt_state if opt_state is not None else optimizer.init(net.flat_params)
         self.comm = comm if comm is not None else SingleProcess()
         self.parallel = self.comm.size > 1  # False: the one-process loop, no collective at all
         self.progress = Progress()
@@ -177,7 +181,7 @@ class Engine:
                    else batch_loss_and_grad(net, *batch.arrays(), self.loss_scale))
         if self.clip_norm is not None:
             clip_by_global_norm(net.xp, [g], self.clip_norm)
-        self.optimizer.step([net.flat_params], [g], lr)  # every parameter in one pass
+        self.optimizer.update(net.flat_params, g, self.opt_state, lr)  # every parameter in one pass
         return loss
 
     def _global_gradient(self, batch):

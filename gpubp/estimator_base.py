@@ -18,6 +18,7 @@ from .backend import get_backend, to_numpy
 from .communicator import Communicator, SingleProcess, failing_together
 from .container import block, write
 from .mlp import MLP
+from .optim import host_state
 from .params import accepts
 from .estimator_data import PREDICT_BATCH, dense
 from .estimator_fit import STOCHASTIC, StochasticFit
@@ -155,7 +156,7 @@ class BaseMLP(StochasticFit, DataParallelFit, BaseEstimator):
             self.coefs_.append(self._random_state.uniform(-bound, bound, (fan_in, fan_out)).astype(dtype, copy=False))
             self.intercepts_.append(self._random_state.uniform(-bound, bound, fan_out).astype(dtype, copy=False))
         self._net = None
-        self._optimizer = None
+        self._optimizer, self._opt_state = None, None
         self._lr = None
         self._best_params, self._best_is_live = None, False
         if self.solver in STOCHASTIC:
@@ -216,19 +217,13 @@ class BaseMLP(StochasticFit, DataParallelFit, BaseEstimator):
         state = self.__dict__.copy()
         state.pop("_net", None)
         state.pop("_net_source", None)
-        optimizer = state.pop("_optimizer", None)
-        if optimizer is not None:
-            settings, arrays = optimizer.state()
-            state["_optimizer_state"] = (settings, {k: to_numpy(v) for k, v in arrays.items()})
+        if state.get("_opt_state") is not None:  # the optimizer itself holds only settings
+            state["_opt_state"] = host_state(state["_opt_state"], to_numpy)
         if state.get("_best_is_live"):
             state["_best_params"] = None  # the parameters themselves, pickled as coefs_ and intercepts_
         elif state.get("_best_params") is not None:
             state["_best_params"] = [to_numpy(p) for p in state["_best_params"]]
         return state
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        self._optimizer = None  # rebuilt from _optimizer_state by the next partial_fit
 
     _FITTED = ("loss_", "best_loss_", "loss_curve_", "validation_loss_curve_", "validation_scores_",
                "best_validation_score_", "n_iter_", "t_", "n_features_in_", "n_layers_", "n_outputs_",

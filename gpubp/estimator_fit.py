@@ -26,12 +26,11 @@ from sklearn.model_selection import train_test_split
 from sklearn.utils import gen_batches, shuffle
 from sklearn.utils.validation import validate_data
 
-from .backend import backend_for
 from .batches import batch_feed
 from .engine import Engine
 from .estimator_data import PREDICT_BATCH, check_batch_weights, dense, host_targets
 from .estimator_lbfgs import LbfgsFit
-from .optim import SGD, Adam, optimizer_from_state
+from .optim import SGD, Adam, restore_state
 from .rows import HostRows
 
 STOCHASTIC = ("sgd", "adam")
@@ -140,7 +139,7 @@ class StochasticFit(LbfgsFit):
         rows = HostRows(X) if sparse.issparse(X) else np.asarray(X, dtype=net.dtype)  # sparse: densified per batch
         part = (0, 1) if comm is None else (comm.rank, comm.size)  # data parallel: this rank's share of each batch
         feed = batch_feed(net.backend, rows, host_targets(net, Y), batch_size, net.dtype, False, part, sample_weight)
-        engine = Engine(net, self._optimizer, comm, loss_scale=self._loss_scale(net))
+        engine = Engine(net, self._optimizer, comm, loss_scale=self._loss_scale(net), opt_state=self._opt_state)
         plan = _SklearnEpochs(self, net, X.shape[0], batch_size, sample_weight, incremental,
                               validation if validation[0] is not None else None, comm)
         self.n_iter_ = 0
@@ -158,18 +157,15 @@ class StochasticFit(LbfgsFit):
         return SGD(self.momentum, nesterov)
 
     def _start_optimizer(self, net, incremental) -> None:
-        """A fresh optimizer and schedule, or for partial_fit the running ones (also after a pickle
-        or a change of device), holding state on the network's device."""
-        saved = self.__dict__.pop("_optimizer_state", None)  # left by unpickling
-        if incremental and self._optimizer is None and saved is not None:
-            self._optimizer = optimizer_from_state(saved[0])
-            self._optimizer.load_state(saved[1], [net.flat_params])
+        """A fresh optimizer, state and learning rate; or for partial_fit the running ones, the
+        state moved next to the network's parameters (it may come from a pickle, on the host, or
+        from a fit on another device)."""
         if not incremental or self._optimizer is None:
-            self._optimizer = self._make_optimizer()
+            self._optimizer, self._opt_state = self._make_optimizer(), None
             self._lr = _LearningRate(self.solver, self.learning_rate, self.learning_rate_init, self.power_t)
-        state = self._optimizer.state()[1]
-        if any(backend_for(a) is not net.backend for a in state.values()):  # device changed since the last fit
-            self._optimizer.load_state(state, [net.flat_params])
+        state = self._opt_state
+        self._opt_state = (self._optimizer.init(net.flat_params) if state is None
+                           else restore_state(self._optimizer, state.arrays, state.t, net.flat_params))
 
     def _batch_size(self, n_samples: int) -> int:
         """scikit-learn's batch size: "auto" is min(200, n), a larger one is clipped with a warning."""

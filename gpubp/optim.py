@@ -1,17 +1,42 @@
-"""Optimizers that update parameter arrays in place: SGD (momentum, Nesterov) and Adam.
+"""Optimizers: SGD (momentum, Nesterov) and Adam, with their state held apart from them.
 
-Each ``step(params, grads, lr)`` takes a list of parameter arrays (the trainers pass
-``[net.flat_params]``, so one pass updates every parameter), the matching gradients, and the
-learning rate for this step (a schedule may change it every step). State arrays are made on the first step, on the parameters' device and in their dtype.
-The update formulas are those of scikit-learn's ``_stochastic_optimizers``.
+An optimizer object holds only its settings; the state its updates carry from step to step lives
+in an :class:`OptimizerState` that the caller keeps::
+
+    state = optimizer.init(net.flat_params)            # zeros shaped like the parameters
+    optimizer.update(net.flat_params, grad, state, lr)  # params and state updated in place
+
+so one optimizer object can train several networks or runs without their states mixing, and a
+checkpoint stores the state as it is (:meth:`OptimizerState.arrays` and ``t``). The update
+formulas are those of scikit-learn's ``_stochastic_optimizers``; the arithmetic is the backend's
+kernel set (``sgd_momentum_update``, ``adam_update``), on the parameters' device and in their
+dtype.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 from .backend import backend_for
 from .params import check, check_all
+
+
+@dataclass
+class OptimizerState:
+    """What an optimizer's update reads and writes besides the parameters.
+
+    Attributes
+    ----------
+    arrays : dict of name -> array
+        Each shaped like the parameters, on their device and in their dtype: SGD with momentum
+        has ``velocity``, Adam ``m`` and ``v``; plain SGD none.
+    t : int
+        Updates taken (Adam's bias correction uses it).
+    """
+
+    arrays: dict = field(default_factory=dict)
+    t: int = 0
 
 
 def _zeros_like(p):
@@ -43,31 +68,30 @@ class SGD:
         self.nesterov = check("nesterov", nesterov)
         if self.nesterov and self.momentum == 0:
             raise ValueError("nesterov=True needs momentum > 0")
-        self.velocity: list | None = None
 
     def __repr__(self) -> str:
         return f"SGD(momentum={self.momentum}, nesterov={self.nesterov})"
 
-    def state(self) -> tuple[dict, dict]:
-        """(settings and step count, state arrays by name) for a checkpoint."""
-        arrays = {f"velocity_{i}": v for i, v in enumerate(self.velocity or [])}
-        return {"name": "sgd", "momentum": self.momentum, "nesterov": self.nesterov}, arrays
+    def settings(self) -> dict:
+        """The settings by name, with ``"name": "sgd"`` (:func:`optimizer_from_settings` reads them)."""
+        return {"name": "sgd", "momentum": self.momentum, "nesterov": self.nesterov}
 
-    def load_state(self, arrays: dict, params) -> None:
-        """Restore the arrays of :meth:`state` next to ``params`` (same device and dtype)."""
-        self.velocity = _restore(arrays, "velocity", params)
+    @property
+    def state_names(self) -> tuple[str, ...]:
+        return ("velocity",) if self.momentum else ()
 
-    def step(self, params, grads, lr: float) -> None:
-        """Update every array of ``params`` in place from the matching array of ``grads``."""
-        if self.momentum == 0:
-            for p, g in zip(params, grads):
-                p -= lr * g
+    def init(self, params) -> OptimizerState:
+        """A fresh state for ``params`` (array, any shape): a zero velocity when there is momentum."""
+        return OptimizerState({name: _zeros_like(params) for name in self.state_names})
+
+    def update(self, params, grads, state: OptimizerState, lr: float) -> None:
+        """One step: ``params`` and ``state`` updated in place from ``grads`` (the shape of params)."""
+        state.t += 1
+        if not self.momentum:
+            params -= lr * grads
             return
-        if self.velocity is None:
-            self.velocity = [_zeros_like(p) for p in params]
-        for p, g, v in zip(params, grads, self.velocity):
-            b = backend_for(p)
-            b.kernels.sgd_momentum_update(b.xp, p, g, v, lr, self.momentum, self.nesterov)
+        b = backend_for(params)
+        b.kernels.sgd_momentum_update(b.xp, params, grads, state.arrays["velocity"], lr, self.momentum, self.nesterov)
 
 
 class Adam:
@@ -77,78 +101,83 @@ class Adam:
     ``p -= lr * sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps)``.
     """
 
+    state_names = ("m", "v")
+
     def __init__(self, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8):
         settings = check_all({"beta1": beta1, "beta2": beta2, "eps": eps})
         self.beta1, self.beta2, self.eps = settings["beta1"], settings["beta2"], settings["eps"]
-        self.t = 0
-        self.m: list | None = None
-        self.v: list | None = None
 
     def __repr__(self) -> str:
         return f"Adam(beta1={self.beta1}, beta2={self.beta2}, eps={self.eps})"
 
-    def state(self) -> tuple[dict, dict]:
-        """(settings and step count, state arrays by name) for a checkpoint."""
-        arrays = {f"m_{i}": m for i, m in enumerate(self.m or [])}
-        arrays.update({f"v_{i}": v for i, v in enumerate(self.v or [])})
-        return {"name": "adam", "beta1": self.beta1, "beta2": self.beta2, "eps": self.eps, "t": self.t}, arrays
+    def settings(self) -> dict:
+        """The settings by name, with ``"name": "adam"`` (:func:`optimizer_from_settings` reads them)."""
+        return {"name": "adam", "beta1": self.beta1, "beta2": self.beta2, "eps": self.eps}
 
-    def load_state(self, arrays: dict, params) -> None:
-        """Restore the arrays of :meth:`state` next to ``params`` (same device and dtype)."""
-        self.m = _restore(arrays, "m", params)
-        self.v = _restore(arrays, "v", params)
+    def init(self, params) -> OptimizerState:
+        """A fresh state for ``params`` (array, any shape): zero moments ``m`` and ``v``."""
+        return OptimizerState({name: _zeros_like(params) for name in self.state_names})
 
-    def step(self, params, grads, lr: float) -> None:
-        """Update every array of ``params`` in place from the matching array of ``grads``."""
-        if self.m is None:
-            self.m = [_zeros_like(p) for p in params]
-            self.v = [_zeros_like(p) for p in params]
-        self.t += 1
+    def update(self, params, grads, state: OptimizerState, lr: float) -> None:
+        """One step: ``params`` and ``state`` updated in place from ``grads`` (the shape of params)."""
+        state.t += 1
         b1, b2 = self.beta1, self.beta2
-        lr_t = lr * math.sqrt(1 - b2**self.t) / (1 - b1**self.t)
-        for p, g, m, v in zip(params, grads, self.m, self.v):
-            b = backend_for(p)
-            b.kernels.adam_update(b.xp, p, g, m, v, lr_t, b1, b2, self.eps)
+        lr_t = lr * math.sqrt(1 - b2**state.t) / (1 - b1**state.t)
+        b = backend_for(params)
+        b.kernels.adam_update(b.xp, params, grads, state.arrays["m"], state.arrays["v"], lr_t, b1, b2, self.eps)
 
 
-def _restore(arrays: dict, prefix: str, params) -> list | None:
-    """State arrays prefix_0.. moved next to params, or None when the optimizer had not stepped.
-
-    State kept one array per layer (checkpoints and estimators saved before the parameters
-    became one flat buffer) is joined in order when ``params`` is that one buffer: the flat
-    layout is the layers' arrays raveled one after the other."""
-    found = []
-    while f"{prefix}_{len(found)}" in arrays:
-        found.append(arrays[f"{prefix}_{len(found)}"])
-    if not found:
-        return None
-    if len(params) == 1 and params[0].ndim == 1 and len(found) > 1:
-        size, backend = sum(a.size for a in found), backend_for(params[0])
-        if size != params[0].size:
-            raise ValueError(f"optimizer state has {len(found)} '{prefix}' arrays of {size} values in all "
-                             f"for {params[0].size} parameters")
-        found = [backend.xp.concatenate([backend.asarray(a).ravel() for a in found])]
-    if len(found) != len(params):
-        raise ValueError(f"optimizer state has {len(found)} '{prefix}' arrays for {len(params)} parameters")
-    restored = []
-    for p, a in zip(params, found):
-        if tuple(a.shape) != p.shape:
-            raise ValueError(f"optimizer state '{prefix}' of shape {a.shape} does not fit a parameter of shape {p.shape}")
-        r = _zeros_like(p)
-        r[...] = backend_for(p).asarray(a, p.dtype)
-        restored.append(r)
-    return restored
-
-
-def optimizer_from_state(settings: dict):
-    """A fresh SGD or Adam with the settings (and Adam's step count) of :meth:`state`."""
+def optimizer_from_settings(settings: dict):
+    """A fresh SGD or Adam from the settings of its :meth:`settings` (a checkpoint's)."""
     if settings.get("name") == "sgd":
         return SGD(settings["momentum"], settings["nesterov"])
     if settings.get("name") == "adam":
-        opt = Adam(settings["beta1"], settings["beta2"], settings["eps"])
-        opt.t = int(settings["t"])
-        return opt
-    raise ValueError(f"unknown optimizer state {settings!r}")
+        return Adam(settings["beta1"], settings["beta2"], settings["eps"])
+    raise ValueError(f"unknown optimizer settings {settings!r}")
+
+
+def restore_state(optimizer, arrays: dict, t: int, params) -> OptimizerState:
+    """The state of ``optimizer`` for ``params`` from stored host or device ``arrays`` by name,
+    copied next to the parameters (their device and dtype), ``t`` updates taken.
+
+    Accepted layouts of each state array ``name``: ``name`` itself (the parameters' shape);
+    ``name_0`` alone (checkpoints of format 2 and 3); ``name_0, name_1, ...`` one per layer
+    (format 1, before the parameters became one flat buffer), joined in order when ``params`` is
+    flat. A name missing altogether means the optimizer had not stepped: zeros. Raises ValueError
+    when the arrays do not fit the parameters."""
+    state = optimizer.init(params)
+    state.t = int(t)
+    for name, target in state.arrays.items():
+        found = _stored(arrays, name)
+        if found is None:
+            continue
+        if params.ndim == 1 and len(found) > 1:
+            size = sum(a.size for a in found)
+            if size != params.size:
+                raise ValueError(f"optimizer state has {len(found)} '{name}' arrays of {size} values in all "
+                                 f"for {params.size} parameters")
+            found = [backend_for(params).xp.concatenate([backend_for(params).asarray(a).ravel() for a in found])]
+        if len(found) != 1 or tuple(found[0].shape) != params.shape:
+            shapes = [tuple(a.shape) for a in found]
+            raise ValueError(f"optimizer state '{name}' of shape(s) {shapes} does not fit parameters of shape "
+                             f"{params.shape}")
+        target[...] = backend_for(params).asarray(found[0], params.dtype)
+    return state
+
+
+def _stored(arrays: dict, name: str) -> list | None:
+    """The stored arrays of state ``name``: [name], or [name_0, name_1, ...], or None."""
+    if name in arrays:
+        return [arrays[name]]
+    found = []
+    while f"{name}_{len(found)}" in arrays:
+        found.append(arrays[f"{name}_{len(found)}"])
+    return found or None
+
+
+def host_state(state: OptimizerState, to_host) -> OptimizerState:
+    """A copy of ``state`` with its arrays brought to the host by ``to_host`` (for a file or a pickle)."""
+    return OptimizerState({name: to_host(a) for name, a in state.arrays.items()}, state.t)
 
 
 def clip_by_global_norm(xp, grads, max_norm: float):

@@ -255,12 +255,14 @@ def model_checks(cpu: Backend, gpu: Backend, dtypes=("float32", "float64"), step
                                        rtol, all(r.passed for r in checks)))
         for optimizer in ("momentum", "adam"):
             nets = [MLP([40, 64, 32, 10], "relu", b, dtype, seed=seed) for b in (cpu, gpu)]
-            opts = [make_optimizer(optimizer), make_optimizer(optimizer)]
+            opt = make_optimizer(optimizer)  # settings only: each network has its own state
+            states = [opt.init(net.flat_params) for net in nets]
             for step in range(steps):
                 rows = slice(32 * step, 32 * step + 32)
-                for net, opt in zip(nets, opts):
-                    _, dW, db = net.loss_and_grads(X[rows], y[rows])
-                    opt.step(net.params, dW + db, 0.01)
+                for net, state in zip(nets, states):
+                    Xb, yb = net.backend.asarray(X[rows], net.dtype), net.backend.asarray(y[rows])
+                    _, g = net.flat_loss_and_grad(Xb, yb)
+                    opt.update(net.flat_params, g, state, 0.01)
             checks = [compare("", dtype, pg, pc, rtol, atol) for pc, pg in zip(nets[0].params, nets[1].params)]
             worst = max(checks, key=lambda r: (not r.passed, r.worst))
             results.append(CheckResult(f"model {steps} {optimizer} steps: parameters", dtype, worst.worst,

@@ -17,7 +17,7 @@ from .checkpoint import Checkpoint, write_checkpoint
 from .container import model_block
 from .engine import Progress
 from .history import History
-from .optim import optimizer_from_state
+from .optim import optimizer_from_settings, restore_state
 
 # Settings a resumed run may change; all others must equal the checkpoint's.
 _CHANGEABLE_ON_RESUME = ("epochs", "verbose", "checkpoint", "checkpoint_every", "stream")
@@ -56,14 +56,14 @@ class RunCheckpoints:
     def _checkpoint_contents(self) -> tuple[dict, dict]:
         """The checkpoint's meta and host arrays: the global run state only, whatever the ranks."""
         net, progress = self.net, self.engine.progress
-        settings, opt_arrays = self.engine.optimizer.state()
+        settings = {**self.engine.optimizer.settings(), "t": self.engine.opt_state.t}
         state = {**{k: getattr(progress, k) for k in Progress.SCALARS}, **self.run_state}
         meta = {"model": model_block(net), "optimizer": settings, "config": self.config.as_dict(),
                 "state": state, "history": self.history.as_dict(), "data": self._fingerprint,
                 "extra": self.extra, "gpubp_version": __version__}
         host = net.backend.to_host
         arrays = {f"param_{i}": host(p) for i, p in enumerate(net.params)}
-        arrays.update({f"opt_{k}": host(v) for k, v in opt_arrays.items()})
+        arrays.update({f"opt_{k}": host(v) for k, v in self.engine.opt_state.arrays.items()})
         arrays.update({f"best_{i}": host(p) for i, p in enumerate(self.best_params or [])})
         if progress.position:
             arrays["order"] = np.asarray(progress.order)
@@ -72,8 +72,9 @@ class RunCheckpoints:
     def _restore(self, checkpoint: Checkpoint) -> None:
         net, meta = self.net, checkpoint.meta
         net.set_params(checkpoint.params)
-        self.engine.optimizer = optimizer_from_state(meta["optimizer"])
-        self.engine.optimizer.load_state(checkpoint.prefixed("opt_"), [net.flat_params])
+        self.engine.optimizer = optimizer_from_settings(meta["optimizer"])
+        self.engine.opt_state = restore_state(self.engine.optimizer, checkpoint.prefixed("opt_"),
+                                              meta["optimizer"].get("t", 0), net.flat_params)  # SGD recorded no t before the state was explicit
         scalars = {"weightless": 0, **meta["state"]}  # weightless: recorded since sample weights exist
         self.engine.progress = Progress(**{k: scalars[k] for k in Progress.SCALARS},
                                         order=checkpoint.arrays.get("order"))

@@ -74,21 +74,21 @@ def train(name, comm=None, **extra):
 
 def interrupted_on_rank0(comm, checkpoint: str):
     """RESUME with a SIGINT to rank 0 only, after step INTERRUPT_AFTER: every rank must stop there."""
-    steps, step = [0], SGD.step
+    steps, step = [0], SGD.update
 
-    def step_then_signal(self, params, grads, lr):
-        step(self, params, grads, lr)
+    def step_then_signal(self, params, grads, state, lr):
+        step(self, params, grads, state, lr)
         steps[0] += 1
         if steps[0] == INTERRUPT_AFTER and comm.rank == 0:
             os.kill(os.getpid(), signal.SIGINT)
 
-    SGD.step = step_then_signal
+    SGD.update = step_then_signal
     try:
         train("interrupt", comm, checkpoint=checkpoint)
     except TrainingInterrupted as exc:
         return {"steps": steps[0], "step": exc.step, "signum": exc.signum}
     finally:
-        SGD.step = step
+        SGD.update = step
     return {"steps": steps[0], "step": None, "not_interrupted": True}
 
 

@@ -63,19 +63,19 @@ def test_interrupted_mid_epoch_by_sigint_and_resumed_equals_uninterrupted(tmp_pa
     h_whole = fit(whole, X, y, **SETTINGS)
 
     ckpt = tmp_path / "run.npz"
-    original, steps = SGD.step, []
+    original, steps = SGD.update, []
 
-    def step_then_signal(self, params, grads, lr):
-        original(self, params, grads, lr)
+    def step_then_signal(self, params, grads, state, lr):
+        original(self, params, grads, state, lr)
         steps.append(1)
         if len(steps) == 17:  # inside epoch 3 (8 steps per epoch)
             os.kill(os.getpid(), signal.SIGINT)
 
-    monkeypatch.setattr(SGD, "step", step_then_signal)
+    monkeypatch.setattr(SGD, "update", step_then_signal)
     interrupted = new_net()
     with pytest.raises(TrainingInterrupted) as info:
         fit(interrupted, X, y, checkpoint=ckpt, **SETTINGS)
-    monkeypatch.setattr(SGD, "step", original)
+    monkeypatch.setattr(SGD, "update", original)
     assert info.value.exit_status == 130 and info.value.step == 17 and info.value.epoch == 3
     assert info.value.checkpoint == str(ckpt) and "SIGINT" in str(info.value)
     meta = read_checkpoint(ckpt).meta
@@ -89,13 +89,13 @@ def test_interrupted_mid_epoch_by_sigint_and_resumed_equals_uninterrupted(tmp_pa
 
 def test_sigterm_gives_143_and_a_loadable_checkpoint(tmp_path, monkeypatch):
     X, y = problem()
-    original = SGD.step
+    original = SGD.update
 
-    def step_then_term(self, params, grads, lr):
-        original(self, params, grads, lr)
+    def step_then_term(self, params, grads, state, lr):
+        original(self, params, grads, state, lr)
         os.kill(os.getpid(), signal.SIGTERM)
 
-    monkeypatch.setattr(SGD, "step", step_then_term)
+    monkeypatch.setattr(SGD, "update", step_then_term)
     with pytest.raises(TrainingInterrupted) as info:
         fit(new_net(), X, y, checkpoint=tmp_path / "c.npz", **SETTINGS)
     assert info.value.exit_status == 143 and info.value.step == 1
@@ -238,20 +238,21 @@ def test_checkpoint_holds_no_pickle_and_states_its_contents(tmp_path):
     with np.load(ckpt, allow_pickle=False) as f:  # loads without pickle
         meta = json.loads(f["meta"].tobytes())
         names = set(f.files)
-    assert (meta["format"], meta["version"], meta["kind"]) == ("gpubp", 3, "checkpoint")
+    assert (meta["format"], meta["version"], meta["kind"]) == ("gpubp", 4, "checkpoint")
     assert meta["model"] == {"sizes": [5, 12, 3], "activation": "tanh", "output": "softmax", "dtype": "float64",
                              "alpha": 1e-3, "tf32": False}
     assert meta["model"]["sizes"] == [5, 12, 3] and meta["optimizer"]["name"] == "adam"
     assert meta["optimizer"]["t"] == 2 * 3 and meta["state"]["epoch"] == 2
     assert len(meta["history"]["train_loss"]) == 2 and meta["config"]["epochs"] == 2
-    assert {"param_0", "param_3", "opt_m_0", "opt_v_0", "best_0", "checksum"} <= names
-    assert "opt_m_1" not in names  # one flat array per kind of state
+    assert {"param_0", "param_3", "opt_m", "opt_v", "best_0", "checksum"} <= names
+    assert not any(name.startswith("opt_m_") for name in names)  # one flat array per kind of state
 
 
 @pytest.mark.parametrize("optimizer", ["adam", "nesterov"])
-def test_a_version_1_checkpoint_with_state_per_parameter_resumes_the_same(tmp_path, optimizer):
+def test_version_1_and_3_checkpoints_resume_the_same(tmp_path, optimizer):
     """Checkpoints written before the flat parameter buffer keep one optimizer array per
-    parameter; resuming one continues exactly as the flat checkpoint it is cut from."""
+    parameter, those of format 3 the flat state as opt_<name>_0; resuming one continues exactly
+    as the checkpoint it is cut from."""
     X, y = problem()
     settings = {**SETTINGS, "optimizer": optimizer}
     flat = tmp_path / "flat.npz"
@@ -259,18 +260,23 @@ def test_a_version_1_checkpoint_with_state_per_parameter_resumes_the_same(tmp_pa
     c = read_checkpoint(flat)
     net = new_net()
     per_parameter = {k: v for k, v in c.arrays.items() if not k.startswith("opt_")}
+    suffixed = {k: v for k, v in c.arrays.items() if not k.startswith("opt_")}
     for kind in ("velocity", "m", "v"):
-        if f"opt_{kind}_0" in c.arrays:
-            weights, biases = net.unflatten(c.arrays[f"opt_{kind}_0"])
+        if f"opt_{kind}" in c.arrays:
+            weights, biases = net.unflatten(c.arrays[f"opt_{kind}"])
             per_parameter.update({f"opt_{kind}_{i}": a.copy() for i, a in enumerate(weights + biases)})
+            suffixed[f"opt_{kind}_0"] = c.arrays[f"opt_{kind}"]
     assert len(per_parameter) > len(c.arrays)
     v1 = {**{k: v for k, v in c.meta.items() if k != "kind"}, "format": "gpubp-checkpoint", "version": 1}
     write_with_meta(tmp_path / "v1.npz", v1, per_parameter)  # as gpubp 0.1 wrote it
-    a, b = new_net(), new_net()
+    write_with_meta(tmp_path / "v3.npz", {**c.meta, "version": 3}, suffixed)  # state as opt_<name>_0
+    a, b, v3 = new_net(), new_net(), new_net()
     fit(a, X, y, resume=flat, **settings)
     fit(b, X, y, resume=tmp_path / "v1.npz", **settings)
-    for pa, pb in zip(a.params, b.params):
+    fit(v3, X, y, resume=tmp_path / "v3.npz", **settings)
+    for pa, pb, p3 in zip(a.params, b.params, v3.params):
         np.testing.assert_array_equal(pa, pb)
+        np.testing.assert_array_equal(pa, p3)
     short = dict(per_parameter)
     del short["opt_" + ("m" if optimizer == "adam" else "velocity") + "_3"]  # the last bias's
     write_with_meta(tmp_path / "short.npz", v1, short)

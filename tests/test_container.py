@@ -94,8 +94,8 @@ def test_a_newer_or_unknown_file_is_refused(files, tmp_path):
     c = read_checkpoint(files[0] / "checkpoint.npz")
     write_with_meta(tmp_path / "newer.npz", {**c.meta, "version": container.VERSION + 1, "gpubp_version": "9.0"},
                     c.arrays)
-    with pytest.raises(DataError, match=r"format version 4, written by gpubp 9.0; this gpubp \(.*\) reads "
-                                        r"versions up to 3: upgrade gpubp"):
+    with pytest.raises(DataError, match=rf"format version {container.VERSION + 1}, written by gpubp 9.0; this gpubp \(.*\) reads "
+                                        rf"versions up to {container.VERSION}: upgrade gpubp"):
         read_checkpoint(tmp_path / "newer.npz")
     write_with_meta(tmp_path / "kind.npz", {**c.meta, "kind": "tokenizer"}, c.arrays)
     with pytest.raises(DataError, match="unknown kind 'tokenizer'"):

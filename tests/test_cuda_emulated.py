@@ -253,7 +253,7 @@ def test_a_checkpoint_resumes_on_the_other_device(fake_cupy, tmp_path, first, se
     fit(net, X, y, checkpoint=tmp_path / "c.npz", checkpoint_every=1,
         callbacks=[lambda epoch, logs: epoch == 2], **settings)
     checkpoint = gpubp.read_checkpoint(tmp_path / "c.npz")
-    assert checkpoint.meta["state"]["epoch"] == 2 and "opt_m_0" in checkpoint.arrays and "best_0" in checkpoint.arrays
+    assert checkpoint.meta["state"]["epoch"] == 2 and "opt_m" in checkpoint.arrays and "best_0" in checkpoint.arrays
     resumed = MLP([12, 24, 4], "relu", second, "float64", seed=4)
     history = fit(resumed, X, y, resume=tmp_path / "c.npz", **settings)
     assert history.epochs == 5
@@ -344,7 +344,7 @@ def test_a_classifier_fitted_on_cuda_pickles_and_saves_host_arrays(fake_cupy, tm
     X, y = blobs(n=120)
     stepped = MLPClassifier((16,), device="cuda", random_state=0, batch_size=32)
     stepped.partial_fit(X, y, classes=np.arange(4))
-    assert all(on_device(a) for a in stepped._optimizer.state()[1].values())
+    assert all(on_device(a) for a in stepped._opt_state.arrays.values())
     stopped = quiet_fit(MLPClassifier((16,), device="cuda", random_state=0, max_iter=4, batch_size=32,
                                       early_stopping=True, warm_start=True), X, y)
     assert all(on_device(p) for p in stopped._best_params)

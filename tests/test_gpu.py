@@ -49,14 +49,14 @@ def test_loss_and_every_gradient_match_numpy(activation, dtype):
 @pytest.mark.parametrize("optimizer", ["momentum", "nesterov", "adam"])
 def test_parameters_after_20_steps_match_numpy(optimizer, dtype):
     cpu, gpu = pair("relu", dtype)
-    opt_c, opt_g = make_optimizer(optimizer), make_optimizer(optimizer)
+    opt = make_optimizer(optimizer)  # settings only: each network has its own state
+    states = [opt.init(net.flat_params) for net in (cpu, gpu)]
     X, y = data(n=320)
     for step in range(20):
         rows = slice(16 * step, 16 * step + 16)
-        _, dW, db = cpu.loss_and_grads(X[rows], y[rows])
-        opt_c.step(cpu.params, dW + db, 0.01)
-        _, dW, db = gpu.loss_and_grads(X[rows], y[rows])
-        opt_g.step(gpu.params, dW + db, 0.01)
+        for net, state in zip((cpu, gpu), states):
+            _, g = net.flat_loss_and_grad(net.backend.asarray(X[rows], net.dtype), net.backend.asarray(y[rows]))
+            opt.update(net.flat_params, g, state, 0.01)
     for l, (pc, pg) in enumerate(zip(cpu.params, gpu.params)):
         assert_close(to_numpy(pg), pc, RTOL[dtype], ATOL[dtype], what=f"{optimizer} {dtype} param {l}")
 

@@ -4,19 +4,22 @@ import numpy as np
 import pytest
 from sklearn.neural_network._stochastic_optimizers import AdamOptimizer, SGDOptimizer
 
-from gpubp.optim import SGD, Adam, check_lr, make_optimizer
+from gpubp.optim import SGD, Adam, check_lr, make_optimizer, optimizer_from_settings, restore_state
 from gpubp.schedules import Schedule
 
 
 def run_both(ours, theirs_factory, steps, rng, lr):
-    params = [rng.normal(size=(4, 3)), rng.normal(size=3)]
-    theirs_params = [p.copy() for p in params]
+    """``steps`` updates of a flat parameter array by ours and by scikit-learn's optimizer."""
+    params = rng.normal(size=15)
+    theirs_params = [params.copy()]
     theirs = theirs_factory(theirs_params)
+    state = ours.init(params)
     for _ in range(steps):
-        grads = [rng.normal(size=p.shape) for p in params]
-        ours.step(params, grads, lr)
-        theirs.update_params(theirs_params, [g.copy() for g in grads])
-    return params, theirs_params
+        grads = rng.normal(size=params.shape)
+        ours.update(params, grads, state, lr)
+        theirs.update_params(theirs_params, [grads.copy()])
+    assert state.t == steps
+    return params, theirs_params[0]
 
 
 @pytest.mark.parametrize("nesterov", [False, True])
@@ -26,8 +29,7 @@ def test_sgd_momentum_matches_scikit_learn(nesterov, rng):
         lambda p: SGDOptimizer(p, learning_rate_init=0.05, momentum=0.9, nesterov=nesterov),
         steps=20, rng=rng, lr=0.05,
     )
-    for a, b in zip(ours, theirs):
-        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-12, atol=1e-14)
 
 
 def test_adam_matches_scikit_learn(rng):
@@ -36,39 +38,82 @@ def test_adam_matches_scikit_learn(rng):
         lambda p: AdamOptimizer(p, learning_rate_init=0.01, beta_1=0.8, beta_2=0.99, epsilon=1e-7),
         steps=20, rng=rng, lr=0.01,
     )
-    for a, b in zip(ours, theirs):
-        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-12, atol=1e-14)
 
 
 def test_sgd_by_hand():
     # p = 1, g = 0.5, lr = 0.1, momentum 0.9:
     # step 1: v = -0.05,                p = 0.95
     # step 2: v = 0.9 * -0.05 - 0.05 = -0.095, p = 0.855
-    p = [np.array([1.0])]
+    p = np.array([1.0])
     opt = SGD(momentum=0.9)
-    opt.step(p, [np.array([0.5])], 0.1)
-    assert p[0][0] == pytest.approx(0.95)
-    opt.step(p, [np.array([0.5])], 0.1)
-    assert p[0][0] == pytest.approx(0.855)
-    plain = [np.array([1.0])]
-    make_optimizer("sgd").step(plain, [np.array([0.5])], 0.1)
-    assert plain[0][0] == pytest.approx(0.95)
+    state = opt.init(p)
+    opt.update(p, np.array([0.5]), state, 0.1)
+    assert p[0] == pytest.approx(0.95) and state.arrays["velocity"][0] == pytest.approx(-0.05)
+    opt.update(p, np.array([0.5]), state, 0.1)
+    assert p[0] == pytest.approx(0.855)
+    plain, sgd = np.array([1.0]), make_optimizer("sgd")
+    sgd.update(plain, np.array([0.5]), sgd.init(plain), 0.1)
+    assert plain[0] == pytest.approx(0.95)
 
 
 def test_adam_first_step_moves_each_weight_by_about_lr():
     # m = 0.1 g, v = 0.001 g^2, lr_t = lr sqrt(0.001) / 0.1: the step is lr * sign(g) (up to eps)
-    p = [np.array([1.0, -2.0, 3.0])]
-    Adam().step(p, [np.array([10.0, -0.01, 3.0])], 0.01)
-    np.testing.assert_allclose(p[0], [0.99, -1.99, 2.99], rtol=1e-6)
+    p, opt = np.array([1.0, -2.0, 3.0]), Adam()
+    opt.update(p, np.array([10.0, -0.01, 3.0]), opt.init(p), 0.01)
+    np.testing.assert_allclose(p, [0.99, -1.99, 2.99], rtol=1e-6)
 
 
 def test_optimizers_keep_float32(rng):
     for opt in (SGD(momentum=0.9, nesterov=True), Adam()):
-        p = [rng.normal(size=5).astype(np.float32)]
-        opt.step(p, [rng.normal(size=5).astype(np.float32)], 0.1)
-        assert p[0].dtype == np.float32
-        state = opt.velocity if isinstance(opt, SGD) else opt.m + opt.v
-        assert all(s.dtype == np.float32 for s in state)
+        p = rng.normal(size=5).astype(np.float32)
+        state = opt.init(p)
+        opt.update(p, rng.normal(size=5).astype(np.float32), state, 0.1)
+        assert p.dtype == np.float32
+        assert state.arrays and all(s.dtype == np.float32 for s in state.arrays.values())
+
+
+@pytest.mark.parametrize("opt", [SGD(momentum=0.9, nesterov=True), Adam()], ids=repr)
+def test_one_optimizer_object_keeps_no_state_between_runs(opt, rng):
+    """The state belongs to the caller: two runs sharing one optimizer object each go as with an
+    object of their own (an optimizer that kept its moments would start the second run with the
+    first run's)."""
+    grads = rng.normal(size=(6, 4))
+    first, second = np.zeros(4), np.zeros(4)
+    states = opt.init(first), opt.init(second)
+    for g in grads:
+        opt.update(first, g, states[0], 0.1)
+    for g in grads:
+        opt.update(second, g, states[1], 0.1)
+    np.testing.assert_array_equal(first, second)
+
+
+def test_restore_state_reads_every_stored_layout(rng):
+    """restore_state reads the state by its name, as name_0 (formats 2-3) and one array per layer
+    (format 1), and names what does not fit."""
+    opt, params = Adam(), rng.normal(size=7)
+    m, v = rng.normal(size=7), rng.random(7)
+    layouts = [{"m": m, "v": v}, {"m_0": m, "v_0": v},
+               {"m_0": m[:4].reshape(2, 2), "m_1": m[4:], "v_0": v[:4].reshape(2, 2), "v_1": v[4:]}]
+    for stored in layouts:
+        state = restore_state(opt, stored, 3, params)
+        assert state.t == 3
+        np.testing.assert_array_equal(state.arrays["m"], m)
+        np.testing.assert_array_equal(state.arrays["v"], v)
+        assert state.arrays["m"] is not m  # a copy next to the parameters
+    assert not restore_state(opt, {}, 0, params).arrays["m"].any()  # not stepped yet: zeros
+    with pytest.raises(ValueError, match=r"optimizer state has 2 'm' arrays of 6 values in all for 7 parameters"):
+        restore_state(opt, {"m_0": m[:4], "m_1": m[4:6]}, 1, params)
+    with pytest.raises(ValueError, match=r"optimizer state 'v' of shape\(s\) \[\(6,\)\] does not fit parameters "
+                                         r"of shape \(7,\)"):
+        restore_state(opt, {"m": m, "v": v[:6]}, 1, params)
+
+
+def test_settings_make_the_same_optimizer():
+    for opt in (SGD(momentum=0.5, nesterov=True), SGD(momentum=0.0), Adam(beta1=0.7, beta2=0.9, eps=1e-6)):
+        assert repr(optimizer_from_settings(opt.settings())) == repr(opt)
+    with pytest.raises(ValueError, match="unknown optimizer settings"):
+        optimizer_from_settings({"name": "rmsprop"})
 
 
 @pytest.mark.parametrize(

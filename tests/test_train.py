@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from gpubp import MLP, DivergenceError, fit
+from gpubp import MLP, SGD, Adam, DivergenceError, fit
 from gpubp.backend import Backend
 from gpubp.data import load_digits, split, standardize
 
@@ -28,6 +28,18 @@ def test_digits_accuracy_of_the_default_recipe(digits):
     assert net.score(test.X, test.y) >= 0.95
     assert history.epochs == 30 and len(history.val_accuracy) == 30
     assert history.train_loss[-1] < 0.2 * history.train_loss[0]
+
+
+@pytest.mark.parametrize("make", [lambda: Adam(beta1=0.8), lambda: SGD(momentum=0.9)], ids=["adam", "momentum"])
+def test_one_optimizer_object_given_to_two_fits_starts_each_afresh(make, rng):
+    """An optimizer object holds settings only: a second fit with the same object trains as one
+    with a new object (an object that kept its moments and step count from the first fit would
+    start the second from them)."""
+    X, y = small_problem(rng)
+    shared = make()
+    runs = [fit(MLP([6, 8, 3], backend="cpu", seed=0), X, y, epochs=2, batch_size=16, optimizer=opt, seed=3)
+            for opt in (shared, shared, make())]
+    assert runs[1].train_loss == runs[2].train_loss == runs[0].train_loss
 
 
 @pytest.mark.parametrize("optimizer", ["adam", "sgd", "momentum", "nesterov"])
