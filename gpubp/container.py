@@ -6,8 +6,8 @@ holding
 - ``meta``: UTF-8 JSON (stored as uint8) with ``format`` ("gpubp"), ``version``
   (:data:`VERSION`), ``kind`` (one of :data:`KINDS`), ``gpubp_version`` (the writer's), the
   ``model`` block (:func:`model_block`: sizes, activation, output, dtype, alpha, tf32) and what
-  the kind adds (a checkpoint's run state, an estimator's parameters; see gpubp.checkpoint and
-  gpubp.estimator_base);
+  the kind adds (a checkpoint's run state, an estimator's parameters, an estimator fit's state;
+  see gpubp.checkpoint, gpubp.estimator_base and gpubp.estimator_checkpoint);
 - ``param_0..param_{2L-1}``: the weights then the biases, host copies, in every kind, checked on
   reading against the model block's sizes and dtype; other arrays by name (a model's
   ``extra_<name>``, a checkpoint's ``opt_*``, ``best_*``, ``order``);
@@ -45,13 +45,15 @@ from .version import __version__
 FORMAT = "gpubp"
 VERSION = 4  # after the checkpoint formats 1 and 2; 4 names a checkpoint's optimizer state opt_<name>
 _READABLE = (3, VERSION)  # 3 named it opt_<name>_0: an older gpubp must not take opt_<name> for no state
-KINDS = ("model", "checkpoint", "estimator")
+KINDS = ("model", "checkpoint", "estimator", "estimator_checkpoint")
 _LEGACY_FORMAT, _LEGACY_VERSIONS = "gpubp-checkpoint", (1, 2)
-_NOUNS = {"model": "gpubp model file", "checkpoint": "checkpoint", "estimator": "saved estimator"}
+_NOUNS = {"model": "gpubp model file", "checkpoint": "checkpoint", "estimator": "saved estimator",
+          "estimator_checkpoint": "checkpoint of an estimator's fit"}
 _HOW = {"model": "load it with gpubp.load_model",
         "checkpoint": "resume it with gpubp.fit(..., resume=path) or gpubp train --resume, "
                       "or read it with gpubp.read_checkpoint",
-        "estimator": "load it with gpubp.load_estimator"}
+        "estimator": "load it with gpubp.load_estimator",
+        "estimator_checkpoint": "resume it with the estimator's fit, given checkpoint=path and resume=True"}
 
 
 @dataclass
@@ -93,7 +95,7 @@ def write(path, kind: str, meta: dict, arrays: dict) -> Path:
     ----------
     path : str or Path
         Its folder must exist.
-    kind : {"model", "checkpoint", "estimator"}
+    kind : {"model", "checkpoint", "estimator", "estimator_checkpoint"}
     meta : dict
         JSON-able; must hold the ``model`` block (:func:`model_block`). ``format``, ``version``,
         ``kind`` and ``gpubp_version`` are set here.

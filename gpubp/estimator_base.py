@@ -20,6 +20,7 @@ from .container import block, write
 from .mlp import MLP
 from .optim import host_state
 from .params import accepts
+from .estimator_checkpoint import FitCheckpoints, json_params, jsonable
 from .estimator_data import PREDICT_BATCH, dense
 from .estimator_fit import STOCHASTIC, StochasticFit
 from .estimator_parallel import DataParallelFit
@@ -27,7 +28,7 @@ from .estimator_parallel import DataParallelFit
 _ACTIVATION_NAMES = {"identity": "identity", "logistic": "sigmoid", "tanh": "tanh", "relu": "relu"}
 
 
-class BaseMLP(StochasticFit, DataParallelFit, BaseEstimator):
+class BaseMLP(StochasticFit, DataParallelFit, FitCheckpoints, BaseEstimator):
     """Shared fitting and prediction of MLPClassifier and MLPRegressor."""
 
     _parameter_constraints: dict = PARAMETER_CONSTRAINTS
@@ -39,7 +40,7 @@ class BaseMLP(StochasticFit, DataParallelFit, BaseEstimator):
                  max_iter=200, shuffle=True, random_state=None, tol=1e-4, verbose=False, warm_start=False,
                  momentum=0.9, nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
                  beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000,
-                 device="auto", dtype=None, tf32=False):
+                 device="auto", dtype=None, tf32=False, checkpoint=None, checkpoint_every=1, resume=False):
         self._store(locals())
 
     def _store(self, arguments: dict) -> None:
@@ -111,6 +112,7 @@ class BaseMLP(StochasticFit, DataParallelFit, BaseEstimator):
         hidden = self._check_params()
         if parallel and self.solver not in STOCHASTIC:
             raise ValueError(f"data-parallel fitting (comm) needs solver 'sgd' or 'adam', not {self.solver!r}")
+        self._check_checkpointing(incremental)
         first_pass = not hasattr(self, "coefs_") or (not self.warm_start and not incremental)
         X, y = self._validate_input(X, y, incremental, reset=first_pass)
         if self.dtype is not None:
@@ -233,16 +235,8 @@ class BaseMLP(StochasticFit, DataParallelFit, BaseEstimator):
         """Write the fitted estimator to a .npz file (no pickle) that :func:`load_estimator` reads
         on any machine, with or without a GPU."""
         check_is_fitted(self)
-        params = {k: v for k, v in self.get_params().items()}
-        if not (params["random_state"] is None or isinstance(params["random_state"], numbers.Integral)):
-            params["random_state"] = None  # a RandomState object cannot be stored without pickle
-        sizes = params["hidden_layer_sizes"]
-        params["hidden_layer_sizes"] = int(sizes) if isinstance(sizes, numbers.Integral) else [int(s) for s in sizes]
-        if params["dtype"] is not None:
-            params["dtype"] = np.dtype(params["dtype"]).name
-        if "class_weight" in params and isinstance(params["class_weight"], dict):
-            params["class_weight"] = None  # keys may not be JSON; the weights are baked into the fit
-        fitted = {k: _jsonable(getattr(self, k)) for k in self._FITTED if hasattr(self, k)}
+        params = json_params(self)
+        fitted = {k: jsonable(getattr(self, k)) for k in self._FITTED if hasattr(self, k)}
         meta = {"estimator": type(self).__name__, "params": params, "fitted": fitted}
         arrays = {}
         if hasattr(self, "feature_names_in_"):
@@ -267,12 +261,3 @@ def _float_targets(owner, Y, dtype):
         raise TypeError(f"{type(owner).__name__} needs numeric targets; got y of dtype {Y.dtype}.")
     return Y.astype(dtype, copy=False)
 
-
-def _jsonable(value):
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
-    if isinstance(value, list):
-        return [_jsonable(v) for v in value]
-    return value

@@ -28,6 +28,7 @@ from sklearn.utils.validation import validate_data
 
 from .batches import batch_feed
 from .engine import Engine
+from .estimator_checkpoint import data_fingerprint
 from .estimator_data import PREDICT_BATCH, check_batch_weights, dense, host_targets
 from .estimator_lbfgs import LbfgsFit
 from .optim import SGD, Adam, restore_state
@@ -75,6 +76,7 @@ class _SklearnEpochs:
         self.sample_weight, self.incremental, self.validation = sample_weight, incremental, validation
         self.epochs = 1 if incremental else estimator.max_iter
         self.sample_idx = np.arange(n_samples, dtype=int)
+        self.digest, self.split = None, None  # for a checkpoint: the data's fingerprint, the held-out split
 
     def order(self, epoch: int) -> np.ndarray:
         est = self.estimator
@@ -87,9 +89,15 @@ class _SklearnEpochs:
         return self.estimator._lr.value
 
     def end_epoch(self, epoch: int, train_loss: float, started: float) -> bool:
-        """scikit-learn's end of an iteration; data parallel, the ranks stop together."""
+        """scikit-learn's end of an iteration, then the checkpoint when one is due; data parallel,
+        the ranks stop together."""
         halt = self._end_iteration(train_loss)
-        return self.comm.allreduce_scalar(halt, "any") if self.comm is not None else halt
+        if self.comm is not None:
+            halt = self.comm.allreduce_scalar(halt, "any")
+        est = self.estimator
+        if est.checkpoint is not None and (halt or epoch % est.checkpoint_every == 0 or epoch == self.epochs):
+            est._write_fit_checkpoint(self.net, self, finished=halt)
+        return halt
 
     def _end_iteration(self, train_loss: float) -> bool:
         """scikit-learn's end of an iteration: records, messages, stopping rule, warning."""
@@ -131,20 +139,28 @@ class StochasticFit(LbfgsFit):
     """The fitting half of the estimators (a mixin of gpubp.estimator_base.BaseMLP)."""
 
     def _fit_stochastic(self, net, X, Y, sample_weight, incremental, validation_data, comm=None):
+        digest = None if self.checkpoint is None else data_fingerprint(X, Y, sample_weight, validation_data)
+        saved = None if digest is None else self._read_resumable(net, digest, comm)
         self._start_optimizer(net, incremental)
         if self._best_is_live:
             self._best_params = net.params  # the network may have been made again (device, dtype)
-        X, Y, sample_weight, *validation = self._split_validation(X, Y, sample_weight, validation_data)
+        stored = None if saved is None or "split_train" not in saved.arrays else (
+            saved.arrays["split_train"], saved.arrays["split_val"])
+        X, Y, sample_weight, *validation, split = self._split_validation(X, Y, sample_weight, validation_data, stored)
         batch_size = self._batch_size(X.shape[0])
         rows = HostRows(X) if sparse.issparse(X) else np.asarray(X, dtype=net.dtype)  # sparse: densified per batch
         part = (0, 1) if comm is None else (comm.rank, comm.size)  # data parallel: this rank's share of each batch
         feed = batch_feed(net.backend, rows, host_targets(net, Y), batch_size, net.dtype, False, part, sample_weight)
-        engine = Engine(net, self._optimizer, comm, loss_scale=self._loss_scale(net), opt_state=self._opt_state)
         plan = _SklearnEpochs(self, net, X.shape[0], batch_size, sample_weight, incremental,
                               validation if validation[0] is not None else None, comm)
+        plan.digest, plan.split = digest, split
         self.n_iter_ = 0
+        finished = saved is not None and self._restore_fit(saved, net, plan)
+        engine = Engine(net, self._optimizer, comm, loss_scale=self._loss_scale(net), opt_state=self._opt_state)
+        engine.progress.epoch = self.n_iter_  # resumed: the iterations already done
         try:  # data parallel, a signal stops every rank after the same step (the engine's agreement)
-            engine.run(feed, plan, bar=bool(self.verbose) and self.verbose >= 2, signals=comm is not None)
+            if not finished:
+                engine.run(feed, plan, bar=bool(self.verbose) and self.verbose >= 2, signals=comm is not None)
         except KeyboardInterrupt:
             warnings.warn("Training interrupted by user.")
         if self.early_stopping:
@@ -175,31 +191,33 @@ class StochasticFit(LbfgsFit):
             warnings.warn("Got `batch_size` less than 1 or larger than sample size. It is going to be clipped")
         return int(np.clip(self.batch_size, 1, n_samples))
 
-    def _split_validation(self, X, Y, sample_weight, validation_data):
-        """(X, Y, sample_weight, X_val, y_val, w_val): the validation set given, held out for early
-        stopping as scikit-learn holds it out, or None three times."""
+    def _split_validation(self, X, Y, sample_weight, validation_data, stored=None):
+        """(X, Y, sample_weight, X_val, y_val, w_val, split): the validation set given, or held out
+        for early stopping as scikit-learn holds it out (``stored``: a resumed fit's split), or
+        None three times; ``split`` is the held-out split as (training rows, validation rows)."""
         if validation_data is not None:
             Xv, yv = validation_data
             Xv = validate_data(self, Xv, accept_sparse=["csr", "csc"], dtype=X.dtype, reset=False)
-            return X, Y, sample_weight, Xv, np.asarray(yv), None
+            return X, Y, sample_weight, Xv, np.asarray(yv), None, None
         if not self.early_stopping:
-            return X, Y, sample_weight, None, None, None
+            return X, Y, sample_weight, None, None, None, None
         if self.validation_fraction == 0:  # scikit-learn fails here too, naming its test_size
             raise ValueError("validation_fraction=0.0 leaves no validation set for early_stopping=True; "
                              "give a fraction in (0, 1) or set early_stopping=False")
-        stratify = Y if is_classifier(self) and self.n_outputs_ == 1 else None
-        arrays = (X, Y) if sample_weight is None else (X, Y, sample_weight)
-        parts = train_test_split(*arrays, random_state=self._random_state,
-                                 test_size=self.validation_fraction, stratify=stratify)
-        X, Xv, Y, Yv = parts[:4]
-        sample_weight, wv = (parts[4], parts[5]) if sample_weight is not None else (None, None)
-        if Xv.shape[0] < 2:
+        if stored is None:  # the rows train_test_split(X, Y, ...) would pick, with the same draws
+            stratify = Y if is_classifier(self) and self.n_outputs_ == 1 else None
+            stored = train_test_split(np.arange(X.shape[0]), random_state=self._random_state,
+                                      test_size=self.validation_fraction, stratify=stratify)
+        train, val = stored
+        if val.shape[0] < 2:
             raise ValueError("The validation set is too small. Increase 'validation_fraction' or the size of "
                              "your dataset.")
+        Xv, Yv, wv = X[val], Y[val], None if sample_weight is None else sample_weight[val]
+        X, Y, sample_weight = X[train], Y[train], None if sample_weight is None else sample_weight[train]
         yv = self._label_binarizer.inverse_transform(Yv) if is_classifier(self) else Yv
         if not is_classifier(self) and self.n_outputs_ == 1:
             yv = yv.ravel()
-        return X, Y, sample_weight, Xv, yv, wv
+        return X, Y, sample_weight, Xv, yv, wv, (train, val)
 
     def _restore_best(self, net) -> None:
         """End an early-stopping fit on the best parameters seen, as scikit-learn does.

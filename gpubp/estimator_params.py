@@ -16,14 +16,16 @@ numbers (tests/test_params.py), and gpubp.params writes its ranges in scikit-lea
 
 from __future__ import annotations
 
+import os
 from numbers import Integral, Real
 
 import numpy as np
 from sklearn.utils._param_validation import Interval, Options, StrOptions
 
 # scikit-learn 1.9's BaseMultilayerPerceptron._parameter_constraints, in its order (the order of
-# a StrOptions set shows in the messages), plus gpubp's device (checked by get_backend), dtype and
-# tf32 (a bool; float32 only, checked at fit once the training dtype is known).
+# a StrOptions set shows in the messages), plus gpubp's device (checked by get_backend), dtype,
+# tf32 (a bool; float32 only, checked at fit once the training dtype is known) and the fit's
+# checkpoint settings.
 PARAMETER_CONSTRAINTS = {
     "hidden_layer_sizes": ["array-like", Interval(Integral, 1, None, closed="left")],
     "activation": [StrOptions({"identity", "logistic", "tanh", "relu"})],
@@ -51,4 +53,7 @@ PARAMETER_CONSTRAINTS = {
     "device": [str],
     "dtype": "no_validation",  # numpy types and names: checked in _check_params
     "tf32": ["boolean"],
+    "checkpoint": [str, os.PathLike, None],  # gpubp.estimator_checkpoint
+    "checkpoint_every": [Interval(Integral, 1, None, closed="left")],
+    "resume": ["boolean"],
 }

@@ -110,7 +110,8 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
                  max_iter=200, shuffle=True, random_state=None, tol=1e-4, verbose=False, warm_start=False,
                  momentum=0.9, nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
                  beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000,
-                 device="auto", dtype=None, class_weight=None, tf32=False):
+                 device="auto", dtype=None, class_weight=None, tf32=False, checkpoint=None, checkpoint_every=1,
+                 resume=False):
         self._store(locals())
 
     def _out_activation(self) -> str:
@@ -226,7 +227,8 @@ class MLPRegressor(RegressorMixin, BaseMLP):
                  power_t=0.5, max_iter=200, shuffle=True, random_state=None, tol=1e-4, verbose=False,
                  warm_start=False, momentum=0.9, nesterovs_momentum=True, early_stopping=False,
                  validation_fraction=0.1, beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10,
-                 max_fun=15000, device="auto", dtype=None, tf32=False):
+                 max_fun=15000, device="auto", dtype=None, tf32=False, checkpoint=None, checkpoint_every=1,
+                 resume=False):
         self._store(locals())
 
     def _out_activation(self) -> str:

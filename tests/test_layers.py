@@ -30,7 +30,7 @@ LAYERS = [
     ("data and communication", {"rows", "batches", "idx", "npy_folder", "data",
                                 "communicator", "mpi_communicator", "nccl_communicator", "distributed"}),
     ("engine", {"engine"}),
-    ("faces", {"config", "train_data", "history", "train_checkpoint", "train", "estimator_params", "estimator_data", "estimator_lbfgs", "estimator_parallel", "estimator_fit", "estimator_base",
+    ("faces", {"config", "train_data", "history", "train_checkpoint", "train", "estimator_params", "estimator_data", "estimator_lbfgs", "estimator_parallel", "estimator_checkpoint", "estimator_fit", "estimator_base",
                "estimators"}),
     ("tools", {"parity", "plotting", "bench"}),
     ("command line", {"cli_parser", "cli_train", "cli"}),
