@@ -77,6 +77,7 @@ class _SklearnEpochs:
         self.epochs = 1 if incremental else estimator.max_iter
         self.sample_idx = np.arange(n_samples, dtype=int)
         self.digest, self.split = None, None  # for a checkpoint: the data's fingerprint, the held-out split
+        self.talks = comm is None or comm.rank == 0  # prints its messages and warnings
 
     def order(self, epoch: int) -> np.ndarray:
         est = self.estimator
@@ -106,21 +107,22 @@ class _SklearnEpochs:
         est.loss_ = train_loss
         est.t_ += self.n_samples
         est.loss_curve_.append(est.loss_)
-        if est.verbose:
+        verbose = est.verbose if self.talks else False  # data parallel, rank 0 alone prints and warns
+        if verbose:
             print("Iteration %d, loss = %.8f" % (est.n_iter_, est.loss_))
         if self.validation is not None:
             est.validation_loss_curve_.append(est._validation_loss(self.net, *self.validation))
-        est._update_no_improvement_count(self.net, *(self.validation or (None, None, None)))
+        est._update_no_improvement_count(self.net, *(self.validation or (None, None, None)), verbose)
         est._lr.iteration_ends(est.t_)
         if est._no_improvement_count > est.n_iter_no_change:
             what = "Validation score" if est.early_stopping else "Training loss"
             msg = f"{what} did not improve more than tol={est.tol:f} for {est.n_iter_no_change:d} consecutive epochs."
-            if est._lr.trigger_stopping(msg, est.verbose):
+            if est._lr.trigger_stopping(msg, verbose):
                 return True
             est._no_improvement_count = 0
         if self.incremental:
             return True
-        if est.n_iter_ == est.max_iter:
+        if est.n_iter_ == est.max_iter and self.talks:
             warnings.warn(f"Stochastic Optimizer: Maximum iterations ({est.max_iter:d}) reached and the "
                           "optimization hasn't converged yet.", ConvergenceWarning)
         return False
@@ -160,7 +162,8 @@ class StochasticFit(LbfgsFit):
         engine.progress.epoch = self.n_iter_  # resumed: the iterations already done
         try:  # data parallel, a signal stops every rank after the same step (the engine's agreement)
             if not finished:
-                engine.run(feed, plan, bar=bool(self.verbose) and self.verbose >= 2, signals=comm is not None)
+                engine.run(feed, plan, bar=plan.talks and bool(self.verbose) and self.verbose >= 2,
+                           signals=comm is not None)
         except KeyboardInterrupt:
             warnings.warn("Training interrupted by user.")
         if self.early_stopping:
@@ -229,11 +232,11 @@ class StochasticFit(LbfgsFit):
             net.set_params(self._best_params)
         self._best_params, self._best_is_live = net.params, True
 
-    def _update_no_improvement_count(self, net, Xv, yv, wv):
+    def _update_no_improvement_count(self, net, Xv, yv, wv, verbose):
         if self.early_stopping:
             score = self._score_net(net, Xv, yv, wv)
             self.validation_scores_.append(score)
-            if self.verbose:
+            if verbose:
                 print("Validation score: %f" % score)
             if score < self.best_validation_score_ + self.tol:
                 self._no_improvement_count += 1

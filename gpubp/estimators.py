@@ -29,7 +29,9 @@ the loss, may then differ).
 Beyond scikit-learn: ``fit(..., validation_data=(X_val, y_val))`` and ``validation_loss_curve_``,
 ``class_weight`` for the classifier, a progress bar with ``verbose >= 2``, batched prediction,
 and :meth:`save` / :func:`load_estimator` (no pickle) so a model fitted on a GPU predicts on a
-CPU-only machine. Pickling works too and holds host arrays only.
+CPU-only machine. Pickling works too and holds host arrays only. ``checkpoint``,
+``checkpoint_every`` and ``resume`` make ``fit`` write and resume fit checkpoints
+(:mod:`gpubp.estimator_checkpoint`).
 """
 
 from __future__ import annotations

@@ -63,12 +63,31 @@ def fit(name, comm=None, rank=0) -> dict:
             "loss_curve": getattr(est, "loss_curve_", None), "n_iter": est.n_iter_}
 
 
+def resumed(out: Path, comm, rank: int) -> dict:
+    """classifier_adam_early_weighted fitted for 5 iterations with a checkpoint in ``out`` (rank 0
+    writes it), then resumed by every rank from it up to the case's max_iter."""
+    first, args, kwargs = case("classifier_adam_early_weighted", rank)
+    again, _, _ = case("classifier_adam_early_weighted", rank)
+    first.set_params(max_iter=5, checkpoint=out / "fit_checkpoint.npz")
+    again.set_params(checkpoint=out / "fit_checkpoint.npz", resume=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        first.fit(*args, comm=comm, **kwargs)
+        again.fit(*args, comm=comm, **kwargs)
+    return {"params": np.concatenate([p.ravel() for p in again.coefs_ + again.intercepts_]).tolist(),
+            "loss_curve": again.loss_curve_, "n_iter": again.n_iter_}
+
+
 def main() -> None:
     out = Path(sys.argv[1])
     comm = gpubp.distributed.world("cpu")
     assert comm.size == 2, f"not a 2-rank job: {comm!r}"
     for name in CASES:
         (out / f"{name}_rank{comm.rank}.json").write_text(json.dumps(fit(name, comm, comm.rank)))
+    (out / f"resumed_rank{comm.rank}.json").write_text(json.dumps(resumed(out, comm, comm.rank)))
+    talking, args, _ = case("regressor_sgd_invscaling", comm.rank)  # its messages: rank 0 alone prints them
+    talking.set_params(verbose=True, max_iter=3)
+    talking.fit(*args, comm=comm)
 
 
 if __name__ == "__main__":

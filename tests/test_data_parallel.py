@@ -281,9 +281,12 @@ def test_the_estimators_fit_on_two_ranks_as_in_one_process(tmp_path):
     assert proc.returncode == 0, proc.stdout
     got = {name: [json.loads((tmp_path / f"{name}_rank{r}.json").read_text()) for r in range(2)]
            for name in estimator_worker.CASES}
-    for name in ("classifier_adam_early_weighted", "regressor_sgd_invscaling"):
+    got["resumed"] = [json.loads((tmp_path / f"resumed_rank{r}.json").read_text()) for r in range(2)]
+    assert (tmp_path / "fit_checkpoint.npz").is_file()
+    for name, same_as in (("classifier_adam_early_weighted", None), ("regressor_sgd_invscaling", None),
+                          ("resumed", "classifier_adam_early_weighted")):  # stopped at 5, resumed to 12
         rank0, rank1 = got[name]
-        one = estimator_worker.fit(name)
+        one = estimator_worker.fit(same_as or name)
         assert rank0 == rank1, f"{name}: the ranks differ"
         assert rank0["n_iter"] == one["n_iter"]
         np.testing.assert_allclose(rank0["params"], one["params"], rtol=0, atol=1e-10, err_msg=name)
@@ -294,6 +297,8 @@ def test_the_estimators_fit_on_two_ranks_as_in_one_process(tmp_path):
         assert rank["error"] == ["ValueError", "data-parallel fitting (comm) needs solver 'sgd' or 'adam', not 'lbfgs'"]
     for rank in got["negative_weights"]:
         assert rank["error"] == ["ValueError", "data-parallel fitting (comm) needs sample weights >= 0"]
+    assert proc.stdout.count("Iteration 1, loss = ") == 1 and proc.stdout.count("Iteration 3, loss = ") == 1, \
+        proc.stdout  # rank 0 alone prints
     rank0, rank1 = got["bad_validation_on_rank_1"]
     assert rank1["error"][0] == "ValueError" and "2 features" in rank1["error"][1]
     assert rank0["error"][0] == "RankFailedError" and "rank 1 of 2" in rank0["error"][1]

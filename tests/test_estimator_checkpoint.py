@@ -176,3 +176,19 @@ def test_the_checkpoint_settings_are_estimator_parameters(tmp_path):
     params = clone(est).get_params()
     assert (params["checkpoint"], params["checkpoint_every"], params["resume"]) == (tmp_path / "a.npz", 3, True)
     assert MLPClassifier().get_params()["checkpoint"] is None
+
+
+@pytest.mark.parametrize("first, second", [("cuda", "cpu"), ("cpu", "cuda")])
+def test_a_fit_checkpoint_resumes_on_the_other_device(fake_cupy, tmp_path, first, second):
+    """The checkpoint holds host arrays: a fit stopped on one device resumes on the other (the CUDA
+    one here is the CuPy stand-in running the CUDA kernels) and ends as the uninterrupted fit."""
+    name = "adam, early stopping, weights"
+    X, y, w = data(name)
+    whole = quiet_fit(estimator(name, max_iter=7, device="cpu"), X, y, w)
+    path = tmp_path / "fit.npz"
+    quiet_fit(estimator(name, max_iter=3, device=first, checkpoint=path), X, y, w)
+    resumed = quiet_fit(estimator(name, max_iter=7, device=second, checkpoint=path, resume=True), X, y, w)
+    assert resumed.n_iter_ == whole.n_iter_
+    for pa, pb in zip(whole.coefs_ + whole.intercepts_, resumed.coefs_ + resumed.intercepts_):
+        np.testing.assert_allclose(pb, pa, rtol=1e-9, atol=1e-12)  # float64; the kernels sum in another order
+    np.testing.assert_allclose(resumed.loss_curve_, whole.loss_curve_, rtol=1e-9)
