@@ -414,6 +414,8 @@ class ndarray(np.ndarray):
         np.ndarray.fill(self, value)
 
     def dot(self, b, out=None):
+        if fake_cupy.BFLOAT16 in (self.dtype, getattr(b, "dtype", None)):
+            return _apply_ufunc(np.matmul, "__call__", (self, b), {} if out is None else {"out": (out,)})
         _ACTIVITY.launch()
         return _device(np.dot(*_to_host_arg((self, b), "ndarray.dot"),
                               out=None if out is None else _to_host_arg(out, "ndarray.dot")))
@@ -521,10 +523,34 @@ def _apply_ufunc(ufunc, method, inputs, kwargs):
     out = kwargs.get("out")
     _ACTIVITY.launch()
     host_kwargs = {k: _to_host_arg(v, where) for k, v in kwargs.items()}
-    result = getattr(ufunc, method)(*_to_host_arg(inputs, where), **host_kwargs)
+    if ufunc is np.matmul and any(getattr(x, "dtype", None) == fake_cupy.BFLOAT16 for x in inputs):
+        result = _bfloat16_matmul(*_to_host_arg(inputs, where), **host_kwargs)
+    else:
+        result = getattr(ufunc, method)(*_to_host_arg(inputs, where), **host_kwargs)
     if out is not None:  # results written into the caller's device arrays: return those
         return out[0] if len(out) == 1 else out
     return _device(result)
+
+
+def _bfloat16_matmul(a, b, out=None, **kwargs):
+    """cupy.matmul with a bfloat16 operand, as CuPy 14 computes it (_routines_linalg.pyx): two 2-D
+    bfloat16 arrays give a bfloat16 product, float32 sums rounded once (cublasGemmEx, CUDA_R_16BF,
+    CUBLAS_COMPUTE_32F), copied into a float32 ``out`` if one is given; bfloat16 with float32 is
+    promoted to a float32 product; more than 2-D refused (bfloat16's char 'E' sends it to the
+    integer kernels: batched bfloat16 products are broken in CuPy 14)."""
+    if kwargs:
+        raise TypeError(f"the stand-in's bfloat16 matmul takes no {', '.join(kwargs)}")
+    if a.ndim > 2 or b.ndim > 2:
+        raise TypeError(f"batched bfloat16 matmul ({a.shape} @ {b.shape}) is broken in CuPy 14: use 2-D products")
+    dtype = np.promote_types(a.dtype, b.dtype)
+    c = np.matmul(a.astype(np.float32), b.astype(np.float32)).astype(dtype)
+    if out is None:
+        return c
+    out = out[0] if isinstance(out, tuple) else out
+    if out.shape != c.shape:
+        raise ValueError(f"Output array has an invalid size: {out.shape}, product {c.shape}")
+    out[...] = c
+    return out
 
 
 # ----------------------------------------------------------------------------- module functions
