@@ -13,6 +13,10 @@ way CuPy 14 does (cupy/_core/_kernel.pyx, _reduction.pyx), and at least as stric
 - the loop is compiled by tests/fake_nvrtc.py with NVRTC's behaviour under the kernel's
   ``options``: multiply-adds contracted unless ``--fmad=false``, float32 denormals flushed.
 
+A bfloat16 argument (ml_dtypes) is bound to ``bfloat16``, a host class with the interface of
+CuPy's cupy/bfloat16.cuh (an implicit conversion to float, a rounding assignment), so a kernel
+that computes with bfloat16 compiles and rounds here as it does on the card.
+
 RawModule runs through tests/fake_cuda_threads.py (one host thread per CUDA thread).
 Not modelled: the order in which the GPU sums a reduction (NumPy's pairwise sum is used), CUDA's
 own exp/log/tanh (the host's libm is used), and kernels the emulation is not given.

@@ -56,6 +56,16 @@ the host: ``float()``, ``int()``, ``bool()``, ``item()``, ``tolist()``, ``get()`
 of these as one launch (a few of its routines, ``mean`` for one, run as one where the stand-in
 counts two), so a count here is what a step costs in launches on a card, give or take those.
 
+bfloat16 (ml_dtypes, as CuPy 14 registers it): a product with a bfloat16 operand is CuPy's
+(cupy/_core/_routines_linalg.pyx ``matmul``, ``dot``, ``tensordot_core``): two 2-D bfloat16
+arrays give a bfloat16 result, float32 sums rounded once (cublasGemmEx with CUBLAS_COMPUTE_32F),
+copied into a float32 ``out`` when one is given; bfloat16 with float32 is a float32 product;
+more than two dimensions raise TypeError (bfloat16's dtype char 'E' sends a batched product to
+CuPy's integer kernels, which do not compute it). Kernels bind bfloat16 arguments to a host twin
+of cupy/bfloat16.cuh's class (tests/fake_cupy.py). Other ufuncs on bfloat16 run as NumPy runs them
+with ml_dtypes (CuPy 14 has bfloat16 loops for the ones gpubp uses: add, multiply, comparisons,
+casts, sums); not modelled: a ufunc CuPy lacks a bfloat16 loop for.
+
 Stricter than CuPy, on purpose: pickling a device array raises TypeError. CuPy pickles it by
 copying it to the host, but the pickle then needs CuPy and a GPU to load (core.pyx
 ``ndarray.__reduce__`` returns ``cupy.array``); gpubp promises pickles that hold host arrays only.
