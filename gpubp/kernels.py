@@ -127,7 +127,10 @@ def clear_cache() -> None:
 
 
 def bias_activation(xp, z, b, name: str):
-    """a = f(z + b) in one pass, written over z. z: (n, width); b: (width,). Twin: ops.bias_activation."""
+    """a = f(z + b) in one pass, written over z. z: (n, width); b: (width,) of z's dtype (float32
+    for a bfloat16 z). Twin: ops.bias_activation."""
+    if b.dtype != ops.wide_dtype(z.dtype):  # F is free in CuPy: a float64 b would turn the math double
+        raise TypeError(f"Type is mismatched: b is {b.dtype}, z of {z.dtype} takes b of {ops.wide_dtype(z.dtype)}")
     elementwise_kernel(f"gpubp_bias_{name}")(z, b, z)
     return z
 
