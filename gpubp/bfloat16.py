@@ -72,11 +72,6 @@ def parameter_dtype(mode) -> np.dtype:
     return np.dtype(np.float32) if dtype == BFLOAT16 else dtype
 
 
-def compute_dtype(mode) -> np.dtype:
-    """The dtype of the products and saved activations of a network in ``mode``."""
-    return np.dtype(mode)
-
-
 def network_dtype(requested, data_dtype) -> np.dtype:
     """The dtype to make an estimator's network with: bfloat16 when ``requested`` (its ``dtype``
     parameter, or None) is bfloat16, else ``data_dtype`` (float32 or float64, the data's)."""

@@ -73,9 +73,9 @@ class MLP:
         self.backend: Backend = get_backend(backend)
         self.xp = self.backend.xp
         self.compute_dtype = check_dtype(dtype)
-        bfloat16.check_mode(self.compute_dtype, tf32)
         self.dtype = bfloat16.parameter_dtype(self.compute_dtype)
         self.tf32 = precision.check_tf32(tf32, self.dtype)
+        bfloat16.check_mode(self.compute_dtype, self.tf32)
         if not np.isfinite(alpha) or alpha < 0:
             raise ValueError(f"alpha (L2 penalty) must be a finite number >= 0, got {alpha!r}")
         self.alpha = float(alpha)
@@ -140,7 +140,7 @@ class MLP:
         return self.xp.matmul(a, b, out=out)
 
     def _forward(self, X):
-        """Hidden activations a[0] = X, ..., a[L-1] (compute_dtype), the logits z[L] (n, nL) (dtype)."""
+        """Hidden activations a[0] = X, ..., a[L-1] (compute_dtype) and the logits z[L] (n, nL)."""
         with self._products():
             a, zL, _ = self._forward_products(X)
         zL += self.biases[-1]
@@ -149,14 +149,15 @@ class MLP:
     def _forward_products(self, X):
         """a[0] = X, ..., a[L-1] and the weights in compute_dtype, and a[L-1] @ W[L] (n, nL) in dtype
         without the output bias (BP1's kernel adds it as it reads the logits). Callers hold _products()."""
-        xp, kernels = self.xp, self.backend.kernels
-        weights = self.weights if self.compute_dtype == self.dtype else \
-            self.unflatten(self.flat_params.astype(self.compute_dtype))[0]  # bfloat16: one cast a pass
-        a = [X.astype(self.compute_dtype, copy=False)]  # (n, sizes[0]): X rounded once in bfloat16
+        xp, kernels, bf16 = self.xp, self.backend.kernels, self.compute_dtype != self.dtype
+        weights, a = self.weights, [X]
+        if bf16:  # W (one cast a pass, viewed per layer) and X rounded once to bfloat16
+            weights, a = self.unflatten(self.flat_params.astype(self.compute_dtype))[0], [X.astype(self.compute_dtype)]
         for W, b in zip(weights[:-1], self.biases[:-1]):
             z = self._matmul(a[-1], W)  # (n, sizes[l+1])
             a.append(kernels.bias_activation(xp, z, b, self.activation))
-        return a, self._matmul(a[-1], weights[-1]).astype(self.dtype, copy=False), weights
+        zL = self._matmul(a[-1], weights[-1])  # (n, nL)
+        return a, (zL.astype(self.dtype) if bf16 else zL), weights
 
     def flat_loss_and_grad(self, X, y, sample_weight=None, l2: bool = True):
         """The trainers' step: loss and gradient of a batch with no checks and no host sync.
@@ -182,7 +183,7 @@ class MLP:
 
     def _flat_loss_and_grad(self, X, y, sample_weight, l2: bool):
         """flat_loss_and_grad's forward and backward pass, inside _products()."""
-        xp, kernels = self.xp, self.backend.kernels
+        xp, kernels, bf16 = self.xp, self.backend.kernels, self.compute_dtype != self.dtype
         a, zL, weights = self._forward_products(X)  # zL: (n, nL) without the output bias
         g = xp.empty(self.flat_params.shape, dtype=self.dtype)  # (n_params,)
         dW, db = self.unflatten(g)
@@ -193,9 +194,10 @@ class MLP:
             zL += self.biases[-1]
             delta, loss = kernels.output_minus_y(xp, zL, y, self.output, sample_weight)
         for l in reversed(range(len(self.weights))):
-            # BP3: db[l] = sum over the batch of delta[l], in dtype
-            delta.sum(axis=0, dtype=self.dtype, out=db[l])
-            delta = delta.astype(self.compute_dtype, copy=False)  # bfloat16: delta[L] rounded
+            # BP3: db[l] = sum over the batch of delta[l] (a bfloat16 delta summed in float32)
+            delta.sum(axis=0, dtype=self.dtype if bf16 else None, out=db[l])
+            if bf16 and delta.dtype != self.compute_dtype:  # delta[L] rounded for BP4 and BP2
+                delta = delta.astype(self.compute_dtype)
             # BP4: dW[l] = a[l-1].T @ delta[l]
             self._matmul(a[l].T, delta, out=dW[l])
             if l > 0:
