@@ -17,7 +17,12 @@ On 4096 x 4096 x 4096 float32 products of seeded standard-normal matrices (drawn
   rounded to nearest even, float32 sums) on its first 1024 rows;
 - how the card rounds inputs to TF32: X @ I with an identity I gives X rounded, compared bit for bit
   with round to nearest even, truncation and round half away (ties planted in a quarter of X);
-- the same products in PyTorch with ``torch.backends.cuda.matmul.fp32_precision`` "ieee" and "tf32".
+- the same products in PyTorch with ``torch.backends.cuda.matmul.fp32_precision`` "ieee" and "tf32";
+- bfloat16 (gpubp.bfloat16): the inputs cast to bfloat16 and multiplied by CuPy inside
+  float32_accumulation (expected error ~BF16_TYPICAL_REL_ERROR; the three product shapes), the
+  product against the CPU model matmul_as_bfloat16 on its first rows (one bfloat16 unit apart at
+  most, where the float32 sums fall on either side of a rounding boundary), and PyTorch's
+  bfloat16 product of the same inputs.
 
 Failures (mechanism and model only; speeds are reported): an IEEE product off by more than
 IEEE_MAX_ERROR, a TF32 product outside TF32_ERROR_BAND, the state not restored, the CPU model off
@@ -43,6 +48,7 @@ if str(REPO) not in sys.path:
 from benchmarks.kernel_timings import cupy_events, event_median_ms, rel_error, torch_events  # noqa: E402
 from benchmarks.timed_command import child_env, run_child, run_isolated, write_json  # noqa: E402
 from gpubp.bench import matmul_flops  # noqa: E402
+from gpubp.bfloat16 import BF16_TYPICAL_REL_ERROR, BFLOAT16, matmul_as_bfloat16  # noqa: E402
 from gpubp.precision import TF32_TYPICAL_REL_ERROR, matmul_as_tf32, round_to_tf32  # noqa: E402
 
 SIZE = 4096  # n = k = m
@@ -53,6 +59,8 @@ BUDGET_S = 40
 IEEE_MAX_ERROR = 1e-5
 TF32_ERROR_BAND = (0.3 * TF32_TYPICAL_REL_ERROR, 3 * TF32_TYPICAL_REL_ERROR)
 MODEL_MAX_ERROR = 2e-5
+BF16_ERROR_BAND = (0.5 * BF16_TYPICAL_REL_ERROR, 2 * BF16_TYPICAL_REL_ERROR)
+BF16_MODEL_MAX_ERROR = 1e-3  # norm-relative: a few elements one bfloat16 unit (2**-8) apart
 NEAREST_EVEN = "nearest even"
 
 
@@ -116,6 +124,8 @@ def meets(row: dict) -> bool:
         return row["rel_error"] <= IEEE_MAX_ERROR
     if row["expect"] == "tf32":
         return TF32_ERROR_BAND[0] <= row["rel_error"] <= TF32_ERROR_BAND[1]
+    if row["expect"] == "bfloat16":
+        return BF16_ERROR_BAND[0] <= row["rel_error"] <= BF16_ERROR_BAND[1]
     return True
 
 
@@ -127,6 +137,8 @@ def row_failures(rows: list[dict]) -> list[str]:
             continue
         if r["expect"] == "ieee":
             failures.append(f"{r['name']}: error {r['rel_error']:.1e} > {IEEE_MAX_ERROR:.0e}, not IEEE float32")
+        elif r["expect"] == "bfloat16":
+            failures.append(f"{r['name']}: error {r['rel_error']:.1e} outside {BF16_ERROR_BAND} of a bfloat16 product")
         else:
             low, high = TF32_ERROR_BAND
             why = "TF32 did not engage" if r["rel_error"] < low else "more than TF32's rounding"
@@ -145,6 +157,10 @@ def section_failures(result: dict) -> list[str]:
     if model and model["rel_error"] > MODEL_MAX_ERROR:
         failures.append(f"TF32 product against the CPU model (matmul_as_tf32): {model['rel_error']:.1e} "
                         f"> {MODEL_MAX_ERROR:.0e}")
+    bf16_model = result.get("bfloat16_model")
+    if bf16_model and bf16_model["rel_error"] > BF16_MODEL_MAX_ERROR:
+        failures.append(f"bfloat16 product against the CPU model (matmul_as_bfloat16): "
+                        f"{bf16_model['rel_error']:.1e} > {BF16_MODEL_MAX_ERROR:.0e}")
     rounding = result.get("rounding")
     if rounding and rounding["shares"][NEAREST_EVEN] < 1.0:
         failures.append(f"the card's TF32 rounding is not nearest even everywhere ({rounding['shares']})")
@@ -254,6 +270,39 @@ def cupy_part(cp, A, B, result: dict, save) -> None:
     cp.get_default_memory_pool().free_all_blocks()
 
 
+def bfloat16_part(cp, A, B, result: dict, save) -> None:
+    """bfloat16 rows (the three product shapes inside float32_accumulation) and the product
+    against the CPU model, added to ``result`` as measured."""
+    from gpubp.bfloat16 import float32_accumulation
+
+    n = A.shape[0]
+    a32, b32 = cp.asarray(A), cp.asarray(B)
+    a, b = a32.astype(BFLOAT16), b32.astype(BFLOAT16)
+    refs = {"a @ b": a32.astype(cp.float64) @ b32.astype(cp.float64),
+            "a.T @ b": a32.T.astype(cp.float64) @ b32.astype(cp.float64),
+            "a @ b.T": a32.astype(cp.float64) @ b32.T.astype(cp.float64)}
+    runs = {"a @ b": lambda: a @ b, "a.T @ b": lambda: a.T @ b, "a @ b.T": lambda: a @ b.T}
+    with float32_accumulation(cp):
+        for name, run in runs.items():
+            result["rows"].append(measure(f"cupy bfloat16 {name}", "bfloat16", run,
+                                          lambda c, name=name: rel_error(cp, c.astype(cp.float64), refs[name]),
+                                          lambda fn: event_median_ms(cupy_events(cp), fn, repeat=REPEAT),
+                                          matmul_flops(n, n, n)))
+            save(summary(result))
+        top = (a[:MODEL_ROWS] @ b).astype(cp.float32).get()
+    model = matmul_as_bfloat16(A[:MODEL_ROWS].astype(BFLOAT16), B.astype(BFLOAT16)).astype(np.float32)
+    result["bfloat16_model"] = {"rel_error": float(np.linalg.norm(top - model) / np.linalg.norm(model)),
+                                "elements_differing": int(np.count_nonzero(top != model))}
+    save(summary(result))
+    cp.get_default_memory_pool().free_all_blocks()
+
+
+def torch_bfloat16_row(torch, a, b, error, timer, n: int) -> dict:
+    """PyTorch's bfloat16 product of the float32 inputs a, b (cast once, outside the timing)."""
+    a16, b16 = a.bfloat16(), b.bfloat16()
+    return measure("torch bfloat16", "bfloat16", lambda: a16 @ b16, error, timer, matmul_flops(n, n, n))
+
+
 def torch_part(A, B) -> dict:
     """The IEEE and TF32 products in PyTorch (fp32_precision), and its TF32 rounding rule."""
     try:
@@ -280,6 +329,7 @@ def torch_part(A, B) -> dict:
         for setting in ("ieee", "tf32"):
             matmul.fp32_precision = setting
             out["rows"].append(measure(f"torch {setting}", setting, lambda: a @ b, error, timer, matmul_flops(n, n, n)))
+        out["rows"].append(torch_bfloat16_row(torch, a, b, error, timer, n))
         X = rounding_inputs()
         x = torch.from_numpy(X).cuda()
         out["rounding"] = rounding_agreement(X, (x @ torch.eye(X.shape[1], device="cuda")).cpu().numpy())
@@ -299,6 +349,7 @@ def precision_stage(save) -> dict:
     A, B = product_inputs()
     save(summary(result))
     cupy_part(cp, A, B, result, save)
+    bfloat16_part(cp, A, B, result, save)
     result["cupy_seconds"] = round(time.monotonic() - t0, 1)
     save(summary(result))
     result["torch"] = torch_part(A, B)

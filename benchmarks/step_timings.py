@@ -1,8 +1,11 @@
 """The device check's training step: forward, backward and SGD-momentum update of gpubp on CuPy
-against PyTorch eager, float32 in IEEE and in TF32 on both sides, loss and gradients compared
-before timing."""
+against PyTorch eager, float32 in IEEE and in TF32 on both sides, and bfloat16 (gpubp's
+dtype="bfloat16" against PyTorch's bfloat16 autocast over float32 parameters), loss and
+gradients compared before timing."""
 
 from __future__ import annotations
+
+import contextlib
 
 import numpy as np
 
@@ -13,11 +16,17 @@ from benchmarks.kernel_timings import MOMENTUM, cupy_events, event_median_ms, re
 # summation orders. TF32: each product's inputs are rounded to 10 mantissa bits (2.9e-4 of error
 # a product, measured), and the two libraries' products round differently; through three layers
 # and ReLUs that flip, 1e-2 is about 30 such errors.
-STEP_RTOL = {"ieee": 1e-4, "tf32": 1e-2}
+# bfloat16: each product's inputs and output, each saved activation rounded to 8 bits (2**-8 a
+# rounding), PyTorch rounding at other points (its linear layers' bias is added in the product's
+# epilogue, its ReLU saves the bfloat16 output too) and its split-K sums allowed in bfloat16:
+# a few units of 2.9e-3 (a product's error), and ReLUs that flip.
+STEP_RTOL = {"ieee": 1e-4, "tf32": 1e-2, "bfloat16": 5e-2}
 STEP_TARGET = 1.0  # gpubp step time / PyTorch eager step time
 STEP_CASES = [([784, 512, 512, 10], 256), ([784, 512, 512, 10], 4096), ([4096, 4096, 4096, 10], 4096),
               ([784, 8192, 8192, 10], 4096)]
-PRECISIONS = ("ieee", "tf32")
+PRECISIONS = ("ieee", "tf32", "bfloat16")
+BF16_CASES = [([784, 512, 512, 10], 256), ([784, 512, 512, 10], 1024), ([784, 512, 512, 10], 4096),
+              ([4096, 4096, 4096, 10], 4096), ([8192, 8192, 10], 4096)]
 LR = 1e-3
 
 
@@ -30,8 +39,9 @@ def step_timings(cp) -> list[dict]:
     rows = []
     try:
         for precision in PRECISIONS:
-            set_fp32_precision(torch, precision)
-            rows += [step_case(cp, torch, sizes, batch, precision) for sizes, batch in STEP_CASES]
+            set_fp32_precision(torch, "tf32" if precision == "tf32" else "ieee")
+            cases = BF16_CASES if precision == "bfloat16" else STEP_CASES
+            rows += [step_case(cp, torch, sizes, batch, precision) for sizes, batch in cases]
     finally:
         set_fp32_precision(torch, "ieee")
     return rows
@@ -65,18 +75,22 @@ def step_case(cp, torch, sizes: list[int], batch: int, precision: str = "ieee") 
     The gpubp step is what ``gpubp.fit`` runs per step on checked data (``flat_loss_and_grad``
     and one update of the flat parameter buffer): no host synchronization, as in PyTorch's step.
     ``precision`` "tf32" builds the network with tf32=True; PyTorch's is set by the caller.
+    "bfloat16" builds it with dtype="bfloat16" and runs PyTorch's forward and loss under
+    ``torch.autocast("cuda", torch.bfloat16)`` (float32 parameters and optimizer, as gpubp's).
     """
     from gpubp import MLP, get_backend
     from gpubp.bench import train_flops
 
-    label = f"{'-'.join(map(str, sizes))} b{batch}" + (" tf32" if precision == "tf32" else "")
+    label = f"{'-'.join(map(str, sizes))} b{batch}" + ("" if precision == "ieee" else f" {precision}")
     rng = np.random.default_rng(1)
     X, y = rng.normal(size=(batch, sizes[0])).astype(np.float32), rng.integers(0, sizes[-1], batch)
     yd = cp.asarray(y)
-    net = MLP(sizes, "relu", get_backend("cuda"), "float32", seed=0, tf32=precision == "tf32")
+    net = MLP(sizes, "relu", get_backend("cuda"), "bfloat16" if precision == "bfloat16" else "float32", seed=0,
+              tf32=precision == "tf32")
     model = torch_twin(torch, net, cp)
     Xd, Xt, yt = cp.asarray(X), torch.as_tensor(X, device="cuda"), torch.as_tensor(y, device="cuda")
-    errors = step_errors(cp, torch, net, model, Xd, y, Xt, yt)
+    autocast = torch_autocast(torch, precision)
+    errors = step_errors(cp, torch, net, model, Xd, y, Xt, yt, autocast)
     row = {"case": label, "max_rel_error": max(errors), "agree": max(errors) < STEP_RTOL[precision]}
     if not row["agree"]:
         return row
@@ -85,7 +99,9 @@ def step_case(cp, torch, sizes: list[int], batch: int, precision: str = "ieee") 
 
     def torch_step():
         torch_opt.zero_grad(set_to_none=True)
-        torch.nn.functional.cross_entropy(model(Xt), yt).backward()
+        with autocast():
+            loss = torch.nn.functional.cross_entropy(model(Xt), yt)
+        loss.backward()
         torch_opt.step()
 
     repeat = 50 if batch <= 1024 else 20
@@ -138,10 +154,19 @@ def gpubp_sgd_step(net, Xd, yd):
     return step
 
 
-def step_errors(cp, torch, net, model, Xd, y, Xt, yt) -> list[float]:
+def torch_autocast(torch, precision: str):
+    """A function returning the context PyTorch's step runs its forward pass in: bfloat16
+    autocast for "bfloat16", nothing otherwise."""
+    if precision == "bfloat16":
+        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
+def step_errors(cp, torch, net, model, Xd, y, Xt, yt, autocast=contextlib.nullcontext) -> list[float]:
     """Relative errors of the loss and of every dW and db, gpubp against PyTorch, from one batch."""
     loss, dW, db = net.loss_and_grads(Xd, y)
-    torch_loss = torch.nn.functional.cross_entropy(model(Xt), yt)
+    with autocast():
+        torch_loss = torch.nn.functional.cross_entropy(model(Xt), yt)
     torch_loss.backward()
     errors = [abs(float(loss) - torch_loss.item()) / abs(torch_loss.item())]
     linears = [m for m in model if isinstance(m, torch.nn.Linear)]

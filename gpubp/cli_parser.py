@@ -97,7 +97,7 @@ def build_parser() -> _Parser:
     _add(train, "--test-fraction", "test_fraction", default=0.2,
          help="share held out for the test when the data set has no test part (default 0.2)")
     train.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "numpy", "cupy", "gpu"))
-    _add(train, "--dtype", "dtype", default="float32", metavar="{float32,float64}")
+    _add(train, "--dtype", "dtype", default="float32", metavar="{float32,float64,bfloat16}")
     train.add_argument("--tf32", action="store_true",
                        help="float32 products in TF32 (tensor cores on Ampere and newer GPUs; the same "
                             "rounding modelled on the CPU); needs --dtype float32")

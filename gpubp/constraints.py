@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import ml_dtypes
 import numpy as np
 
 NOT_READ = object()  # from_text: the text does not read as a value of this constraint
@@ -178,9 +179,10 @@ class Widths:
 
 @dataclass(frozen=True)
 class FloatDType:
-    """float32 or float64, as a name or anything numpy.dtype reads as one (normalized to the name)."""
+    """float32, float64 or bfloat16 (float32 parameters, bfloat16 products: gpubp.bfloat16), as a
+    name or anything numpy.dtype reads as one (normalized to the name)."""
 
-    names: tuple = ("float32", "float64")
+    names: tuple = ("float32", "float64", np.dtype(ml_dtypes.bfloat16).name)  # the import names "bfloat16" to numpy
 
     def accepts(self, value) -> bool:
         try:

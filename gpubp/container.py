@@ -39,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .bfloat16 import parameter_dtype
 from .errors import DataError
 from .version import __version__
 
@@ -78,7 +79,7 @@ class Contents:
 def model_block(net) -> dict:
     """The settings of ``net`` (a :class:`gpubp.MLP`) as every kind of file records them, and as
     a resumed run must match them: sizes, activation, output, dtype, alpha, tf32 (JSON types)."""
-    return block(net.sizes, net.activation, net.output, net.dtype, net.alpha, net.tf32)
+    return block(net.sizes, net.activation, net.output, net.compute_dtype, net.alpha, net.tf32)  # bfloat16's name
 
 
 def block(sizes, activation: str, output: str, dtype, alpha: float, tf32: bool) -> dict:
@@ -220,7 +221,7 @@ def _check_params(contents: Contents) -> None:
     """DataError unless param_0.. have the shapes and dtype of the model block."""
     path, model = contents.path, contents.meta.get("model")
     try:
-        sizes, dtype = [int(s) for s in model["sizes"]], np.dtype(model["dtype"])
+        sizes, dtype = [int(s) for s in model["sizes"]], parameter_dtype(model["dtype"])  # bfloat16: float32
     except (KeyError, TypeError, ValueError) as exc:
         raise DataError(f"{path}: no readable model block ({type(exc).__name__}: {exc})") from None
     shapes = [(a, b) for a, b in zip(sizes[:-1], sizes[1:])] + [(b,) for b in sizes[1:]]

@@ -15,6 +15,7 @@ from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
 from .estimator_params import PARAMETER_CONSTRAINTS
 from .backend import get_backend, to_numpy
+from .bfloat16 import network_dtype, parameter_dtype
 from .communicator import Communicator, SingleProcess, failing_together
 from .container import block, write
 from .mlp import MLP
@@ -67,8 +68,8 @@ class BaseMLP(StochasticFit, DataParallelFit, FitCheckpoints, BaseEstimator):
             # scikit-learn fails here too, with NumPy's TypeError when it makes the weights
             raise TypeError(f"hidden_layer_sizes must hold ints, got {self.hidden_layer_sizes!r}.")
         if self.dtype is not None and not accepts("dtype", self.dtype):  # gpubp's rule, scikit-learn's words
-            raise InvalidParameterError(f"The 'dtype' parameter of {type(self).__name__} must be None, 'float32' "
-                                        f"or 'float64'. Got {self.dtype!r} instead.")
+            raise InvalidParameterError(f"The 'dtype' parameter of {type(self).__name__} must be None, 'float32', "
+                                        f"'float64' or 'bfloat16'. Got {self.dtype!r} instead.")
         get_backend(self.device)  # unknown names and an unusable "cuda" fail here, with the reason
         return [int(s) for s in sizes]
 
@@ -116,7 +117,7 @@ class BaseMLP(StochasticFit, DataParallelFit, FitCheckpoints, BaseEstimator):
         first_pass = not hasattr(self, "coefs_") or (not self.warm_start and not incremental)
         X, y = self._validate_input(X, y, incremental, reset=first_pass)
         if self.dtype is not None:
-            X = X.astype(self.dtype)
+            X = X.astype(parameter_dtype(self.dtype))  # bfloat16: float32 data and parameters
         if self.tf32 and X.dtype != np.float32:
             raise ValueError(f"tf32=True needs float32 (TF32 rounds float32 inputs), but this fit runs in "
                              f"{X.dtype.name}: pass dtype='float32' or float32 X")
@@ -177,9 +178,9 @@ class BaseMLP(StochasticFit, DataParallelFit, FitCheckpoints, BaseEstimator):
 
     def _network(self, dtype=None):
         """The MLP on the device holding coefs_ and intercepts_ (made again when they changed)."""
-        dtype = np.dtype(dtype or self.coefs_[0].dtype)
+        dtype = network_dtype(self.dtype, dtype or self.coefs_[0].dtype)  # bfloat16 when asked
         net, backend = getattr(self, "_net", None), get_backend(self.device)
-        stale = net is None or net.dtype != dtype or net.backend is not backend or net.tf32 != bool(self.tf32)
+        stale = net is None or net.compute_dtype != dtype or net.backend is not backend or net.tf32 != bool(self.tf32)
         if stale or getattr(self, "_net_source", None) is not self.coefs_:
             sizes = [self.coefs_[0].shape[0]] + [c.shape[1] for c in self.coefs_]
             net = MLP(sizes, _ACTIVATION_NAMES[self.activation], backend, dtype.name, alpha=self.alpha,

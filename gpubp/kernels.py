@@ -6,6 +6,8 @@ and does in one pass over memory what the twin does in several:
 
 - ``bias_activation``: z + b and the activation (ElementwiseKernel per activation);
 - ``backprop_delta``: BP2's g * f'(a) with f' from the saved activation (ElementwiseKernel);
+  both take bfloat16 z, g and a (a bfloat16 network's, gpubp.bfloat16): CuPy binds them to
+  cupy/bfloat16.cuh's class, the math runs in float, and the result is rounded once when stored;
 - ``softmax_minus_y``: BP1 and the loss, with the output layer's bias added on the way in, in
   one RawKernel launch (one warp per row) and a sum of the rows' losses;
 - ``sgd_momentum_update`` and ``adam_update``: one pass over each parameter.
@@ -56,13 +58,16 @@ class ElementwiseSpec:
 def _specs() -> dict[str, ElementwiseSpec]:
     specs = {}
     for act, code in ACTIVATION_CODES.items():
+        # T: the stored dtype of z, a and g (bfloat16 in a bfloat16 network); F: the bias's.
+        # gpubp::widen reads a bfloat16 as float, so the math runs in float and the assignment to
+        # a T rounds once (cupy/bfloat16.cuh's operator=); for float and double it does nothing.
         specs[f"gpubp_bias_{act}"] = ElementwiseSpec(
-            f"gpubp_bias_{act}", "T z, T b", "T a",
-            f"a = gpubp::activate<{code}>(z + b)", "ops.bias_activation")
+            f"gpubp_bias_{act}", "T z, F b", "T a",
+            f"a = gpubp::activate<{code}>(gpubp::widen(z) + b)", "ops.bias_activation")
         if act != "identity":
             specs[f"gpubp_backprop_delta_{act}"] = ElementwiseSpec(
                 f"gpubp_backprop_delta_{act}", "T a", "T g",
-                f"g = g * gpubp::derivative_from_a<{code}>(a)", "ops.backprop_delta")
+                f"g = gpubp::widen(g) * gpubp::derivative_from_a<{code}>(gpubp::widen(a))", "ops.backprop_delta")
     specs["gpubp_sgd_momentum"] = ElementwiseSpec(
         "gpubp_sgd_momentum", "T g, T lr, T mu, bool nesterov", "T p, T v",
         "gpubp::sgd_momentum(p, v, g, lr, mu, nesterov)", "ops.sgd_momentum_update")
@@ -122,7 +127,10 @@ def clear_cache() -> None:
 
 
 def bias_activation(xp, z, b, name: str):
-    """a = f(z + b) in one pass, written over z. z: (n, width); b: (width,). Twin: ops.bias_activation."""
+    """a = f(z + b) in one pass, written over z. z: (n, width); b: (width,) of z's dtype (float32
+    for a bfloat16 z). Twin: ops.bias_activation."""
+    if b.dtype != ops.wide_dtype(z.dtype):  # F is free in CuPy: a float64 b would turn the math double
+        raise TypeError(f"Type is mismatched: b is {b.dtype}, z of {z.dtype} takes b of {ops.wide_dtype(z.dtype)}")
     elementwise_kernel(f"gpubp_bias_{name}")(z, b, z)
     return z
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import ops, precision, prediction
+from . import bfloat16, ops, precision, prediction
 from .initialization import init_params
 from .backend import Backend, get_backend
 from .validation import check_dtype, check_sample_weight, check_sizes, check_targets, check_y
@@ -27,8 +27,10 @@ class MLP:
         Activation of every hidden layer.
     backend : {"auto", "cpu", "cuda"} or Backend
         Where the parameters live and the arithmetic runs (see :func:`gpubp.backend.get_backend`).
-    dtype : {"float32", "float64"}
-        Dtype of parameters and computation.
+    dtype : {"float32", "float64", "bfloat16"}
+        Dtype of parameters and computation. "bfloat16": products and saved activations in
+        bfloat16 (float32 sums), the rest float32; the CPU rounds where the card does
+        (:mod:`gpubp.bfloat16`). ``dtype`` is then float32 and ``compute_dtype`` bfloat16.
     seed : int or None
         Seed of the host generator that draws the initial parameters (:func:`gpubp.initialization.init_params`).
     alpha : float
@@ -48,6 +50,9 @@ class MLP:
 
     Attributes
     ----------
+    dtype, compute_dtype : numpy dtype
+        Of the parameters, gradients and loss (float32 or float64), and of the products and saved
+        activations (``dtype``, or bfloat16: its name is the ``dtype`` the network was made with).
     flat_params : array (n_params,)
         Every parameter in one buffer on the backend's device: the weights, row-major, layer by
         layer, then the biases. An optimizer updates it in one pass, and a gradient
@@ -67,8 +72,10 @@ class MLP:
         self.activation = ops.check_activation(activation)
         self.backend: Backend = get_backend(backend)
         self.xp = self.backend.xp
-        self.dtype = check_dtype(dtype)
+        self.compute_dtype = check_dtype(dtype)
+        self.dtype = bfloat16.parameter_dtype(self.compute_dtype)
         self.tf32 = precision.check_tf32(tf32, self.dtype)
+        bfloat16.check_mode(self.compute_dtype, self.tf32)
         if not np.isfinite(alpha) or alpha < 0:
             raise ValueError(f"alpha (L2 penalty) must be a finite number >= 0, got {alpha!r}")
         self.alpha = float(alpha)
@@ -81,7 +88,7 @@ class MLP:
     def __repr__(self) -> str:
         widths = "-".join(map(str, self.sizes))
         tf32 = ", tf32" if self.tf32 else ""
-        return f"MLP({widths}, {self.activation}, {self.output}, {self.dtype.name}, {self.backend.name}{tf32})"
+        return f"MLP({widths}, {self.activation}, {self.output}, {self.compute_dtype.name}, {self.backend.name}{tf32})"
 
     @property
     def n_classes(self) -> int:
@@ -116,33 +123,41 @@ class MLP:
     # ------------------------------------------------------------------ forward and backward
 
     def _products(self):
-        """The block every product of a pass runs in: TF32 on a CUDA card when tf32, else nothing."""
+        """The block every product of a pass runs in: TF32 on a card when tf32, float32 partial
+        sums in cuBLAS for bfloat16 (gpubp.bfloat16.float32_accumulation), else nothing."""
+        if self.compute_dtype != self.dtype:
+            return bfloat16.float32_accumulation(self.xp)
         return precision.tf32_products(self.xp, self.tf32)
 
     def _matmul(self, a, b, out=None):
-        """a @ b (written into ``out`` when given): the network's one way to take a product. With
-        tf32 on NumPy it is the CPU model of the card's TF32 product; on CUDA the enclosing
-        :meth:`_products` block makes cuBLAS compute it in TF32."""
+        """a @ b (into ``out`` when given): the network's one way to take a product. With tf32 or
+        bfloat16 on NumPy, the CPU model of the card's product; on CUDA :meth:`_products` sets
+        how cuBLAS computes it. bfloat16 a and b give bfloat16 (widened into a float32 out)."""
+        if self.xp is np and self.compute_dtype != self.dtype:
+            return bfloat16.matmul_as_bfloat16(a, b, out=out)
         if self.tf32 and self.xp is np:
             return precision.matmul_as_tf32(a, b, out=out)
         return self.xp.matmul(a, b, out=out)
 
     def _forward(self, X):
-        """Hidden activations a[0] = X, ..., a[L-1] and the output logits z[L] (n, nL)."""
+        """Hidden activations a[0] = X, ..., a[L-1] (compute_dtype) and the logits z[L] (n, nL)."""
         with self._products():
-            a, zL = self._forward_products(X)
+            a, zL, _ = self._forward_products(X)
         zL += self.biases[-1]
         return a, zL
 
     def _forward_products(self, X):
-        """a[0] = X, ..., a[L-1] and the output layer's product a[L-1] @ W[L] (n, nL), its bias
-        not yet added (BP1's kernel adds it as it reads the logits). Callers hold _products()."""
-        xp, kernels = self.xp, self.backend.kernels
-        a = [X]
-        for W, b in zip(self.weights[:-1], self.biases[:-1]):
+        """a[0] = X, ..., a[L-1] and the weights in compute_dtype, and a[L-1] @ W[L] (n, nL) in dtype
+        without the output bias (BP1's kernel adds it as it reads the logits). Callers hold _products()."""
+        xp, kernels, bf16 = self.xp, self.backend.kernels, self.compute_dtype != self.dtype
+        weights, a = self.weights, [X]
+        if bf16:  # W (one cast a pass, viewed per layer) and X rounded once to bfloat16
+            weights, a = self.unflatten(self.flat_params.astype(self.compute_dtype))[0], [X.astype(self.compute_dtype)]
+        for W, b in zip(weights[:-1], self.biases[:-1]):
             z = self._matmul(a[-1], W)  # (n, sizes[l+1])
             a.append(kernels.bias_activation(xp, z, b, self.activation))
-        return a, self._matmul(a[-1], self.weights[-1])
+        zL = self._matmul(a[-1], weights[-1])  # (n, nL)
+        return a, (zL.astype(self.dtype) if bf16 else zL), weights
 
     def flat_loss_and_grad(self, X, y, sample_weight=None, l2: bool = True):
         """The trainers' step: loss and gradient of a batch with no checks and no host sync.
@@ -168,8 +183,8 @@ class MLP:
 
     def _flat_loss_and_grad(self, X, y, sample_weight, l2: bool):
         """flat_loss_and_grad's forward and backward pass, inside _products()."""
-        xp, kernels = self.xp, self.backend.kernels
-        a, zL = self._forward_products(X)  # zL: (n, nL) without the output bias
+        xp, kernels, bf16 = self.xp, self.backend.kernels, self.compute_dtype != self.dtype
+        a, zL, weights = self._forward_products(X)  # zL: (n, nL) without the output bias
         g = xp.empty(self.flat_params.shape, dtype=self.dtype)  # (n_params,)
         dW, db = self.unflatten(g)
         # BP1: delta[L] = (a[L] - Y) / n, with the mean loss from the same pass
@@ -179,13 +194,15 @@ class MLP:
             zL += self.biases[-1]
             delta, loss = kernels.output_minus_y(xp, zL, y, self.output, sample_weight)
         for l in reversed(range(len(self.weights))):
-            # BP3: db[l] = sum over the batch of delta[l]
-            delta.sum(axis=0, out=db[l])
+            # BP3: db[l] = sum over the batch of delta[l] (a bfloat16 delta summed in float32)
+            delta.sum(axis=0, dtype=self.dtype if bf16 else None, out=db[l])
+            if bf16 and delta.dtype != self.compute_dtype:  # delta[L] rounded for BP4 and BP2
+                delta = delta.astype(self.compute_dtype)
             # BP4: dW[l] = a[l-1].T @ delta[l]
             self._matmul(a[l].T, delta, out=dW[l])
             if l > 0:
                 # BP2: delta[l-1] = (delta[l] @ W[l].T) * f'(z[l-1]), f' from the saved a
-                delta = kernels.backprop_delta(xp, self._matmul(delta, self.weights[l].T), a[l], self.activation)
+                delta = kernels.backprop_delta(xp, self._matmul(delta, weights[l].T), a[l], self.activation)
         if self.alpha and l2:
             loss = loss + self.add_l2(g, X.shape[0] if sample_weight is None else sample_weight.sum())
         return loss, g

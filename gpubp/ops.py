@@ -10,6 +10,8 @@ Rows are samples: ``z`` and ``a`` are (n, width), labels ``y`` are (n,) integers
 
 from __future__ import annotations
 
+import numpy as np
+
 ACTIVATIONS = ("relu", "sigmoid", "tanh", "identity")
 # Output layers and their losses: softmax + cross-entropy over classes; logistic + binary
 # cross-entropy per output (binary and multilabel); identity + half squared error; exp + Poisson
@@ -44,8 +46,21 @@ def activate(xp, z, name: str):
     raise ValueError(f"unknown activation {name!r}")
 
 
+def wide_dtype(*dtypes) -> np.dtype:
+    """The dtype the arithmetic of a kernel runs in for arrays of ``dtypes``: at least float32, so
+    bfloat16 operands are computed in float32 (and rounded once, when stored)."""
+    return np.result_type(np.float32, *dtypes)
+
+
 def bias_activation(xp, z, b, name: str):
-    """a = f(z + b), written over ``z``. z: (n, width) pre-bias product a_prev @ W; b: (width,)."""
+    """a = f(z + b), written over ``z``. z: (n, width) pre-bias product a_prev @ W; b: (width,).
+
+    A z stored narrower than the arithmetic (bfloat16 z, float32 b) is read into float32, and
+    f(z + b) is rounded once into z, as the kernel does (gpubp.bfloat16)."""
+    wide = wide_dtype(z.dtype, b.dtype)
+    if z.dtype != wide:
+        z[...] = activate(xp, z.astype(wide) + b, name)
+        return z
     z += b
     return activate(xp, z, name)
 
@@ -56,8 +71,13 @@ def backprop_delta(xp, g, a, name: str):
     f'(z) is taken from the saved activation a = f(z): relu (a > 0), sigmoid a(1 - a),
     tanh 1 - a^2, identity 1.
 
-    g, a: (n, width). Returns g.
+    g, a: (n, width). Returns g. bfloat16 g and a are read into float32 and g * f'(a) rounded
+    once into g, as the kernel does (gpubp.bfloat16).
     """
+    wide = wide_dtype(g.dtype, a.dtype)
+    if g.dtype != wide:
+        g[...] = backprop_delta(xp, g.astype(wide), a.astype(wide), name)
+        return g
     if name == "relu":
         return xp.multiply(g, a > 0, out=g)
     if name == "sigmoid":

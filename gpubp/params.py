@@ -75,7 +75,8 @@ SETTINGS: dict[str, Setting] = {
     # the network and the command line
     "hidden": Setting((Widths(),), "widths of the hidden layers"),
     "activation": Setting((Options(ACTIVATIONS),), "activation of the hidden layers"),
-    "dtype": Setting((FloatDType(),), "floating-point type of parameters and arithmetic"),
+    "dtype": Setting((FloatDType(),), "floating-point type of parameters and arithmetic (bfloat16: "
+                                      "bfloat16 products and saved activations over float32 parameters)"),
     "alpha": Setting((Interval(float, 0),), "L2 penalty"),
     "test_fraction": _fraction("share held out for the test when the data set has no test part"),
     "pairs": _positive_int("paired runs per library (gpubp bench)"),

@@ -9,7 +9,8 @@ from .constraints import Interval
 from .params import ParameterError, check
 
 def check_dtype(dtype) -> np.dtype:
-    """numpy dtype for "float32" or "float64" (a name or a dtype); the table's ParameterError else."""
+    """numpy dtype for "float32", "float64" or "bfloat16" (a name or a dtype); the table's
+    ParameterError else."""
     return np.dtype(check("dtype", dtype))
 
 

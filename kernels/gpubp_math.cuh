@@ -28,6 +28,15 @@ GPUBP_HD double math_tanh(double x) { return tanh(x); }
 GPUBP_HD float math_sqrt(float x) { return sqrtf(x); }
 GPUBP_HD double math_sqrt(double x) { return sqrt(x); }
 
+// x read in the type its arithmetic runs in: float for a bfloat16 (CuPy's bfloat16 class converts
+// implicitly to float, and so does any class with one conversion to float), x itself for float and
+// double. The kernels compute f(widen(z) + b) and widen(g) * f'(widen(a)) in float and store the
+// result into a bfloat16 with one rounding. Twin: ops.wide_dtype.
+template <typename T>
+GPUBP_HD auto widen(const T& x) -> decltype(+x) {
+    return +x;
+}
+
 // 1 / (1 + exp(-z)) with exp taken only of -|z|, so no overflow for any z. Twin: ops.sigmoid.
 template <typename T>
 GPUBP_HD T sigmoid(T z) {

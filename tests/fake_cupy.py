@@ -13,6 +13,10 @@ way CuPy 14 does (cupy/_core/_kernel.pyx, _reduction.pyx), and at least as stric
 - the loop is compiled by tests/fake_nvrtc.py with NVRTC's behaviour under the kernel's
   ``options``: multiply-adds contracted unless ``--fmad=false``, float32 denormals flushed.
 
+A bfloat16 argument (ml_dtypes) is bound to ``bfloat16``, a host class with the interface of
+CuPy's cupy/bfloat16.cuh (an implicit conversion to float, a rounding assignment), so a kernel
+that computes with bfloat16 compiles and rounds here as it does on the card.
+
 RawModule runs through tests/fake_cuda_threads.py (one host thread per CUDA thread).
 Not modelled: the order in which the GPU sums a reduction (NumPy's pairwise sum is used), CUDA's
 own exp/log/tanh (the host's libm is used), and kernels the emulation is not given.
@@ -23,10 +27,13 @@ from __future__ import annotations
 import ctypes
 from dataclasses import dataclass
 
+import ml_dtypes
 import numpy as np
 
 from .fake_cuda_threads import RawModule  # noqa: F401  (re-exported as cupy.RawModule)
 from .fake_nvrtc import FTZ_SCOPE, compile_library
+
+BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
 
 # C type and ctypes type of each dtype a kernel argument may have (CuPy's _scalar typenames).
 C_TYPES = {
@@ -41,7 +48,42 @@ C_TYPES = {
     np.dtype(np.uint64): ("unsigned long long", ctypes.c_uint64),
     np.dtype(np.float32): ("float", ctypes.c_float),
     np.dtype(np.float64): ("double", ctypes.c_double),
+    BFLOAT16: ("bfloat16", ctypes.c_uint16),
 }
+# The host twin of CuPy's ``bfloat16`` (cupy/_core/include/cupy/bfloat16.cuh, put in front of a
+# kernel that has a bfloat16 argument, as _scalar.pyx's typename include does): the same
+# interface, an implicit conversion to float and a rounding assignment (nearest, ties to even,
+# NaN kept quiet, as __float2bfloat16 does), and, like it, no arithmetic operators of its own.
+BFLOAT16_HOST = """
+#include <cstdint>
+#include <cstring>
+class bfloat16 {
+  std::uint16_t bits_;
+ public:
+  bfloat16() : bits_(0) {}
+  bfloat16(float v) {
+    std::uint32_t u;
+    std::memcpy(&u, &v, sizeof u);
+    if ((u & 0x7fffffffu) > 0x7f800000u) {
+      bits_ = static_cast<std::uint16_t>((u >> 16) | 0x40u);
+    } else {
+      bits_ = static_cast<std::uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+    }
+  }
+  operator float() const {
+    std::uint32_t u = static_cast<std::uint32_t>(bits_) << 16;
+    float f;
+    std::memcpy(&f, &u, sizeof f);
+    return f;
+  }
+  bfloat16& operator=(const bfloat16&) = default;
+  template <typename T>
+  bfloat16& operator=(const T& rhs) {
+    *this = bfloat16(static_cast<float>(rhs));
+    return *this;
+  }
+};
+"""
 
 
 @dataclass(frozen=True)
@@ -111,7 +153,8 @@ class _Loop:
             const = "const " if param.is_input else ""
             if not isinstance(arg, np.ndarray):  # a scalar: passed by value, cast as CuPy casts it
                 signature.append(f"const {ctype} {param.name}")
-                values.append(c_scalar(np.asarray(arg).astype(dtype).item()))
+                scalar = np.asarray(arg).astype(dtype)
+                values.append(c_scalar((scalar.view(np.uint16) if dtype == BFLOAT16 else scalar).item()))
                 continue
             if param.raw:
                 buffer = np.ascontiguousarray(arg)
@@ -124,7 +167,9 @@ class _Loop:
                 bindings.append(f"{const}{ctype}& {param.name} = {param.name}_[i];")
             buffers.append((arg, buffer, param))
             values.append(buffer.ctypes.data_as(ctypes.c_void_p))
-        floats = {dtype_of(p, types) for p in self.params} & {np.dtype(np.float32), np.dtype(np.float64)}
+        # bfloat16 is computed in float: CuPy's -ftz=true flushes it as it does float32
+        floats = {np.dtype(np.float32) if d == BFLOAT16 else d for d in (dtype_of(p, types) for p in self.params)}
+        floats &= {np.dtype(np.float32), np.dtype(np.float64)}
         source = self._source(types, signature, bindings, ftz=floats == {np.dtype(np.float32)})
         function = getattr(compile_library(source, self.options), self.name)
         function(*values, ctypes.c_longlong(size))
@@ -134,8 +179,9 @@ class _Loop:
 
     def _source(self, types, signature, bindings, ftz: bool) -> str:
         typedefs = "".join(f"typedef {C_TYPES[t][0]} {p};\n" for p, t in sorted(types.items()))
+        bf16 = BFLOAT16_HOST if BFLOAT16 in types.values() else ""
         return (
-            "#include <cstddef>\n" + FTZ_SCOPE + typedefs + self.preamble + "\n"
+            "#include <cstddef>\n" + FTZ_SCOPE + bf16 + typedefs + self.preamble + "\n"
             f'extern "C" void {self.name}({", ".join(signature + ["long long _size"])}) {{\n'
             f"  gpubp_ftz_scope ftz({'true' if ftz else 'false'});\n"
             "  for (ptrdiff_t i = 0; i < _size; ++i) {\n    "

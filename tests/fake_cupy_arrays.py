@@ -56,6 +56,16 @@ the host: ``float()``, ``int()``, ``bool()``, ``item()``, ``tolist()``, ``get()`
 of these as one launch (a few of its routines, ``mean`` for one, run as one where the stand-in
 counts two), so a count here is what a step costs in launches on a card, give or take those.
 
+bfloat16 (ml_dtypes, as CuPy 14 registers it): a product with a bfloat16 operand is CuPy's
+(cupy/_core/_routines_linalg.pyx ``matmul``, ``dot``, ``tensordot_core``): two 2-D bfloat16
+arrays give a bfloat16 result, float32 sums rounded once (cublasGemmEx with CUBLAS_COMPUTE_32F),
+copied into a float32 ``out`` when one is given; bfloat16 with float32 is a float32 product;
+more than two dimensions raise TypeError (bfloat16's dtype char 'E' sends a batched product to
+CuPy's integer kernels, which do not compute it). Kernels bind bfloat16 arguments to a host twin
+of cupy/bfloat16.cuh's class (tests/fake_cupy.py). Other ufuncs on bfloat16 run as NumPy runs them
+with ml_dtypes (CuPy 14 has bfloat16 loops for the ones gpubp uses: add, multiply, comparisons,
+casts, sums); not modelled: a ufunc CuPy lacks a bfloat16 loop for.
+
 Stricter than CuPy, on purpose: pickling a device array raises TypeError. CuPy pickles it by
 copying it to the host, but the pickle then needs CuPy and a GPU to load (core.pyx
 ``ndarray.__reduce__`` returns ``cupy.array``); gpubp promises pickles that hold host arrays only.
@@ -414,6 +424,8 @@ class ndarray(np.ndarray):
         np.ndarray.fill(self, value)
 
     def dot(self, b, out=None):
+        if fake_cupy.BFLOAT16 in (self.dtype, getattr(b, "dtype", None)):
+            return _apply_ufunc(np.matmul, "__call__", (self, b), {} if out is None else {"out": (out,)})
         _ACTIVITY.launch()
         return _device(np.dot(*_to_host_arg((self, b), "ndarray.dot"),
                               out=None if out is None else _to_host_arg(out, "ndarray.dot")))
@@ -521,10 +533,34 @@ def _apply_ufunc(ufunc, method, inputs, kwargs):
     out = kwargs.get("out")
     _ACTIVITY.launch()
     host_kwargs = {k: _to_host_arg(v, where) for k, v in kwargs.items()}
-    result = getattr(ufunc, method)(*_to_host_arg(inputs, where), **host_kwargs)
+    if ufunc is np.matmul and any(getattr(x, "dtype", None) == fake_cupy.BFLOAT16 for x in inputs):
+        result = _bfloat16_matmul(*_to_host_arg(inputs, where), **host_kwargs)
+    else:
+        result = getattr(ufunc, method)(*_to_host_arg(inputs, where), **host_kwargs)
     if out is not None:  # results written into the caller's device arrays: return those
         return out[0] if len(out) == 1 else out
     return _device(result)
+
+
+def _bfloat16_matmul(a, b, out=None, **kwargs):
+    """cupy.matmul with a bfloat16 operand, as CuPy 14 computes it (_routines_linalg.pyx): two 2-D
+    bfloat16 arrays give a bfloat16 product, float32 sums rounded once (cublasGemmEx, CUDA_R_16BF,
+    CUBLAS_COMPUTE_32F), copied into a float32 ``out`` if one is given; bfloat16 with float32 is
+    promoted to a float32 product; more than 2-D refused (bfloat16's char 'E' sends it to the
+    integer kernels: batched bfloat16 products are broken in CuPy 14)."""
+    if kwargs:
+        raise TypeError(f"the stand-in's bfloat16 matmul takes no {', '.join(kwargs)}")
+    if a.ndim > 2 or b.ndim > 2:
+        raise TypeError(f"batched bfloat16 matmul ({a.shape} @ {b.shape}) is broken in CuPy 14: use 2-D products")
+    dtype = np.promote_types(a.dtype, b.dtype)
+    c = np.matmul(a.astype(np.float32), b.astype(np.float32)).astype(dtype)
+    if out is None:
+        return c
+    out = out[0] if isinstance(out, tuple) else out
+    if out.shape != c.shape:
+        raise ValueError(f"Output array has an invalid size: {out.shape}, product {c.shape}")
+    out[...] = c
+    return out
 
 
 # ----------------------------------------------------------------------------- module functions

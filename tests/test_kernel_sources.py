@@ -160,7 +160,7 @@ def test_sources_are_found_in_the_checkout():
 
 # ---------------------------------------------------------------------------- nvcc, sm_90
 
-_C_TYPES = {"T": "T", "I": "I", "int64": "long long", "bool": "bool"}
+_C_TYPES = {"T": "T", "F": "F", "I": "I", "int64": "long long", "bool": "bool"}
 
 
 def standalone_kernel(spec) -> str:
@@ -207,7 +207,7 @@ def nvcc_compile(source: str, tmp_path):
 def test_nvcc_compiles_every_elementwise_kernel_for_sm90(tmp_path):
     parts = ['#include "gpubp_math.cuh"']
     for ctype in ("float", "double"):
-        parts.append(f"namespace as_{ctype} {{\nusing T = {ctype};\nusing I = long long;")
+        parts.append(f"namespace as_{ctype} {{\nusing T = {ctype};\nusing F = T;\nusing I = long long;")
         parts += [standalone_kernel(spec) for spec in kernels.ELEMENTWISE_SPECS.values()]
         parts.append("}")
     nvcc_compile("\n".join(parts), tmp_path)

@@ -22,7 +22,7 @@ from .conftest import REPO
 
 LAYERS = [
     ("base: errors, version, constraints, signals", {"errors", "version", "interrupt", "constraints"}),
-    ("math: NumPy twins, precision and rate models", {"ops", "precision", "schedules", "kernel_set"}),
+    ("math: NumPy twins, precision and rate models", {"ops", "precision", "bfloat16", "schedules", "kernel_set"}),
     ("settings", {"params"}),
     ("kernel sets", {"host_kernels", "kernels"}),
     ("backend", {"backend", "validation"}),

@@ -410,6 +410,9 @@ class DeviceArray(np.ndarray):
     def double(self):
         return self.astype(np.float64)
 
+    def bfloat16(self):
+        return self.astype(__import__("ml_dtypes").bfloat16)
+
     def cpu(self):
         return self
 
@@ -471,13 +474,15 @@ def test_the_whole_stage_runs_on_stand_ins(monkeypatch):
     assert [r["name"] for r in result["rows"]] == [
         "cupy ieee", "cupy tf32_products", "cupy tf32_products a.T @ b (BP4, BP2 shapes)",
         "cupy tf32_products a @ b.T (BP4, BP2 shapes)", "cupy ieee after the block", "cupy compute type only",
-        "cupy math mode only"]
-    assert all(r["rel_error"] < 1e-6 and r["ms"] >= 0 for r in result["rows"])
+        "cupy math mode only", "cupy bfloat16 a @ b", "cupy bfloat16 a.T @ b", "cupy bfloat16 a @ b.T"]
+    assert all(r["rel_error"] < 1e-6 and r["ms"] >= 0 for r in result["rows"] if "bfloat16" not in r["name"])
+    assert all(r["as_expected"] for r in result["rows"] if "bfloat16" in r["name"])  # ml_dtypes rounds them
+    assert result["bfloat16_model"]["elements_differing"] > 0  # NumPy's bfloat16 matmul does not round its output
     before = {"math_mode": 0, "compute_type": DEFAULT}
     assert result["state"] == {"before": before, "after": before, "after halves": before}
     assert result["model"]["rel_error"] > 1e-4  # IEEE products against the TF32 model
     assert result["rounding"]["rule"] == "not rounded (IEEE)"
-    assert [r["name"] for r in result["torch"]["rows"]] == ["torch ieee", "torch tf32"]
+    assert [r["name"] for r in result["torch"]["rows"]] == ["torch ieee", "torch tf32", "torch bfloat16"]
     assert torch.backends.cuda.matmul.fp32_precision == "none"  # restored
     assert result["torch"]["rounding"]["rule"] == "not rounded (IEEE)"
     assert sum("TF32 did not engage" in f for f in result["failures"]) == 3

@@ -1,0 +1,431 @@
+"""MLP(dtype="bfloat16"): bfloat16 products and saved activations over float32 parameters, the CPU
+as the GPU's reference (gpubp.bfloat16).
+
+Bounds used here. One rounding to bfloat16 is at most u = 2**-8 = 0.0039 relative (7 of float32's
+23 mantissa bits kept). A gradient entry of the 64-48-32-10 network passes through about a dozen
+roundings (X, W, each product's output, each stored activation and delta), independent and of
+either sign, each a uniform error of at most u (standard deviation u / sqrt(3)): in quadrature
+sqrt(12) * u / sqrt(3) = 2u of norm-relative error from the float64 gradient. Asserted: below 3u
+for the smooth activations (measured 0.5u to 1.4u), above u / 8 (so the test sees bfloat16 and not
+float32, whose error here is ~1e-7); ReLU adds the flips of its mask where a rounding moves z
+across 0, which no roundoff bound covers: measured up to 7u on the first layer, asserted below
+12u. The loss is a float32 softmax of logits each rounded once: within u of float64's.
+"""
+
+import numpy as np
+import pytest
+
+from gpubp import MLP, to_numpy
+from gpubp.bfloat16 import BF16_UNIT_ROUNDOFF, BFLOAT16, matmul_as_bfloat16, round_to_bfloat16
+from gpubp.data import load_digits, split, standardize
+
+SIZES = [64, 48, 32, 10]
+ACTIVATIONS = ["relu", "tanh", "sigmoid", "identity"]
+
+
+@pytest.fixture(scope="module")
+def digits():
+    train, test = split(load_digits(), 0.2, seed=0)
+    _, (train, test) = standardize(train, test)
+    return train, test
+
+
+def batch(digits, n=256):
+    train, _ = digits
+    return train.X[:n].astype(np.float32), train.y[:n]
+
+
+def rel(a, b) -> float:
+    """Norm-relative difference of a from b."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+def test_round_to_bfloat16_rounds_to_nearest_even():
+    x = np.array([1 + 2**-8, 1 + 3 * 2**-8, 1 + 2**-8 + 2**-20, -(1 + 2**-9), 3e38, np.inf], np.float32)
+    expected = np.array([1, 1 + 2**-6, 1 + 2**-7, -1, 2.9980e38, np.inf], np.float32)
+    r = round_to_bfloat16(x)
+    np.testing.assert_array_equal(r[[0, 1, 2, 3, 5]], expected[[0, 1, 2, 3, 5]])
+    assert abs(r[4] - 3e38) / 3e38 <= BF16_UNIT_ROUNDOFF
+    assert np.isnan(round_to_bfloat16(np.float32("nan")))
+
+
+def test_matmul_as_bfloat16_sums_in_float32_and_rounds_once():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(40, 300)).astype(BFLOAT16), rng.normal(size=(300, 20)).astype(BFLOAT16)
+    c = matmul_as_bfloat16(a, b)
+    assert c.dtype == BFLOAT16
+    exact = a.astype(np.float64) @ b.astype(np.float64)
+    np.testing.assert_array_equal(c, (a.astype(np.float32) @ b.astype(np.float32)).astype(BFLOAT16))
+    # one rounding of the output: every element within u of the exact product (float32 sums add ~1e-6)
+    assert np.all(np.abs(c.astype(np.float64) - exact) <= BF16_UNIT_ROUNDOFF * np.abs(exact) + 1e-4)
+    out = np.empty((40, 20), np.float32)
+    assert matmul_as_bfloat16(a, b, out=out) is out
+    np.testing.assert_array_equal(out, c.astype(np.float32))
+    with pytest.raises(TypeError, match="two bfloat16"):
+        matmul_as_bfloat16(a.astype(np.float32), b)
+
+
+def test_the_network_keeps_float32_parameters_and_bfloat16_products():
+    net = MLP(SIZES, "tanh", "cpu", "bfloat16", seed=0)
+    assert net.dtype == np.float32 and net.compute_dtype == BFLOAT16
+    assert net.flat_params.dtype == np.float32
+    assert repr(net) == "MLP(64-48-32-10, tanh, softmax, bfloat16, cpu)"
+    X = np.ones((3, 64), np.float32)
+    a, zL = net._forward(X)
+    assert all(x.dtype == BFLOAT16 for x in a) and zL.dtype == np.float32
+    loss, g = net.flat_loss_and_grad(X, np.array([0, 1, 2]))
+    assert loss.dtype == np.float32 and g.dtype == np.float32
+
+
+def test_tf32_with_bfloat16_is_refused():
+    with pytest.raises(ValueError, match="tf32=True cannot be combined with dtype bfloat16"):
+        MLP(SIZES, "tanh", "cpu", "bfloat16", tf32=True)
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_bfloat16_gradients_are_within_the_bound_of_float64(digits, activation):
+    X, y = batch(digits)
+    net64 = MLP(SIZES, activation, "cpu", "float64", seed=2, alpha=1e-3)
+    net16 = MLP(SIZES, activation, "cpu", "bfloat16", seed=2, alpha=1e-3)
+    net16.set_params(net64.get_params())  # the float64 parameters, rounded to float32
+    loss64, g64 = net64.flat_loss_and_grad(X.astype(np.float64), y)
+    loss16, g16 = net16.flat_loss_and_grad(X, y)
+    u = BF16_UNIT_ROUNDOFF
+    assert abs(float(loss16) - float(loss64)) <= u * abs(float(loss64))
+    bound = 12 * u if activation == "relu" else 3 * u
+    for l, (a, b) in enumerate(zip(net16.unflatten(g16)[0] + net16.unflatten(g16)[1],
+                                   net64.unflatten(g64)[0] + net64.unflatten(g64)[1])):
+        assert u / 8 < rel(a, b) < bound, (activation, l, rel(a, b) / u)
+
+
+def test_float64_gradient_is_the_central_difference(digits):
+    """The float64 reference the bound above is taken against is the true gradient (central
+    differences on a few weights of each layer)."""
+    X, y = batch(digits, 32)
+    net = MLP([64, 12, 10], "tanh", "cpu", "float64", seed=4, alpha=1e-3)
+    _, g = net.flat_loss_and_grad(X.astype(np.float64), y)
+    rng, h = np.random.default_rng(0), 1e-6
+    for i in rng.choice(net.n_params, 20, replace=False):
+        p = net.flat_params
+        old = p[i]
+        p[i] = old + h
+        up = float(net.flat_loss_and_grad(X.astype(np.float64), y)[0])
+        p[i] = old - h
+        down = float(net.flat_loss_and_grad(X.astype(np.float64), y)[0])
+        p[i] = old
+        assert abs((up - down) / (2 * h) - g[i]) <= 1e-7 + 1e-6 * abs(g[i])
+
+
+# ------------------------------------------------------------------ CUDA through the stand-in
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_the_stand_ins_cuda_path_rounds_where_the_cpu_does(fake_cupy, digits, activation):
+    """Gradient on "cuda" (the kernels compiled by g++, cupy's bfloat16 products as the stand-in
+    models them) equals the CPU's bitwise: the same rounding points. The float32 softmax kernel
+    (one warp per row) sums in another order than its NumPy twin: the loss, the output bias's
+    gradient (BP1's delta[L] summed in float32, never rounded to bfloat16) and the probabilities
+    agree to float32 noise; delta[L] is rounded to bfloat16 before it goes further, which
+    absorbs that noise here (it could move a value across a rounding boundary: one bfloat16 unit).
+    The same holds for the activations: relu and identity are exact float32 operations on both
+    sides (bitwise equal), tanh and sigmoid run the host's libm in the kernel and NumPy's own
+    loops in the twin, a float32 unit apart at times, so a stored bfloat16 activation is now and
+    then one bfloat16 unit apart: their gradients agree to u / 8 in norm."""
+    X, y = batch(digits)
+    w = np.random.default_rng(1).uniform(0, 2, X.shape[0]).astype(np.float32)
+    cpu, gpu = (MLP(SIZES, activation, device, "bfloat16", seed=5, alpha=1e-3) for device in ("cpu", "cuda"))
+    for weights in (None, w):
+        loss_c, g_c = cpu.flat_loss_and_grad(X, y, weights)
+        loss_g, g_g = gpu.flat_loss_and_grad(fake_cupy.asarray(X), fake_cupy.asarray(y),
+                                             None if weights is None else fake_cupy.asarray(weights))
+        assert g_g.dtype == np.float32
+        C = SIZES[-1]
+        if activation in ("relu", "identity"):
+            np.testing.assert_array_equal(to_numpy(g_g)[:-C], g_c[:-C])
+        else:
+            assert rel(to_numpy(g_g)[:-C], g_c[:-C]) < BF16_UNIT_ROUNDOFF / 8
+        np.testing.assert_allclose(to_numpy(g_g)[-C:], g_c[-C:], rtol=1e-5, atol=1e-8)
+        assert float(loss_g) == pytest.approx(float(loss_c), rel=1e-6)
+    np.testing.assert_allclose(to_numpy(gpu.predict_proba(X)), cpu.predict_proba(X), rtol=1e-5, atol=1e-7)
+
+
+def test_the_stand_in_refuses_batched_bfloat16_products_and_keeps_2d_ones_bfloat16(fake_cupy):
+    a = fake_cupy.ones((2, 3, 4), BFLOAT16)
+    with pytest.raises(TypeError, match="batched bfloat16 matmul"):
+        a @ fake_cupy.ones((2, 4, 5), BFLOAT16)
+    m = fake_cupy.asarray(np.full((2, 3), 1 + 2**-7, np.float32)).astype(BFLOAT16)
+    p = m @ m.T  # 3 * (1 + 2**-7)**2 = 3 + 6 * 2**-7 + 3 * 2**-14: the last term is rounded off
+    assert p.dtype == BFLOAT16
+    np.testing.assert_array_equal(to_numpy(p.astype(np.float32)), np.full((2, 2), 3 + 6 * 2**-7, np.float32))
+    out = fake_cupy.empty((2, 2), np.float32)
+    fake_cupy.matmul(m, m.T, out=out)
+    np.testing.assert_array_equal(to_numpy(out), np.full((2, 2), 3 + 6 * 2**-7, np.float32))
+
+
+# ------------------------------------------------------------------ the kernels in bfloat16
+
+
+def _bf16(rng, shape, scale=3.0):
+    return (rng.normal(size=shape) * scale).astype(BFLOAT16)
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_twin_bias_activation_rounds_once_from_float32(activation):
+    """The twin on a bfloat16 z and float32 b: f(z + b) in float32, rounded once into z."""
+    from gpubp import ops
+
+    rng = np.random.default_rng(0)
+    z, b = _bf16(rng, (50, 17)), rng.normal(size=17).astype(np.float32)
+    expected = ops.activate(np, z.astype(np.float32) + b, activation).astype(BFLOAT16)
+    out = ops.bias_activation(np, z, b, activation)
+    assert out is z and z.dtype == BFLOAT16
+    np.testing.assert_array_equal(z.view(np.uint16), expected.view(np.uint16))
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_twin_backprop_delta_rounds_once_from_float32(activation):
+    from gpubp import ops
+
+    rng = np.random.default_rng(1)
+    g, a = _bf16(rng, (50, 17)), ops.activate(np, _bf16(rng, (50, 17)).astype(np.float32), activation).astype(BFLOAT16)
+    expected = ops.backprop_delta(np, g.astype(np.float32), a.astype(np.float32), activation).astype(BFLOAT16)
+    assert ops.backprop_delta(np, g, a, activation) is g
+    np.testing.assert_array_equal(g.view(np.uint16), expected.view(np.uint16))
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_cuda_kernels_in_bfloat16_match_their_twins(fake_cupy, activation):
+    """bias_activation and backprop_delta, the kernel set's operations that take bfloat16 arrays
+    in a bfloat16 network, as CUDA kernels (compiled by g++ with the host twin of CuPy's
+    bfloat16 class) against the NumPy twins: bitwise for relu and identity, within one bfloat16
+    unit for tanh and sigmoid (libm against NumPy's loops in float32, then one rounding). The
+    other operations take float32 in a bfloat16 network (logits, float32 deltas, parameters) and
+    are held to their twins by tests/test_kernels_emulated.py and tests/test_kernel_set.py."""
+    from gpubp import ops
+    from gpubp.kernels import CUDA_KERNELS
+
+    rng = np.random.default_rng(2)
+    z, b = _bf16(rng, (64, 33)), rng.normal(size=33).astype(np.float32)
+    g, a = _bf16(rng, (64, 33)), ops.activate(np, _bf16(rng, (64, 33)).astype(np.float32), activation).astype(BFLOAT16)
+    pairs = []
+    zd = fake_cupy.asarray(z)
+    pairs.append((CUDA_KERNELS.bias_activation(fake_cupy, zd, fake_cupy.asarray(b), activation),
+                  ops.bias_activation(np, z.copy(), b, activation)))
+    gd = fake_cupy.asarray(g)
+    pairs.append((CUDA_KERNELS.backprop_delta(fake_cupy, gd, fake_cupy.asarray(a), activation),
+                  ops.backprop_delta(np, g.copy(), a, activation)))
+    for device, host in pairs:
+        assert device.dtype == BFLOAT16
+        d, h = to_numpy(device).astype(np.float32), host.astype(np.float32)
+        if activation in ("relu", "identity"):
+            np.testing.assert_array_equal(d, h)
+        else:
+            np.testing.assert_allclose(d, h, rtol=BF16_UNIT_ROUNDOFF * 2, atol=1e-30)
+
+
+# A class over __nv_bfloat16 with the interface of CuPy's bfloat16 (cupy/bfloat16.cuh): an
+# implicit conversion to float, a rounding assignment from anything convertible to float, and no
+# arithmetic operators; gpubp_math.cuh's widen must reach float through the conversion.
+NV_BFLOAT16_LIKE_CUPY = """
+#include <cuda_bf16.h>
+class bfloat16 {
+  __nv_bfloat16 data_;
+ public:
+  __device__ bfloat16() : data_() {}
+  __device__ bfloat16(float v) : data_(v) {}
+  __device__ operator float() const { return float(data_); }
+  bfloat16& operator=(const bfloat16&) = default;
+  template <typename T>
+  __device__ bfloat16& operator=(const T& rhs) { *this = static_cast<bfloat16>(static_cast<float>(rhs)); return *this; }
+};
+"""
+
+
+def test_nvcc_compiles_the_elementwise_kernels_for_bfloat16_on_sm90(tmp_path):
+    """bias_activation and backprop_delta with T = bfloat16 and F = float, the types CuPy binds
+    for a bfloat16 network, compile for sm_90 with no warning (-Werror)."""
+    from gpubp import kernels
+
+    from .test_kernel_sources import nvcc_compile, standalone_kernel
+
+    specs = [spec for name, spec in kernels.ELEMENTWISE_SPECS.items() if "bias" in name or "backprop" in name]
+    parts = [NV_BFLOAT16_LIKE_CUPY, '#include "gpubp_math.cuh"', "namespace as_bf16 {\nusing T = bfloat16;\nusing F = float;"]
+    parts += [standalone_kernel(spec) for spec in specs] + ["}"]
+    nvcc_compile("\n".join(parts), tmp_path)
+
+
+# ------------------------------------------------------------------ training, files, faces
+
+
+def test_training_digits_in_bfloat16_reaches_float32_accuracy(digits):
+    from gpubp import fit
+
+    train, test = digits
+    scores = {}
+    for dtype in ("float32", "bfloat16"):
+        net = MLP([64, 64, 10], "relu", backend="cpu", dtype=dtype, seed=0)
+        fit(net, train.X, train.y, epochs=15, batch_size=32, validation_fraction=0.0, seed=0)
+        scores[dtype] = net.score(test.X, test.y)
+    assert scores["float32"] >= 0.95
+    assert abs(scores["bfloat16"] - scores["float32"]) <= 0.01, scores
+
+
+MNIST = __import__("pathlib").Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist-t10k"
+
+
+@pytest.mark.skipif(not (MNIST / "t10k-images-idx3-ubyte.gz").is_file(), reason=f"no MNIST test set in {MNIST}")
+def test_training_mnist_in_bfloat16_reaches_float32_accuracy():
+    """The real MNIST test set (10,000 images), 8,000 to train and 2,000 held out, 784-128-10
+    relu, 4 epochs of Adam: bfloat16 within 1 point of float32 (both near 95%)."""
+    from gpubp import fit
+    from gpubp.idx import load_idx_pair
+
+    X, y = load_idx_pair(MNIST / "t10k-images-idx3-ubyte.gz", MNIST / "t10k-labels-idx1-ubyte.gz")
+    X = X.astype(np.float32)
+    scores = {}
+    for dtype in ("float32", "bfloat16"):
+        net = MLP([784, 128, 10], "relu", backend="cpu", dtype=dtype, seed=0)
+        fit(net, X[:8000], y[:8000], epochs=4, batch_size=64, optimizer="adam", lr=1e-3,
+            validation_fraction=0.0, seed=0)
+        scores[dtype] = net.score(X[8000:], y[8000:])
+    assert scores["float32"] >= 0.92, scores
+    assert abs(scores["bfloat16"] - scores["float32"]) <= 0.01, scores
+
+
+def test_save_and_load_keep_bfloat16(tmp_path, digits):
+    from gpubp import load_model, save_model
+
+    X, y = batch(digits, 64)
+    net = MLP(SIZES, "tanh", "cpu", "bfloat16", seed=1, alpha=1e-3)
+    path = save_model(net, tmp_path / "m.npz")
+    loaded, _ = load_model(path, backend="cpu")
+    assert loaded.compute_dtype == BFLOAT16 and loaded.dtype == np.float32
+    np.testing.assert_array_equal(loaded.flat_loss_and_grad(X, y)[1], net.flat_loss_and_grad(X, y)[1])
+
+
+def test_checkpoint_and_resume_in_bfloat16_continue_the_same_trajectory(tmp_path, digits):
+    """Stopped after epoch 2 and resumed equals uninterrupted, bitwise; the checkpoint records
+    the mode, and resuming it with a float32 network is refused."""
+    from gpubp import fit
+    from gpubp.checkpoint import read_checkpoint
+
+    train, _ = digits
+    X, y = train.X[:300], train.y[:300]
+    settings = dict(epochs=5, batch_size=32, optimizer="adam", validation_fraction=0.2, seed=3)
+
+    def new(dtype="bfloat16"):
+        return MLP([64, 24, 10], "tanh", "cpu", dtype, seed=1, alpha=1e-3)
+
+    whole = new()
+    h_whole = fit(whole, X, y, **settings)
+    ckpt = tmp_path / "run.npz"
+    fit(new(), X, y, checkpoint=ckpt, checkpoint_every=1, callbacks=[lambda epoch, logs: epoch == 2], **settings)
+    assert read_checkpoint(ckpt).meta["model"]["dtype"] == "bfloat16"
+    resumed = new()
+    h_resumed = fit(resumed, X, y, resume=ckpt, **settings)
+    np.testing.assert_array_equal(resumed.flat_params, whole.flat_params)
+    assert h_resumed.train_loss == h_whole.train_loss and h_resumed.val_loss == h_whole.val_loss
+    with pytest.raises(ValueError, match="holds the network"):
+        fit(new("float32"), X, y, resume=ckpt, **settings)
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+@pytest.mark.parametrize("Estimator", ["MLPClassifier", "MLPRegressor"])
+def test_estimators_fit_in_bfloat16(Estimator, digits, tmp_path):
+    from gpubp import estimators
+
+    train, test = digits
+    est = getattr(estimators, Estimator)(hidden_layer_sizes=(32,), max_iter=30, random_state=0, dtype="bfloat16",
+                                         device="cpu")
+    target = train.y if Estimator == "MLPClassifier" else train.y.astype(np.float64) / 9
+    est.fit(train.X, target)
+    assert est.coefs_[0].dtype == np.float32 and est._network().compute_dtype == BFLOAT16
+    reference = getattr(estimators, Estimator)(hidden_layer_sizes=(32,), max_iter=30, random_state=0,
+                                               dtype="float32", device="cpu").fit(train.X, target)
+    assert not np.array_equal(est.coefs_[0], reference.coefs_[0])  # it did train in bfloat16
+    test_target = test.y if Estimator == "MLPClassifier" else test.y.astype(np.float64) / 9
+    assert abs(est.score(test.X, test_target) - reference.score(test.X, test_target)) <= 0.02
+    loaded = estimators.load_estimator(est.save(tmp_path / "e.npz"))
+    np.testing.assert_array_equal(loaded.predict(test.X), est.predict(test.X))
+
+
+def test_cli_trains_in_bfloat16_and_saves_the_mode(tmp_path, capsys):
+    from gpubp import load_model
+    from gpubp.cli import main
+
+    out = tmp_path / "m.npz"
+    status = main(["train", "--dtype", "bfloat16", "--device", "cpu", "--hidden", "16", "--epochs", "2", "--quiet",
+                   "--out", str(out)])
+    assert status == 0, capsys.readouterr().err
+    assert "bfloat16," in capsys.readouterr().out
+    assert load_model(out, backend="cpu")[0].compute_dtype == BFLOAT16
+    assert main(["train", "--tf32", "--dtype", "bfloat16", "--device", "cpu"]) == 2
+    assert "--tf32 needs --dtype float32" in capsys.readouterr().err
+
+
+def test_float32_accumulation_sets_the_flag_on_the_handle_and_restores_it():
+    """On a CuPy with cuBLAS's math mode (recorded here), the bfloat16 products run with
+    CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION added to the mode found, which comes back on
+    exit, by an exception too; NumPy and a disabled block change nothing."""
+    from types import SimpleNamespace
+
+    from gpubp.bfloat16 import float32_accumulation
+    from gpubp.precision import CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION as FLAG
+
+    modes = {7: 3}  # handle 7 in TF32 math mode
+    cublas = SimpleNamespace(getMathMode=lambda h: modes[h], setMathMode=lambda h, m: modes.__setitem__(h, m))
+    xp = SimpleNamespace(cuda=SimpleNamespace(cublas=cublas, device=SimpleNamespace(get_cublas_handle=lambda: 7)))
+    with float32_accumulation(xp) as on:
+        assert on and modes[7] == 3 | FLAG
+    assert modes[7] == 3
+    with pytest.raises(RuntimeError), float32_accumulation(xp):
+        raise RuntimeError
+    assert modes[7] == 3
+    with float32_accumulation(xp, enabled=False) as on, float32_accumulation(np) as on_numpy:
+        assert not on and not on_numpy and modes[7] == 3
+
+
+# ------------------------------------------------------------------ on a card (marker gpu)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("shape", ["a @ b", "a.T @ b", "a @ b.T"])
+def test_cupy_bfloat16_products_match_the_cpu_model(shape):
+    """CuPy's bfloat16 products (cublasGemmEx, float32 sums inside float32_accumulation) against
+    matmul_as_bfloat16: equal but where the two float32 sums round to neighbouring bfloat16
+    values, one unit apart (2**-8 relative at most), on under 2% of the elements."""
+    import cupy as cp
+
+    from gpubp.bfloat16 import float32_accumulation
+
+    rng = np.random.default_rng(0)
+    A, B = (rng.standard_normal((384, 384), dtype=np.float32).astype(BFLOAT16) for _ in range(2))
+    host = {"a @ b": lambda a, b: (a, b), "a.T @ b": lambda a, b: (a.T, b), "a @ b.T": lambda a, b: (a, b.T)}[shape]
+    with float32_accumulation(cp):
+        c = cp.matmul(*host(cp.asarray(A), cp.asarray(B)))
+    assert c.dtype == BFLOAT16
+    got, model = cp.asnumpy(c).astype(np.float32), matmul_as_bfloat16(*host(A, B)).astype(np.float32)
+    differ = got != model
+    assert differ.mean() < 0.02, differ.mean()
+    np.testing.assert_allclose(got, model, rtol=BF16_UNIT_ROUNDOFF, atol=1e-30)
+
+
+@pytest.mark.gpu
+def test_cuda_bfloat16_gradients_and_training_match_the_cpu(digits):
+    """Gradients on the card within u / 4 (norm) of the CPU's, and 15 epochs on digits within one
+    point of the CPU's accuracy."""
+    from gpubp import fit
+
+    X, y = batch(digits)
+    cpu, gpu = (MLP(SIZES, "tanh", device, "bfloat16", seed=3, alpha=1e-3) for device in ("cpu", "cuda"))
+    _, g_c = cpu.flat_loss_and_grad(X, y)
+    _, g_g = gpu.flat_loss_and_grad(gpu.backend.asarray(X), gpu.backend.asarray(y))
+    assert rel(to_numpy(g_g), g_c) < BF16_UNIT_ROUNDOFF / 4
+    train, test = digits
+    scores = []
+    for device in ("cpu", "cuda"):
+        net = MLP([64, 64, 10], "relu", backend=device, dtype="bfloat16", seed=0)
+        fit(net, train.X, train.y, epochs=15, batch_size=32, validation_fraction=0.0, seed=0)
+        scores.append(net.score(test.X, test.y))
+    assert scores[0] >= 0.95 and abs(scores[0] - scores[1]) <= 0.01, scores
