@@ -28,6 +28,11 @@ def _info() -> int:
     for i, name in enumerate(status.devices):
         print(f"  cuda:{i} {name}")
     print(f"auto device: {get_backend('auto').device}")
+    import ml_dtypes
+
+    print("precision (--dtype, --tf32): float64; float32 (IEEE); float32 --tf32 (TF32 products on cards of "
+          f"compute capability >= 8.0, modelled on the CPU); bfloat16 (products and saved activations, float32 "
+          f"sums and parameters; ml_dtypes {ml_dtypes.__version__} emulates it on the CPU)")
     from .distributed import describe
 
     print(describe())

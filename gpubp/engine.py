@@ -237,7 +237,7 @@ class Engine:
         net, backend, state = self.net, self.net.backend, self.progress
         free = backend.free_memory()
         asked = re.search(r"allocat(?:e|ing) ([0-9][0-9.,]*(?: ?[KMGT]i?B| bytes)?)", failure)
-        per_row = net.dtype.itemsize * sum(net.sizes) * 3  # activations, deltas, temporaries
+        per_row = net.compute_dtype.itemsize * sum(net.sizes) * 3  # activations, deltas, temporaries (bfloat16: 2 B)
         fixed = net.dtype.itemsize * net.n_params * 4  # parameters, gradients, optimizer state
         fits = int((0.8 * free - fixed) // per_row) if free else 0
         suggestion = 2 ** int(math.log2(min(max(fits, 1), max(batch_size // 2, 1))))
