@@ -178,10 +178,10 @@ class Communicator:
         if message is not None:
             raise ValueError(message)
 
-    def raise_together(self, failure: BaseException | None) -> None:
+    def raise_together(self, failure: BaseException | None, when: str = "before training") -> None:
         """End a stretch of work each rank did alone (checks, reading files): when any rank's
         ``failure`` is not None, every rank raises, so that none waits in a later collective for a
-        rank that has stopped.
+        rank that has stopped. ``when`` says in the others' message when it failed.
 
         Raises
         ------
@@ -195,22 +195,23 @@ class Communicator:
             raise failure
         failed = next(((r, m) for r, m in enumerate(reports) if m is not None), None)
         if failed is not None:
-            raise RankFailedError(f"rank {failed[0]} of {self.size} failed before training: {failed[1]}")
+            raise RankFailedError(f"rank {failed[0]} of {self.size} failed {when}: {failed[1]}")
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(rank={self.rank}, size={self.size}, local_rank={self.local_rank})"
 
 
 @contextlib.contextmanager
-def failing_together(comm: Communicator):
+def failing_together(comm: Communicator, when: str = "before training"):
     """Run a block of work each rank does alone (no collective inside); at its end, every rank
-    raises if any rank's block raised (:meth:`Communicator.raise_together`)."""
+    raises if any rank's block raised (:meth:`Communicator.raise_together`, ``when`` for its
+    message)."""
     try:
         yield
     except Exception as exc:
-        comm.raise_together(exc)
+        comm.raise_together(exc, when)
     else:
-        comm.raise_together(None)
+        comm.raise_together(None, when)
 
 
 class SingleProcess(Communicator):

@@ -33,8 +33,10 @@ class BaseMLP(StochasticFit, DataParallelFit, FitCheckpoints, BaseEstimator):
     """Shared fitting and prediction of MLPClassifier and MLPRegressor."""
 
     _parameter_constraints: dict = PARAMETER_CONSTRAINTS
-    # An estimator that load_estimator made holds its best parameters as coefs_ (see _restore_best).
+    # An estimator that load_estimator made holds its best parameters as coefs_ (see _restore_best),
+    # and no optimizer: a partial_fit starts one.
     _best_is_live = True
+    _optimizer = _opt_state = None
 
     def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, solver="adam", alpha=0.0001,
                  batch_size="auto", learning_rate="constant", learning_rate_init=0.001, power_t=0.5,
@@ -98,7 +100,8 @@ class BaseMLP(StochasticFit, DataParallelFit, FitCheckpoints, BaseEstimator):
         Y = _float_targets(self, Y, X.dtype)
         net = self._network(X.dtype)
         if self.solver in STOCHASTIC:
-            self._fit_stochastic(net, X, Y, sample_weight, incremental, validation_data, comm if parallel else None)
+            self._fit_stochastic(net, X, Y, sample_weight, incremental, validation_data, comm if parallel else None,
+                                 fresh=first_pass)
         else:
             self._fit_lbfgs(net, X, Y, sample_weight)
         self._sync_from(net)

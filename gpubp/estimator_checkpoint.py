@@ -18,10 +18,13 @@ Three constructor arguments beyond scikit-learn's, off by default::
   and every setting but those of :data:`CHANGEABLE` must be the checkpoint's (``max_iter`` may
   grow); otherwise ``fit`` raises ValueError naming what differs.
 
-Only ``fit`` with solver "sgd" or "adam" checkpoints: ``partial_fit`` (the caller owns the loop:
+Resuming is for a fit that starts afresh (a new estimator, or ``warm_start=False``): a
+warm-started call on a fitted estimator goes on from the estimator's own state and writes its own
+checkpoints. Only ``fit`` with solver "sgd" or "adam" checkpoints: ``partial_fit`` (the caller owns the loop:
 pickle the estimator or :meth:`save` it) and lbfgs (scipy's run cannot be resumed midway) refuse
 a ``checkpoint``. Data parallel, rank 0 writes the file and every rank resumes from it (it must be
-on a file system they share). A Ctrl-C or a kill leaves the last checkpoint whole; the resumed
+on a file system they share): rank 0 decides whether to resume, a rank that cannot read the file
+stops every rank, and so does a write that fails on rank 0. A Ctrl-C or a kill leaves the last checkpoint whole; the resumed
 fit redoes the iterations after it.
 """
 
@@ -40,8 +43,11 @@ from .optim import restore_state
 from .rows import HostRows, fingerprint
 
 KIND = "estimator_checkpoint"
-# Settings a resumed fit may change; every other one must equal the checkpoint's.
-CHANGEABLE = ("verbose", "max_iter", "warm_start", "device", "checkpoint", "checkpoint_every", "resume")
+# Settings a resumed fit may change; every other one must equal the checkpoint's. random_state
+# drew only what the checkpoint holds (initial weights, split, orders); dtype is compared as the
+# network's (the model block), since None means float32 or float64 by the data.
+CHANGEABLE = ("verbose", "max_iter", "warm_start", "device", "checkpoint", "checkpoint_every", "resume",
+              "random_state", "dtype")
 # Fitted records stored as they are (JSON) and restored on resume.
 _RECORDS = ("n_iter_", "t_", "loss_", "best_loss_", "loss_curve_", "validation_loss_curve_", "validation_scores_",
             "best_validation_score_", "_no_improvement_count")
@@ -64,15 +70,17 @@ def json_params(estimator) -> dict:
     return {k: v.item() if isinstance(v, np.generic) else v for k, v in params.items()}
 
 
-def data_fingerprint(X, Y, sample_weight, validation) -> str:
-    """What a resumed fit must train on: X (n, d) dense or sparse, Y (n, k), weights and the
-    validation pair (X_val, y_val, w_val) or None, by :func:`gpubp.rows.fingerprint`."""
-    digest = fingerprint(HostRows(X) if sparse.issparse(X) else X, Y, X.dtype, sample_weight)
-    if validation is None:
-        return digest
-    Xv, yv = validation[0], np.asarray(validation[1])
-    yv = yv.astype(str) if yv.dtype.hasobject else yv
-    return digest + "|val:" + fingerprint(HostRows(Xv) if sparse.issparse(Xv) else Xv, yv, X.dtype, validation[2])
+def data_fingerprint(X, Y, sample_weight, validation_data) -> dict:
+    """What a resumed fit must train on, by :func:`gpubp.rows.fingerprint`: ``{"training": ...}``
+    for X (n, d) dense or sparse, the targets Y (n, k) and the weights (n,) or None, and
+    ``"validation"`` for the pair ``validation_data`` (X_val, y_val) given to fit, or None."""
+    digests = {"training": fingerprint(HostRows(X) if sparse.issparse(X) else X, Y, X.dtype, sample_weight),
+               "validation": None}
+    if validation_data is not None:
+        Xv, yv = validation_data[0], np.asarray(validation_data[1])
+        yv = yv.astype(str) if yv.dtype.hasobject else yv
+        digests["validation"] = fingerprint(HostRows(Xv) if sparse.issparse(Xv) else np.asarray(Xv), yv, X.dtype)
+    return digests
 
 
 class FitCheckpoints:
@@ -93,22 +101,23 @@ class FitCheckpoints:
         if not Path(self.checkpoint).parent.is_dir():
             raise ValueError(f"checkpoint={str(self.checkpoint)!r}: folder {Path(self.checkpoint).parent} does not exist")
 
-    def _read_resumable(self, net, digest: str, comm):
-        """The checkpoint to resume (its Contents), checked against this fit, or None (resume off, or
-        no file yet). Data parallel, a rank that fails the checks stops every rank."""
-        if not self.resume or not Path(self.checkpoint).is_file():
+    def _read_resumable(self, net, digests: dict, fresh: bool, comm):
+        """The checkpoint to resume (its Contents), checked against this fit, or None: resume off,
+        a warm-started call on a fitted estimator (``fresh`` False: it goes on from its own state),
+        or no file yet (rank 0's view, data parallel). A rank that fails the checks stops every rank."""
+        exists = self.resume and fresh and Path(self.checkpoint).is_file()
+        if comm is not None:
+            exists = comm.bcast_object(exists)  # every rank resumes, or none: a rank without the file fails
+        if not exists:
             return None
         with failing_together(comm or SingleProcess()):
             saved = read(self.checkpoint, KIND)
-            meta, mine = saved.meta, json_params(self)
-            changed = [f"{k}={meta['params'].get(k)!r} there, {v!r} here" for k, v in mine.items()
-                       if k not in CHANGEABLE and meta["params"].get(k) != v]
-            if changed:
-                raise ValueError(f"resuming {self.checkpoint} needs its settings: " + "; ".join(changed))
-            if meta["model"] != model_block(net):  # the same settings, other data: features or outputs
-                raise ValueError(f"{self.checkpoint} holds the network {meta['model']}, not {model_block(net)}")
-            if meta["data"] != digest:
-                raise ValueError(f"the training data differ from those {self.checkpoint} was fitted on")
+            meta = saved.meta
+            _check_same(self.checkpoint, "settings", _comparable(meta["params"]), _comparable(json_params(self)))
+            _check_same(self.checkpoint, "network", meta["model"], model_block(net))
+            for part in ("training", "validation"):
+                if meta["data"][part] != digests[part]:
+                    raise ValueError(f"the {part} data differ from those {self.checkpoint} was fitted on")
             if meta["records"]["n_iter_"] > self.max_iter:
                 raise ValueError(f"{self.checkpoint} has fitted {meta['records']['n_iter_']} iterations, more than "
                                  f"max_iter={self.max_iter}")
@@ -132,23 +141,42 @@ class FitCheckpoints:
         return bool(meta["finished"])
 
     def _write_fit_checkpoint(self, net, plan, finished: bool) -> None:
-        """Write the fit's state after an iteration (rank 0 only; every rank returns once it is written)."""
-        if plan.comm is None or plan.comm.rank == 0:
-            _, keys, *rng = self._random_state.get_state()
-            meta = {"model": model_block(net), "estimator": type(self).__name__, "params": json_params(self),
-                    "data": plan.digest, "finished": bool(finished), "optimizer_t": self._opt_state.t,
-                    "learning_rate": float(self._lr.value), "rng": [int(rng[0]), int(rng[1]), float(rng[2])],
-                    "records": {name: jsonable(getattr(self, name)) for name in _RECORDS}}
-            arrays = {f"param_{i}": to_numpy(p) for i, p in enumerate(net.params)}
-            arrays.update({f"opt_{k}": to_numpy(v) for k, v in self._opt_state.arrays.items()})
-            if not self._best_is_live:
-                arrays.update({f"best_{i}": to_numpy(p) for i, p in enumerate(self._best_params)})
-            arrays.update(rng_keys=keys, order=np.asarray(plan.sample_idx))
-            if plan.split is not None:
-                arrays.update(split_train=plan.split[0], split_val=plan.split[1])
-            write(self.checkpoint, KIND, meta, arrays)
-        if plan.comm is not None:
-            plan.comm.barrier()
+        """Write the fit's state after an iteration (rank 0 only; every rank returns once it is
+        written, and every rank raises when it could not be)."""
+        with failing_together(plan.comm or SingleProcess(), "writing a checkpoint"):
+            if plan.comm is None or plan.comm.rank == 0:
+                self._write_state(net, plan, finished)
+
+    def _write_state(self, net, plan, finished: bool) -> None:
+        """The file itself: meta (settings, records, scalars) and arrays (parameters, state)."""
+        _, keys, *rng = self._random_state.get_state()
+        meta = {"model": model_block(net), "estimator": type(self).__name__, "params": json_params(self),
+                "data": plan.digests, "finished": bool(finished), "optimizer_t": self._opt_state.t,
+                "learning_rate": float(self._lr.value), "rng": [int(rng[0]), int(rng[1]), float(rng[2])],
+                "records": {name: jsonable(getattr(self, name)) for name in _RECORDS}}
+        arrays = {f"param_{i}": to_numpy(p) for i, p in enumerate(net.params)}
+        arrays.update({f"opt_{k}": to_numpy(v) for k, v in self._opt_state.arrays.items()})
+        if self.early_stopping and not self._best_is_live:
+            arrays.update({f"best_{i}": to_numpy(p) for i, p in enumerate(self._best_params)})
+        arrays.update(rng_keys=keys, order=np.asarray(plan.sample_idx))
+        if plan.split is not None:
+            arrays.update(split_train=plan.split[0], split_val=plan.split[1])
+        write(self.checkpoint, KIND, meta, arrays)
+
+
+def _comparable(params: dict) -> dict:
+    """Settings as a resumed fit compares them: those of CHANGEABLE left out, widths as a list."""
+    params = {k: v for k, v in params.items() if k not in CHANGEABLE}
+    sizes = params["hidden_layer_sizes"]
+    params["hidden_layer_sizes"] = [sizes] if isinstance(sizes, int) else list(sizes)
+    return params
+
+
+def _check_same(path, what: str, theirs: dict, mine: dict) -> None:
+    """ValueError naming each key of ``mine`` whose value differs from the checkpoint's."""
+    changed = [f"{k}={theirs.get(k)!r} there, {v!r} here" for k, v in mine.items() if theirs.get(k) != v]
+    if changed:
+        raise ValueError(f"resuming {path} needs its {what}: " + "; ".join(changed))
 
 
 def jsonable(value):

@@ -76,7 +76,7 @@ class _SklearnEpochs:
         self.sample_weight, self.incremental, self.validation = sample_weight, incremental, validation
         self.epochs = 1 if incremental else estimator.max_iter
         self.sample_idx = np.arange(n_samples, dtype=int)
-        self.digest, self.split = None, None  # for a checkpoint: the data's fingerprint, the held-out split
+        self.digests, self.split = None, None  # for a checkpoint: the data's fingerprints, the held-out split
         self.talks = comm is None or comm.rank == 0  # prints its messages and warnings
 
     def order(self, epoch: int) -> np.ndarray:
@@ -140,22 +140,24 @@ class _SklearnEpochs:
 class StochasticFit(LbfgsFit):
     """The fitting half of the estimators (a mixin of gpubp.estimator_base.BaseMLP)."""
 
-    def _fit_stochastic(self, net, X, Y, sample_weight, incremental, validation_data, comm=None):
-        digest = None if self.checkpoint is None else data_fingerprint(X, Y, sample_weight, validation_data)
-        saved = None if digest is None else self._read_resumable(net, digest, comm)
+    def _fit_stochastic(self, net, X, Y, sample_weight, incremental, validation_data, comm=None, fresh=True):
+        """The sgd and adam fit on the engine; ``fresh``: the parameters were drawn afresh for this
+        call (a warm-started call on a fitted estimator does not resume a checkpoint)."""
+        digests = None if self.checkpoint is None else data_fingerprint(X, Y, sample_weight, validation_data)
+        saved = None if digests is None else self._read_resumable(net, digests, fresh, comm)
         self._start_optimizer(net, incremental)
         if self._best_is_live:
             self._best_params = net.params  # the network may have been made again (device, dtype)
         stored = None if saved is None or "split_train" not in saved.arrays else (
             saved.arrays["split_train"], saved.arrays["split_val"])
         X, Y, sample_weight, *validation, split = self._split_validation(X, Y, sample_weight, validation_data, stored)
-        batch_size = self._batch_size(X.shape[0])
+        batch_size = self._batch_size(X.shape[0], comm is None or comm.rank == 0)
         rows = HostRows(X) if sparse.issparse(X) else np.asarray(X, dtype=net.dtype)  # sparse: densified per batch
         part = (0, 1) if comm is None else (comm.rank, comm.size)  # data parallel: this rank's share of each batch
         feed = batch_feed(net.backend, rows, host_targets(net, Y), batch_size, net.dtype, False, part, sample_weight)
         plan = _SklearnEpochs(self, net, X.shape[0], batch_size, sample_weight, incremental,
                               validation if validation[0] is not None else None, comm)
-        plan.digest, plan.split = digest, split
+        plan.digests, plan.split = digests, split
         self.n_iter_ = 0
         finished = saved is not None and self._restore_fit(saved, net, plan)
         engine = Engine(net, self._optimizer, comm, loss_scale=self._loss_scale(net), opt_state=self._opt_state)
@@ -165,7 +167,8 @@ class StochasticFit(LbfgsFit):
                 engine.run(feed, plan, bar=plan.talks and bool(self.verbose) and self.verbose >= 2,
                            signals=comm is not None)
         except KeyboardInterrupt:
-            warnings.warn("Training interrupted by user.")
+            if plan.talks:
+                warnings.warn("Training interrupted by user.")
         if self.early_stopping:
             self._restore_best(net)
 
@@ -186,11 +189,12 @@ class StochasticFit(LbfgsFit):
         self._opt_state = (self._optimizer.init(net.flat_params) if state is None
                            else restore_state(self._optimizer, state.arrays, state.t, net.flat_params))
 
-    def _batch_size(self, n_samples: int) -> int:
-        """scikit-learn's batch size: "auto" is min(200, n), a larger one is clipped with a warning."""
+    def _batch_size(self, n_samples: int, talks: bool = True) -> int:
+        """scikit-learn's batch size: "auto" is min(200, n), a larger one is clipped with a warning
+        (``talks``: this process warns; data parallel, rank 0 alone)."""
         if self.batch_size == "auto":
             return min(200, n_samples)
-        if self.batch_size > n_samples:
+        if self.batch_size > n_samples and talks:
             warnings.warn("Got `batch_size` less than 1 or larger than sample size. It is going to be clipped")
         return int(np.clip(self.batch_size, 1, n_samples))
 

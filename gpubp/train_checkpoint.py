@@ -14,6 +14,7 @@ import numpy as np
 
 from .version import __version__
 from .checkpoint import Checkpoint, write_checkpoint
+from .communicator import failing_together
 from .container import model_block
 from .engine import Progress
 from .history import History
@@ -46,10 +47,9 @@ class RunCheckpoints:
         """Write the run's checkpoint to ``path`` (atomically); data parallel, rank 0 writes it and
         every rank returns once it is written."""
         path = Path(path)
-        if self.comm.rank == 0:
-            write_checkpoint(path, *self._checkpoint_contents())
-        if self.parallel:
-            self.comm.barrier()
+        with failing_together(self.comm, "writing a checkpoint"):  # rank 0 failing to write stops every rank
+            if self.comm.rank == 0:
+                write_checkpoint(path, *self._checkpoint_contents())
         self.last_checkpoint = str(path)
         return path
 

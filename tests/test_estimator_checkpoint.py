@@ -2,13 +2,16 @@
 one, a finished fit is not trained further, and what cannot resume is refused."""
 
 import shutil
+import threading
 import warnings
 
 import numpy as np
 import pytest
 from sklearn.base import clone
 
-from gpubp import MLP, MLPClassifier, MLPRegressor, DataError, fit
+from gpubp import MLP, MLPClassifier, MLPRegressor, DataError, RankFailedError, fit
+from gpubp import estimator_checkpoint
+from gpubp.communicator import Communicator
 from gpubp.optim import Adam
 
 CASES = {
@@ -192,3 +195,133 @@ def test_a_fit_checkpoint_resumes_on_the_other_device(fake_cupy, tmp_path, first
     for pa, pb in zip(whole.coefs_ + whole.intercepts_, resumed.coefs_ + resumed.intercepts_):
         np.testing.assert_allclose(pb, pa, rtol=1e-9, atol=1e-12)  # float64; the kernels sum in another order
     np.testing.assert_allclose(resumed.loss_curve_, whole.loss_curve_, rtol=1e-9)
+
+
+def test_validation_data_are_part_of_the_checkpoint(tmp_path):
+    name = "nesterov, invscaling"
+    X, y, _ = data(name)
+    train, val = (X[:110], y[:110]), (X[110:], y[110:])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        whole = estimator(name, max_iter=6).fit(*train, validation_data=val)
+    path = tmp_path / "fit.npz"
+    quiet_fit(estimator(name, max_iter=3, checkpoint=path), *train)  # no validation data: other data
+    with pytest.raises(ValueError, match=r"the validation data differ from those .* was fitted on"):
+        estimator(name, max_iter=6, checkpoint=path, resume=True).fit(*train, validation_data=val)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        estimator(name, max_iter=3, checkpoint=path).fit(*train, validation_data=val)
+        resumed = estimator(name, max_iter=6, checkpoint=path, resume=True).fit(*train, validation_data=val)
+    assert_same_fit(whole, resumed)
+    assert resumed.validation_loss_curve_ == whole.validation_loss_curve_
+
+
+def test_warm_started_calls_go_on_from_the_estimator_not_from_its_checkpoint(tmp_path):
+    """resume is for a fit that starts afresh (a relaunch): each warm-started call on the fitted
+    estimator trains its iterations, as without a checkpoint."""
+    name = "nesterov, invscaling"
+    X, y, _ = data(name)
+    plain = estimator(name, max_iter=4, warm_start=True)
+    saving = estimator(name, max_iter=4, warm_start=True, checkpoint=tmp_path / "fit.npz", resume=True)
+    for _ in range(3):
+        quiet_fit(plain, X, y)
+        quiet_fit(saving, X, y)
+    assert len(saving.loss_curve_) == len(plain.loss_curve_) == 12
+    assert_same_fit(plain, saving)
+
+
+def test_equivalent_settings_resume(tmp_path):
+    """hidden_layer_sizes 10 and (10,), a random_state seed and a generator (the checkpoint holds
+    what it drew), and dtype None or the data's are the same fit."""
+    name = "nesterov, invscaling"
+    X, y, _ = data(name)
+    whole = quiet_fit(estimator(name, max_iter=6), X, y)
+    path = tmp_path / "fit.npz"
+    quiet_fit(estimator(name, max_iter=3, checkpoint=path), X, y)
+    resumed = quiet_fit(estimator(name, max_iter=6, checkpoint=path, resume=True, hidden_layer_sizes=10,
+                                  random_state=np.random.RandomState(3), dtype="float64"), X, y)
+    assert_same_fit(whole, resumed)
+
+
+class ThreadRanks(Communicator):
+    """Data-parallel ranks played by threads of this process (a barrier that times out, so that a
+    rank left waiting fails the test instead of hanging it)."""
+
+    def __init__(self, shared: dict, rank: int, size: int):
+        self.shared, self.rank, self.size, self.local_rank = shared, rank, size, 0
+
+    def allgather_object(self, obj):
+        self.barrier()
+        self.shared[self.rank] = obj
+        self.barrier()
+        values = [self.shared[r] for r in range(self.size)]
+        self.barrier()
+        return values
+
+    def allreduce_sum(self, buffer):
+        buffer[...] = sum(self.allgather_object(buffer.copy()))
+        return buffer
+
+    def bcast_object(self, obj, root=0):
+        return self.allgather_object(obj)[root]
+
+    def barrier(self):
+        self.shared["barrier"].wait()
+
+
+def on_two_ranks(work) -> list:
+    """``work(comm)`` on 2 thread ranks: each rank's result or the exception it raised."""
+    shared, results = {"barrier": threading.Barrier(2, timeout=30)}, [None, None]
+
+    def rank(r):
+        try:
+            results[r] = work(ThreadRanks(shared, r, 2))
+        except Exception as exc:
+            results[r] = exc
+
+    threads = [threading.Thread(target=rank, args=(r,), name=f"rank{r}") for r in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results
+
+
+def test_a_checkpoint_that_rank_0_cannot_write_stops_every_rank(tmp_path, monkeypatch):
+    name = "nesterov, invscaling"
+    X, y, _ = data(name)
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(estimator_checkpoint, "write", full_disk)
+    rank0, rank1 = on_two_ranks(lambda comm: estimator(name, max_iter=3, checkpoint=tmp_path / "f.npz")
+                                .fit(X, y, comm=comm))
+    assert isinstance(rank0, OSError) and "No space left" in str(rank0)
+    assert isinstance(rank1, RankFailedError) and "rank 0 of 2 failed writing a checkpoint: OSError" in str(rank1)
+
+
+def test_the_ranks_resume_as_rank_0_decides(tmp_path, monkeypatch):
+    """A rank that does not see the checkpoint (a disk that is not shared) fails every rank with
+    its reason, instead of starting afresh beside ranks that resume."""
+    name = "nesterov, invscaling"
+    X, y, _ = data(name)
+    path = tmp_path / "fit.npz"
+    quiet_fit(estimator(name, max_iter=3, checkpoint=path), X, y)
+    real_read = estimator_checkpoint.read
+
+    class NotOnRank1(type(path)):
+        def is_file(self):
+            return threading.current_thread().name != "rank1" and super().is_file()
+
+    def read_but_on_rank1(file, kind):
+        if threading.current_thread().name == "rank1":
+            raise DataError(f"no checkpoint of an estimator's fit at {file}")
+        return real_read(file, kind)
+
+    monkeypatch.setattr(estimator_checkpoint, "Path", NotOnRank1)
+    monkeypatch.setattr(estimator_checkpoint, "read", read_but_on_rank1)
+    rank0, rank1 = on_two_ranks(lambda comm: estimator(name, max_iter=6, checkpoint=path, resume=True)
+                                .fit(X, y, comm=comm))
+    assert isinstance(rank1, DataError) and "no checkpoint" in str(rank1)
+    assert isinstance(rank0, RankFailedError) and "rank 1 of 2" in str(rank0)
