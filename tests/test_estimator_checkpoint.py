@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from sklearn.base import clone
 
-from gpubp import MLP, MLPClassifier, MLPRegressor, DataError, RankFailedError, fit
+from gpubp import MLP, MLPClassifier, MLPRegressor, DataError, RankFailedError, fit, load_estimator
 from gpubp import estimator_checkpoint
 from gpubp.communicator import Communicator
 from gpubp.optim import Adam
@@ -325,3 +325,13 @@ def test_the_ranks_resume_as_rank_0_decides(tmp_path, monkeypatch):
                                 .fit(X, y, comm=comm))
     assert isinstance(rank1, DataError) and "no checkpoint" in str(rank1)
     assert isinstance(rank0, RankFailedError) and "rank 1 of 2" in str(rank0)
+
+
+def test_partial_fit_goes_on_after_load_estimator(tmp_path):
+    """A loaded estimator has no optimizer yet: partial_fit starts one (it raised AttributeError)."""
+    X, y = problem()
+    quiet_fit(MLPClassifier((6,), max_iter=2, random_state=0, device="cpu"), X, y).save(tmp_path / "e.npz")
+    loaded = load_estimator(tmp_path / "e.npz", device="cpu")
+    before = loaded.coefs_[0].copy()
+    loaded.partial_fit(X, y)
+    assert loaded.n_iter_ >= 1 and not np.array_equal(loaded.coefs_[0], before)
