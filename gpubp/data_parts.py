@@ -63,9 +63,10 @@ def digest_of(a: np.ndarray) -> str:
     return hashlib.sha256(f"{a.dtype.str}|{a.shape}|".encode() + a.tobytes()).hexdigest()
 
 
-def hash_rows(rows: HostRows, positions: np.ndarray, dtype, check: bool, name: str = "X") -> bytes:
-    """SHA-256 of the rows at ``positions`` (int array (m,), ascending) converted to ``dtype``,
-    read chunk by chunk; with ``check``, ValueError naming the first row with NaN or infinity."""
+def hash_rows(rows: HostRows, positions: np.ndarray, dtype, check: bool, name: str = "X") -> bytes | None:
+    """SHA-256 of the rows at ``positions`` (int array (m,), ascending) converted to ``dtype``
+    (None: not hashed, only checked), read chunk by chunk; with ``check``, ValueError naming the
+    first row with NaN or infinity."""
     digest = hashlib.sha256()
     step = max(1, host_rows.CHUNK_BYTES // max(1, rows.shape[1] * rows.X.dtype.itemsize))
     for i in range(0, positions.shape[0], step):
@@ -76,8 +77,9 @@ def hash_rows(rows: HostRows, positions: np.ndarray, dtype, check: bool, name: s
             if bad.any():
                 row, col = np.argwhere(bad)[0]
                 raise nonfinite_error(rows, name, int(idx[row]), int(col))
-        digest.update(np.ascontiguousarray(block, dtype=dtype).tobytes())
-    return digest.digest()
+        if dtype is not None:
+            digest.update(np.ascontiguousarray(block, dtype=dtype).tobytes())
+    return None if dtype is None else digest.digest()
 
 
 class DataPart:
@@ -107,12 +109,10 @@ class DataPart:
         rows = X if isinstance(X, HostRows) else HostRows(np.asarray(X))
         self.dtype, self.hashed = np.dtype(dtype), hashed
         self.lo, self.hi = own_rows(rows.shape[0], part)
-        self.blocks: list[bytes] = []
-        if not (hashed or isinstance(X, HostRows)):
-            return
-        for start in range(self.lo, self.hi, BLOCK_ROWS):
-            positions = np.arange(start, min(start + BLOCK_ROWS, self.hi))
-            self.blocks.append(hash_rows(rows, positions, self.dtype, isinstance(X, HostRows), name))
+        check, hash_dtype = isinstance(X, HostRows), self.dtype if hashed else None
+        self.blocks = [] if not (check or hashed) else [  # digests (None when not hashed) of this rank's blocks
+            hash_rows(rows, np.arange(start, min(start + BLOCK_ROWS, self.hi)), hash_dtype, check, name)
+            for start in range(self.lo, self.hi, BLOCK_ROWS)]
         if hashed:
             sample = hash_rows(rows, np.arange(0, rows.shape[0], BLOCK_ROWS), self.dtype, False)
             self.summary = {"X": list(rows.shape), "dtype": self.dtype.str, "y": digest_of(y),
