@@ -116,8 +116,16 @@ def first_nonfinite(rows: HostRows) -> tuple[int, int] | None:
     return None
 
 
-def check_rows(rows: HostRows, n_features: int, name: str = "X") -> HostRows:
-    """``rows`` checked as :func:`gpubp.validation.check_X` checks an array, chunk by chunk."""
+def nonfinite_error(rows: HostRows, name: str, row: int, column: int) -> ValueError:
+    """The error for a NaN or infinity first found at (``row``, ``column``) of ``rows``."""
+    return ValueError(f"{name} ({rows.name}) contains NaN or infinity (first at row {row}, "
+                      f"column {column}); clean or impute the data first")
+
+
+def check_rows(rows: HostRows, n_features: int, name: str = "X", scan: bool = True) -> HostRows:
+    """``rows`` checked as :func:`gpubp.validation.check_X` checks an array, chunk by chunk.
+    With ``scan=False`` only the dtype and shape are checked and no row is read (the caller
+    checks the rows it reads: :class:`gpubp.data_parts.DataPart`)."""
     real = np.issubdtype(rows.dtype, np.number) or rows.dtype == bool
     if not real or np.issubdtype(rows.dtype, np.complexfloating):
         raise ValueError(f"{name} ({rows.name}) must hold real numbers, got dtype {rows.dtype}")
@@ -126,10 +134,9 @@ def check_rows(rows: HostRows, n_features: int, name: str = "X") -> HostRows:
     if rows.shape[1] != n_features:
         raise ValueError(f"{name} ({rows.name}) has {rows.shape[1]} features per row but the network "
                          f"expects {n_features} (shape {rows.shape})")
-    bad = first_nonfinite(rows)
+    bad = first_nonfinite(rows) if scan else None
     if bad is not None:
-        raise ValueError(f"{name} ({rows.name}) contains NaN or infinity (first at row {bad[0]}, "
-                         f"column {bad[1]}); clean or impute the data first")
+        raise nonfinite_error(rows, name, *bad)
     return rows
 
 
@@ -144,6 +151,11 @@ def train_test_split(X: HostRows, y: np.ndarray, *, test_size: float, stratify, 
 
 def fingerprint(X, y: np.ndarray, dtype, sample_weight=None) -> str:
     """SHA-256 identifying training data, so that a resumed run or another rank refuses other data.
+
+    The sequential form (every row read by one process): the estimators' checkpoints and their
+    data-parallel check use it. :func:`gpubp.fit`'s checkpoints held it until fit's fingerprint
+    came to be computed in parts by the ranks (:mod:`gpubp.data_parts`, values starting "v2:");
+    fit still recognises it in an older checkpoint (:func:`gpubp.data_parts.same_data`).
 
     Parameters
     ----------

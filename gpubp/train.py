@@ -33,7 +33,8 @@ from .history import History, epoch_line
 from .errors import DivergenceError
 from .interrupt import TrainingInterrupted
 from .mlp import MLP
-from .rows import HostRows, fingerprint
+from .data_parts import same_data
+from .rows import HostRows
 from .optim import make_optimizer
 from .schedules import Schedule
 from .train_checkpoint import RunCheckpoints
@@ -171,11 +172,13 @@ class Trainer(RunCheckpoints):
         parallel, a rank whose data, checkpoint or settings fail the checks makes every rank
         raise (the others a RankFailedError naming it) before any step."""
         net, cfg, backend = self.net, self.config, self.net.backend
+        part, hashed = (self.comm.rank, self.comm.size), (cfg.checkpoint, resume) != (None, None) or self.parallel
         with failing_together(self.comm):
             checkpoint = read_checkpoint(resume) if resume is not None else None
             if checkpoint is not None:
                 self._check_resumable(checkpoint)
-            X, y, w, validation = check_training_data(net, X, y, sample_weight, validation_data)
+            X, y, w, validation, mine = check_training_data(net, X, y, sample_weight, validation_data, part, hashed)
+        self._fingerprint = mine.fingerprint(self.comm)  # each rank read its own rows; the same on every rank
         rng = np.random.default_rng(cfg.seed)
         if self.parallel:  # rank 0's generator (and so split and orders) on every rank, also for seed=None
             rng.bit_generator.state = self.comm.bcast_object(rng.bit_generator.state)
@@ -186,15 +189,12 @@ class Trainer(RunCheckpoints):
             if not isinstance(X, HostRows):  # a HostRows is read batch by batch, converted then
                 X = np.ascontiguousarray(X, dtype=net.dtype)
             w = None if w is None else w.astype(net.dtype)
-            if cfg.checkpoint is not None or checkpoint is not None or self.parallel:
-                self._fingerprint = fingerprint(X, y, net.dtype, w)
             if checkpoint is not None:
-                if checkpoint.meta["data"] != self._fingerprint:
+                if not same_data(checkpoint.meta["data"], self._fingerprint, X, y, net.dtype, w):
                     raise ValueError(f"the training data differ from those {checkpoint.path} was trained on")
                 self._restore(checkpoint)
             else:
                 self.run_state.update(rng_state=rng.bit_generator.state, split_seed=split_seed)
-        part = (self.comm.rank, self.comm.size)
         if self.parallel:
             self._start_together(checkpoint)
             if validation is not None:  # each rank scores its share; the sums are reduced

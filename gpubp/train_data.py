@@ -6,25 +6,32 @@ from __future__ import annotations
 import numpy as np
 from sklearn.model_selection import train_test_split
 
+from .data_parts import DataPart
 from .mlp import MLP
 from .rows import HostRows, check_rows
 from .validation import check_sample_weight, check_targets, check_X, check_y
 
 
-def check_training_data(net: MLP, X, y, sample_weight, validation_data):
-    """X (n, d) (a host array or HostRows), y (n,) int64, weights (n,) float64 or None and the
-    validation pair (X_val, y_val) or None, checked for ``net``."""
+def check_training_data(net: MLP, X, y, sample_weight, validation_data, part: tuple[int, int] = (0, 1),
+                        hashed: bool = False):
+    """X (n, d) (a host array or HostRows), y (n,) int64, weights (n,) float64 or None, the
+    validation pair (X_val, y_val) or None, checked for ``net``, and this rank's DataPart.
+
+    Rank r of R, ``part=(r, R)``, reads only its own blocks of a HostRows X to check them (and,
+    when ``hashed``, to hash them): :class:`gpubp.data_parts.DataPart`, whose ``fingerprint``
+    the ranks then compute together. Each rank does this alone (no collective)."""
     if isinstance(X, np.memmap):
         X = HostRows(X, name=str(X.filename))
-    X = check_rows(X, net.sizes[0]) if isinstance(X, HostRows) else check_X(X, net.sizes[0])
+    X = check_rows(X, net.sizes[0], scan=False) if isinstance(X, HostRows) else check_X(X, net.sizes[0])
     y = labels(net, y, X.shape[0])
     w = None if sample_weight is None else check_sample_weight(sample_weight, X.shape[0])
+    mine = DataPart(X, y, w, net.dtype, part, hashed)
     if validation_data is None:
-        return X, y, w, None
+        return X, y, w, None, mine
     if not (isinstance(validation_data, (tuple, list)) and len(validation_data) == 2):
         raise ValueError("validation_data must be a pair (X_val, y_val)")
     Xv = check_X(validation_data[0], net.sizes[0], name="X_val")
-    return X, y, w, (Xv, labels(net, validation_data[1], Xv.shape[0], "y_val"))
+    return X, y, w, (Xv, labels(net, validation_data[1], Xv.shape[0], "y_val")), mine
 
 
 def labels(net: MLP, y, n: int, name: str = "y") -> np.ndarray:

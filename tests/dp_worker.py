@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 import gpubp
+import gpubp.train
 import gpubp.train_checkpoint
 from gpubp.interrupt import TrainingInterrupted
 from gpubp.optim import SGD
@@ -120,17 +121,22 @@ def main() -> None:
     save(out, "unseeded", r, np.concatenate([p.ravel() for p in model.params]), history)
     save(out, "writes", r, np.zeros(0), None, writes=writes)
     save(out, "bad_data_on_rank_1", r, np.zeros(0), None, **failure_alone(comm))
+    params, history, got = reads_at_start_up(comm, out)
+    save(out, "mapped", r, params, history, **got)
 
 
 def failure_alone(comm) -> dict:
-    """Rank 1 alone gets a NaN in its X (and then a wrong shape): each time, both ranks must
-    raise before any step, neither waiting for the other."""
+    """Rank 1 alone gets a NaN in its X, a wrong shape, another row 0 (a row every rank reads at
+    start-up: the first of a block) or another label: each time, both ranks must raise before
+    any step, neither waiting for the other."""
     got = {}
-    for what in ("nan", "shape"):
+    for what in ("nan", "shape", "row", "label"):
         X, y = data(101, 0)
         if comm.rank == 1:
             X = X[:, :-1] if what == "shape" else X
             X[3, 2] = np.nan if what == "nan" else X[3, 2]
+            X[0, 1] += 1e-9 if what == "row" else 0
+            y[50] = (y[50] + 1) % SIZES[-1] if what == "label" else y[50]
         model = net()
         before = np.concatenate([p.ravel() for p in model.params])
         try:
@@ -140,6 +146,56 @@ def failure_alone(comm) -> dict:
             got[what] = [type(exc).__name__, str(exc)]
         got[what].append(bool(np.array_equal(before, np.concatenate([p.ravel() for p in model.params]))))
     return got
+
+
+class CountingMemmap(np.memmap):
+    """A memory-mapped array that counts the rows read from it by indexing (``reads``)."""
+
+    reads = 0
+
+    def __getitem__(self, index):
+        got = super().__getitem__(index)
+        if isinstance(got, np.ndarray):
+            CountingMemmap.reads += got.shape[0] if got.ndim == 2 else 1
+            return got.view(np.ndarray)
+        return got
+
+
+MAPPED_ROWS = 4 * 4096 - 50  # 4 blocks of gpubp.data_parts.BLOCK_ROWS rows: 2 for each rank
+NAN_AT = (9000, 3)  # in rank 1's blocks (rows 8192 ..)
+
+
+def reads_at_start_up(comm, out: Path):
+    """Both ranks train on one memory-mapped X.npy (and then on one with a NaN in rank 1's rows):
+    the rows each rank reads from the file before its batches are made, the fingerprint written,
+    and the errors."""
+    X, y = data(MAPPED_ROWS, 3)
+    if comm.rank == 0:
+        np.save(out / "X.npy", X)
+        X[NAN_AT] = np.inf
+        np.save(out / "X_nan.npy", X)
+    comm.barrier()
+    counted, make_feed = {}, gpubp.train.batch_feed
+
+    def feed(*args, **kwargs):  # start-up is over: count no more
+        counted.setdefault("rows", CountingMemmap.reads)
+        return make_feed(*args, **kwargs)
+
+    gpubp.train.batch_feed = feed
+    try:
+        model, got = net(), {}
+        mapped = np.load(out / "X.npy", mmap_mode="r").view(CountingMemmap)
+        history = gpubp.fit(model, mapped, y, comm=comm, batch_size=1024, epochs=1, seed=6,
+                            checkpoint=str(out / "mapped.npz"), checkpoint_every=1)
+        got["rows_read"] = counted["rows"]
+        try:
+            gpubp.fit(net(), np.load(out / "X_nan.npy", mmap_mode="r"), y, comm=comm, epochs=1)
+            got["nan"] = ["no error", ""]
+        except Exception as exc:
+            got["nan"] = [type(exc).__name__, str(exc)]
+    finally:
+        gpubp.train.batch_feed = make_feed
+    return np.concatenate([p.ravel() for p in model.params]), history, got
 
 
 if __name__ == "__main__":

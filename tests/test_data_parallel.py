@@ -17,6 +17,7 @@ import gpubp
 from gpubp.backend import get_backend
 from gpubp.batches import ResidentFeed, StreamedFeed, share
 from gpubp.checkpoint import read_checkpoint
+from gpubp.data_parts import BLOCK_ROWS, block_fingerprint, own_rows
 from gpubp.distributed import SingleProcess
 
 from . import dp_worker, estimator_worker
@@ -131,7 +132,32 @@ def test_bad_data_on_one_rank_fails_every_rank_before_any_step(job):
                                                    + rank1["nan"][1]]
     assert rank1["shape"][0] == "ValueError" and "5 features per row but the network expects 6" in rank1["shape"][1]
     assert rank0["shape"][0] == "RankFailedError" and rank1["shape"][1] in rank0["shape"][1]
-    assert all(r[what][2] for r in (rank0, rank1) for what in ("nan", "shape"))  # no step was taken
+    differ = "the training data differ across ranks: rank 1's {} differ from rank 0's; every rank must hold the same data"
+    for what, named in (("row", f"rows of X (compared at start-up: every {BLOCK_ROWS}th row, from row 0)"),
+                        ("label", "labels y")):  # every rank raises the same ValueError, naming rank 1
+        assert rank0[what][:2] == rank1[what][:2] == ["ValueError", differ.format(named)]
+    assert all(r[what][2] for r in (rank0, rank1) for what in ("nan", "shape", "row", "label"))  # no step was taken
+
+
+@mpirun_test(TEST_TIMEOUT)
+def test_each_rank_reads_only_its_own_rows_of_a_memory_mapped_x_at_start_up(job):
+    load, out, _ = job
+    results = load("mapped")
+    n, blocks = dp_worker.MAPPED_ROWS, -(-dp_worker.MAPPED_ROWS // BLOCK_ROWS)
+    for r, (_, _, got) in enumerate(results):  # its own blocks, then the first row of every block
+        lo, hi = own_rows(n, (r, 2))
+        assert got["rows_read"] == hi - lo + blocks and hi - lo <= n / 2 + BLOCK_ROWS / 2
+    _same_on_both_ranks(results)
+    X, y = dp_worker.data(n, 3)
+    model = dp_worker.net()
+    history = gpubp.fit(model, X, y, batch_size=1024, epochs=1, seed=6)  # in memory, one process
+    _equals_one_process(results[0], np.concatenate([p.ravel() for p in model.params]), history)
+    assert read_checkpoint(out / "mapped.npz").meta["data"] == block_fingerprint(X, y, "float64")
+    nan_row, nan_column = dp_worker.NAN_AT  # in rank 1's rows only: rank 1 names it, rank 0 names rank 1
+    message = (f"X ({out / 'X_nan.npy'}) contains NaN or infinity (first at row {nan_row}, column {nan_column}); "
+               "clean or impute the data first")
+    assert results[1][2]["nan"] == ["ValueError", message]
+    assert results[0][2]["nan"] == ["RankFailedError", f"rank 1 of 2 failed before training: ValueError: {message}"]
 
 
 @mpirun_test(TEST_TIMEOUT)

@@ -27,7 +27,7 @@ LAYERS = [
     ("kernel sets", {"host_kernels", "kernels"}),
     ("backend", {"backend", "validation"}),
     ("model: network, optimizers, files", {"initialization", "prediction", "mlp", "optim", "saving", "checkpoint", "container"}),
-    ("data and communication", {"rows", "batches", "idx", "npy_folder", "data",
+    ("data and communication", {"rows", "data_parts", "batches", "idx", "npy_folder", "data",
                                 "communicator", "mpi_communicator", "nccl_communicator", "distributed"}),
     ("engine", {"engine"}),
     ("faces", {"config", "train_data", "history", "train_checkpoint", "train", "estimator_params", "estimator_data", "estimator_lbfgs", "estimator_parallel", "estimator_checkpoint", "estimator_fit", "estimator_base",
