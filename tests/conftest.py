@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from gpubp.backend import cuda_status
+from gpubp.data import load_digits, split, standardize
 
 REPO = Path(__file__).resolve().parents[1]
 MNIST_T10K = REPO.parent / "shared" / "data" / "mnist-t10k"
@@ -23,6 +24,14 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    """gpubp's digits set split 80/20 (seed 0), standardized by the training part: (train, test)."""
+    train, test = split(load_digits(), 0.2, seed=0)
+    _, (train, test) = standardize(train, test)
+    return train, test
 
 
 @pytest.fixture

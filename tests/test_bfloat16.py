@@ -17,28 +17,11 @@ import pytest
 
 from gpubp import MLP, to_numpy
 from gpubp.bfloat16 import BF16_UNIT_ROUNDOFF, BFLOAT16, matmul_as_bfloat16, round_to_bfloat16
-from gpubp.data import load_digits, split, standardize
+
+from .test_tf32_training import batch, rel
 
 SIZES = [64, 48, 32, 10]
 ACTIVATIONS = ["relu", "tanh", "sigmoid", "identity"]
-
-
-@pytest.fixture(scope="module")
-def digits():
-    train, test = split(load_digits(), 0.2, seed=0)
-    _, (train, test) = standardize(train, test)
-    return train, test
-
-
-def batch(digits, n=256):
-    train, _ = digits
-    return train.X[:n].astype(np.float32), train.y[:n]
-
-
-def rel(a, b) -> float:
-    """Norm-relative difference of a from b."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
 def test_round_to_bfloat16_rounds_to_nearest_even():
@@ -85,7 +68,7 @@ def test_tf32_with_bfloat16_is_refused():
 
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 def test_bfloat16_gradients_are_within_the_bound_of_float64(digits, activation):
-    X, y = batch(digits)
+    X, y = batch(digits, 256)
     net64 = MLP(SIZES, activation, "cpu", "float64", seed=2, alpha=1e-3)
     net16 = MLP(SIZES, activation, "cpu", "bfloat16", seed=2, alpha=1e-3)
     net16.set_params(net64.get_params())  # the float64 parameters, rounded to float32
@@ -132,7 +115,7 @@ def test_the_stand_ins_cuda_path_rounds_where_the_cpu_does(fake_cupy, digits, ac
     sides (bitwise equal), tanh and sigmoid run the host's libm in the kernel and NumPy's own
     loops in the twin, a float32 unit apart at times, so a stored bfloat16 activation is now and
     then one bfloat16 unit apart: their gradients agree to u / 8 in norm."""
-    X, y = batch(digits)
+    X, y = batch(digits, 256)
     w = np.random.default_rng(1).uniform(0, 2, X.shape[0]).astype(np.float32)
     cpu, gpu = (MLP(SIZES, activation, device, "bfloat16", seed=5, alpha=1e-3) for device in ("cpu", "cuda"))
     for weights in (None, w):
@@ -417,7 +400,7 @@ def test_cuda_bfloat16_gradients_and_training_match_the_cpu(digits):
     point of the CPU's accuracy."""
     from gpubp import fit
 
-    X, y = batch(digits)
+    X, y = batch(digits, 256)
     cpu, gpu = (MLP(SIZES, "tanh", device, "bfloat16", seed=3, alpha=1e-3) for device in ("cpu", "cuda"))
     _, g_c = cpu.flat_loss_and_grad(X, y)
     _, g_g = gpu.flat_loss_and_grad(gpu.backend.asarray(X), gpu.backend.asarray(y))

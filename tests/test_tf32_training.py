@@ -14,7 +14,6 @@ from sklearn.base import clone
 from gpubp import MLP, fit, load_model, save_model, to_numpy
 from gpubp import precision
 from gpubp.cli import main
-from gpubp.data import load_digits, split, standardize
 from gpubp.errors import DataError
 from gpubp.estimators import MLPClassifier, MLPRegressor, load_estimator
 from gpubp.precision import matmul_as_tf32
@@ -24,13 +23,6 @@ from .legacy_files import legacy_model_arrays
 
 SIZES = [64, 48, 32, 10]
 ALPHA = 1e-3
-
-
-@pytest.fixture(scope="module")
-def digits():
-    train, test = split(load_digits(), 0.2, seed=0)
-    _, (train, test) = standardize(train, test)
-    return train, test
 
 
 def batch(digits, n=512):

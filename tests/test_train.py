@@ -5,14 +5,6 @@ import pytest
 
 from gpubp import MLP, SGD, Adam, DivergenceError, fit
 from gpubp.backend import Backend
-from gpubp.data import load_digits, split, standardize
-
-
-@pytest.fixture(scope="module")
-def digits():
-    train, test = split(load_digits(), 0.2, seed=0)
-    _, (train, test) = standardize(train, test)
-    return train, test
 
 
 def small_problem(rng, n=120, d=6, classes=3):
