@@ -26,6 +26,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.utils import gen_batches, shuffle
 from sklearn.utils.validation import validate_data
 
+from .backend import backend_for
 from .batches import batch_feed
 from .engine import Engine
 from .estimator_checkpoint import data_fingerprint
@@ -185,9 +186,11 @@ class StochasticFit(LbfgsFit):
         if not incremental or self._optimizer is None:
             self._optimizer, self._opt_state = self._make_optimizer(), None
             self._lr = _LearningRate(self.solver, self.learning_rate, self.learning_rate_init, self.power_t)
-        state = self._opt_state
-        self._opt_state = (self._optimizer.init(net.flat_params) if state is None
-                           else restore_state(self._optimizer, state.arrays, state.t, net.flat_params))
+        state, p = self._opt_state, net.flat_params
+        if state is None:
+            self._opt_state = self._optimizer.init(p)
+        elif any(backend_for(a) is not net.backend or a.dtype != p.dtype for a in state.arrays.values()):
+            self._opt_state = restore_state(self._optimizer, state.arrays, state.t, p)  # moved, not copied each call
 
     def _batch_size(self, n_samples: int, talks: bool = True) -> int:
         """scikit-learn's batch size: "auto" is min(200, n), a larger one is clipped with a warning
