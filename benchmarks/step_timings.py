@@ -108,21 +108,28 @@ def step_case(cp, torch, sizes: list[int], batch: int, precision: str = "ieee") 
     gpubp_ms = event_median_ms(cupy_events(cp), gpubp_step, repeat=repeat)
     torch_ms = event_median_ms(torch_events(torch), torch_step, repeat=repeat)
     flops = train_flops(sizes, batch)  # one step
+    gpubp_launches, torch_launches = kernels_per_step(torch, gpubp_step), kernels_per_step(torch, torch_step)
     row.update(gpubp_ms=gpubp_ms, torch_ms=torch_ms, ratio=gpubp_ms / torch_ms, gpubp_tflops=flops / gpubp_ms / 1e9,
                target=f"<= {STEP_TARGET}x torch eager", met=gpubp_ms / torch_ms <= STEP_TARGET,
-               gpubp_kernels=kernels_per_step(torch, gpubp_step), torch_kernels=kernels_per_step(torch, torch_step),
+               gpubp_kernels=count(gpubp_launches), gpubp_kernel_names=gpubp_launches, torch_kernels=count(torch_launches),
                launch_budget=6 * (len(sizes) - 1) + 3)
     return row
 
 
-def kernels_per_step(torch, step) -> int | str:
-    """GPU kernels one call of ``step`` launches, from PyTorch's profiler (CUPTI records every
-    kernel of the process, CuPy's and cuBLAS's included); memory copies and sets are not
-    kernels. A string says why the count failed (the timings stand without it)."""
+def kernels_per_step(torch, step) -> list[str] | str:
+    """The GPU kernels one call of ``step`` launches, in order, their names cut to 80 characters,
+    from PyTorch's profiler (CUPTI records every kernel of the process, CuPy's and cuBLAS's
+    included); memory copies and sets are not kernels. A string says why the count failed (the
+    timings stand without it)."""
     try:
-        return sum(1 for name in kernel_names(torch, step) if not name.lower().startswith(("memcpy", "memset")))
+        return [name[:80] for name in kernel_names(torch, step) if not name.lower().startswith(("memcpy", "memset"))]
     except Exception as exc:  # a profiler problem must not cost the timings
         return f"{type(exc).__name__}: {exc}"[:120]
+
+
+def count(launches: list[str] | str) -> int | str:
+    """How many kernels a list of kernels_per_step holds, or its reason for having none."""
+    return len(launches) if isinstance(launches, list) else launches
 
 
 def kernel_names(torch, step) -> list[str]:
