@@ -335,3 +335,22 @@ def test_partial_fit_goes_on_after_load_estimator(tmp_path):
     before = loaded.coefs_[0].copy()
     loaded.partial_fit(X, y)
     assert loaded.n_iter_ >= 1 and not np.array_equal(loaded.coefs_[0], before)
+
+
+@pytest.mark.gpu
+def test_a_fit_checkpoint_written_on_a_card_resumes_there_exactly_and_on_the_cpu(tmp_path):
+    """On a real card: stopped after 3 iterations and resumed, the fit ends bit-identical to the
+    uninterrupted fit on the card (the same kernels in the same order), and the same checkpoint
+    resumed on the CPU ends within float64 roundoff of it (other summation orders)."""
+    name = "adam, early stopping, weights"
+    X, y, w = data(name)
+    whole = quiet_fit(estimator(name, max_iter=7, device="cuda"), X, y, w)
+    path = tmp_path / "fit.npz"
+    quiet_fit(estimator(name, max_iter=3, device="cuda", checkpoint=path), X, y, w)
+    copy = shutil.copy(path, tmp_path / "copy.npz")
+    on_card = quiet_fit(estimator(name, max_iter=7, device="cuda", checkpoint=path, resume=True), X, y, w)
+    assert_same_fit(whole, on_card)
+    on_cpu = quiet_fit(estimator(name, max_iter=7, device="cpu", checkpoint=copy, resume=True), X, y, w)
+    assert on_cpu.n_iter_ == whole.n_iter_
+    for pa, pb in zip(whole.coefs_ + whole.intercepts_, on_cpu.coefs_ + on_cpu.intercepts_):
+        np.testing.assert_allclose(pb, pa, rtol=1e-9, atol=1e-12)

@@ -96,3 +96,26 @@ def test_a_checkpoint_written_on_the_gpu_resumes_on_the_cpu(tmp_path):
     fit(whole, X, y, **settings)  # uninterrupted, on the GPU
     for pc, pg in zip(cpu.params, whole.params):
         assert_close(pc, to_numpy(pg), 1e-10, 1e-12, what="resumed on the CPU vs uninterrupted on the GPU")
+
+
+def test_a_step_that_does_not_fit_on_the_card_raises_device_memory_error_with_a_batch_size_that_fits():
+    """CuPy's real out-of-memory error (the stand-in's is tested on the CPU): a 131072-row batch
+    of a 200000-wide layer needs 105 GB for z alone, more than any card has; DeviceMemoryError
+    names the allocation and a batch size, and that batch size trains."""
+    import re
+
+    from gpubp import DeviceMemoryError
+
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(131072, 20)).astype(np.float32), rng.integers(0, 10, 131072)
+    net = MLP([20, 200_000, 10], "relu", backend="cuda", dtype="float32", seed=0)
+    with pytest.raises(DeviceMemoryError) as caught:
+        fit(net, X, y, epochs=1, batch_size=131072, seed=0)
+    message = str(caught.value)
+    assert "out of cuda memory in epoch 1 (step 1) at batch size 131072" in message, message
+    assert re.search(r"asked for [0-9][0-9,.]* ?(bytes|[KMGT]i?B)", message), message
+    suggested = int(re.search(r"batch size (\d+) should fit", message).group(1))
+    assert 1 < suggested < 131072
+    history = fit(MLP([20, 200_000, 10], "relu", backend="cuda", dtype="float32", seed=0), X[:4 * suggested],
+                  y[:4 * suggested], epochs=1, batch_size=suggested, seed=0)
+    assert history.epochs == 1 and np.isfinite(history.train_loss[-1])
