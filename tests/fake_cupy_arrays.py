@@ -49,6 +49,32 @@ cupy/cupy at 6b6d9563c, the version the project's mirror holds):
   ``cupy.cuda.memory.OutOfMemoryError`` (a MemoryError) with CuPy's message
   (cupy/cuda/memory.pyx ``OutOfMemoryError``, ``SingleDeviceMemoryPool._try_malloc``).
 
+Stream capture (CUDA graphs; cupy/cuda/stream.pyx ``begin_capture``, ``end_capture``, graph.pyx
+``Graph.launch``), as strict as a card where gpubp.cuda_graph needs it:
+
+- only a ``non_blocking`` stream captures (the legacy stream and streams that synchronize with it
+  raise cudaErrorStreamCaptureImplicit), and not twice at once;
+- what the current stream is given while it captures is recorded, not run: ufuncs and reductions,
+  the kernel classes, FakeCublas's gemms (tests/fake_cublas.py); memory that existed before is not
+  written, and new outputs (``cupy.empty`` too) hold NaN or the most negative integer until the
+  graph runs. ``Graph.launch`` runs the recorded operations in order, reading their inputs as they
+  are then, host scalars as they were at capture; one launch in ``cupy.activity``;
+- any other operation while capturing raises NotImplementedError (not modelled); CuPy's cuBLAS
+  routes (``matmul``, ``@``, ``dot`` ...) raise CuPy's ``calling cuBLAS API during stream capture is
+  currently unsupported`` (cupy_backends/cuda/libs/cublas.pyx ``setStream``);
+- a host sync (``get``, ``float()``, ``synchronize`` of the stream or an event on it), a copy from
+  pageable memory (``ndarray.set``, ``cupy.asarray`` of host data) and an allocation that needs
+  new memory raise CUDARuntimeError (cudaErrorStreamCaptureUnsupported) and invalidate the
+  capture, whose ``end_capture`` then raises (cudaErrorStreamCaptureInvalidated). A pool made with
+  ``cupy.cuda.MemoryPool()`` and used through ``cupy.cuda.using_allocator(pool.malloc)`` caches
+  per stream (memory.pyx's arena); under capture it serves what it cached for the stream, and a
+  pool never used on that stream is refused. Stricter than CUDA: the default pool is refused
+  under capture (a graph's blocks freed there would go to eager arrays between launches).
+  Looser: the recorded operations keep the captured step's arrays alive, so a warmed pool may
+  grow under capture where CuPy's would reuse blocks freed within it;
+- a kernel on a stream runs after the copies queued on that stream before it, and a host read
+  waits for the current stream, as on a card.
+
 The stand-in also counts what a program asks of the card (``cupy.activity``, an
 :class:`Activity`): kernel launches (a ufunc call or reduction, a product, a custom kernel, a
 gather or scatter by index, a copy or fill on the device) and host syncs (a device value read on
@@ -82,10 +108,10 @@ Looser than CuPy (the stand-in cannot see these; a card can):
   host arrays as arguments without complaint (``dot``, ``fill``, ``set``, ``__setitem__`` check);
 - results are computed by NumPy: the order of summation, cuBLAS, TF32 and CUDA's libm are not
   modelled (the kernels are: tests/fake_cupy.py), nor several devices, ``cupy.random``,
-  ``cupy.linalg``, ``cupyx`` or ``ndarray.data``;
-- streams are modelled for copies only (:class:`Stream`): computations run at once, as if on
-  the null stream, whatever stream is current, so a copy on a side stream that overwrites a
-  device buffer a computation queued earlier still reads is not caught (on a card it is a race);
+  ``cupy.linalg`` or ``cupyx``; ``ndarray.data.ptr`` is the host address of the array's memory;
+- streams are modelled for copies (:class:`Stream`): computations run at once, after the copies
+  queued on the current stream, so a copy on a side stream that overwrites a device buffer a
+  computation queued earlier still reads is not caught (on a card it is a race);
 - the pool's bookkeeping counts the arrays a call returns, not CuPy's internal temporaries, and
   reuses any cached block large enough (CuPy's arena splits and merges blocks alike, but by bins).
 """
@@ -162,18 +188,33 @@ class DeviceMemory:
         self.in_use = 0
         self.cached: list[int] = []  # sizes of the pool's free blocks
         self.live: dict[int, tuple] = {}
+        self.roots: dict[int, weakref.ref] = {}  # id(buffer) -> the buffer, for raw pointers (FakeCublas)
         self.failures: list[OutOfMemoryError] = []
+        self.pool_cached = 0  # bytes cached by the pools made with cupy.cuda.MemoryPool()
 
     def total_bytes(self) -> int:
-        return self.in_use + sum(self.cached)
+        return self.in_use + sum(self.cached) + self.pool_cached
 
     def adopt(self, buffer: np.ndarray) -> None:
-        """Count ``buffer`` (an array owning its memory) as a device allocation, or raise OOM."""
+        """Count ``buffer`` (an array owning its memory) as a device allocation, or raise OOM;
+        from the pool of the innermost ``cupy.cuda.using_allocator``, else the default pool."""
         size = -(-buffer.nbytes // _ALLOCATION_UNIT) * _ALLOCATION_UNIT
-        if size:
+        pool, stream = (_ALLOCATORS[-1] if _ALLOCATORS else None), get_current_stream().ptr
+        if size and pool is not None:
+            if not pool.take(stream, size):
+                if stream not in pool.cached:  # never warmed up on this stream: cudaMalloc under capture
+                    _refuse_while_capturing("an allocation the pool had not cached for the capturing stream")
+                self._allocate_new(size)
+        elif size:
+            if _capturing() is not None:
+                _refuse_while_capturing("an allocation from the default pool (stricter than CUDA: a graph's "
+                                        "blocks freed there go to eager arrays, which the next launch overwrites; "
+                                        "capture with a pool of its own)")
             self._allocate(size)
         self.live[id(buffer)] = (buffer.shape, buffer.dtype.name, size)
-        weakref.finalize(buffer, self._release, id(buffer), size).atexit = False
+        self.roots[id(buffer)] = weakref.ref(buffer)
+        release = self._release if pool is None else functools.partial(pool.give_back, self, stream)
+        weakref.finalize(buffer, release, id(buffer), size).atexit = False
 
     def _allocate(self, size: int) -> None:
         fitting = [b for b in self.cached if b >= size]
@@ -184,6 +225,11 @@ class DeviceMemory:
                 self.cached.append(block - size)
             self.in_use += size
             return
+        _refuse_while_capturing("an allocation the pool had not cached")
+        self._allocate_new(size)
+
+    def _allocate_new(self, size: int) -> None:
+        """cudaMalloc: new device memory, or OutOfMemoryError."""
         for attempt in range(3):  # as it is, after free_all_blocks, after gc.collect too
             if attempt == 2:
                 gc.collect()
@@ -199,9 +245,21 @@ class DeviceMemory:
 
     def _release(self, key: int, size: int) -> None:
         self.live.pop(key, None)
+        self.roots.pop(key, None)
         if size:
             self.in_use -= size
             self.cached.append(size)
+
+    def resolve(self, ptr: int, extent: int) -> tuple[np.ndarray, int] | None:
+        """(the live device buffer holding bytes ptr .. ptr + extent, ptr's offset in it), or None."""
+        for ref in list(self.roots.values()):
+            root = ref()
+            if root is None:
+                continue
+            base = root.__array_interface__["data"][0]
+            if base <= ptr and ptr + extent <= base + root.nbytes:
+                return root, ptr - base
+        return None
 
 
 class MemoryPool:
@@ -245,6 +303,76 @@ class MemoryPool:
         self._memory.limit = int(size)
 
 
+class UserMemoryPool:
+    """``cupy.cuda.MemoryPool()``: a pool of its own, used inside ``using_allocator(pool.malloc)``.
+    Its cache is per stream, as CuPy's arena is (memory.pyx ``SingleDeviceMemoryPool._arena``): a
+    block freed on one stream is not given to an allocation on another."""
+
+    def __init__(self, allocator=None):
+        self.cached: dict[int, list[int]] = {}  # stream ptr -> sizes of free blocks
+        self._in_use = 0
+
+    def malloc(self, size: int):
+        raise NotImplementedError("the CuPy stand-in allocates through its arrays: pass pool.malloc to "
+                                  "cupy.cuda.using_allocator")
+
+    def take(self, stream: int, size: int) -> bool:
+        """A cached block of ``stream`` for ``size`` bytes (best fit), True; False if none fits."""
+        blocks = self.cached.get(stream, [])
+        fitting = [b for b in blocks if b >= size]
+        if not fitting:
+            return False
+        block = min(fitting)
+        blocks.remove(block)
+        if block > size:
+            blocks.append(block - size)
+        _MEMORY.pool_cached -= size
+        _MEMORY.in_use += size
+        self._in_use += size
+        return True
+
+    def give_back(self, memory: "DeviceMemory", stream: int, key: int, size: int) -> None:
+        memory.live.pop(key, None)
+        memory.roots.pop(key, None)
+        if size:
+            memory.in_use -= size
+            memory.pool_cached += size
+            self._in_use -= size
+            self.cached.setdefault(stream, []).append(size)
+
+    def used_bytes(self) -> int:
+        return self._in_use
+
+    def free_bytes(self) -> int:
+        return sum(map(sum, self.cached.values()))
+
+    def total_bytes(self) -> int:
+        return self._in_use + self.free_bytes()
+
+    def free_all_blocks(self, stream=None) -> None:
+        _MEMORY.pool_cached -= self.free_bytes()
+        self.cached.clear()
+
+
+_ALLOCATORS: list[UserMemoryPool] = []  # the pools of the using_allocator blocks, innermost last
+
+
+class using_allocator:  # noqa: N801 - cupy.cuda.using_allocator's name
+    """``cupy.cuda.using_allocator(pool.malloc)``: allocations inside come from that pool."""
+
+    def __init__(self, allocator=None):
+        pool = getattr(allocator, "__self__", None)
+        if not isinstance(pool, UserMemoryPool):
+            raise NotImplementedError("the CuPy stand-in takes using_allocator(cupy.cuda.MemoryPool().malloc) only")
+        self.pool = pool
+
+    def __enter__(self):
+        _ALLOCATORS.append(self.pool)
+
+    def __exit__(self, *exc):
+        _ALLOCATORS.pop()
+
+
 class PinnedMemoryPool:
     """cupy.get_default_pinned_memory_pool(): the stand-in stages nothing in pinned memory."""
 
@@ -266,13 +394,24 @@ class Activity:
         self.syncs = 0
 
     def launch(self) -> None:
+        """A kernel on the current stream: it runs after what was queued on that stream before it."""
+        if _capturing() is not None:  # the operations that capture record themselves first
+            raise NotImplementedError("the CuPy stand-in does not model this operation under stream capture")
+        stream = get_current_stream()
+        if stream.queue:
+            stream.run_until(stream.issued)
         self.launches += 1
 
     def sync(self) -> None:
+        """The host reads device memory: it waits for the current stream (CuPy's ``get``)."""
+        _refuse_while_capturing("a host sync")
+        get_current_stream().synchronize()
         self.syncs += 1
 
 
 _ACTIVITY = Activity()  # the stand-in installed now (install() replaces it)
+# functions CuPy runs through cuBLAS (cupy/_core/_routines_linalg.pyx, cupy/linalg/_product.py)
+_CUBLAS_FUNCTIONS = frozenset({"dot", "vdot", "inner", "outer", "matmul", "tensordot", "einsum", "kron"})
 # cupy functions that only allocate or make a view: no launch
 _NO_LAUNCH = frozenset({"empty", "empty_like", "reshape", "ravel", "transpose", "swapaxes", "expand_dims",
                         "squeeze", "broadcast_to", "atleast_1d", "atleast_2d", "ndim", "shape", "size",
@@ -372,6 +511,8 @@ class ndarray(np.ndarray):
         if func.__name__ in NOT_IN_CUPY:
             return NotImplemented  # NumPy then raises TypeError: no implementation found
         where = f"numpy.{func.__name__}"
+        if func.__name__ in _CUBLAS_FUNCTIONS:
+            _refuse_cublas()
         if func.__name__ not in _NO_LAUNCH:
             _ACTIVITY.launch()
         result = func(*_to_host_arg(args, where), **{k: _to_host_arg(v, where) for k, v in kwargs.items()})
@@ -424,6 +565,7 @@ class ndarray(np.ndarray):
         np.ndarray.fill(self, value)
 
     def dot(self, b, out=None):
+        _refuse_cublas()
         if fake_cupy.BFLOAT16 in (self.dtype, getattr(b, "dtype", None)):
             return _apply_ufunc(np.matmul, "__call__", (self, b), {} if out is None else {"out": (out,)})
         _ACTIVITY.launch()
@@ -506,6 +648,11 @@ class ndarray(np.ndarray):
     def device(self):
         return Device(0)
 
+    @property
+    def data(self):
+        """cupy.cuda.MemoryPointer of the array's first element: ``.ptr``, a real address here."""
+        return types.SimpleNamespace(ptr=self.__array_interface__["data"][0])
+
 
 ndarray.__module__ = "cupy"  # gpubp.backend tells CuPy arrays by their type's module
 
@@ -531,6 +678,12 @@ def _apply_ufunc(ufunc, method, inputs, kwargs):
         if not isinstance(x, (np.ndarray, np.generic, int, float, complex, bool)):
             return NotImplemented
     out = kwargs.get("out")
+    if ufunc is np.matmul:
+        _refuse_cublas()
+    if _capturing() is not None and method != "at":  # recorded: computed at each graph launch
+        host_inputs = _to_host_arg(inputs, where)
+        host_kwargs = {k: _to_host_arg(v, where) for k, v in kwargs.items() if k != "out"}
+        return _run(lambda: getattr(ufunc, method)(*host_inputs, **host_kwargs), None if out is None else tuple(out))
     _ACTIVITY.launch()
     host_kwargs = {k: _to_host_arg(v, where) for k, v in kwargs.items()}
     if ufunc is np.matmul and any(getattr(x, "dtype", None) == fake_cupy.BFLOAT16 for x in inputs):
@@ -586,6 +739,7 @@ def array(obj, dtype=None, copy=True, order="K", subok=False, ndmin=0, *, blocki
         return _device(_np["array"](_host_view(obj), dtype=dtype, order=order or "K", ndmin=ndmin))
     if copy is False:
         raise ValueError("Unable to avoid copy while creating an array as requested.")
+    _refuse_while_capturing("a copy from pageable host memory")
     host = _np["array"](_to_host_arg(obj, "cupy.array") if _holds_device(obj) else obj,
                         dtype=dtype, order=order or "K", ndmin=ndmin)
     if host.dtype == object:
@@ -671,9 +825,13 @@ def _wrap_function(name: str, function):
     @functools.wraps(function)
     def cupy_function(*args, **kwargs):
         where = f"cupy.{name}"
+        if name in _CUBLAS_FUNCTIONS:
+            _refuse_cublas()
         if name not in _NO_LAUNCH:
             _ACTIVITY.launch()
         result = function(*_to_host_arg(args, where), **{k: _to_host_arg(v, where) for k, v in kwargs.items()})
+        if name in ("empty", "empty_like") and _capturing() is not None:
+            return _poisoned(result)  # memory the graph has not written yet: garbage
         return _device(result)
 
     cupy_function.__module__ = "cupy"
@@ -694,13 +852,8 @@ class ElementwiseKernel:
         self.name = kwargs.get("name", args[3] if len(args) > 3 else "kernel")
 
     def __call__(self, *args, **kwargs):
-        _ACTIVITY.launch()
         host = _kernel_args(args, f"ElementwiseKernel {self.name}")
-        by_id = {id(h): a for h, a in zip(host, args)}
-        result = self._kernel(*host, **kwargs)
-        if isinstance(result, tuple):
-            return tuple(by_id[id(r)] for r in result)
-        return None if result is None else by_id[id(result)]  # CuPy returns the outputs passed
+        return _run_in_place(lambda h: self._kernel(*h, **kwargs), host, args)  # CuPy returns the outputs passed
 
 
 class ReductionKernel:
@@ -711,8 +864,10 @@ class ReductionKernel:
         self.name = kwargs.get("name", args[6] if len(args) > 6 else "reduce_kernel")
 
     def __call__(self, *args, **kwargs):
-        _ACTIVITY.launch()
-        return _device(self._kernel(*_kernel_args(args, f"ReductionKernel {self.name}"), **kwargs))
+        host = _kernel_args(args, f"ReductionKernel {self.name}")
+        if "out" in kwargs:
+            raise NotImplementedError("the CuPy stand-in's ReductionKernel takes no out=")
+        return _run(lambda: self._kernel(*host, **kwargs))
 
 
 class RawModule:
@@ -733,7 +888,6 @@ class RawKernel:
         self._kernel = kernel
 
     def __call__(self, grid, block, args, shared_mem=0, stream=None):
-        _ACTIVITY.launch()
         host = []
         for a in args:
             if _is_host(a):
@@ -742,7 +896,7 @@ class RawKernel:
                                     "parameter. Only numpy.ndarrays of size one can be passed by value.")
                 a = a.reshape(-1)[0]
             host.append(_host_view(a) if isinstance(a, ndarray) else a)
-        return self._kernel(grid, block, tuple(host), shared_mem=shared_mem, stream=stream)
+        _run_in_place(lambda h: self._kernel(grid, block, tuple(h), shared_mem=shared_mem, stream=stream), host, args)
 
 
 # ----------------------------------------------------------------------------- cupy.cuda
@@ -794,6 +948,7 @@ class _StreamState:
         self.in_flight: list = []  # (stream, op number, source view, bytes when queued)
         self.pinned: list[int] = []
         self.deferred = weakref.WeakSet()  # the non_blocking streams
+        self.by_ptr = weakref.WeakValueDictionary()  # stream handle -> Stream (FakeCublas's SetStream)
 
     def check(self) -> None:
         for stream, number, source, snapshot in self.in_flight:
@@ -810,6 +965,178 @@ class _StreamState:
 
 
 _STREAMS = _StreamState()  # of the stand-in installed now (install() replaces it)
+
+# ----------------------------------------------------------------------------- stream capture
+
+CUBLAS_HANDLE = 0x7E57  # cupy.cuda.device.get_cublas_handle() (tests/fake_cublas.py's handle)
+CUBLAS_REFUSED = "calling cuBLAS API during stream capture is currently unsupported"  # cublas.pyx setStream
+CAPTURE_UNSUPPORTED, CAPTURE_INVALIDATED = 900, 901  # cudaErrorStreamCaptureUnsupported, ...Invalidated
+
+
+class _Capture:
+    """What a stream captures: the recorded operations (callables that run one each), and why
+    the capture was invalidated, if it was."""
+
+    def __init__(self):
+        self.ops: list = []
+        self.invalid: str | None = None
+
+
+def _capturing() -> _Capture | None:
+    """The capture of the current stream, or None."""
+    return getattr(get_current_stream(), "capture", None)
+
+
+def _refuse_while_capturing(what: str) -> None:
+    """Under capture, ``what`` (a sync, a pageable copy, a cudaMalloc) is refused by CUDA and
+    invalidates the capture (global capture mode)."""
+    capture = _capturing()
+    if capture is not None:
+        capture.invalid = capture.invalid or what
+        raise CUDARuntimeError(CAPTURE_UNSUPPORTED, f"cudaErrorStreamCaptureUnsupported: operation not "
+                                                    f"permitted when stream is capturing ({what})")
+
+
+def _refuse_cublas() -> None:
+    if _capturing() is not None:
+        raise NotImplementedError(CUBLAS_REFUSED)
+
+
+def _poisoned(result):
+    """A new device array holding ``result``'s shape and dtype and garbage: what a captured
+    operation's output holds before the graph runs (NaN, or the most negative integer)."""
+    a = _device(_np["array"](result))
+    h = _host_view(a)
+    if h.dtype.kind in "fc" or h.dtype == fake_cupy.BFLOAT16:
+        h[...] = np.nan
+    elif h.dtype.kind in "iu":
+        h[...] = np.iinfo(h.dtype).min if h.dtype.kind == "i" else np.iinfo(h.dtype).max
+    elif h.dtype.kind == "b":
+        h[...] = True
+    return a
+
+
+def _same(a: np.ndarray, b: np.ndarray) -> bool:
+    return np.array_equal(a, b, equal_nan=a.dtype.kind in "fc")
+
+
+def _run(compute, out=None):
+    """A device operation: ``compute()`` gives its NumPy result (reading device memory, writing
+    none), written into ``out`` (a tuple of device arrays) or returned as new device array(s).
+    While the current stream captures, it is recorded instead (run by each launch of the graph)
+    and new outputs are poisoned."""
+    capture = _capturing()
+    if capture is None:
+        _ACTIVITY.launch()
+        result = compute()
+        if out is None:
+            return _device(result)
+        _write(out, result)
+        return out[0] if len(out) == 1 else out
+    result = compute()  # the shapes of new outputs; the values are thrown away
+    if out is None:
+        new = tuple(_poisoned(r) for r in result) if isinstance(result, tuple) else (_poisoned(result),)
+        capture.ops.append(lambda: _write(new, compute()))
+        return new if isinstance(result, tuple) else new[0]
+    capture.ops.append(lambda: _write(out, compute()))
+    return out[0] if len(out) == 1 else out
+
+
+def _write(targets: tuple, result) -> None:
+    results = result if isinstance(result, tuple) else (result,)
+    for target, value in zip(targets, results, strict=True):
+        np.ndarray.__setitem__(_host_view(target), Ellipsis, value)
+
+
+def _run_in_place(kernel, host: list, args: tuple):
+    """A kernel that writes into its array arguments (and may return new arrays), run or
+    recorded as :func:`_run` does: recorded, it runs on copies of the arguments at each graph
+    launch and writes back the arguments it changed. Returns what the kernel returns, with the
+    arguments' host views mapped back to the device arrays passed."""
+    by_id = {id(h): a for h, a in zip(host, args)}
+    capture = _capturing()
+    if capture is None:
+        _ACTIVITY.launch()
+        result = kernel(host)
+        if isinstance(result, tuple):
+            return tuple(by_id.get(id(r), r) for r in result)
+        return None if result is None else by_id.get(id(result), _device(result))
+    arrays = [i for i, h in enumerate(host) if isinstance(h, np.ndarray)]
+
+    def on_copies():
+        copies = list(host)
+        for i in arrays:
+            copies[i] = _np["array"](host[i], copy=True)
+        return copies, kernel(copies)
+
+    copies, result = on_copies()
+    results = result if isinstance(result, tuple) else (() if result is None else (result,))
+    passed = [next((i for i in arrays if r is copies[i]), None) for r in results]
+    new = [None if i is not None else _poisoned(r) for i, r in zip(passed, results)]
+
+    def replay():
+        copies, result = on_copies()
+        for i in arrays:
+            if not _same(copies[i], host[i]):
+                host[i][...] = copies[i]
+        for target, value in zip(new, result if isinstance(result, tuple) else (result,)):
+            if target is not None:
+                _write((target,), value)
+
+    capture.ops.append(replay)
+    mapped = tuple(args[i] if i is not None else n for i, n in zip(passed, new))
+    return mapped if isinstance(result, tuple) else (mapped[0] if mapped else None)
+
+
+def stream_by_ptr(ptr: int):
+    """The live stream whose handle is ``ptr`` (0: the null stream), or None."""
+    return _STREAMS.by_ptr.get(ptr)
+
+
+def run_on(stream_ptr: int, op) -> None:
+    """``op()``, a library's operation (FakeCublas's gemm) issued to the stream of ``stream_ptr``:
+    recorded while that stream captures, else run now as one launch."""
+    stream = stream_by_ptr(stream_ptr)
+    if stream is None:
+        raise ValueError(f"no stream has the handle {stream_ptr:#x}")
+    if stream.capture is not None:
+        stream.capture.ops.append(op)
+        return
+    if stream.queue:
+        stream.run_until(stream.issued)
+    _ACTIVITY.launches += 1
+    op()
+
+
+def device_matrix(ptr: int, rows: int, cols: int, ld: int, dtype) -> np.ndarray | None:
+    """The column-major (rows, cols) matrix of ``dtype`` at device address ``ptr`` with leading
+    dimension ld, as a NumPy view of the live device buffer holding all of it; None where no live
+    buffer holds it (a library would read or write outside the allocation)."""
+    itemsize = np.dtype(dtype).itemsize
+    extent = ((rows - 1) + (cols - 1) * ld + 1) * itemsize if rows and cols else 0
+    found = _MEMORY.resolve(ptr, extent)
+    if found is None:
+        return None
+    root, offset = found
+    return np.ndarray((rows, cols), dtype, buffer=_host_view(root), offset=offset, strides=(itemsize, ld * itemsize))
+
+
+class Graph:
+    """cupy.cuda.Graph from ``Stream.end_capture``: ``launch(stream=None)`` runs the recorded
+    operations in order, reading their inputs as they are then; one launch."""
+
+    def __init__(self, ops: list):
+        self._ops = ops
+
+    def launch(self, stream=None) -> None:
+        if _capturing() is not None:
+            raise NotImplementedError("the CuPy stand-in does not model a graph launched into a capture")
+        _ACTIVITY.launch()
+        for op in self._ops:
+            op()
+
+    def upload(self, stream=None) -> None:
+        pass
 
 
 class Stream:
@@ -838,6 +1165,7 @@ class Stream:
         self.device_id = -1 if null or ptds else 0
         self.deferred = bool(non_blocking) and not null and not ptds
         self.queue: list = []  # ops not run yet
+        _STREAMS.by_ptr[self.ptr] = self
         self.issued = 0  # ops ever given to this stream
         self.ran = 0
         if self.deferred:
@@ -863,6 +1191,34 @@ class Stream:
         _STREAMS.current[:] = [self]
         return self
 
+    capture: _Capture | None = None
+
+    def begin_capture(self, mode=None) -> None:
+        """Start capturing (cupy/cuda/stream.pyx ``begin_capture``): the null (legacy) stream and a
+        stream that synchronizes with it refuse (cudaErrorStreamCaptureImplicit), as does a
+        stream already capturing."""
+        if not self.deferred:
+            raise CUDARuntimeError(906, "cudaErrorStreamCaptureImplicit: operation would make the legacy "
+                                        "stream depend on a capturing blocking stream")
+        if self.capture is not None:
+            raise CUDARuntimeError(CAPTURE_UNSUPPORTED, "cudaErrorIllegalState: the stream is already capturing")
+        self.synchronize()
+        self.capture = _Capture()
+
+    def end_capture(self) -> Graph:
+        """Stop capturing; the Graph of what was recorded, or CUDARuntimeError if the capture
+        was invalidated (an operation refused while capturing)."""
+        if self.capture is None:
+            raise CUDARuntimeError(CAPTURE_UNSUPPORTED, "cudaErrorIllegalState: the stream is not capturing")
+        capture, self.capture = self.capture, None
+        if capture.invalid:
+            raise CUDARuntimeError(CAPTURE_INVALIDATED, "cudaErrorStreamCaptureInvalidated: the capture was "
+                                                        f"invalidated by {capture.invalid}")
+        return Graph(capture.ops)
+
+    def is_capturing(self) -> bool:
+        return self.capture is not None
+
     def is_non_blocking(self) -> bool:
         return self.deferred
 
@@ -883,6 +1239,10 @@ class Stream:
             op()
 
     def synchronize(self) -> None:
+        if self.capture is not None:
+            self.capture.invalid = self.capture.invalid or "a stream synchronize"
+            raise CUDARuntimeError(CAPTURE_UNSUPPORTED, "cudaErrorStreamCaptureUnsupported: operation not "
+                                                        "permitted when stream is capturing")
         self.run_until(self.issued)
         _STREAMS.observed(self, self.issued)
 
@@ -923,6 +1283,8 @@ class Event:
         self.mark = self.stream.issued
 
     def synchronize(self) -> None:
+        if self.stream is not None and self.stream.capture is not None:
+            self.stream.synchronize()  # refused: the host cannot wait inside a capture
         if self.stream is not None:
             self.stream.run_until(self.mark)
             _STREAMS.observed(self.stream, self.mark)
@@ -943,6 +1305,10 @@ def _copy_to_device(target: np.ndarray, arr: np.ndarray, stream) -> None:
     stream = get_current_stream() if stream is None else stream
     _STREAMS.check()
     pinned = _is_pinned(arr) and arr.flags.c_contiguous
+    if stream.capture is not None:
+        if not pinned:
+            _refuse_while_capturing("a copy from pageable host memory")
+        raise NotImplementedError("the CuPy stand-in does not model a pinned copy under stream capture")
     source = arr if pinned else _np["array"](arr, copy=True)  # pageable memory is staged at once
     if pinned and stream.deferred:
         _STREAMS.in_flight.append((stream, stream.issued, arr, _np["array"](arr, copy=True)))
@@ -1023,18 +1389,21 @@ def _make_cuda() -> tuple[types.ModuleType, dict]:
     runtime = _make_runtime()
     memory = types.ModuleType("cupy.cuda.memory")
     memory.OutOfMemoryError = OutOfMemoryError
-    memory.MemoryPool = MemoryPool
+    memory.MemoryPool, memory.using_allocator = UserMemoryPool, using_allocator
+    device = types.ModuleType("cupy.cuda.device")
+    device.get_cublas_handle = lambda: CUBLAS_HANDLE
     compiler = types.ModuleType("cupy.cuda.compiler")
     compiler.CompileException = fake_nvrtc.CompileException
     Stream.null = Stream(null=True)
-    cuda.runtime, cuda.memory, cuda.compiler = runtime, memory, compiler
+    cuda.runtime, cuda.memory, cuda.compiler, cuda.device = runtime, memory, compiler, device
+    cuda.MemoryPool, cuda.using_allocator, cuda.Graph = UserMemoryPool, using_allocator, Graph
     cuda.Device, cuda.Stream, cuda.Event = Device, Stream, Event
     cuda.get_current_stream = get_current_stream
     cuda.alloc_pinned_memory, cuda.PinnedMemoryPointer = alloc_pinned_memory, PinnedMemoryPointer
     cuda.is_available = lambda: True
     cuda.OutOfMemoryError = OutOfMemoryError
     submodules = {"cupy.cuda": cuda, "cupy.cuda.runtime": runtime, "cupy.cuda.memory": memory,
-                  "cupy.cuda.compiler": compiler}
+                  "cupy.cuda.compiler": compiler, "cupy.cuda.device": device}
     return cuda, submodules
 
 
@@ -1062,6 +1431,7 @@ def make_module(memory: DeviceMemory) -> tuple[types.ModuleType, dict]:
     """A fresh ``cupy`` module over ``memory``, and its submodules by their sys.modules names."""
     global _MEMORY, _ACTIVITY, _STREAMS
     _MEMORY, _ACTIVITY, _STREAMS = memory, Activity(), _StreamState()
+    _ALLOCATORS.clear()
     cupy = _CupyModule("cupy", __doc__)
     cuda, submodules = _make_cuda()
     pool, pinned = MemoryPool(memory), PinnedMemoryPool()

@@ -1,0 +1,83 @@
+"""libcublas as gpubp.cublas_direct calls it (ctypes), played over the CuPy stand-in's memory.
+
+:class:`FakeCublas` has the four entry points gpubp calls and returns cuBLAS's status codes. A
+device pointer must lie, with the whole extent the call reads or writes, inside a live device
+buffer of the stand-in (tests/fake_cupy_arrays.py ``device_matrix``), and a leading dimension
+must be at least the stored matrix's rows, as cuBLAS checks (CUBLAS_STATUS_INVALID_VALUE
+otherwise): so a wrong op, leading dimension or offset gives a wrong product, or a refusal, as
+it would on a card. alpha and beta are host pointers read when the call is made (host pointer
+mode), so a captured gemm keeps the values it was captured with.
+
+A gemm runs on the stream last set on the handle: while that stream captures it is recorded
+(tests/fake_cupy_arrays.py ``run_on``) and runs at each launch of the graph. Stricter than
+cuBLAS, on purpose: a gemm captured on a handle that was given no workspace
+(cublasSetWorkspace) is refused with CUBLAS_STATUS_NOT_SUPPORTED, as cuBLAS may allocate its
+workspace then, which a capture forbids (cuBLAS's guide, "CUDA Graphs Support").
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+import numpy as np
+
+from . import fake_cupy_arrays
+
+SUCCESS, INVALID_VALUE, NOT_SUPPORTED = 0, 7, 15
+
+
+class FakeCublas:
+    """cublasSetStream_v2, cublasSetWorkspace_v2, cublasSgemm_v2 and cublasDgemm_v2 (ctypes-style
+    positional arguments, int status) on the handle of the installed stand-in ``cupy``."""
+
+    def __init__(self, cupy):
+        self.handle = cupy.cuda.device.get_cublas_handle()
+        self.stream = 0  # the null stream until SetStream
+        self.workspace: tuple[int, int] | None = None
+        self.gemms = 0  # gemms called (run or captured)
+
+    def cublasSetStream_v2(self, handle, stream) -> int:
+        if handle != self.handle:
+            return INVALID_VALUE
+        self.stream = int(stream or 0)
+        return SUCCESS
+
+    def cublasSetWorkspace_v2(self, handle, ptr, nbytes) -> int:
+        if handle != self.handle or fake_cupy_arrays.device_matrix(ptr, nbytes, 1, nbytes, np.uint8) is None:
+            return INVALID_VALUE
+        self.workspace = (ptr, nbytes)
+        return SUCCESS
+
+    def cublasSgemm_v2(self, *args) -> int:
+        return self._gemm(np.float32, *args)
+
+    def cublasDgemm_v2(self, *args) -> int:
+        return self._gemm(np.float64, *args)
+
+    def _gemm(self, dtype, handle, transa, transb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc) -> int:
+        """C (m, n) = alpha op(A) (m, k) @ op(B) (k, n) + beta C, column-major."""
+        if handle != self.handle or transa not in (0, 1) or transb not in (0, 1) or min(m, n, k) < 0:
+            return INVALID_VALUE
+        stored_a = (m, k) if transa == 0 else (k, m)
+        stored_b = (k, n) if transb == 0 else (n, k)
+        if lda < max(1, stored_a[0]) or ldb < max(1, stored_b[0]) or ldc < max(1, m):
+            return INVALID_VALUE
+        a = fake_cupy_arrays.device_matrix(A, *stored_a, lda, dtype)
+        b = fake_cupy_arrays.device_matrix(B, *stored_b, ldb, dtype)
+        c = fake_cupy_arrays.device_matrix(C, m, n, ldc, dtype)
+        if a is None or b is None or c is None:
+            return INVALID_VALUE
+        stream = fake_cupy_arrays.stream_by_ptr(self.stream)
+        if stream is not None and stream.capture is not None and self.workspace is None:
+            return NOT_SUPPORTED
+        scalar = ctypes.c_float if dtype == np.float32 else ctypes.c_double
+        alpha_value, beta_value = scalar.from_address(alpha).value, scalar.from_address(beta).value
+        op_a, op_b = (a if transa == 0 else a.T), (b if transb == 0 else b.T)
+
+        def gemm():
+            product = alpha_value * (op_a @ op_b)
+            c[...] = product + beta_value * c if beta_value else product
+
+        self.gemms += 1
+        fake_cupy_arrays.run_on(self.stream, gemm)
+        return SUCCESS
