@@ -8,12 +8,14 @@ Row form throughout: a batch is a matrix whose rows are samples, so a layer is
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
 from . import bfloat16, ops, precision, prediction
 from .initialization import init_params
 from .backend import Backend, get_backend
-from .validation import check_dtype, check_sample_weight, check_sizes, check_targets, check_y
+from .validation import check_dtype, check_sizes
 
 
 class MLP:
@@ -41,12 +43,10 @@ class MLP:
         cross-entropy, identity with half squared error, exp with Poisson deviance (targets
         are an (n, nL) array).
     tf32 : bool
-        float32 only (float64 raises ValueError). True: every product of the forward and backward
-        pass and of prediction uses TF32 (inputs rounded to 10 mantissa bits, sums in float32;
-        about 3e-4 relative error per product, several times the float32 rate on an Ampere or
-        newer card). On CUDA the products run inside :func:`gpubp.precision.tf32_products`; on
-        the CPU they are :func:`gpubp.precision.matmul_as_tf32`, the model of the card's
-        arithmetic, so the CPU stays the reference for the GPU. False (default): IEEE float32.
+        float32 only. True: every product uses TF32 (inputs rounded to 10 mantissa bits, sums in
+        float32; ~3e-4 relative error a product, several times the float32 rate on Ampere or
+        newer): :func:`gpubp.precision.tf32_products` on CUDA, its CPU model
+        :func:`gpubp.precision.matmul_as_tf32` on NumPy. False (default): IEEE float32.
 
     Attributes
     ----------
@@ -62,6 +62,8 @@ class MLP:
     biases : list of arrays
         ``biases[l]`` has shape (sizes[l+1],): a view of ``flat_params``.
     """
+
+    _gemm = None  # the products' route inside direct_products
 
     def __init__(self, sizes, activation="relu", backend="auto", dtype="float32", seed=None, alpha=0.0,
                  output="softmax", tf32=False):
@@ -132,12 +134,25 @@ class MLP:
     def _matmul(self, a, b, out=None):
         """a @ b (into ``out`` when given): the network's one way to take a product. With tf32 or
         bfloat16 on NumPy, the CPU model of the card's product; on CUDA :meth:`_products` sets
-        how cuBLAS computes it. bfloat16 a and b give bfloat16 (widened into a float32 out)."""
+        how cuBLAS computes it (through :meth:`direct_products`' gemm inside that block).
+        bfloat16 a and b give bfloat16 (widened into a float32 out)."""
         if self.xp is np and self.compute_dtype != self.dtype:
             return bfloat16.matmul_as_bfloat16(a, b, out=out)
         if self.tf32 and self.xp is np:
             return precision.matmul_as_tf32(a, b, out=out)
+        if self._gemm is not None:
+            return self._gemm(a, b, out=out)
         return self.xp.matmul(a, b, out=out)
+
+    @contextlib.contextmanager
+    def direct_products(self, gemm):
+        """Products by ``gemm(a, b, out=None)`` inside the block, not xp.matmul (gpubp.cuda_graph
+        captures with gpubp.cublas_direct.gemm: CuPy refuses its own cuBLAS while capturing)."""
+        previous, self._gemm = self._gemm, gemm
+        try:
+            yield
+        finally:
+            self._gemm = previous
 
     def _forward(self, X):
         """Hidden activations a[0] = X, ..., a[L-1] (compute_dtype) and the logits z[L] (n, nL)."""
@@ -219,34 +234,15 @@ class MLP:
         return self.xp.vdot(W, W) * (c * self.dtype.type(0.5))
 
     def loss_and_grads(self, X, y, sample_weight=None):
-        """Mean cross-entropy of a batch and its gradient by backpropagation.
+        """Mean loss of a batch and its gradient by backpropagation, the inputs checked first.
 
-        Parameters
-        ----------
-        X : array (n, sizes[0])
-            Inputs, host or device; converted to the network's dtype and device.
-        y : integer array (n,), or array (n, sizes[-1]) for a non-softmax output
-            Class indices in 0..sizes[-1]-1, checked on the host before any kernel sees them;
-            or the targets of a logistic, identity or exp output.
-        sample_weight : array (n,), optional
-            Non-negative weights, not all zero: the loss becomes ``sum(w_i l_i) / sum(w)`` and
-            the L2 term ``alpha / (2 sum(w)) * sum ||W||^2`` (scikit-learn's convention).
-
-        Returns
-        -------
-        loss : 0-d array on the device
-            Mean cross-entropy plus the L2 term; ``float(loss)`` for a Python number.
-        dW : list of arrays shaped like ``weights``, views of one flat gradient
-        db : list of arrays shaped like ``biases``, views of the same
+        X (n, sizes[0]), host or device; y: class indices (n,) in 0..sizes[-1]-1 (softmax) or the
+        targets (n, sizes[-1]); sample_weight (n,), optional: non-negative, not all zero (the loss
+        becomes ``sum(w_i l_i) / sum(w)``, the L2 term ``alpha / (2 sum(w)) * sum ||W||^2``).
+        Returns (loss, dW, db): a 0-d device array (the L2 term included; ``float(loss)`` for a
+        number), and lists shaped like ``weights`` and ``biases``, views of one flat gradient.
         """
-        X = self.backend.asarray(prediction.check_input(self.xp, X, self.sizes[0]), self.dtype)
-        if self.output == "softmax":
-            y = self.backend.asarray(check_y(y, X.shape[0], self.n_classes))
-        else:
-            y = self.backend.asarray(check_targets(y, X.shape[0], self.sizes[-1], self.output), self.dtype)
-        if sample_weight is not None:
-            sample_weight = self.backend.asarray(check_sample_weight(sample_weight, X.shape[0]), self.dtype)
-        loss, g = self.flat_loss_and_grad(X, y, sample_weight)
+        loss, g = self.flat_loss_and_grad(*prediction.checked_batch(self, X, y, sample_weight))
         return (loss, *self.unflatten(g))
 
     # ------------------------------------------------------------------ prediction (gpubp.prediction)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from .backend import is_out_of_memory
-from .validation import check_positive_int, check_targets, check_X, check_y
+from .validation import check_positive_int, check_sample_weight, check_targets, check_X, check_y
 
 
 def check_input(xp, X, n_features: int):
@@ -28,6 +28,19 @@ def check_input(xp, X, n_features: int):
             raise ValueError("X contains NaN or infinity; clean or impute the data first")
         return X
     return check_X(X, n_features)
+
+
+def checked_batch(net, X, y, sample_weight=None) -> tuple:
+    """(X (n, sizes[0]), y, sample_weight (n,) or None) checked and on ``net``'s device in its
+    dtype: y as class indices (n,) for a softmax output, else targets (n, sizes[-1])."""
+    X = net.backend.asarray(check_input(net.xp, X, net.sizes[0]), net.dtype)
+    if net.output == "softmax":
+        y = net.backend.asarray(check_y(y, X.shape[0], net.n_classes))
+    else:
+        y = net.backend.asarray(check_targets(y, X.shape[0], net.sizes[-1], net.output), net.dtype)
+    if sample_weight is not None:
+        sample_weight = net.backend.asarray(check_sample_weight(sample_weight, X.shape[0]), net.dtype)
+    return X, y, sample_weight
 
 
 def map_batches(net, X, batch_size: int, fn):
