@@ -105,6 +105,9 @@ def build_parser() -> _Parser:
     train.add_argument("--stream", action="store_true",
                        help="keep the training set on the host and stream batches to the device "
                             "(automatic when it does not fit, or is a folder of .npy files)")
+    train.add_argument("--cuda-graph", action="store_true",
+                       help="replay each step's forward and backward pass from a CUDA graph (cuda device, "
+                            "float32/float64, one process): far fewer launches on small networks")
     train.add_argument("--distributed", action="store_true",
                        help="data-parallel over the ranks an MPI launcher started (mpirun -n R gpubp train "
                             "--distributed ...): --batch-size is the global batch; rank 0 prints and writes")

@@ -132,7 +132,7 @@ def _train_with(args, comm) -> int:
         warmup_epochs=args.warmup_epochs, validation_fraction=args.val_fraction,
         patience=args.patience, seed=args.seed, clip_norm=args.clip_norm, verbose=verbose,
         checkpoint=str(args.checkpoint or DEFAULT_CHECKPOINT), checkpoint_every=checkpoint_every,
-        resume=args.resume, stream=args.stream, checkpoint_extra={"dataset": dataset, "test_fraction": args.test_fraction},
+        resume=args.resume, stream=args.stream, cuda_graph=args.cuda_graph, checkpoint_extra={"dataset": dataset, "test_fraction": args.test_fraction},
         comm=comm,
     )
     if lead:

@@ -33,6 +33,7 @@ class TrainConfig:
     checkpoint_every: int | None = None
     verbose: int = 0
     stream: bool = False
+    cuda_graph: bool = False
 
     def __post_init__(self):
         """Every setting through gpubp.params (one wording for a bad value everywhere), then the

@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 
 from .backend import is_out_of_memory, to_numpy
 from .communicator import Communicator, SingleProcess
+from .cuda_graph import GraphedGradient, check_graphable
 from .errors import DeviceMemoryError
 from .interrupt import StopFlag, catch_stop_signals
 from .mlp import MLP
@@ -97,14 +98,20 @@ class Engine:
         averages over the outputs, its gradient does not); the gradient is not scaled.
     opt_state : gpubp.optim.OptimizerState, optional
         The optimizer's state to go on from (a resumed run, a partial_fit); fresh when None.
+    cuda_graph : bool
+        Each step's forward and backward pass replayed from a CUDA graph
+        (:class:`gpubp.cuda_graph.GraphedGradient`; cuda, float32/float64, one process).
     """
 
     def __init__(self, net: MLP, optimizer, comm: Communicator | None = None, clip_norm: float | None = None,
-                 loss_scale: float = 1.0, opt_state: OptimizerState | None = None):
+                 loss_scale: float = 1.0, opt_state: OptimizerState | None = None, cuda_graph: bool = False):
         self.net, self.optimizer, self.clip_norm, self.loss_scale = net, optimizer, clip_norm, loss_scale
         self.opt_state = opt_state if opt_state is not None else optimizer.init(net.flat_params)
         self.comm = comm if comm is not None else SingleProcess()
         self.parallel = self.comm.size > 1  # False: the one-process loop, no collective at all
+        if cuda_graph:
+            check_graphable(net, self.parallel)
+        self.graphed = GraphedGradient(net) if cuda_graph else None
         self.progress = Progress()
         self._l2: list = []  # data parallel with L2: the epoch's L2 loss terms, one per step (0-d)
 
@@ -115,7 +122,8 @@ class Engine:
         stops), resuming inside an epoch when ``progress.position`` says so. ``bar``: a progress
         bar over each epoch's batches; ``signals``: SIGINT/SIGTERM stop after a whole step and
         call ``plan.interrupted`` (main thread only)."""
-        with (catch_stop_signals() if signals else contextlib.nullcontext(StopFlag())) as stop, feed:
+        with (catch_stop_signals() if signals else contextlib.nullcontext(StopFlag())) as stop, feed, \
+                (self.graphed.running() if self.graphed else contextlib.nullcontext()):
             for epoch in range(self.progress.epoch + 1, plan.epochs + 1):
                 if self._epoch(feed, plan, epoch, stop, bar):
                     break
@@ -178,7 +186,7 @@ class Engine:
                 self._l2.append(net.xp.zeros((), net.dtype))
             return net.xp.zeros((), net.dtype)
         loss, g = (self._global_gradient(batch) if self.parallel
-                   else batch_loss_and_grad(net, *batch.arrays(), self.loss_scale))
+                   else batch_loss_and_grad(net, *batch.arrays(), self.loss_scale, self.graphed))
         if self.clip_norm is not None:
             clip_by_global_norm(net.xp, [g], self.clip_norm)
         self.optimizer.update(net.flat_params, g, self.opt_state, lr)  # every parameter in one pass
@@ -248,11 +256,12 @@ class Engine:
                 f"batch size {suggestion} should fit (or use a smaller network)")
 
 
-def batch_loss_and_grad(net: MLP, X, y, w=None, loss_scale: float = 1.0):
+def batch_loss_and_grad(net: MLP, X, y, w=None, loss_scale: float = 1.0, graphed=None):
     """Mean loss (0-d) and flat gradient (n_params,) of one batch in one process, the L2 term
     included (n = the rows, or the summed weights): X (m, d), y (m,) or (m, k), w (m,) or None,
-    all on the device. ``loss_scale`` multiplies the data part of the loss only."""
-    loss, g = net.flat_loss_and_grad(X, y, w, l2=False)
+    all on the device. ``loss_scale`` multiplies the data part of the loss only. ``graphed``: a
+    GraphedGradient that replays the data part."""
+    loss, g = net.flat_loss_and_grad(X, y, w, l2=False) if graphed is None else graphed(X, y, w)
     if loss_scale != 1.0:
         loss = loss * net.dtype.type(loss_scale)
     if net.alpha:

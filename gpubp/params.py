@@ -66,6 +66,7 @@ SETTINGS: dict[str, Setting] = {
     "checkpoint_every": _positive_int("epochs between checkpoint writes", or_none=True),
     "verbose": Setting((Options((0, 1, 2)),), "0 quiet, 1 a line per epoch, 2 a progress bar"),
     "stream": Setting((Boolean(),), "keep the training rows on the host and stream the batches"),
+    "cuda_graph": Setting((Boolean(),), "replay each step's forward and backward pass from a CUDA graph"),
     # optimizers (gpubp.SGD, gpubp.Adam)
     "momentum": Setting((Interval(float, 0, 1, "both"),), "velocity kept from step to step (SGD)"),
     "nesterov": Setting((Boolean(),), "Nesterov's look-ahead momentum (SGD)"),

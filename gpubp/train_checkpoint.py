@@ -21,7 +21,7 @@ from .history import History
 from .optim import optimizer_from_settings, restore_state
 
 # Settings a resumed run may change; all others must equal the checkpoint's.
-_CHANGEABLE_ON_RESUME = ("epochs", "verbose", "checkpoint", "checkpoint_every", "stream")
+_CHANGEABLE_ON_RESUME = ("epochs", "verbose", "checkpoint", "checkpoint_every", "stream", "cuda_graph")
 # The face's own run state, stored in a checkpoint beside the engine's Progress.
 _RUN_STATE = ("rng_state", "split_seed", "best_score", "waited")
 

@@ -1,10 +1,11 @@
-"""benchmarks/graph_probe.py's mapping of row-major products onto cuBLAS's column-major sgemm,
-checked on the CPU by an emulator of sgemm over the arrays' memory (the probe itself needs a card)."""
+"""gpubp.cublas_direct's mapping of row-major products onto cuBLAS's column-major gemm, checked on
+the CPU by an emulator of gemm over the arrays' memory (the products themselves run on a card, and
+through the stand-in's FakeCublas in tests/test_cuda_graph.py)."""
 
 import numpy as np
 import pytest
 
-from benchmarks.graph_probe import CUBLAS_OP_N, sgemm_arguments
+from gpubp.cublas_direct import CUBLAS_OP_N, gemm_arguments
 
 
 def column_major(memory, rows, cols, ld, op):
@@ -15,10 +16,10 @@ def column_major(memory, rows, cols, ld, op):
     return X if op == CUBLAS_OP_N else X.T
 
 
-def emulated_sgemm(a, b, c):
+def emulated_gemm(a, b, c):
     """c = a @ b through sgemm's column-major contract, reading and writing the arrays' memory
     (their bases, raveled) as cuBLAS would; returns the row-major result read back from c."""
-    transa, transb, m, n, k, lda, ldb, ldc = sgemm_arguments(a, b, c)
+    transa, transb, m, n, k, lda, ldb, ldc = gemm_arguments(a, b, c)
     A = column_major(memory(b)[start(b):], m, k, lda, transa)  # cuBLAS's first operand is b
     B = column_major(memory(a)[start(a):], k, n, ldb, transb)
     C = A @ B  # (m, n) column-major: c.T
@@ -52,19 +53,19 @@ def operands(layout, rng):
 
 
 @pytest.mark.parametrize("layout", ["a @ b", "a.T @ b", "a @ b.T", "row slice"])
-def test_the_sgemm_arguments_compute_the_row_major_product(layout):
+def test_the_gemm_arguments_compute_the_row_major_product(layout):
     rng = np.random.default_rng(0)
     a, b = operands(layout, rng)
     c = np.full((5, 4), np.nan, np.float32)
-    np.testing.assert_allclose(emulated_sgemm(a, b, c), a @ b, rtol=1e-5)
+    np.testing.assert_allclose(emulated_gemm(a, b, c), a @ b, rtol=1e-5)
 
 
-def test_the_sgemm_arguments_write_into_a_view_of_a_flat_buffer():
+def test_the_gemm_arguments_write_into_a_view_of_a_flat_buffer():
     rng = np.random.default_rng(1)
     a, b = rng.normal(size=(5, 7)).astype(np.float32), rng.normal(size=(7, 4)).astype(np.float32)
     flat = np.full(3 + 20 + 3, np.nan, np.float32)
     c = flat[3:23].reshape(5, 4)  # dW[l] as a view of the flat gradient
-    emulated_sgemm(a.T.copy().T, b, c)
+    emulated_gemm(a.T.copy().T, b, c)
     np.testing.assert_allclose(c, a @ b, rtol=1e-5)
     assert np.isnan(flat[:3]).all() and np.isnan(flat[23:]).all()
 
@@ -72,6 +73,6 @@ def test_the_sgemm_arguments_write_into_a_view_of_a_flat_buffer():
 def test_layouts_without_a_unit_stride_are_refused():
     a = np.ones((8, 8), np.float32)[::2, ::2]
     with pytest.raises(ValueError, match="no unit-stride axis"):
-        sgemm_arguments(a, np.ones((4, 3), np.float32), np.ones((4, 3), np.float32))
-    with pytest.raises(ValueError, match="must be row-major"):
-        sgemm_arguments(np.ones((4, 2), np.float32), np.ones((2, 3), np.float32), np.ones((3, 4), np.float32).T)
+        gemm_arguments(a, np.ones((4, 3), np.float32), np.ones((4, 3), np.float32))
+    with pytest.raises(ValueError, match="output must be row-major"):
+        gemm_arguments(np.ones((4, 2), np.float32), np.ones((2, 3), np.float32), np.ones((3, 4), np.float32).T)

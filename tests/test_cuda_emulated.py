@@ -456,7 +456,8 @@ def test_predict_retries_a_batch_whose_output_layer_runs_out_of_memory(fake_cupy
 
 # ----------------------------------------------------------------------------- launches per step
 
-def step_activity(fake_cupy, sizes, optimizer, alpha=0.0, clip_norm=None, batch=32, activation="relu"):
+def step_activity(fake_cupy, sizes, optimizer, alpha=0.0, clip_norm=None, batch=32, activation="relu",
+                  cuda_graph=False):
     """(launches, syncs) of one training step of gpubp.fit on "cuda": an epoch of 4 steps minus
     an epoch of 2, each measured on a fresh network, so what an epoch does once cancels out."""
     rng = np.random.default_rng(0)
@@ -466,7 +467,8 @@ def step_activity(fake_cupy, sizes, optimizer, alpha=0.0, clip_norm=None, batch=
         y = rng.integers(0, sizes[-1], steps * batch)
         net = MLP(sizes, activation, "cuda", "float32", seed=0, alpha=alpha)
         before = (fake_cupy.activity.launches, fake_cupy.activity.syncs)
-        fit(net, X, y, epochs=1, batch_size=batch, optimizer=optimizer, clip_norm=clip_norm, seed=0)
+        fit(net, X, y, epochs=1, batch_size=batch, optimizer=optimizer, clip_norm=clip_norm, seed=0,
+            cuda_graph=cuda_graph)
         counts.append((fake_cupy.activity.launches - before[0], fake_cupy.activity.syncs - before[1]))
     return tuple((b - a) // 2 for a, b in zip(*counts))
 

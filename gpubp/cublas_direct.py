@@ -1,0 +1,133 @@
+"""Products through libcublas itself, for the CUDA graphs of :mod:`gpubp.cuda_graph`.
+
+CuPy 14 refuses every cuBLAS call while a stream captures a graph: its binding's ``setStream``
+raises ``NotImplementedError`` (cupy_backends/cuda/libs/cublas.pyx; cupy#6290), for
+``cupy.matmul`` and ``cupy.cuda.cublas.sgemm`` alike. cuBLAS itself supports capture (its
+guide's "CUDA Graphs Support", with a workspace set beforehand so that it allocates nothing while
+capturing). So for a captured step gpubp calls ``cublasSgemm_v2`` / ``cublasDgemm_v2`` of the
+libcublas that CuPy loaded, through ctypes, with CuPy's handle. On an H100 these products gave
+bitwise the gradients of ``cupy.matmul`` and the captured step replayed bitwise equal to the
+eager one (benchmarks/graph_probe.py). Eager steps keep ``cupy.matmul``.
+
+Row-major products as column-major BLAS: c = a @ b, a (n, k), b (k, m), is c.T = b.T @ a.T in
+column-major terms, and a row-major matrix's memory read column-major is its transpose. So
+:func:`gemm_arguments` passes b first, each operand with op N when it is row-major (leading
+dimension: its row stride) and op T when it is a transposed view (column-major; leading
+dimension: its column stride).
+
+Precision: the handle's math mode applies (TF32 inside :func:`gpubp.precision.tf32_products`);
+float32 and float64 only (bfloat16 products go through cublasGemmEx, not done here).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+
+import numpy as np
+
+CUBLAS_OP_N, CUBLAS_OP_T = 0, 1
+WORKSPACE_BYTES = 32 * 2**20  # cuBLAS's guide: 32 MiB covers every kernel on Hopper
+
+
+@functools.lru_cache(maxsize=1)
+def load_cublas():
+    """libcublas as this process loaded it (CuPy's copy, found in /proc/self/maps once CuPy has
+    made its handle), with the ctypes signatures of the four entry points gpubp calls. Raises
+    RuntimeError where it cannot be found (not Linux, or CuPy has not loaded cuBLAS)."""
+    import cupy
+
+    cupy.cuda.device.get_cublas_handle()  # loads libcublas
+    try:
+        with open("/proc/self/maps") as maps:
+            path = next((line.split()[-1] for line in maps if "libcublas.so" in line), None)
+    except OSError:
+        path = None
+    if path is None:
+        raise RuntimeError("cuda_graph needs the libcublas that CuPy loaded, and it was not found in "
+                           "/proc/self/maps (Linux only); train without cuda_graph")
+    lib = ctypes.CDLL(path)
+    p, i = ctypes.c_void_p, ctypes.c_int
+    for gemm in (lib.cublasSgemm_v2, lib.cublasDgemm_v2):
+        gemm.argtypes, gemm.restype = [p, i, i, i, i, i, p, p, i, p, i, p, p, i], i
+    lib.cublasSetStream_v2.argtypes, lib.cublasSetStream_v2.restype = [p, p], i
+    lib.cublasSetWorkspace_v2.argtypes, lib.cublasSetWorkspace_v2.restype = [p, p, ctypes.c_size_t], i
+    return lib
+
+
+def operand(shape: tuple, strides: tuple, itemsize: int) -> tuple[int, int]:
+    """(op, leading dimension) that make cuBLAS read the row-major matrix of ``shape`` (p, q)
+    and ``strides`` (bytes) as its transpose (q, p): op N for a row-major layout (ld: the row
+    stride), op T for a column-major one, a transposed view (ld: the column stride). Raises
+    ValueError for a layout with no unit-stride axis."""
+    (p, q), (row, col) = shape, strides
+    if col == itemsize and row >= q * itemsize:
+        return CUBLAS_OP_N, max(row // itemsize, 1)
+    if row == itemsize and col >= p * itemsize:
+        return CUBLAS_OP_T, max(col // itemsize, 1)
+    raise ValueError(f"a matrix of shape {shape} and strides {strides} has no unit-stride axis")
+
+
+def gemm_arguments(a, b, c) -> tuple:
+    """(transa, transb, m, n, k, lda, ldb, ldc) of the column-major gemm that writes the
+    row-major c = a @ b, for a (n, k), b (k, m) and c (n, m) row-major: c.T = b.T @ a.T, so
+    cuBLAS's first operand is b."""
+    (n, k), m = a.shape, b.shape[1]
+    op_a, ld_a = operand(a.shape, a.strides, a.itemsize)
+    op_b, ld_b = operand(b.shape, b.strides, b.itemsize)
+    op_c, ld_c = operand(c.shape, c.strides, c.itemsize)
+    if op_c != CUBLAS_OP_N:
+        raise ValueError(f"the product's output must be row-major, got strides {c.strides}")
+    return op_b, op_a, m, n, k, ld_b, ld_a, ld_c
+
+
+_SCALARS = {np.dtype(np.float32): (np.ones(1, np.float32), np.zeros(1, np.float32)),
+            np.dtype(np.float64): (np.ones(1, np.float64), np.zeros(1, np.float64))}  # alpha, beta on the host
+
+
+def gemm(a, b, out=None):
+    """a @ b on the current stream by cublasSgemm_v2 / cublasDgemm_v2 of :func:`load_cublas`,
+    into ``out`` when given (a row-major view works: BP4 writes dW[l] into the flat gradient).
+
+    Parameters
+    ----------
+    a : cupy.ndarray (n, k), float32 or float64, row-major or a transposed view
+    b : cupy.ndarray (k, m), same dtype, same
+    out : cupy.ndarray (n, m), same dtype, row-major, optional
+
+    Returns
+    -------
+    cupy.ndarray (n, m): ``out``, or a new array
+    """
+    import cupy
+
+    if a.dtype != b.dtype or a.dtype not in _SCALARS:
+        raise TypeError(f"gemm takes two float32 or two float64 matrices, got {a.dtype} and {b.dtype}")
+    if a.shape[1] != b.shape[0]:
+        raise ValueError(f"gemm: shapes {a.shape} and {b.shape} do not chain")
+    c = cupy.empty((a.shape[0], b.shape[1]), a.dtype) if out is None else out
+    if c.shape != (a.shape[0], b.shape[1]) or c.dtype != a.dtype:
+        raise ValueError(f"gemm: out is {c.dtype} {c.shape}, the product {a.dtype} {(a.shape[0], b.shape[1])}")
+    transa, transb, m, n, k, lda, ldb, ldc = gemm_arguments(a, b, c)
+    lib, handle = load_cublas(), cupy.cuda.device.get_cublas_handle()
+    one, zero = _SCALARS[a.dtype]
+    call = lib.cublasSgemm_v2 if a.dtype == np.float32 else lib.cublasDgemm_v2
+    status = lib.cublasSetStream_v2(handle, cupy.cuda.get_current_stream().ptr)
+    status = status or call(handle, transa, transb, m, n, k, one.ctypes.data, b.data.ptr, lda,
+                            a.data.ptr, ldb, zero.ctypes.data, c.data.ptr, ldc)
+    if status:
+        raise RuntimeError(f"cuBLAS gemm failed with status {status} ({a.shape} @ {b.shape})")
+    return c
+
+
+def set_workspace(nbytes: int = WORKSPACE_BYTES):
+    """Give CuPy's cuBLAS handle a workspace of ``nbytes`` (a device buffer, returned: keep it
+    alive as long as the handle may use it), so that cuBLAS allocates nothing while a graph is
+    captured."""
+    import cupy
+
+    workspace = cupy.empty(nbytes, np.uint8)
+    status = load_cublas().cublasSetWorkspace_v2(cupy.cuda.device.get_cublas_handle(), workspace.data.ptr, nbytes)
+    if status:
+        raise RuntimeError(f"cublasSetWorkspace failed with status {status}")
+    return workspace

@@ -1,0 +1,138 @@
+"""gpubp.fit(cuda_graph=True): each batch shape's forward and backward pass captured once as a CUDA
+graph and replayed (gpubp.cuda_graph, gpubp.cublas_direct).
+
+On the CPU the cuda path runs on the CuPy stand-in, whose capture is as strict as CUDA's and
+CuPy's (tests/fake_cupy_arrays.py: work captured is recorded, not run; cuBLAS through CuPy, host
+syncs, pageable copies and new allocations are refused while capturing) and whose FakeCublas
+plays libcublas over the stand-in's memory. On a card (marker gpu) the graphed fit must equal
+the eager one bit for bit: the same kernels and cuBLAS algorithms run in the same order.
+"""
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from gpubp import MLP, fit, to_numpy
+from gpubp import cublas_direct
+from gpubp.cli import main
+from gpubp.cuda_graph import GraphedGradient, check_graphable
+
+from .test_cuda_emulated import blobs, step_activity
+
+CASES = {
+    "adam, weights, L2, uneven last batch": (dict(optimizer="adam", alpha=1e-3), True, 100),
+    "nesterov, clipping, validation": (dict(optimizer="nesterov", clip_norm=0.5, validation_fraction=0.2), False, 96),
+    "momentum, cosine schedule, streamed": (dict(optimizer="momentum", schedule="cosine", stream=True), False, 96),
+}
+
+
+@pytest.fixture
+def graph_cupy(fake_cupy, monkeypatch):
+    """The CuPy stand-in with FakeCublas as the libcublas that gpubp.cublas_direct calls."""
+    from .fake_cublas import FakeCublas
+
+    lib = FakeCublas(fake_cupy)
+    monkeypatch.setattr(cublas_direct, "load_cublas", lambda: lib)
+    return fake_cupy
+
+
+def train(cuda_graph: bool, settings: dict, weighted: bool, n: int, dtype="float64", device="cuda"):
+    """A 12-16-8-4 network trained 3 epochs on blobs, batch 32: (history, parameters on the host)."""
+    X, y = blobs(n=n, d=12)
+    settings = dict(settings)
+    alpha = settings.pop("alpha", 0.0)
+    w = np.linspace(0.5, 2.0, n) if weighted else None
+    net = MLP([12, 16, 8, 4], "tanh", device, dtype, seed=0, alpha=alpha)
+    history = fit(net, X, y, sample_weight=w, epochs=3, batch_size=32, seed=1, cuda_graph=cuda_graph, **settings)
+    return history, to_numpy(net.flat_params)
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_a_graphed_fit_ends_as_the_eager_fit(graph_cupy, name):
+    """Every step's loss and the final parameters: float64, the same arithmetic except the
+    products' summation order (FakeCublas reads the operands through their pointers)."""
+    settings, weighted, n = CASES[name]
+    eager_history, eager = train(False, settings, weighted, n)
+    graphed_history, graphed = train(True, settings, weighted, n)
+    np.testing.assert_allclose(graphed, eager, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(graphed_history.train_loss, eager_history.train_loss, rtol=1e-12)
+    if settings.get("validation_fraction"):
+        np.testing.assert_allclose(graphed_history.val_loss, eager_history.val_loss, rtol=1e-12)
+
+
+def test_a_graphed_step_is_a_few_launches(graph_cupy):
+    """Eager, a step of a 3-layer network is 18-21 launches; graphed: the batch gather (X, y),
+    its copy into the graph's buffers (X, y), the graph, the loss's copy and the update."""
+    eager, _ = step_activity(graph_cupy, [20, 16, 16, 4], "adam")
+    graphed, syncs = step_activity(graph_cupy, [20, 16, 16, 4], "adam", cuda_graph=True)
+    assert syncs == 0
+    assert eager >= 18 and graphed <= 7, (eager, graphed)
+
+
+def test_the_graphed_gradient_runs_inside_its_block_only(graph_cupy):
+    net = MLP([4, 3, 2], "relu", "cuda", "float32", seed=0)
+    graphed = GraphedGradient(net)
+    X, y = graph_cupy.ones((5, 4), np.float32), graph_cupy.zeros(5, np.int64)
+    with pytest.raises(RuntimeError, match="inside its running"):
+        graphed(X, y)
+    with graphed.running():
+        loss, g = graphed(X, y)
+    expected_loss, expected_g = net.flat_loss_and_grad(X, y)
+    np.testing.assert_allclose(to_numpy(g), to_numpy(expected_g), rtol=1e-6)
+    assert float(loss) == pytest.approx(float(expected_loss), rel=1e-6)
+
+
+def test_what_cannot_be_graphed_is_refused_with_what_to_do(graph_cupy):
+    X, y = blobs(n=40, d=12)
+    with pytest.raises(ValueError, match="needs the cuda device, the network is on cpu"):
+        fit(MLP([12, 4], "relu", "cpu", "float32", seed=0), X, y, epochs=1, cuda_graph=True)
+    with pytest.raises(ValueError, match="not bfloat16: leave cuda_graph off"):
+        fit(MLP([12, 4], "relu", "cuda", "bfloat16", seed=0), X, y, epochs=1, cuda_graph=True)
+    net = SimpleNamespace(backend=SimpleNamespace(name="cuda"), dtype=np.dtype(np.float32),
+                          compute_dtype=np.dtype(np.float32))
+    with pytest.raises(ValueError, match="data-parallel runs take eager steps"):
+        check_graphable(net, parallel=True)
+    check_graphable(net, parallel=False)
+
+
+def test_the_command_line_takes_cuda_graph_and_refuses_it_on_the_cpu(capsys):
+    assert main(["train", "--cuda-graph", "--device", "cpu", "--hidden", "8", "--epochs", "1", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cuda_graph=True needs the cuda device" in err[0], err
+
+
+# ------------------------------------------------------------------ on a card (marker gpu)
+
+
+def fits_on_a_card(dtype, tf32, cuda_graph):
+    """(train losses, validation losses, parameters) of a 64-128-64-10 network, 3 epochs of Adam
+    with L2 on the card, batch 128 (the last batch of each epoch smaller)."""
+    X, y = blobs(n=2000, d=64, classes=10)
+    net = MLP([64, 128, 64, 10], "relu", "cuda", dtype, seed=0, alpha=1e-4, tf32=tf32)
+    history = fit(net, X, y, epochs=3, batch_size=128, seed=1, optimizer="adam", cuda_graph=cuda_graph,
+                  validation_fraction=0.1)
+    return history.train_loss, history.val_loss, to_numpy(net.flat_params)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_on_a_card_the_graphed_fit_equals_the_eager_fit_bit_for_bit(dtype):
+    """On an H100 the direct cuBLAS products gave bitwise cupy.matmul's gradients and the replayed
+    step bitwise the eager one (benchmarks/graph_probe.py): so whole fits must agree exactly."""
+    (loss_e, val_e, p_e), (loss_g, val_g, p_g) = (fits_on_a_card(dtype, False, g) for g in (False, True))
+    assert loss_g == loss_e and val_g == val_e
+    np.testing.assert_array_equal(p_g, p_e)
+
+
+@pytest.mark.gpu
+def test_on_a_card_a_graphed_tf32_fit_follows_the_eager_one():
+    """TF32: cupy.matmul asks cuBLAS for TF32 by compute type and the direct sgemm by the handle's
+    math mode, which may pick other kernels; each product then differs by TF32 rounding (~3e-4),
+    and three epochs of Adam carry that into the parameters (~0.1): losses within 1%, parameters
+    within 1e-2. And the graph did run TF32: its parameters differ from an IEEE graphed fit's."""
+    (loss_e, val_e, p_e), (loss_g, val_g, p_g) = (fits_on_a_card("float32", True, g) for g in (False, True))
+    np.testing.assert_allclose(loss_g, loss_e, rtol=1e-2)
+    np.testing.assert_allclose(val_g, val_e, rtol=1e-2)
+    np.testing.assert_allclose(p_g, p_e, rtol=0, atol=1e-2)
+    assert not np.array_equal(p_g, fits_on_a_card("float32", False, True)[2])
