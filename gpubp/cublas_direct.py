@@ -120,14 +120,23 @@ def gemm(a, b, out=None):
     return c
 
 
-def set_workspace(nbytes: int = WORKSPACE_BYTES):
-    """Give CuPy's cuBLAS handle a workspace of ``nbytes`` (a device buffer, returned: keep it
-    alive as long as the handle may use it), so that cuBLAS allocates nothing while a graph is
-    captured."""
+def ensure_workspace(nbytes: int = WORKSPACE_BYTES) -> None:
+    """Give the current device's cuBLAS handle (CuPy's) a workspace of ``nbytes``, once, so that
+    cuBLAS allocates nothing while a graph is captured. The buffer is kept for the life of the
+    process: the handle uses it in every later call, CuPy's eager products too, so freeing it
+    would let cuBLAS write into memory the pool has given to other arrays."""
+    import cupy
+
+    _workspace(load_cublas(), cupy.cuda.device.get_cublas_handle(), nbytes)
+
+
+@functools.lru_cache(maxsize=None)
+def _workspace(lib, handle: int, nbytes: int):
+    """The workspace buffer of ``handle`` (made once; the cache keeps it alive)."""
     import cupy
 
     workspace = cupy.empty(nbytes, np.uint8)
-    status = load_cublas().cublasSetWorkspace_v2(cupy.cuda.device.get_cublas_handle(), workspace.data.ptr, nbytes)
+    status = lib.cublasSetWorkspace_v2(handle, workspace.data.ptr, nbytes)
     if status:
         raise RuntimeError(f"cublasSetWorkspace failed with status {status}")
     return workspace

@@ -76,7 +76,7 @@ class GraphedGradient:
         self.net, self.cupy = net, cupy
         self.stream = cupy.cuda.Stream(non_blocking=True)
         self.pool = cupy.cuda.MemoryPool()  # the graphs' temporaries, and nothing else
-        self.workspace = cublas_direct.set_workspace()
+        cublas_direct.ensure_workspace()
         self.graphs: dict[tuple, _Graph] = {}
 
     @contextlib.contextmanager

@@ -43,7 +43,8 @@ class BaseMLP(StochasticFit, DataParallelFit, FitCheckpoints, BaseEstimator):
                  max_iter=200, shuffle=True, random_state=None, tol=1e-4, verbose=False, warm_start=False,
                  momentum=0.9, nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
                  beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000,
-                 device="auto", dtype=None, tf32=False, checkpoint=None, checkpoint_every=1, resume=False):
+                 device="auto", dtype=None, tf32=False, checkpoint=None, checkpoint_every=1, resume=False,
+                 cuda_graph=False):
         self._store(locals())
 
     def _store(self, arguments: dict) -> None:

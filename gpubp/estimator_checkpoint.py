@@ -47,7 +47,7 @@ KIND = "estimator_checkpoint"
 # drew only what the checkpoint holds (initial weights, split, orders); dtype is compared as the
 # network's (the model block), since None means float32 or float64 by the data.
 CHANGEABLE = ("verbose", "max_iter", "warm_start", "device", "checkpoint", "checkpoint_every", "resume",
-              "random_state", "dtype")
+              "random_state", "dtype", "cuda_graph")
 # Fitted records stored as they are (JSON) and restored on resume.
 _RECORDS = ("n_iter_", "t_", "loss_", "best_loss_", "loss_curve_", "validation_loss_curve_", "validation_scores_",
             "best_validation_score_", "_no_improvement_count")

@@ -24,8 +24,8 @@ from sklearn.utils._param_validation import Interval, Options, StrOptions
 
 # scikit-learn 1.9's BaseMultilayerPerceptron._parameter_constraints, in its order (the order of
 # a StrOptions set shows in the messages), plus gpubp's device (checked by get_backend), dtype,
-# tf32 (a bool; float32 only, checked at fit once the training dtype is known) and the fit's
-# checkpoint settings.
+# tf32 (a bool; float32 only, checked at fit once the training dtype is known), the fit's
+# checkpoint settings and cuda_graph.
 PARAMETER_CONSTRAINTS = {
     "hidden_layer_sizes": ["array-like", Interval(Integral, 1, None, closed="left")],
     "activation": [StrOptions({"identity", "logistic", "tanh", "relu"})],
@@ -56,4 +56,5 @@ PARAMETER_CONSTRAINTS = {
     "checkpoint": [str, os.PathLike, None],  # gpubp.estimator_checkpoint
     "checkpoint_every": [Interval(Integral, 1, None, closed="left")],
     "resume": ["boolean"],
+    "cuda_graph": ["boolean"],  # gpubp.cuda_graph; its own rules checked at fit
 }

@@ -513,22 +513,22 @@ class ndarray(np.ndarray):
         where = f"numpy.{func.__name__}"
         if func.__name__ in _CUBLAS_FUNCTIONS:
             _refuse_cublas()
-        if func.__name__ not in _NO_LAUNCH:
-            _ACTIVITY.launch()
-        result = func(*_to_host_arg(args, where), **{k: _to_host_arg(v, where) for k, v in kwargs.items()})
-        return _device(result)
+        host_args = _to_host_arg(args, where)
+        host_kwargs = {k: _to_host_arg(v, where) for k, v in kwargs.items()}
+        if func.__name__ in _NO_LAUNCH:
+            return _device(func(*host_args, **host_kwargs))
+        return _run(lambda: func(*host_args, **host_kwargs))
 
     def __getitem__(self, key):
-        if _is_advanced(key) or isinstance(key, ndarray):
-            _ACTIVITY.launch()  # a gather; a basic index is a view
+        if _is_advanced(key) or isinstance(key, ndarray):  # a gather; a basic index is a view
+            return _run(lambda: np.ndarray.__getitem__(_host_view(self), _to_index(key)))
         result = np.ndarray.__getitem__(self, _to_index(key))
         if not isinstance(result, np.ndarray):  # an element: CuPy gives a 0-d view
             key = key if isinstance(key, tuple) else (key,)
             result = np.ndarray.__getitem__(self, _to_index(key) + (Ellipsis,))
         return result
 
-    def __setitem__(self, key, value):
-        _ACTIVITY.launch()  # a fill, copy or scatter
+    def __setitem__(self, key, value):  # a fill, copy or scatter
         if isinstance(value, (list, tuple)) and _holds_device(value):
             if not _is_advanced(key):  # CuPy's fill calls numpy.asarray on it: __array__ raises
                 raise TypeError(_IMPLICIT)
@@ -539,10 +539,11 @@ class ndarray(np.ndarray):
                     raise ValueError("non-scalar numpy.ndarray cannot be used for fill")  # core.pyx fill
                 value = _np["asarray"](value)[()]
             else:
+                _refuse_while_capturing("a copy from pageable host memory")
                 value = _np["asarray"](value)  # CuPy copies it to the device (_scatter_op_single)
         elif isinstance(value, ndarray):
             value = _host_view(value)
-        np.ndarray.__setitem__(_host_view(self), _to_index(key), value)
+        _run_write(lambda: np.ndarray.__setitem__(_host_view(self), _to_index(key), value))
 
     def __repr__(self):
         return repr(self.get())  # as CuPy prints: array([...])
@@ -556,13 +557,12 @@ class ndarray(np.ndarray):
         return (self[i] for i in range(self.shape[0]))
 
     def fill(self, value):
-        _ACTIVITY.launch()
         if isinstance(value, np.ndarray):
             if value.shape != ():
                 kind = "cupy" if isinstance(value, ndarray) else "numpy"
                 raise ValueError(f"non-scalar {kind}.ndarray cannot be used for fill")
             value = value.item()
-        np.ndarray.fill(self, value)
+        _run_write(lambda: np.ndarray.fill(_host_view(self), value))
 
     def dot(self, b, out=None):
         _refuse_cublas()
@@ -573,12 +573,10 @@ class ndarray(np.ndarray):
                               out=None if out is None else _to_host_arg(out, "ndarray.dot")))
 
     def argmax(self, axis=None, out=None, *, keepdims=False):
-        _ACTIVITY.launch()
-        return _device(_host_view(self).argmax(axis=axis, keepdims=keepdims))
+        return _run(lambda: _host_view(self).argmax(axis=axis, keepdims=keepdims))
 
     def argmin(self, axis=None, out=None, *, keepdims=False):
-        _ACTIVITY.launch()
-        return _device(_host_view(self).argmin(axis=axis, keepdims=keepdims))
+        return _run(lambda: _host_view(self).argmin(axis=axis, keepdims=keepdims))
 
     def nonzero(self):
         return _device(_host_view(self).nonzero())
@@ -606,14 +604,12 @@ class ndarray(np.ndarray):
         _copy_to_device(_host_view(self), arr, stream)
 
     def copy(self, order="C"):
-        _ACTIVITY.launch()
-        return np.ndarray.copy(self, order=order)
+        return _run(lambda: np.array(_host_view(self), order=order, copy=True))
 
     def astype(self, dtype, order="K", casting=None, subok=None, copy=True):
         if not copy and np.dtype(dtype) == self.dtype:
             return self
-        _ACTIVITY.launch()
-        return np.ndarray.astype(self, dtype, order=order)
+        return _run(lambda: np.ndarray.astype(_host_view(self), dtype, order=order))
 
     def __float__(self):
         _ACTIVITY.sync()
@@ -735,8 +731,7 @@ def array(obj, dtype=None, copy=True, order="K", subok=False, ndmin=0, *, blocki
             raise ValueError("Unable to avoid copy while creating an array as requested.")
         if not copy and (dtype is None or np.dtype(dtype) == obj.dtype) and ndmin <= obj.ndim:
             return obj
-        _ACTIVITY.launch()
-        return _device(_np["array"](_host_view(obj), dtype=dtype, order=order or "K", ndmin=ndmin))
+        return _run(lambda: _np["array"](_host_view(obj), dtype=dtype, order=order or "K", ndmin=ndmin))
     if copy is False:
         raise ValueError("Unable to avoid copy while creating an array as requested.")
     _refuse_while_capturing("a copy from pageable host memory")
@@ -754,8 +749,7 @@ def ascontiguousarray(a, dtype=None):
                         f"got {type(a).__name__})")
     if a.flags.c_contiguous and (dtype is None or np.dtype(dtype) == a.dtype):
         return a
-    _ACTIVITY.launch()
-    return _device(_np["ascontiguousarray"](_host_view(a), dtype=dtype))
+    return _run(lambda: _np["ascontiguousarray"](_host_view(a), dtype=dtype))
 
 
 def asnumpy(a, stream=None, order="C", out=None, *, blocking=True):
@@ -827,9 +821,11 @@ def _wrap_function(name: str, function):
         where = f"cupy.{name}"
         if name in _CUBLAS_FUNCTIONS:
             _refuse_cublas()
+        host_args = _to_host_arg(args, where)
+        host_kwargs = {k: _to_host_arg(v, where) for k, v in kwargs.items()}
         if name not in _NO_LAUNCH:
-            _ACTIVITY.launch()
-        result = function(*_to_host_arg(args, where), **{k: _to_host_arg(v, where) for k, v in kwargs.items()})
+            return _run(lambda: function(*host_args, **host_kwargs))
+        result = function(*host_args, **host_kwargs)
         if name in ("empty", "empty_like") and _capturing() is not None:
             return _poisoned(result)  # memory the graph has not written yet: garbage
         return _device(result)
@@ -1040,6 +1036,17 @@ def _run(compute, out=None):
         return new if isinstance(result, tuple) else new[0]
     capture.ops.append(lambda: _write(out, compute()))
     return out[0] if len(out) == 1 else out
+
+
+def _run_write(op) -> None:
+    """``op()``, a device operation that writes memory in place (a fill, a copy into a view, a
+    scatter): recorded while the current stream captures, else run now as one launch."""
+    capture = _capturing()
+    if capture is not None:
+        capture.ops.append(op)
+        return
+    _ACTIVITY.launch()
+    op()
 
 
 def _write(targets: tuple, result) -> None:
@@ -1487,10 +1494,11 @@ def install(monkeypatch, capacity: int = 80 * 2**30) -> types.ModuleType:
 
 
 def forget_gpubp_caches() -> None:
-    """Clear every memoized probe, backend and kernel of gpubp.backend and gpubp.kernels."""
-    from gpubp import backend, kernels
+    """Clear every memoized probe, backend, kernel and cuBLAS workspace of gpubp.backend,
+    gpubp.cublas_direct and gpubp.kernels."""
+    from gpubp import backend, cublas_direct, kernels
 
-    for value in vars(backend).values():
+    for value in [*vars(backend).values(), *vars(cublas_direct).values()]:
         if callable(getattr(value, "cache_clear", None)):
             value.cache_clear()
     kernels.clear_cache()

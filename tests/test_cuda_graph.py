@@ -61,6 +61,43 @@ def test_a_graphed_fit_ends_as_the_eager_fit(graph_cupy, name):
         np.testing.assert_allclose(graphed_history.val_loss, eager_history.val_loss, rtol=1e-12)
 
 
+def test_the_cublas_workspace_outlives_the_graphs(graph_cupy):
+    """cuBLAS goes on using the handle's workspace in every later call, eager ones too: after a
+    graphed fit and its graphs are gone it must still be a live device buffer (freed, the pool
+    would hand its memory to other arrays for cuBLAS to overwrite)."""
+    import gc
+
+    train(True, CASES["nesterov, clipping, validation"][0], False, 96)
+    gc.collect()
+    lib = cublas_direct.load_cublas()
+    ptr, nbytes = lib.workspace
+    from .fake_cupy_arrays import device_matrix
+
+    assert device_matrix(ptr, nbytes, 1, nbytes, np.uint8) is not None, "the workspace was freed"
+
+
+def test_the_estimators_take_cuda_graph(graph_cupy):
+    """MLPClassifier and MLPRegressor(cuda_graph=True) fit as without it (float64, sgd and adam)."""
+    import warnings
+
+    from gpubp import MLPClassifier, MLPRegressor
+
+    X, y = blobs(n=120, d=12)
+    for Estimator, target, solver in ((MLPClassifier, y, "adam"), (MLPRegressor, X[:, :2].sum(1), "sgd")):
+        fits = []
+        for cuda_graph in (False, True):
+            est = Estimator(hidden_layer_sizes=(16,), solver=solver, max_iter=4, batch_size=32, random_state=0, device="cuda",
+                            cuda_graph=cuda_graph)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # max_iter reached
+                fits.append(est.fit(X, target))
+        np.testing.assert_allclose(fits[1].loss_curve_, fits[0].loss_curve_, rtol=1e-12)
+        for a, b in zip(fits[1].coefs_, fits[0].coefs_):
+            np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-13)
+    with pytest.raises(ValueError, match="needs the cuda device"):
+        MLPClassifier((4,), max_iter=1, device="cpu", cuda_graph=True).fit(X, y)
+
+
 def test_a_graphed_step_is_a_few_launches(graph_cupy):
     """Eager, a step of a 3-layer network is 18-21 launches; graphed: the batch gather (X, y),
     its copy into the graph's buffers (X, y), the graph, the loss's copy and the update."""
@@ -136,3 +173,17 @@ def test_on_a_card_a_graphed_tf32_fit_follows_the_eager_one():
     np.testing.assert_allclose(val_g, val_e, rtol=1e-2)
     np.testing.assert_allclose(p_g, p_e, rtol=0, atol=1e-2)
     assert not np.array_equal(p_g, fits_on_a_card("float32", False, True)[2])
+
+
+@pytest.mark.gpu
+def test_on_a_card_a_graphed_estimator_fit_equals_the_eager_one():
+    from sklearn.datasets import load_digits
+
+    from gpubp import MLPClassifier
+
+    X, y = load_digits(return_X_y=True)
+    fits = [MLPClassifier((64,), max_iter=3, random_state=0, device="cuda", dtype="float32",
+                          cuda_graph=cuda_graph).fit(X / 16, y) for cuda_graph in (False, True)]
+    assert fits[1].loss_curve_ == fits[0].loss_curve_
+    for a, b in zip(fits[1].coefs_ + fits[1].intercepts_, fits[0].coefs_ + fits[0].intercepts_):
+        np.testing.assert_array_equal(a, b)
