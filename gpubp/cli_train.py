@@ -9,7 +9,7 @@ from pathlib import Path
 from .backend import cuda_status, get_backend
 from .checkpoint import read_checkpoint
 from .cli_parser import DEFAULT_CHECKPOINT, UsageError, build_parser, report
-from .data import load_dataset, split, standardize
+from .data import fitted_scaler, load_dataset, split, standardize
 from .errors import DivergenceError
 from .interrupt import TrainingInterrupted
 from .mlp import MLP
@@ -49,6 +49,8 @@ def _apply_checkpoint(args) -> None:
     args.activation, args.dtype, args.alpha = (meta["model"][k] for k in ("activation", "dtype", "alpha"))
     for name in _FROM_CHECKPOINT_EXTRA:
         setattr(args, name, meta["extra"][name])
+    if "input_mean" in meta["extra"]:  # the run's own standardization: its data and fingerprint again
+        args.scaler = fitted_scaler(meta["extra"]["input_mean"], meta["extra"]["input_scale"])
     if args.epochs == defaults["epochs"]:
         args.epochs = meta["config"]["epochs"]
     if args.checkpoint is None:
@@ -105,12 +107,12 @@ def _train_with(args, comm) -> int:
     if comm is not None:
         say(f"distributed: {comm.size} rank(s), {type(comm).__name__}; global batch {args.batch_size}", flush=True)
 
-    train_set, test_set = load_dataset(args.dataset)
+    train_set, test_set = load_dataset(args.dataset, (0, 1) if comm is None else (comm.rank, comm.size))
     if test_set is None:
         if args.test_fraction == 0:
             raise UsageError("gpubp train: --test-fraction must be > 0 when the data set has no test part")
         train_set, test_set = split(train_set, args.test_fraction, seed=args.seed)
-    scaler, (train_set, test_set) = standardize(train_set, test_set)
+    scaler, (train_set, test_set) = standardize(train_set, test_set, comm=comm, scaler=vars(args).get("scaler"))
     mapped = " (memory-mapped: training batches are read from the file)" if isinstance(train_set.X, HostRows) \
         else ""
     say(f"data: {args.dataset}: {len(train_set)} train / {len(test_set)} test samples, "
@@ -132,7 +134,9 @@ def _train_with(args, comm) -> int:
         warmup_epochs=args.warmup_epochs, validation_fraction=args.val_fraction,
         patience=args.patience, seed=args.seed, clip_norm=args.clip_norm, verbose=verbose,
         checkpoint=str(args.checkpoint or DEFAULT_CHECKPOINT), checkpoint_every=checkpoint_every,
-        resume=args.resume, stream=args.stream, cuda_graph=args.cuda_graph, checkpoint_extra={"dataset": dataset, "test_fraction": args.test_fraction},
+        resume=args.resume, stream=args.stream, cuda_graph=args.cuda_graph, checkpoint_extra={"dataset": dataset, "test_fraction": args.test_fraction,
+                                                                   "input_mean": scaler.mean_.tolist(),
+                                                                   "input_scale": scaler.scale_.tolist()},
         comm=comm,
     )
     if lead:

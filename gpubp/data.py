@@ -23,6 +23,7 @@ from sklearn.preprocessing import StandardScaler
 
 from .errors import DataError
 from .idx import find_idx_pairs, load_idx_pair
+from .data_parts import scaler_in_parts
 from .npy_folder import open_npy_folder
 from .rows import HostRows
 from .rows import train_test_split as split_rows
@@ -137,14 +138,15 @@ def load_npz(path) -> Dataset:
     return _dataset(X, labels, str(path))
 
 
-def load_npy_folder(folder) -> Dataset:
+def load_npy_folder(folder, part: tuple[int, int] = (0, 1)) -> Dataset:
     """A folder with ``X.npy`` (n, d) numbers and ``y.npy`` (n,) integer class indices 0..C-1.
 
     X is memory-mapped, never read whole (:func:`gpubp.npy_folder.open_npy_folder` checks it
     chunk by chunk): the Dataset's X is a :class:`gpubp.rows.HostRows` in the file's dtype. The
-    labels are read into memory (int64); C is their maximum + 1.
+    labels are read into memory (int64); C is their maximum + 1. ``part=(r, R)``: rank r of a
+    data-parallel job checks only its own rows of X.
     """
-    rows, labels = open_npy_folder(folder)
+    rows, labels = open_npy_folder(folder, part)
     return Dataset(rows, labels, np.arange(int(labels.max()) + 1), str(folder))
 
 
@@ -210,12 +212,13 @@ def load_csv(path, label_column: str | int | None = None) -> Dataset:
     return _dataset(X, labels, str(path))
 
 
-def load_dataset(spec: str) -> tuple[Dataset, Dataset | None]:
+def load_dataset(spec: str, part: tuple[int, int] = (0, 1)) -> tuple[Dataset, Dataset | None]:
     """A data set named on the command line: "digits", an IDX folder, a folder with X.npy and
     y.npy (memory-mapped, :func:`load_npy_folder`), a .npz or a .csv file.
 
     Returns the training set and, when the source has one (an IDX train/t10k folder), the test
-    set; otherwise None for the test set.
+    set; otherwise None for the test set. ``part=(r, R)``: rank r of a data-parallel job, which
+    checks only its own rows of a memory-mapped folder (the other formats are read whole).
     """
     if spec == "digits":
         return load_digits(), None
@@ -224,7 +227,7 @@ def load_dataset(spec: str) -> tuple[Dataset, Dataset | None]:
         raise DataError(f"no such data set or file: {spec!r} (expected digits, an IDX folder, a folder with X.npy and y.npy, a .npz or a .csv file)")
     if path.is_dir():
         if (path / "X.npy").exists() or (path / "y.npy").exists():
-            return load_npy_folder(path), None
+            return load_npy_folder(path, part), None
         return load_idx_folder(path)
     suffix = path.suffix.lower()
     if suffix == ".npz":
@@ -256,14 +259,22 @@ def split(data: Dataset, test_fraction: float = 0.2, seed: int | None = 0) -> tu
     )
 
 
-def standardize(train: Dataset, *others: Dataset) -> tuple[StandardScaler, list[Dataset]]:
+def standardize(train: Dataset, *others: Dataset, comm=None, scaler: StandardScaler | None = None
+                ) -> tuple[StandardScaler, list[Dataset]]:
     """Scale features to zero mean and unit variance, fitted on ``train`` only.
 
     Returns the fitted scaler (``mean_``, ``scale_``) and the scaled copies of train and others.
     A memory-mapped X (HostRows) is not copied: the scaler is fitted chunk by chunk
-    (``partial_fit``) and the scaling is applied to each batch as it is read.
+    (``partial_fit``) and the scaling is applied to each batch as it is read. With ``comm``
+    (a data-parallel job), each rank reads only its own rows of such an X and the ranks combine
+    their statistics (:func:`gpubp.data_parts.scaler_in_parts`). A ``scaler`` given (a resumed
+    run's) is applied as it is, not fitted.
     """
-    if isinstance(train.X, HostRows):
+    if scaler is not None:
+        pass  # a resumed run's own
+    elif isinstance(train.X, HostRows) and comm is not None and comm.size > 1:
+        scaler = scaler_in_parts(train.X, comm)
+    elif isinstance(train.X, HostRows):
         scaler = StandardScaler()
         for _, block in train.X.chunks(np.float64):
             scaler.partial_fit(block)
@@ -271,6 +282,15 @@ def standardize(train: Dataset, *others: Dataset) -> tuple[StandardScaler, list[
         scaler = StandardScaler().fit(train.X)
     scaled = [Dataset(_scaled(d.X, scaler), d.y, d.classes, d.name) for d in (train, *others)]
     return scaler, scaled
+
+
+def fitted_scaler(mean, scale) -> StandardScaler:
+    """A StandardScaler that scales by the given ``mean`` and ``scale`` (d,) (a run's own,
+    stored in its checkpoint), fitted on nothing."""
+    scaler = StandardScaler()
+    scaler.mean_, scaler.scale_ = np.asarray(mean, np.float64), np.asarray(scale, np.float64)
+    scaler.var_, scaler.n_features_in_ = scaler.scale_**2, scaler.mean_.shape[0]
+    return scaler
 
 
 def _scaled(X, scaler: StandardScaler):

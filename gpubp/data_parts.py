@@ -186,3 +186,34 @@ def same_data(recorded: str, fingerprint: str, X, y: np.ndarray, dtype, sample_w
     if recorded.startswith(PREFIX):
         return recorded == fingerprint
     return recorded == host_rows.fingerprint(X, y, dtype, sample_weight)
+
+
+def scaler_in_parts(X: HostRows, comm: Communicator):
+    """StandardScaler statistics of the rows of X (n, d), each rank reading only its own rows
+    (:func:`own_rows`): each rank's count, mean and sum of squared deviations, combined in rank
+    order by the pairwise update of Chan, Golub and LeVeque, the same on every rank. Equal to
+    ``StandardScaler().partial_fit`` over all the rows up to float64 rounding (another summation
+    order), with its rule for constant features (scale 1).
+
+    Returns a fitted sklearn.preprocessing.StandardScaler (``mean_``, ``var_``, ``scale_``,
+    ``n_samples_seen_``)."""
+    from sklearn.preprocessing import StandardScaler
+
+    lo, hi = own_rows(X.shape[0], (comm.rank, comm.size))
+    mine = StandardScaler()
+    for _, block in X.subset(np.arange(lo, hi)).chunks(np.float64):
+        mine.partial_fit(block)
+    ours = (hi - lo, mine.mean_, mine.var_ * (hi - lo)) if hi > lo else (0, None, None)
+    n, mean, m2 = 0, np.zeros(X.shape[1]), np.zeros(X.shape[1])
+    for count, their_mean, their_m2 in comm.allgather_object(ours):
+        if count:
+            delta, total = their_mean - mean, n + count
+            mean = mean + delta * (count / total)
+            m2 = m2 + their_m2 + delta**2 * (n * count / total)
+            n = total
+    scaler = StandardScaler()
+    scaler.n_samples_seen_, scaler.mean_, scaler.var_, scaler.n_features_in_ = n, mean, m2 / n, X.shape[1]
+    eps = np.finfo(np.float64).eps  # scikit-learn's constant features: variance within rounding of 0
+    constant = scaler.var_ <= n * eps * scaler.var_ + (n * mean * eps) ** 2
+    scaler.scale_ = np.where(constant, 1.0, np.sqrt(scaler.var_))
+    return scaler

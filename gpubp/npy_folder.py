@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import DataError
+from .data_parts import own_rows
 from .rows import CHUNK_BYTES, HostRows, first_nonfinite
 
 
@@ -45,8 +46,10 @@ def _check_labels(y: np.ndarray, path: Path, n: int, x_path: Path) -> np.ndarray
     return labels
 
 
-def open_npy_folder(folder) -> tuple[HostRows, np.ndarray]:
-    """X.npy and y.npy of ``folder``, checked.
+def open_npy_folder(folder, part: tuple[int, int] = (0, 1)) -> tuple[HostRows, np.ndarray]:
+    """X.npy and y.npy of ``folder``, checked. ``part=(r, R)``: rank r of a data-parallel job
+    scans only its own rows of X for NaN (gpubp.data_parts.own_rows; the ranks' rows together are
+    all of them), so no rank reads the whole file at start-up.
 
     Returns
     -------
@@ -64,7 +67,8 @@ def open_npy_folder(folder) -> tuple[HostRows, np.ndarray]:
         raise DataError(f"{x_path}: X must hold real numbers, got dtype {X.dtype}")
     labels = _check_labels(y, y_path, X.shape[0], x_path)
     rows = HostRows(X, name=str(x_path))
-    bad = first_nonfinite(rows)
+    lo, hi = own_rows(X.shape[0], part)
+    bad = first_nonfinite(rows.subset(np.arange(lo, hi)))
     if bad is not None:
-        raise DataError(f"{x_path}: NaN or infinity in row {bad[0]} (column {bad[1]})")
+        raise DataError(f"{x_path}: NaN or infinity in row {lo + bad[0]} (column {bad[1]})")
     return rows, labels

@@ -186,3 +186,25 @@ def test_stopped_after_k_epochs_and_resumed_from_the_command_line_is_bitwise_equ
     history = read_checkpoint(tmp_path / "c.npz").meta["history"]  # the resumed run kept writing here
     assert len(history["train_loss"]) == 6  # continued, not restarted
     assert resumed.stdout.splitlines()[-3:-1] == whole.stdout.splitlines()[-3:-1]  # same test loss and accuracy
+
+
+def test_a_resumed_run_scales_its_data_as_the_checkpointed_run_did(tmp_path, monkeypatch):
+    """The checkpoint keeps the run's standardization (input_mean, input_scale), and a resume
+    applies it instead of fitting again: the data and their fingerprint stay those the run
+    trained on, however the statistics would be computed now (another number of ranks)."""
+    from gpubp import cli
+    from gpubp.checkpoint import read_checkpoint
+    from sklearn.preprocessing import StandardScaler
+
+    ckpt = tmp_path / "c.npz"
+    assert cli.main(["train", "--epochs", "1", "--checkpoint", str(ckpt), "--quiet"]) == 0
+    extra = read_checkpoint(ckpt).meta["extra"]
+    assert len(extra["input_mean"]) == len(extra["input_scale"]) == 64
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the resumed run fitted its scaler again")
+
+    monkeypatch.setattr(StandardScaler, "fit", refuse)
+    monkeypatch.setattr(StandardScaler, "partial_fit", refuse)
+    assert cli.main(["train", "--resume", str(ckpt), "--epochs", "2", "--quiet"]) == 0
+    assert len(read_checkpoint(ckpt).meta["history"]["train_loss"]) == 2

@@ -328,3 +328,30 @@ def test_the_estimators_fit_on_two_ranks_as_in_one_process(tmp_path):
     rank0, rank1 = got["bad_validation_on_rank_1"]
     assert rank1["error"][0] == "ValueError" and "2 features" in rank1["error"][1]
     assert rank0["error"][0] == "RankFailedError" and "rank 1 of 2" in rank0["error"][1]
+
+
+@mpirun_test(TEST_TIMEOUT)
+def test_the_command_on_a_folder_on_two_ranks_equals_one_process_and_resumes_alone(tmp_path):
+    """--dataset FOLDER (X.npy memory-mapped): each rank scans and standardizes only its own rows,
+    the model is the one process's to 1e-10, and the 2-rank checkpoint resumes in one process with
+    the run's own scaling (kept in the checkpoint: one process alone would round it otherwise)."""
+    from gpubp import load_model
+
+    rng = np.random.default_rng(5)
+    folder = tmp_path / "data"
+    folder.mkdir()
+    y = rng.integers(0, 3, 12000)  # 9600 training rows: 3 blocks of gpubp.data_parts, 2 for rank 0 and 1 for rank 1
+    np.save(folder / "X.npy", rng.normal(size=(12000, 12)) * 4 + y[:, None] + 10)
+    np.save(folder / "y.npy", y)
+    common = ["--device", "cpu", "--dtype", "float64", "--dataset", str(folder), "--hidden", "16", "--epochs", "2",
+              "--quiet", "--batch-size", "256"]
+    one = _command([*common, "--out", "one.npz"], tmp_path, None)
+    two = _command([*common, "--distributed", "--out", "two.npz", "--checkpoint", "two_ckpt.npz"], tmp_path, 2)
+    assert one.returncode == 0, one.stderr
+    assert two.returncode == 0, two.stdout + two.stderr
+    (a, _), (b, _) = load_model(tmp_path / "one.npz"), load_model(tmp_path / "two.npz")
+    for pa, pb in zip(a.params, b.params):
+        close(pb.ravel(), pa.ravel(), "the command's parameters on a folder")
+    resumed = _command(["--resume", "two_ckpt.npz", "--device", "cpu", "--epochs", "3", "--quiet"], tmp_path, None)
+    assert resumed.returncode == 0, resumed.stderr
+    assert len(read_checkpoint(tmp_path / "two_ckpt.npz").meta["history"]["train_loss"]) == 3

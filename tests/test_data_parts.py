@@ -163,3 +163,63 @@ def test_a_nan_in_one_ranks_rows_fails_every_rank_naming_the_row():
     for r in (0, 2):
         assert isinstance(results[r], RankFailedError)
         assert str(results[r]) == f"rank 1 of 3 failed before training: ValueError: {message}"
+
+
+def test_each_rank_scans_its_own_rows_of_a_folder_for_nan(tmp_path):
+    """open_npy_folder(part=(r, R)) reads rank r's rows only; a NaN is found by the rank owning
+    its row, with the row's place in the file, and by no other rank."""
+    from gpubp.errors import DataError
+    from gpubp.npy_folder import open_npy_folder
+
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(N, D))
+    X[N - 3, 1] = np.nan  # in the last block: rank R-1's
+    np.save(tmp_path / "X.npy", X)
+    np.save(tmp_path / "y.npy", rng.integers(0, 3, N))
+    for R in (2, 3):
+        ThreadCountingMemmap.reads = {}
+
+        def start_up(comm):
+            return open_npy_folder(tmp_path, (comm.rank, comm.size))
+
+        from gpubp import npy_folder
+
+        real = npy_folder._open_npy
+        npy_folder._open_npy = lambda path: real(path).view(ThreadCountingMemmap) if path.name == "X.npy" else real(path)
+        try:
+            results = on_threads(R, start_up)
+        finally:
+            npy_folder._open_npy = real
+        assert all(not isinstance(r, Exception) for r in results[:-1])
+        assert isinstance(results[-1], DataError) and f"NaN or infinity in row {N - 3} (column 1)" in str(results[-1])
+        lo, hi = own_rows(N, (R - 1, R))
+        assert sorted(ThreadCountingMemmap.reads.values()) == sorted(hi - lo for lo, hi in
+                                                                     (own_rows(N, (r, R)) for r in range(R)))
+
+
+def test_the_ranks_standardize_their_own_rows_together_as_one_process(mapped):
+    """data_parts.scaler_in_parts: each rank reads its own rows, and every rank gets the mean
+    and scale that StandardScaler.partial_fit gives over all the rows (to float64 rounding),
+    with a constant column scaled by 1."""
+    from sklearn.preprocessing import StandardScaler
+
+    _, path, _ = mapped
+    X = np.load(path)
+    X[:, 3] = 7.25  # a constant feature
+    np.save(path, X)
+    alone = StandardScaler().fit(X)
+    for R in (2, 3, 7):
+        ThreadCountingMemmap.reads = {}
+
+        def start_up(comm):
+            scaler = data_parts.scaler_in_parts(HostRows(np.load(path, mmap_mode="r").view(ThreadCountingMemmap)), comm)
+            return scaler, ThreadCountingMemmap.reads.get(threading.get_ident(), 0), own_rows(N, (comm.rank, R))
+
+        results = on_threads(R, start_up)
+        for scaler, read, (lo, hi) in results:
+            assert read == hi - lo
+            np.testing.assert_allclose(scaler.mean_, alone.mean_, rtol=1e-13, atol=1e-15)
+            np.testing.assert_allclose(scaler.scale_, alone.scale_, rtol=1e-12)
+            assert scaler.scale_[3] == 1.0 and scaler.n_samples_seen_ == N
+            np.testing.assert_array_equal(scaler.mean_, results[0][0].mean_)  # the same on every rank
+            np.testing.assert_array_equal(scaler.scale_, results[0][0].scale_)
