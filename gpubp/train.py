@@ -38,7 +38,7 @@ from .rows import HostRows
 from .optim import make_optimizer
 from .schedules import Schedule
 from .train_checkpoint import RunCheckpoints
-from .train_data import check_training_data, hold_out
+from .train_data import check_training_data, hold_out, rows_of
 
 Callback = Callable[[int, dict], "bool | None"]
 
@@ -198,10 +198,9 @@ class Trainer(RunCheckpoints):
                 self.run_state.update(rng_state=rng.bit_generator.state, split_seed=split_seed)
         if self.parallel:
             self._start_together(checkpoint)
-            if validation is not None:  # each rank scores its share; the sums are reduced
-                lo, hi = share(validation[1].shape[0], part)
-                self._n_val = validation[1].shape[0]
-                validation = (validation[0][lo:hi], validation[1][lo:hi])
+        if validation is not None:  # data parallel, each rank reads and scores its share; the sums are reduced
+            self._n_val, (lo, hi) = validation[1].shape[0], share(validation[1].shape[0], part)
+            validation = (rows_of(validation[0], lo, hi), validation[1][lo:hi])
         feed = batch_feed(backend, X, y, cfg.batch_size, net.dtype, cfg.stream, part, w)
         if validation is not None and backend.fits(validation[0].nbytes):
             validation = (backend.asarray(validation[0], net.dtype), backend.asarray(validation[1]))  # y's dtype kept

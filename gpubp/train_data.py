@@ -45,7 +45,8 @@ def labels(net: MLP, y, n: int, name: str = "y") -> np.ndarray:
 def hold_out(X, y: np.ndarray, w, fraction: float, split_seed: int):
     """(X, y, w, (X_val, y_val)): ``fraction`` of the checked rows held out for validation,
     stratified by class (class indices y) and seeded by ``split_seed``, the weights staying with
-    their rows."""
+    their rows. From a HostRows X both parts are HostRows, read when needed (:func:`rows_of`:
+    data parallel, each rank reads only its share of the held-out rows)."""
     stratify = y if y.ndim == 1 else None  # targets (n, k) of a non-softmax output: not stratified
     if stratify is not None:
         counts = np.bincount(y)
@@ -60,5 +61,10 @@ def hold_out(X, y: np.ndarray, w, fraction: float, split_seed: int):
     if w is not None and not w[train].sum() > 0:
         raise ValueError(f"sample_weight of the training rows sums to 0 once validation_fraction={fraction} is "
                          "held out: every weight fell in the validation set")
-    X, Xv = (X.subset(train), X.take(held)) if isinstance(X, HostRows) else (X[train], X[held])
+    X, Xv = (X.subset(train), X.subset(held)) if isinstance(X, HostRows) else (X[train], X[held])
     return X, y[train], None if w is None else w[train], (Xv, y[held])
+
+
+def rows_of(X, lo: int, hi: int) -> np.ndarray:
+    """Rows ``lo .. hi`` of X (an array, or a HostRows read now) as an array (hi - lo, d)."""
+    return X.take(np.arange(lo, hi)) if isinstance(X, HostRows) else X[lo:hi]
