@@ -74,6 +74,9 @@ class BaseMLP(StochasticFit, DataParallelFit, FitCheckpoints, BaseEstimator):
             raise InvalidParameterError(f"The 'dtype' parameter of {type(self).__name__} must be None, 'float32', "
                                         f"'float64' or 'bfloat16'. Got {self.dtype!r} instead.")
         get_backend(self.device)  # unknown names and an unusable "cuda" fail here, with the reason
+        if self.cuda_graph and self.solver not in STOCHASTIC:
+            raise ValueError(f"cuda_graph=True replays the steps of the sgd and adam solvers; solver="
+                             f"{self.solver!r} takes no such steps: leave cuda_graph off")
         return [int(s) for s in sizes]
 
     def _check_solver(self):

@@ -96,6 +96,8 @@ def test_the_estimators_take_cuda_graph(graph_cupy):
             np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-13)
     with pytest.raises(ValueError, match="needs the cuda device"):
         MLPClassifier((4,), max_iter=1, device="cpu", cuda_graph=True).fit(X, y)
+    with pytest.raises(ValueError, match="solver='lbfgs' takes no such steps"):
+        MLPClassifier((4,), solver="lbfgs", max_iter=1, device="cuda", cuda_graph=True).fit(X, y)
 
 
 def test_a_graphed_step_is_a_few_launches(graph_cupy):
