@@ -61,6 +61,20 @@ def check_graphable(net, parallel: bool) -> None:
                          "leave cuda_graph off with more than one rank")
 
 
+def describe() -> str:
+    """One line for ``gpubp info``: whether cuda_graph=True can run here, or why not."""
+    from .backend import cuda_status
+
+    status = cuda_status()
+    if not status.usable:
+        return f"cuda graphs (--cuda-graph): no ({status.reason})"
+    try:
+        cublas_direct.load_cublas()
+    except RuntimeError as exc:
+        return f"cuda graphs (--cuda-graph): no ({exc})"
+    return "cuda graphs (--cuda-graph): yes, for float32 and float64 networks in one process"
+
+
 class GraphedGradient:
     """``net.flat_loss_and_grad(X, y, w, l2=False)`` from CUDA graphs, one per batch shape.
 

@@ -101,6 +101,8 @@ def test_info_reports_versions_and_cuda():
     assert "gpubp 0.1.0" in result.stdout and "numpy " in result.stdout
     assert "cuda usable: " in result.stdout and "auto device: " in result.stdout
     assert "bfloat16 (products and saved activations" in result.stdout and "--tf32" in result.stdout
+    graphs = [line for line in result.stdout.splitlines() if line.startswith("cuda graphs (--cuda-graph): ")]
+    assert len(graphs) == 1, result.stdout
 
 
 @pytest.mark.skipif(shutil.which("gpubp") is None, reason="the gpubp script is not installed on PATH")

@@ -189,3 +189,13 @@ def test_on_a_card_a_graphed_estimator_fit_equals_the_eager_one():
     assert fits[1].loss_curve_ == fits[0].loss_curve_
     for a, b in zip(fits[1].coefs_ + fits[1].intercepts_, fits[0].coefs_ + fits[0].intercepts_):
         np.testing.assert_array_equal(a, b)
+
+
+def test_info_says_whether_graphs_can_run_and_why_not(fake_cupy, monkeypatch):
+    """On the stand-in (a usable "card") graphs need the libcublas CuPy loaded: not found in
+    this process, gpubp info says so; found, it says yes."""
+    from gpubp.cuda_graph import describe
+
+    assert describe().startswith("cuda graphs (--cuda-graph): no (cuda_graph needs the libcublas that CuPy loaded")
+    monkeypatch.setattr(cublas_direct, "load_cublas", lambda: object())
+    assert describe() == "cuda graphs (--cuda-graph): yes, for float32 and float64 networks in one process"
