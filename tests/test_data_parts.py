@@ -216,6 +216,7 @@ def test_the_ranks_standardize_their_own_rows_together_as_one_process(mapped):
     X[:, 3] = 7.25  # a constant feature
     np.save(path, X)
     alone = StandardScaler().fit(X)
+    StandardScaler().partial_fit(X[:2])  # scikit-learn's lazy imports done here, not in 7 threads at once
     for R in (2, 3, 7):
         def start_up(comm):
             ThreadCountingMemmap.reads[threading.get_ident()] = 0  # thread idents are reused
