@@ -5,8 +5,11 @@ device pointer must lie, with the whole extent the call reads or writes, inside 
 buffer of the stand-in (tests/fake_cupy_arrays.py ``device_matrix``), and a leading dimension
 must be at least the stored matrix's rows, as cuBLAS checks (CUBLAS_STATUS_INVALID_VALUE
 otherwise): so a wrong op, leading dimension or offset gives a wrong product, or a refusal, as
-it would on a card. alpha and beta are host pointers read when the call is made (host pointer
-mode), so a captured gemm keeps the values it was captured with.
+it would on a card. Every refusal is a returned status, never an exception, as from libcublas.
+alpha and beta are host pointers read when the call is made (host pointer mode), so a captured
+gemm keeps the values it was captured with; one that points into a live device buffer is refused
+with CUBLAS_STATUS_INVALID_VALUE (stricter than cuBLAS, which would read the device address on the
+host and crash or read garbage).
 
 A gemm runs on the stream last set on the handle: while that stream captures it is recorded
 (tests/fake_cupy_arrays.py ``run_on``) and runs at each launch of the graph. Stricter than
@@ -71,6 +74,8 @@ class FakeCublas:
         if stream is not None and stream.capture is not None and self.workspace is None:
             return NOT_SUPPORTED
         scalar = ctypes.c_float if dtype == np.float32 else ctypes.c_double
+        if any(fake_cupy_arrays.device_matrix(p, 1, 1, 1, dtype) is not None for p in (alpha, beta)):
+            return INVALID_VALUE  # device pointers in host pointer mode
         alpha_value, beta_value = scalar.from_address(alpha).value, scalar.from_address(beta).value
         op_a, op_b = (a if transa == 0 else a.T), (b if transb == 0 else b.T)
 

@@ -49,31 +49,69 @@ cupy/cupy at 6b6d9563c, the version the project's mirror holds):
   ``cupy.cuda.memory.OutOfMemoryError`` (a MemoryError) with CuPy's message
   (cupy/cuda/memory.pyx ``OutOfMemoryError``, ``SingleDeviceMemoryPool._try_malloc``).
 
-Stream capture (CUDA graphs; cupy/cuda/stream.pyx ``begin_capture``, ``end_capture``, graph.pyx
-``Graph.launch``), as strict as a card where gpubp.cuda_graph needs it:
+Stream capture (CUDA graphs; cupy/cuda/stream.pyx ``begin_capture``, ``end_capture``,
+``is_capturing``, cupy/cuda/graph.pyx ``Graph.launch``; CUDA's programming guide, "CUDA Graphs",
+"Prohibited and Unhandled Operations"), at least as strict as a card and CuPy 14, numbered as
+tests/test_fake_capture.py holds them. ``begin_capture(mode)`` takes CUDA's capture modes
+(``runtime.streamCaptureModeGlobal``, ``...ThreadLocal``, ``...Relaxed``); None is relaxed, as
+in CuPy, which chose it so that its pool may cudaMalloc while capturing (stream.pyx):
 
-- only a ``non_blocking`` stream captures (the legacy stream and streams that synchronize with it
-  raise cudaErrorStreamCaptureImplicit), and not twice at once;
-- what the current stream is given while it captures is recorded, not run: ufuncs and reductions,
-  the kernel classes, FakeCublas's gemms (tests/fake_cublas.py); memory that existed before is not
-  written, and new outputs (``cupy.empty`` too) hold NaN or the most negative integer until the
-  graph runs. ``Graph.launch`` runs the recorded operations in order, reading their inputs as they
-  are then, host scalars as they were at capture; one launch in ``cupy.activity``;
-- any other operation while capturing raises NotImplementedError (not modelled); CuPy's cuBLAS
-  routes (``matmul``, ``@``, ``dot`` ...) raise CuPy's ``calling cuBLAS API during stream capture is
-  currently unsupported`` (cupy_backends/cuda/libs/cublas.pyx ``setStream``);
-- a host sync (``get``, ``float()``, ``synchronize`` of the stream or an event on it), a copy from
-  pageable memory (``ndarray.set``, ``cupy.asarray`` of host data) and an allocation that needs
-  new memory raise CUDARuntimeError (cudaErrorStreamCaptureUnsupported) and invalidate the
-  capture, whose ``end_capture`` then raises (cudaErrorStreamCaptureInvalidated). A pool made with
-  ``cupy.cuda.MemoryPool()`` and used through ``cupy.cuda.using_allocator(pool.malloc)`` caches
-  per stream (memory.pyx's arena); under capture it serves what it cached for the stream, and a
-  pool never used on that stream is refused. Stricter than CUDA: the default pool is refused
-  under capture (a graph's blocks freed there would go to eager arrays between launches).
-  Looser: the recorded operations keep the captured step's arrays alive, so a warmed pool may
-  grow under capture where CuPy's would reuse blocks freed within it;
-- a kernel on a stream runs after the copies queued on that stream before it, and a host read
-  waits for the current stream, as on a card.
+1. only a ``non_blocking`` stream captures: the null (legacy) stream raises CuPy's RuntimeError
+   ('cannot capture on the default (legacy) stream'), a stream that synchronizes with it
+   cudaErrorStreamCaptureImplicit (stricter than CUDA, which fails at the legacy stream's next
+   use), a stream already capturing raises too;
+2. what the current stream is given while it captures is recorded, not run: ufuncs (``out=``
+   too) and reductions, gathers and scatters by index, ``__setitem__``, ``fill``, ``copy``,
+   ``astype``, the cupy functions, the kernel classes (ElementwiseKernel, ReductionKernel,
+   RawKernel) and FakeCublas's gemms (tests/fake_cublas.py, through :func:`run_on`). Memory that
+   existed before is not written; a new output (``cupy.empty`` and ``zeros`` too) is allocated
+   from the current pool on the capturing stream and holds garbage until the graph runs: NaN,
+   the most negative signed (largest unsigned) integer, True;
+3. CuPy's cuBLAS routes (``matmul``, ``@``, ``ndarray.dot``, ``cupy.dot`` and the other
+   :data:`_CUBLAS_FUNCTIONS`, bfloat16 included) raise CuPy 14's NotImplementedError('calling
+   cuBLAS API during stream capture is currently unsupported') (cupy_backends/cuda/libs/cublas.pyx
+   ``setStream``), without invalidating the capture, as there no CUDA call is made;
+4. a host sync (``get``, ``item``, ``float()``/``int()``/``bool()``, ``tolist``, ``asnumpy``,
+   ``nonzero``, ``synchronize`` or ``done`` of the capturing stream or of an event recorded on it,
+   ``Device().synchronize``, ``runtime.deviceSynchronize``) on the capturing stream raises
+   CUDARuntimeError ('cudaErrorStreamCaptureUnsupported: operation not permitted when stream is
+   capturing') and invalidates the capture, whose ``end_capture`` then raises
+   'cudaErrorStreamCaptureInvalidated'. Stricter than CuPy for its copies, which raise a plain
+   RuntimeError ('the current stream is capturing, so D2H transfers are disallowed', memory.pyx
+   ``MemoryPointer.copy_to_host_async`` ...) before calling CUDA and leave the capture valid
+   (CUDARuntimeError is a RuntimeError, so code that catches one catches both). On another
+   stream, a host sync, a pageable copy or a cudaMalloc is refused while a capture runs in global
+   or thread-local mode (CUDA's "potentially unsafe API calls"), and runs in relaxed mode;
+5. a copy from pageable host memory (``ndarray.set``, ``cupy.asarray`` of host data,
+   ``device[index array] = host``) is refused as in 4 (``device[...] = host array`` raises CuPy's
+   ValueError, as it does without capture). A host scalar (a fill value, a kernel's scalar
+   argument, gemm's alpha and beta) is baked in when captured;
+6. an allocation on the capturing stream is served only from blocks its pool has cached for that
+   stream; one that would need cudaMalloc is refused as in 4, so code warms its pool up on that
+   stream first. Stricter than CuPy in its relaxed mode, where cudaMalloc runs (CUDA refuses it,
+   with cudaErrorStreamCaptureUnsupported, in global mode): gpubp's rule, so that a graph's memory
+   is settled before it is captured. A pool made with ``cupy.cuda.MemoryPool()`` and used through
+   ``cupy.cuda.using_allocator(pool.malloc)`` keeps an arena per stream as CuPy's does
+   (cupy/cuda/memory.pyx ``SingleDeviceMemoryPool``: ``_arena``, best fit, ``_split``, ``free``
+   merging neighbours); an array freed under capture goes back to it at once, and a later
+   allocation of the same capture may take it. Stricter than CUDA: the default pool is refused
+   under capture (a graph's blocks freed there would go to eager arrays between launches);
+7. ``end_capture`` gives a Graph whose ``launch(stream)`` (None: the current stream) runs the
+   recorded operations in order, after what was queued on that stream, reading their inputs as
+   they are then and writing into the arrays the capture made or targeted, as often as it is
+   called; each launch is one in ``cupy.activity`` (the recorded operations are not counted);
+8. other streams, and work before ``begin_capture`` or after ``end_capture``, run as without
+   capture.
+
+Looser than a card, for capture: thread-local mode is taken as global (the stand-in is one
+thread), one capturing stream at a time (no other stream joining a capture through events, no
+event nodes: an event recorded on a capturing stream marks nothing), a pinned copy and a graph
+launched under capture raise NotImplementedError, any other operation the stand-in cannot record
+raises NotImplementedError; an event or stream of another stream may be synchronized while one
+captures; blocks a graph writes that the program frees after the capture go back to the pool and
+may be given to eager arrays, which the graph's launches would overwrite on a card and do not
+here (each array has its own memory in the stand-in). As on a card, a kernel on a stream runs
+after the copies queued on that stream before it, and a host read waits for the current stream.
 
 The stand-in also counts what a program asks of the card (``cupy.activity``, an
 :class:`Activity`): kernel launches (a ufunc call or reduction, a product, a custom kernel, a
@@ -112,14 +150,17 @@ Looser than CuPy (the stand-in cannot see these; a card can):
 - streams are modelled for copies (:class:`Stream`): computations run at once, after the copies
   queued on the current stream, so a copy on a side stream that overwrites a device buffer a
   computation queued earlier still reads is not caught (on a card it is a race);
-- the pool's bookkeeping counts the arrays a call returns, not CuPy's internal temporaries, and
-  reuses any cached block large enough (CuPy's arena splits and merges blocks alike, but by bins).
+- the pool's bookkeeping counts the arrays a call returns, not CuPy's internal temporaries; the
+  default pool reuses any cached block large enough, on any stream, and never merges blocks
+  (``cupy.cuda.MemoryPool()`` keeps CuPy's arena per stream, splitting and merging, but by exact
+  size where CuPy searches by bins).
 """
 
 from __future__ import annotations
 
 import functools
 import gc
+import itertools
 import sys
 import types
 import weakref
@@ -191,6 +232,7 @@ class DeviceMemory:
         self.roots: dict[int, weakref.ref] = {}  # id(buffer) -> the buffer, for raw pointers (FakeCublas)
         self.failures: list[OutOfMemoryError] = []
         self.pool_cached = 0  # bytes cached by the pools made with cupy.cuda.MemoryPool()
+        self.owners: dict[int, weakref.ref] = {}  # id(memory of a captured output) -> its device array
 
     def total_bytes(self) -> int:
         return self.in_use + sum(self.cached) + self.pool_cached
@@ -200,11 +242,14 @@ class DeviceMemory:
         from the pool of the innermost ``cupy.cuda.using_allocator``, else the default pool."""
         size = -(-buffer.nbytes // _ALLOCATION_UNIT) * _ALLOCATION_UNIT
         pool, stream = (_ALLOCATORS[-1] if _ALLOCATORS else None), get_current_stream().ptr
+        release = self._release
         if size and pool is not None:
-            if not pool.take(stream, size):
-                if stream not in pool.cached:  # never warmed up on this stream: cudaMalloc under capture
-                    _refuse_while_capturing("an allocation the pool had not cached for the capturing stream")
-                self._allocate_new(size)
+            chunk = pool.take(stream, size)
+            if chunk is None:  # cudaMalloc: refused under capture (global mode), however warm the pool
+                _refuse_while_capturing("an allocation the pool could not serve from the blocks it had "
+                                        "cached for the capturing stream (warm it up on that stream first)")
+                chunk = pool.grow(self, stream, size)
+            release = functools.partial(pool.give_back, self, chunk)
         elif size:
             if _capturing() is not None:
                 _refuse_while_capturing("an allocation from the default pool (stricter than CUDA: a graph's "
@@ -213,7 +258,6 @@ class DeviceMemory:
             self._allocate(size)
         self.live[id(buffer)] = (buffer.shape, buffer.dtype.name, size)
         self.roots[id(buffer)] = weakref.ref(buffer)
-        release = self._release if pool is None else functools.partial(pool.give_back, self, stream)
         weakref.finalize(buffer, release, id(buffer), size).atexit = False
 
     def _allocate(self, size: int) -> None:
@@ -303,55 +347,94 @@ class MemoryPool:
         self._memory.limit = int(size)
 
 
+class _Chunk:
+    """A piece of one cudaMalloc'd segment of a :class:`UserMemoryPool` (memory.pyx ``_Chunk``)."""
+
+    def __init__(self, segment: int, offset: int, size: int, stream: int):
+        self.segment, self.offset, self.size, self.stream = segment, offset, size, stream
+
+
 class UserMemoryPool:
     """``cupy.cuda.MemoryPool()``: a pool of its own, used inside ``using_allocator(pool.malloc)``.
-    Its cache is per stream, as CuPy's arena is (memory.pyx ``SingleDeviceMemoryPool._arena``): a
-    block freed on one stream is not given to an allocation on another."""
+
+    An arena per stream, as CuPy's (memory.pyx ``SingleDeviceMemoryPool``: ``_arena``,
+    ``_try_malloc``, ``_split``, ``free`` merging a chunk with its free neighbours): a request
+    (rounded up to 512 bytes) takes the smallest free chunk of the current stream's arena that
+    fits, splitting off the rest, or else a new segment of its size (cudaMalloc); a freed chunk
+    goes back to the arena of the stream it was taken on and merges with the free chunks next to
+    it in its segment. A block freed on one stream is never given to an allocation on another.
+    ``free_all_blocks`` gives back the segments that are wholly free.
+    """
 
     def __init__(self, allocator=None):
-        self.cached: dict[int, list[int]] = {}  # stream ptr -> sizes of free blocks
+        self.arenas: dict[int, list[_Chunk]] = {}  # stream ptr -> its free chunks
+        self.segments: dict[int, int] = {}  # segment number -> size
+        self._numbers = itertools.count()
         self._in_use = 0
 
     def malloc(self, size: int):
         raise NotImplementedError("the CuPy stand-in allocates through its arrays: pass pool.malloc to "
                                   "cupy.cuda.using_allocator")
 
-    def take(self, stream: int, size: int) -> bool:
-        """A cached block of ``stream`` for ``size`` bytes (best fit), True; False if none fits."""
-        blocks = self.cached.get(stream, [])
-        fitting = [b for b in blocks if b >= size]
+    def take(self, stream: int, size: int) -> _Chunk | None:
+        """A chunk of ``size`` bytes from ``stream``'s arena (best fit, split), or None."""
+        arena = self.arenas.get(stream, [])
+        fitting = [c for c in arena if c.size >= size]
         if not fitting:
-            return False
-        block = min(fitting)
-        blocks.remove(block)
-        if block > size:
-            blocks.append(block - size)
+            return None
+        chunk = min(fitting, key=lambda c: c.size)
+        arena.remove(chunk)
+        if chunk.size > size:
+            arena.append(_Chunk(chunk.segment, chunk.offset + size, chunk.size - size, stream))
+            chunk.size = size
         _MEMORY.pool_cached -= size
         _MEMORY.in_use += size
         self._in_use += size
-        return True
+        return chunk
 
-    def give_back(self, memory: "DeviceMemory", stream: int, key: int, size: int) -> None:
+    def grow(self, memory: "DeviceMemory", stream: int, size: int) -> _Chunk:
+        """A new segment of ``size`` bytes (cudaMalloc, or OutOfMemoryError), in use."""
+        memory._allocate_new(size)
+        number = next(self._numbers)
+        self.segments[number] = size
+        self._in_use += size
+        return _Chunk(number, 0, size, stream)
+
+    def give_back(self, memory: "DeviceMemory", chunk: _Chunk, key: int, size: int) -> None:
         memory.live.pop(key, None)
         memory.roots.pop(key, None)
-        if size:
-            memory.in_use -= size
-            memory.pool_cached += size
-            self._in_use -= size
-            self.cached.setdefault(stream, []).append(size)
+        memory.in_use -= size
+        memory.pool_cached += size
+        self._in_use -= size
+        arena = self.arenas.setdefault(chunk.stream, [])
+        for other in [c for c in arena if c.segment == chunk.segment]:  # merge with free neighbours
+            if other.offset + other.size == chunk.offset or chunk.offset + chunk.size == other.offset:
+                arena.remove(other)
+                chunk = _Chunk(chunk.segment, min(chunk.offset, other.offset), chunk.size + other.size, chunk.stream)
+        arena.append(chunk)
 
     def used_bytes(self) -> int:
         return self._in_use
 
     def free_bytes(self) -> int:
-        return sum(map(sum, self.cached.values()))
+        return sum(c.size for arena in self.arenas.values() for c in arena)
 
     def total_bytes(self) -> int:
         return self._in_use + self.free_bytes()
 
+    def n_free_blocks(self) -> int:
+        return sum(map(len, self.arenas.values()))
+
     def free_all_blocks(self, stream=None) -> None:
-        _MEMORY.pool_cached -= self.free_bytes()
-        self.cached.clear()
+        """Give back every wholly free segment (of ``stream``'s arena only, when given)."""
+        for ptr, arena in self.arenas.items():
+            if stream is not None and ptr != stream.ptr:
+                continue
+            whole = [c for c in arena if c.size == self.segments[c.segment]]
+            for c in whole:
+                arena.remove(c)
+                del self.segments[c.segment]
+                _MEMORY.pool_cached -= c.size
 
 
 _ALLOCATORS: list[UserMemoryPool] = []  # the pools of the using_allocator blocks, innermost last
@@ -424,14 +507,36 @@ def _is_host(x) -> bool:
     return isinstance(x, np.ndarray) and not isinstance(x, ndarray)
 
 
-def _root(a: np.ndarray) -> np.ndarray:
+def _bottom(a: np.ndarray) -> np.ndarray:
     while isinstance(a.base, np.ndarray):
         a = a.base
     return a
 
 
+def _root(a: np.ndarray) -> np.ndarray:
+    """The device allocation ``a`` views: the first array down its bases that is one, else the
+    device array of a captured output's memory (see :func:`_poisoned`), else its bottom."""
+    x = a
+    while True:
+        if id(x) in _MEMORY.live:
+            return x
+        if not isinstance(x.base, np.ndarray):
+            owner = _MEMORY.owners.get(id(x))
+            return x if owner is None or owner() is None else owner()
+        x = x.base
+
+
 def _host_view(a: "ndarray") -> np.ndarray:
-    return np.ndarray.view(a, np.ndarray)
+    """``a`` as a numpy.ndarray on the same memory. On a captured output's memory it is made on
+    that memory directly, so that the recorded operations holding it do not keep the output's
+    device array, and so its block, alive (numpy's own view of the output itself would not, as
+    numpy bases it on the first array of the same type down the chain; of a view of it, would)."""
+    bottom = _bottom(a)
+    if not a.size or id(bottom) not in _MEMORY.owners:
+        return np.ndarray.view(a, np.ndarray)
+    offset = a.__array_interface__["data"][0] - bottom.__array_interface__["data"][0]
+    raw = bottom.reshape(-1).view(np.uint8)
+    return np.ndarray(a.shape, a.dtype, buffer=raw, offset=offset, strides=a.strides)
 
 
 def _device(x):
@@ -487,9 +592,14 @@ class ndarray(np.ndarray):
     """cupy.ndarray played by a NumPy array: the stand-in's device array (see the module doc)."""
 
     def __array_finalize__(self, obj):
+        if _NEW_OUTPUT and obj is _NEW_OUTPUT[-1]:  # a captured output: the allocation is this array
+            _MEMORY.adopt(self)
+            return
         root = _root(self)
         if id(root) not in _MEMORY.live:
             _MEMORY.adopt(root)
+        elif isinstance(root, ndarray) and root is not self:  # a captured output's: made on its memory
+            self._allocation = root  # (numpy's bases skip it, see _host_view), so this keeps it alive
 
     def __array_wrap__(self, arr, context=None, return_scalar=False):
         return arr.view(ndarray) if isinstance(arr, np.ndarray) else _device(arr)
@@ -521,7 +631,8 @@ class ndarray(np.ndarray):
 
     def __getitem__(self, key):
         if _is_advanced(key) or isinstance(key, ndarray):  # a gather; a basic index is a view
-            return _run(lambda: np.ndarray.__getitem__(_host_view(self), _to_index(key)))
+            host, index = _host_view(self), _to_index(key)
+            return _run(lambda: np.ndarray.__getitem__(host, index))
         result = np.ndarray.__getitem__(self, _to_index(key))
         if not isinstance(result, np.ndarray):  # an element: CuPy gives a 0-d view
             key = key if isinstance(key, tuple) else (key,)
@@ -543,7 +654,8 @@ class ndarray(np.ndarray):
                 value = _np["asarray"](value)  # CuPy copies it to the device (_scatter_op_single)
         elif isinstance(value, ndarray):
             value = _host_view(value)
-        _run_write(lambda: np.ndarray.__setitem__(_host_view(self), _to_index(key), value))
+        target, index = _host_view(self), _to_index(key)
+        _run_write(lambda: np.ndarray.__setitem__(target, index, value))
 
     def __repr__(self):
         return repr(self.get())  # as CuPy prints: array([...])
@@ -557,12 +669,17 @@ class ndarray(np.ndarray):
         return (self[i] for i in range(self.shape[0]))
 
     def fill(self, value):
+        target = _host_view(self)
         if isinstance(value, np.ndarray):
             if value.shape != ():
                 kind = "cupy" if isinstance(value, ndarray) else "numpy"
                 raise ValueError(f"non-scalar {kind}.ndarray cannot be used for fill")
+            if isinstance(value, ndarray):  # a copy on the device (core.pyx fill: elementwise_copy)
+                source = _host_view(value)
+                _run_write(lambda: np.ndarray.__setitem__(target, Ellipsis, source))
+                return
             value = value.item()
-        _run_write(lambda: np.ndarray.fill(_host_view(self), value))
+        _run_write(lambda: np.ndarray.fill(target, value))
 
     def dot(self, b, out=None):
         _refuse_cublas()
@@ -573,12 +690,15 @@ class ndarray(np.ndarray):
                               out=None if out is None else _to_host_arg(out, "ndarray.dot")))
 
     def argmax(self, axis=None, out=None, *, keepdims=False):
-        return _run(lambda: _host_view(self).argmax(axis=axis, keepdims=keepdims))
+        host = _host_view(self)
+        return _run(lambda: host.argmax(axis=axis, keepdims=keepdims))
 
     def argmin(self, axis=None, out=None, *, keepdims=False):
-        return _run(lambda: _host_view(self).argmin(axis=axis, keepdims=keepdims))
+        host = _host_view(self)
+        return _run(lambda: host.argmin(axis=axis, keepdims=keepdims))
 
     def nonzero(self):
+        _ACTIVITY.sync()  # CuPy reads the count of nonzero elements on the host (_indexing.pyx)
         return _device(_host_view(self).nonzero())
 
     def get(self, stream=None, order="C", out=None, blocking=True):
@@ -604,12 +724,14 @@ class ndarray(np.ndarray):
         _copy_to_device(_host_view(self), arr, stream)
 
     def copy(self, order="C"):
-        return _run(lambda: np.array(_host_view(self), order=order, copy=True))
+        host = _host_view(self)
+        return _run(lambda: np.array(host, order=order, copy=True))
 
     def astype(self, dtype, order="K", casting=None, subok=None, copy=True):
         if not copy and np.dtype(dtype) == self.dtype:
             return self
-        return _run(lambda: np.ndarray.astype(_host_view(self), dtype, order=order))
+        host = _host_view(self)
+        return _run(lambda: np.ndarray.astype(host, dtype, order=order))
 
     def __float__(self):
         _ACTIVITY.sync()
@@ -731,7 +853,8 @@ def array(obj, dtype=None, copy=True, order="K", subok=False, ndmin=0, *, blocki
             raise ValueError("Unable to avoid copy while creating an array as requested.")
         if not copy and (dtype is None or np.dtype(dtype) == obj.dtype) and ndmin <= obj.ndim:
             return obj
-        return _run(lambda: _np["array"](_host_view(obj), dtype=dtype, order=order or "K", ndmin=ndmin))
+        host = _host_view(obj)
+        return _run(lambda: _np["array"](host, dtype=dtype, order=order or "K", ndmin=ndmin))
     if copy is False:
         raise ValueError("Unable to avoid copy while creating an array as requested.")
     _refuse_while_capturing("a copy from pageable host memory")
@@ -749,7 +872,8 @@ def ascontiguousarray(a, dtype=None):
                         f"got {type(a).__name__})")
     if a.flags.c_contiguous and (dtype is None or np.dtype(dtype) == a.dtype):
         return a
-    return _run(lambda: _np["ascontiguousarray"](_host_view(a), dtype=dtype))
+    host = _host_view(a)
+    return _run(lambda: _np["ascontiguousarray"](host, dtype=dtype))
 
 
 def asnumpy(a, stream=None, order="C", out=None, *, blocking=True):
@@ -967,15 +1091,17 @@ _STREAMS = _StreamState()  # of the stand-in installed now (install() replaces i
 CUBLAS_HANDLE = 0x7E57  # cupy.cuda.device.get_cublas_handle() (tests/fake_cublas.py's handle)
 CUBLAS_REFUSED = "calling cuBLAS API during stream capture is currently unsupported"  # cublas.pyx setStream
 CAPTURE_UNSUPPORTED, CAPTURE_INVALIDATED = 900, 901  # cudaErrorStreamCaptureUnsupported, ...Invalidated
+CAPTURE_GLOBAL, CAPTURE_THREAD_LOCAL, CAPTURE_RELAXED = 0, 1, 2  # cudaStreamCaptureMode
 
 
 class _Capture:
     """What a stream captures: the recorded operations (callables that run one each), and why
     the capture was invalidated, if it was."""
 
-    def __init__(self):
+    def __init__(self, mode: int):
         self.ops: list = []
         self.invalid: str | None = None
+        self.mode = mode
 
 
 def _capturing() -> _Capture | None:
@@ -984,11 +1110,14 @@ def _capturing() -> _Capture | None:
 
 
 def _refuse_while_capturing(what: str) -> None:
-    """Under capture, ``what`` (a sync, a pageable copy, a cudaMalloc) is refused by CUDA and
-    invalidates the capture (global capture mode)."""
+    """``what`` (a host sync, a pageable copy, a cudaMalloc) is refused while the current stream
+    captures, and invalidates that capture; and from any stream while another captures in global
+    or thread-local mode (CUDA's "potentially unsafe API calls"; the stand-in is one thread)."""
     capture = _capturing()
     if capture is not None:
         capture.invalid = capture.invalid or what
+    strict = [s for s in list(_STREAMS.by_ptr.values()) if s.capture is not None and s.capture.mode != CAPTURE_RELAXED]
+    if capture is not None or strict:
         raise CUDARuntimeError(CAPTURE_UNSUPPORTED, f"cudaErrorStreamCaptureUnsupported: operation not "
                                                     f"permitted when stream is capturing ({what})")
 
@@ -998,17 +1127,33 @@ def _refuse_cublas() -> None:
         raise NotImplementedError(CUBLAS_REFUSED)
 
 
+_NEW_OUTPUT: list = []  # the memory of the captured output being made (ndarray.__array_finalize__)
+
+
 def _poisoned(result):
     """A new device array holding ``result``'s shape and dtype and garbage: what a captured
-    operation's output holds before the graph runs (NaN, or the most negative integer)."""
-    a = _device(_np["array"](result))
-    h = _host_view(a)
-    if h.dtype.kind in "fc" or h.dtype == fake_cupy.BFLOAT16:
-        h[...] = np.nan
-    elif h.dtype.kind in "iu":
-        h[...] = np.iinfo(h.dtype).min if h.dtype.kind == "i" else np.iinfo(h.dtype).max
-    elif h.dtype.kind == "b":
-        h[...] = True
+    operation's output holds before the graph runs (NaN; the most negative, or largest unsigned,
+    integer; True).
+
+    Its memory is a plain array, which the recorded operations hold (through :func:`_host_view`),
+    and the allocation is the device array made on it: when the program drops that array, its
+    block goes back to the pool while the graph still writes the memory, as on a card, where a
+    later allocation in the same capture may reuse the block."""
+    memory = _np["array"](result)
+    if memory.dtype.kind in "fc" or memory.dtype == fake_cupy.BFLOAT16:
+        memory[...] = np.nan
+    elif memory.dtype.kind in "iu":
+        memory[...] = np.iinfo(memory.dtype).min if memory.dtype.kind == "i" else np.iinfo(memory.dtype).max
+    elif memory.dtype.kind == "b":
+        memory[...] = True
+    _NEW_OUTPUT.append(memory)
+    try:
+        a = memory.view(ndarray)
+    finally:
+        _NEW_OUTPUT.pop()
+    owners = _MEMORY.owners
+    owners[id(memory)] = weakref.ref(a)
+    weakref.finalize(a, owners.pop, id(memory), None).atexit = False
     return a
 
 
@@ -1032,9 +1177,11 @@ def _run(compute, out=None):
     result = compute()  # the shapes of new outputs; the values are thrown away
     if out is None:
         new = tuple(_poisoned(r) for r in result) if isinstance(result, tuple) else (_poisoned(result),)
-        capture.ops.append(lambda: _write(new, compute()))
+        memory = tuple(map(_host_view, new))
+        capture.ops.append(lambda: _write(memory, compute()))
         return new if isinstance(result, tuple) else new[0]
-    capture.ops.append(lambda: _write(out, compute()))
+    targets = tuple(map(_host_view, out))
+    capture.ops.append(lambda: _write(targets, compute()))
     return out[0] if len(out) == 1 else out
 
 
@@ -1050,6 +1197,7 @@ def _run_write(op) -> None:
 
 
 def _write(targets: tuple, result) -> None:
+    """Write ``result`` (one value or a tuple) into ``targets`` (device arrays or host views)."""
     results = result if isinstance(result, tuple) else (result,)
     for target, value in zip(targets, results, strict=True):
         np.ndarray.__setitem__(_host_view(target), Ellipsis, value)
@@ -1080,13 +1228,14 @@ def _run_in_place(kernel, host: list, args: tuple):
     results = result if isinstance(result, tuple) else (() if result is None else (result,))
     passed = [next((i for i in arrays if r is copies[i]), None) for r in results]
     new = [None if i is not None else _poisoned(r) for i, r in zip(passed, results)]
+    memory = [None if n is None else _host_view(n) for n in new]
 
     def replay():
         copies, result = on_copies()
         for i in arrays:
             if not _same(copies[i], host[i]):
                 host[i][...] = copies[i]
-        for target, value in zip(new, result if isinstance(result, tuple) else (result,)):
+        for target, value in zip(memory, result if isinstance(result, tuple) else (result,)):
             if target is not None:
                 _write((target,), value)
 
@@ -1136,9 +1285,13 @@ class Graph:
         self._ops = ops
 
     def launch(self, stream=None) -> None:
-        if _capturing() is not None:
+        """Run the graph on ``stream`` (the current one if None), after the work queued on it."""
+        stream = get_current_stream() if stream is None else stream
+        if stream.capture is not None or _capturing() is not None:
             raise NotImplementedError("the CuPy stand-in does not model a graph launched into a capture")
-        _ACTIVITY.launch()
+        if stream.queue:
+            stream.run_until(stream.issued)
+        _ACTIVITY.launches += 1
         for op in self._ops:
             op()
 
@@ -1201,16 +1354,23 @@ class Stream:
     capture: _Capture | None = None
 
     def begin_capture(self, mode=None) -> None:
-        """Start capturing (cupy/cuda/stream.pyx ``begin_capture``): the null (legacy) stream and a
-        stream that synchronizes with it refuse (cudaErrorStreamCaptureImplicit), as does a
-        stream already capturing."""
+        """Start capturing in ``mode`` (``runtime.streamCaptureMode*``; None: relaxed, as CuPy
+        does; cupy/cuda/stream.pyx ``begin_capture``). The null stream raises CuPy's RuntimeError;
+        a stream that synchronizes with it raises cudaErrorStreamCaptureImplicit (stricter than
+        CUDA, which fails at the legacy stream's next use instead); a stream already capturing
+        raises too. The work queued on the stream before runs first, outside the capture."""
+        if self.ptr == 0:
+            raise RuntimeError("cannot capture on the default (legacy) stream")
         if not self.deferred:
             raise CUDARuntimeError(906, "cudaErrorStreamCaptureImplicit: operation would make the legacy "
                                         "stream depend on a capturing blocking stream")
         if self.capture is not None:
             raise CUDARuntimeError(CAPTURE_UNSUPPORTED, "cudaErrorIllegalState: the stream is already capturing")
-        self.synchronize()
-        self.capture = _Capture()
+        mode = CAPTURE_RELAXED if mode is None else int(mode)
+        if mode not in (CAPTURE_GLOBAL, CAPTURE_THREAD_LOCAL, CAPTURE_RELAXED):
+            raise CUDARuntimeError(1, f"cudaErrorInvalidValue: capture mode {mode}")
+        self.run_until(self.issued)
+        self.capture = _Capture(mode)
 
     def end_capture(self) -> Graph:
         """Stop capturing; the Graph of what was recorded, or CUDARuntimeError if the capture
@@ -1388,6 +1548,8 @@ def _make_runtime() -> types.ModuleType:
     runtime.driverGetVersion = lambda: 13000
     runtime.runtimeGetVersion = lambda: 13000
     runtime.deviceSynchronize = _synchronize_all
+    runtime.streamCaptureModeGlobal, runtime.streamCaptureModeThreadLocal = CAPTURE_GLOBAL, CAPTURE_THREAD_LOCAL
+    runtime.streamCaptureModeRelaxed = CAPTURE_RELAXED
     return runtime
 
 
