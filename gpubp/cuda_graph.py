@@ -20,9 +20,9 @@ How a capture is made safe (CUDA and CuPy rules, each held by the CuPy stand-in 
 - a graph's temporaries stay where the capture put them, so they come from a pool of their own
   (a ``cupy.cuda.MemoryPool`` used for nothing else): from the shared pool, an eager array made
   between replays could be given a graph's temporary block and be overwritten by the next replay;
-- nothing may allocate device memory while capturing (cudaMalloc is refused then), so the same
-  step first runs once eagerly on the stream and through that pool, which then holds every
-  block the capture asks for.
+- nothing allocates device memory while capturing (global capture mode refuses cudaMalloc; CuPy's
+  default, relaxed, allows it, but gpubp does not rely on that), so the same step first runs once
+  eagerly on the stream and through that pool, which then holds every block the capture asks for.
 
 float32 and float64 (TF32 too); one process (data-parallel runs take eager steps).
 """
