@@ -113,7 +113,7 @@ def _train_with(args, comm) -> int:
             raise UsageError("gpubp train: --test-fraction must be > 0 when the data set has no test part")
         train_set, test_set = split(train_set, args.test_fraction, seed=args.seed)
     scaler, (train_set, test_set) = standardize(train_set, test_set, comm=comm, scaler=vars(args).get("scaler"))
-    mapped = " (memory-mapped: training batches are read from the file)" if isinstance(train_set.X, HostRows) \
+    mapped = " (memory-mapped: training and test batches are read from the file)" if isinstance(train_set.X, HostRows) \
         else ""
     say(f"data: {args.dataset}: {len(train_set)} train / {len(test_set)} test samples, "
           f"{train_set.X.shape[1]} features, {train_set.n_classes} classes{mapped}", flush=True)

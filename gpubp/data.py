@@ -7,7 +7,7 @@ names the file and the problem.
 
 A folder with ``X.npy`` and ``y.npy`` (:func:`load_npy_folder`) may be larger than memory: X is
 memory-mapped and stays a :class:`gpubp.rows.HostRows`, checked chunk by chunk. :func:`split`
-then splits it by row index (the held-out part is read into memory), :func:`standardize`
+splits it by row index into two HostRows (the test part read a batch at a time), :func:`standardize`
 computes its statistics chunk by chunk and applies them to each batch as it is read, and
 training streams its batches (:mod:`gpubp.batches`).
 """
@@ -241,8 +241,8 @@ def split(data: Dataset, test_fraction: float = 0.2, seed: int | None = 0) -> tu
     """Stratified train/test split: each class keeps its share in both parts.
 
     Raises DataError when a class has too few samples to appear in both parts. A memory-mapped
-    X (HostRows) is split by row index into the same parts: the training part stays
-    memory-mapped, the test part is read into memory.
+    X (HostRows) is split by row index into the same parts, both staying memory-mapped
+    HostRows (no row is read here).
     """
     if not 0 < test_fraction < 1:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction!r}")

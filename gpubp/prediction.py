@@ -5,7 +5,9 @@ A forward pass holds every activation of its batch, which over a whole data set 
 the device holds. These functions run it ``batch_size`` rows at a time through the network's
 public :meth:`gpubp.mlp.MLP.logits`, keep only what each batch contributes (its rows of a[L], or
 its summed loss and hits), and retry a batch that runs out of memory at half the size, down to
-one row. The output layer's activation and the evaluation loss are the backend's kernels
+one row. X may also be a :class:`gpubp.rows.HostRows` (rows of a memory-mapped file, such as
+the test part of a folder data set): each batch is then read from the file and checked for NaN
+as it is read, so no more than one batch of it is ever in memory. The output layer's activation and the evaluation loss are the backend's kernels
 (``net.backend.kernels.output_activation``, ``.cross_entropy``). The methods of
 :class:`gpubp.mlp.MLP` of the same names call these.
 """
@@ -15,12 +17,17 @@ from __future__ import annotations
 import numpy as np
 
 from .backend import is_out_of_memory
+from .rows import HostRows, check_rows, nonfinite_error
 from .validation import check_positive_int, check_sample_weight, check_targets, check_X, check_y
 
 
 def check_input(xp, X, n_features: int):
     """X (n, n_features) checked: 2-D, n >= 1 rows of n_features, finite. Host data comes back as
-    validation.check_X gives it; an array of ``xp`` on the device is checked there and returned."""
+    validation.check_X gives it; an array of ``xp`` on the device is checked there and returned;
+    a HostRows has its dtype and shape checked here and each batch's rows when read
+    (:func:`batch_rows`)."""
+    if isinstance(X, HostRows):
+        return check_rows(X, n_features, scan=False)
     if xp is not np and isinstance(X, xp.ndarray):
         if X.ndim != 2 or X.shape[1] != n_features or X.shape[0] == 0:
             raise ValueError(f"X must have shape (n >= 1, {n_features}), got {X.shape}")
@@ -43,9 +50,21 @@ def checked_batch(net, X, y, sample_weight=None) -> tuple:
     return X, y, sample_weight
 
 
+def batch_rows(X, start: int, stop: int):
+    """Rows start:stop of a checked X (n, d): a slice of an array, or read from a HostRows and
+    checked for NaN and infinity (ValueError naming the row of X)."""
+    if not isinstance(X, HostRows):
+        return X[start:stop]
+    rows = X.take(np.arange(start, stop))  # (stop - start, d)
+    bad = np.argwhere(~np.isfinite(rows)) if np.issubdtype(rows.dtype, np.inexact) else ()
+    if len(bad):
+        raise nonfinite_error(X, "X", start + int(bad[0][0]), int(bad[0][1]))
+    return rows
+
+
 def map_batches(net, X, batch_size: int, fn):
     """Yield (start, stop, fn(zL, start, stop)) over the rows of a checked X (n, n0), batch by
-    batch, with zL = ``net.logits(X[start:stop])``.
+    batch, with zL = ``net.logits(batch_rows(X, start, stop))``.
 
     A batch that runs out of memory, in the forward pass or in fn, is retried at half the size,
     down to one row, before giving up; only fn's result outlives its batch, so one batch's
@@ -67,7 +86,7 @@ def _try_batch(net, X, start: int, stop: int, fn):
     """(True, fn(zL, start, stop)) for rows start:stop, or (False, None) when they ran out of
     memory (a single row that does not fit raises)."""
     try:
-        return True, fn(net.logits(X[start:stop]), start, stop)
+        return True, fn(net.logits(batch_rows(X, start, stop)), start, stop)
     except Exception as exc:
         if not is_out_of_memory(exc) or stop - start == 1:
             raise
@@ -80,7 +99,7 @@ def predict_output(net, X, batch_size: int = 4096):
     Parameters
     ----------
     net : gpubp.mlp.MLP
-    X : array (n, net.sizes[0]), host or device
+    X : array (n, net.sizes[0]), host or device, or HostRows (read batch by batch)
     batch_size : int
         Rows per forward pass; a batch that does not fit in memory is split further.
 
@@ -127,7 +146,7 @@ def evaluate(net, X, y, batch_size: int = 4096, check: bool = True) -> tuple[flo
     Parameters
     ----------
     net : gpubp.mlp.MLP
-    X : array (n, net.sizes[0]), host or device
+    X : array (n, net.sizes[0]), host or device, or HostRows (read batch by batch)
     y : integer array (n,) of class indices (softmax), or targets (n, net.sizes[-1]); host or device
     batch_size : int
     check : bool

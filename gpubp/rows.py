@@ -142,11 +142,12 @@ def check_rows(rows: HostRows, n_features: int, name: str = "X", scan: bool = Tr
 
 def train_test_split(X: HostRows, y: np.ndarray, *, test_size: float, stratify, random_state):
     """scikit-learn's train_test_split for HostRows: the same partition of the rows as for an
-    array, made on row indices; the training part stays a HostRows, the held-out part is read
-    into memory. Returns X_train (HostRows), X_test (array (m, d)), y_train, y_test."""
+    array, made on row indices; both parts stay HostRows, read when used (the held-out part
+    batch by batch when evaluated: :mod:`gpubp.prediction`). Returns X_train (HostRows),
+    X_test (HostRows (m, d)), y_train, y_test."""
     train, test = sk_train_test_split(np.arange(len(X)), test_size=test_size, stratify=stratify,
                                       random_state=random_state)
-    return X.subset(train), X.take(test), y[train], y[test]
+    return X.subset(train), X.subset(test), y[train], y[test]
 
 
 def fingerprint(X, y: np.ndarray, dtype, sample_weight=None) -> str:

@@ -146,9 +146,9 @@ def test_split_and_standardize_of_a_folder_read_rows_not_the_file(tmp_path, smal
     folder, _ = load_dataset(str(tmp_path / "d"))
     train_set, test_set = split(folder, 0.2, seed=3)
     in_memory = split(Dataset(X, y, folder.classes), 0.2, seed=3)
-    assert isinstance(train_set.X, HostRows) and isinstance(test_set.X, np.ndarray)
+    assert isinstance(train_set.X, HostRows) and isinstance(test_set.X, HostRows)
     np.testing.assert_array_equal(train_set.X.take(np.arange(len(train_set))), in_memory[0].X)
-    np.testing.assert_array_equal(test_set.X, in_memory[1].X)
+    np.testing.assert_array_equal(test_set.X.take(np.arange(len(test_set))), in_memory[1].X)
     scaler, (scaled, scaled_test) = standardize(train_set, test_set)
     expected_scaler, (expected, _) = standardize(*in_memory)
     np.testing.assert_allclose(scaler.mean_, expected_scaler.mean_, rtol=1e-13)
@@ -156,6 +156,56 @@ def test_split_and_standardize_of_a_folder_read_rows_not_the_file(tmp_path, smal
     np.testing.assert_allclose(scaled.X.take(np.arange(len(scaled))), expected.X, rtol=1e-12, atol=1e-12)
     idx = np.array([7, 0, 3])
     np.testing.assert_array_equal(scaled.X.take(idx), (train_set.X.take(idx) - scaler.mean_) / scaler.scale_)
+
+
+class CountingMemmap(np.memmap):
+    """A memory-mapped array that records the number of rows of each read by indexing."""
+
+    reads: list = []
+
+    def __getitem__(self, index):
+        got = super().__getitem__(index)
+        if isinstance(got, np.ndarray) and got.ndim == 2:
+            CountingMemmap.reads.append(got.shape[0])
+            return got.view(np.ndarray)
+        return got
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_the_test_part_of_a_folder_is_evaluated_batch_by_batch_from_the_file(tmp_path, request, device):
+    """split + standardize of a folder leave the test part in the file; evaluate and predict read
+    it a batch at a time, every row once, and give exactly what the rows in memory give (on the
+    cpu backend, and on the CuPy stand-in as a card would run it)."""
+    if device == "cuda":
+        request.getfixturevalue("fake_cupy")
+    X, y = write_folder(tmp_path / "d", n=300)
+    folder, _ = load_dataset(str(tmp_path / "d"))
+    folder.X.X = folder.X.X.view(CountingMemmap)
+    CountingMemmap.reads = []
+    scaler, (train_set, test_set) = standardize(*split(folder, 0.3, seed=1))
+    assert CountingMemmap.reads == [len(train_set)]  # the scaler's one chunk of training rows; no test row
+    in_memory = test_set.X.take(np.arange(len(test_set)))  # (90, 7), as the old split read it
+    net = MLP([7, 12, 3], "tanh", device, "float64", seed=2)
+    fit(net, train_set.X, train_set.y, epochs=2, batch_size=32, seed=0)
+    CountingMemmap.reads = []
+    assert net.evaluate(test_set.X, test_set.y, batch_size=32) == net.evaluate(in_memory, test_set.y, batch_size=32)
+    assert CountingMemmap.reads == [32, 32, 26]
+    np.testing.assert_array_equal(to_numpy(net.predict_proba(test_set.X, batch_size=50)),
+                                  to_numpy(net.predict_proba(in_memory, batch_size=50)))
+
+
+def test_a_nan_in_a_test_row_read_from_the_file_is_named_by_its_row(tmp_path):
+    """Rows of a HostRows are checked as each batch is read (in a data-parallel run rank 0 did not
+    scan the other ranks' rows at start-up)."""
+    X, y = write_folder(tmp_path / "d", n=100)
+    X[61, 2] = np.inf
+    rows_ = HostRows(X)
+    net = MLP([7, 12, 3], "tanh", "cpu", "float64", seed=2)
+    assert net.evaluate(rows_.subset(np.arange(60)), y[:60], batch_size=16)[0] > 0
+    with pytest.raises(ValueError, match=r"X \(X\) contains NaN or infinity \(first at row 61, column 2\)"):
+        net.evaluate(rows_, y, batch_size=16)
+    with pytest.raises(ValueError, match="has 7 features per row but the network expects 5"):
+        MLP([5, 3], "tanh", "cpu", seed=0).predict(rows_)
 
 
 # ----------------------------------------------------------------------------- bad files
