@@ -8,7 +8,8 @@ Then each pair fits gpubp and scikit-learn back to back (alternating which goes 
 ratio of medians is reported, beside the time of the same epochs' matrix products alone (the
 floor for any implementation that does them with this BLAS, so the lowest ratio reachable).
 Uses ../shared/data/mnist-t10k when present, synthetic data otherwise. Writes JSON and markdown to benchmarks/results/ (and $OUT when set).
-Target (issue 4): gpubp's time <= 0.5x scikit-learn's.
+Target (issue 12; issue 4 asked 0.5x, below the products floor on this machine): gpubp's time <= 0.6x
+scikit-learn's.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from gpubp import bench  # noqa: E402
 from gpubp.data import load_dataset  # noqa: E402
 
 MNIST = REPO.parent / "shared" / "data" / "mnist-t10k"
-TARGET = 0.5
+TARGET = 0.6
 PRODUCTS = "matrix products alone"
 
 

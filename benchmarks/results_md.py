@@ -129,6 +129,10 @@ def render(results: Path, out: Path) -> Path:
         lines += ["", f"gpubp / scikit-learn (both float32): {report['ratio_gpubp_to_sklearn']:.2f} "
                       f"(target {report['target']}: {'met' if report['met'] else 'NOT met'}; the matrix "
                       f"products alone / scikit-learn: {report['limit']:.2f}).", ""]
+    path, report = _newest(results, "cpu_step-*.json")
+    if report:
+        lines += [f"## CPU: an epoch of gpubp.fit over its matrix products ({path.name})", ""]
+        lines += Path(path).with_suffix(".md").read_text().splitlines()[2:] + [""]
     path, report = _newest(results, "device_check-*.json")
     if report:
         from benchmarks.device_report import markdown

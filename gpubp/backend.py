@@ -123,7 +123,7 @@ class Backend:
     kernels : KernelSet
         Every array operation of a step and a prediction (gpubp.kernel_set): on "cuda"
         ``gpubp.kernels.CUDA_KERNELS``, the CUDA kernels; on "cpu" ``gpubp.host_kernels.CPU_KERNELS``,
-        the NumPy twins with the optimizer updates run in cache-sized blocks. An incomplete set
+        the NumPy twins with the optimizer updates compiled (gpubp.host_build). An incomplete set
         is refused with a ValueError naming what it lacks.
     """
 

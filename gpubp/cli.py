@@ -33,8 +33,9 @@ def _info() -> int:
     print("precision (--dtype, --tf32): float64; float32 (IEEE); float32 --tf32 (TF32 products on cards of "
           f"compute capability >= 8.0, modelled on the CPU); bfloat16 (products and saved activations, float32 "
           f"sums and parameters; ml_dtypes {ml_dtypes.__version__} emulates it on the CPU)")
-    from . import cuda_graph, distributed
+    from . import cuda_graph, distributed, host_build
 
+    print(host_build.describe())
     print(cuda_graph.describe())
     print(distributed.describe())
     return 0

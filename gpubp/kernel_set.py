@@ -6,8 +6,8 @@ interchangeable implementations of :class:`KernelSet`:
 
 - ``gpubp.ops.TWIN_KERNELS``: the NumPy twins, plain array calls that run on numpy or cupy;
   the reference that every other implementation is checked against;
-- ``gpubp.host_kernels.CPU_KERNELS``: the twins, with the optimizer updates run in cache-sized
-  blocks (the "cpu" backend's set);
+- ``gpubp.host_kernels.CPU_KERNELS``: the twins, with the optimizer updates compiled from C
+  (the "cpu" backend's set);
 - ``gpubp.kernels.CUDA_KERNELS``: hand-written CUDA kernels, and the twins run by cupy for the
   operations that have no kernel of their own (the "cuda" backend's set).
 

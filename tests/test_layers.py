@@ -24,7 +24,7 @@ LAYERS = [
     ("base: errors, version, constraints, signals", {"errors", "version", "interrupt", "constraints"}),
     ("math: NumPy twins, precision and rate models", {"ops", "precision", "bfloat16", "schedules", "kernel_set"}),
     ("settings", {"params"}),
-    ("kernel sets", {"host_kernels", "kernels"}),
+    ("kernel sets", {"host_build", "host_kernels", "kernels"}),
     ("backend and host data checks", {"backend", "validation", "cublas_direct", "rows"}),
     ("model: network, optimizers, files", {"initialization", "prediction", "mlp", "optim", "saving", "checkpoint", "container"}),
     ("data and communication", {"data_parts", "batches", "idx", "npy_folder", "data",

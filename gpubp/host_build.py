@@ -1,0 +1,105 @@
+"""The CPU backend's compiled optimizer updates: ``kernels/host_updates.c``, built with the
+machine's C compiler on first use and loaded with ctypes.
+
+Why compiled: NumPy runs an update as a dozen array operations, each a pass over the parameters;
+the C loop makes one. Over the 784-512-512-10 network's 670,000 float32 parameters on the
+project's 2-core Xeon, Adam's update took 0.60 ms against NumPy's 1.87 ms, momentum's 0.43
+against 0.65 ms (medians of 50): most of the gap between a training step and its products.
+
+The build, like CuPy's of its CUDA kernels, happens once per machine and source: the compiler is
+``$CC`` if set, else the first of cc, gcc and clang on PATH; flags :data:`FLAGS` (no FMA
+contraction, no fast-math: the results are bitwise the NumPy twins', tests/test_host_kernels.py).
+The library is cached in ``$GPUBP_CACHE_DIR``, else ``$XDG_CACHE_HOME/gpubp``, else
+``~/.cache/gpubp``, under a name hashed from the source, the compiler and the flags; it is written
+to a temporary file and renamed, so ranks building at once never load a partial file. Where no
+compiler works (or the cache is not writable), :func:`compiled_updates` says why, the CPU
+backend runs the NumPy twins, and ``gpubp info`` shows which. ``GPUBP_HOST_UPDATES=numpy`` asks for
+the twins (read on the first update of a process; ``compiled_updates.cache_clear()`` reads it again).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from .kernels import source_dir
+
+SOURCE = "host_updates.c"
+FLAGS = ("-O3", "-ffp-contract=off", "-fno-math-errno", "-shared", "-fPIC")
+
+
+def compiler() -> str | None:
+    """Path of the C compiler to use: $CC, else cc, gcc or clang on PATH; None when there is none."""
+    if os.environ.get("CC"):
+        return shutil.which(os.environ["CC"].split()[0])
+    return next((path for path in map(shutil.which, ("cc", "gcc", "clang")) if path), None)
+
+
+def cache_dir() -> Path:
+    """Where built libraries are kept: $GPUBP_CACHE_DIR, $XDG_CACHE_HOME/gpubp or ~/.cache/gpubp."""
+    if os.environ.get("GPUBP_CACHE_DIR"):
+        return Path(os.environ["GPUBP_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gpubp"
+
+
+def _build(cc: str, source: Path, target: Path) -> None:
+    """Compile ``source`` into the shared library ``target``, atomically; RuntimeError with the
+    compiler's message when it fails."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, partial = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(fd)
+    try:
+        done = subprocess.run([cc, *FLAGS, str(source), "-lm", "-o", partial], capture_output=True, text=True,
+                              timeout=120)
+        if done.returncode != 0:
+            raise RuntimeError(f"{cc} failed: {(done.stderr or done.stdout).strip()[-500:]}")
+        os.replace(partial, target)
+    finally:
+        if os.path.exists(partial):
+            os.unlink(partial)
+
+
+def _declare(library: ctypes.CDLL) -> None:
+    """Argument types of every update of ``library``: pointers, element count, scalars of T.
+    (Attributes, not ``library[name]``: ctypes keeps the former, so the types stay set.)"""
+    pointer, count = ctypes.c_void_p, ctypes.c_size_t
+    for dtype, T in (("float32", ctypes.c_float), ("float64", ctypes.c_double)):
+        momentum, adam = getattr(library, f"sgd_momentum_{dtype}"), getattr(library, f"adam_{dtype}")
+        momentum.argtypes = [pointer] * 3 + [count, T, T, ctypes.c_int]
+        adam.argtypes = [pointer] * 4 + [count] + [T] * 6
+        momentum.restype = adam.restype = None
+
+
+@functools.lru_cache(maxsize=None)
+def compiled_updates() -> tuple[ctypes.CDLL | None, str]:
+    """(library, how it was built), or (None, why there is none): the updates of
+    ``kernels/host_updates.c`` as ``{sgd_momentum,adam}_{float32,float64}``, built and cached on
+    first call (see the module's docstring)."""
+    if os.environ.get("GPUBP_HOST_UPDATES") == "numpy":
+        return None, "GPUBP_HOST_UPDATES=numpy"
+    cc = compiler()
+    if cc is None:
+        return None, "no C compiler (set CC, or install cc, gcc or clang)"
+    source = source_dir() / SOURCE
+    key = hashlib.sha256(source.read_bytes() + "\0".join([cc, *FLAGS]).encode()).hexdigest()[:16]
+    target = cache_dir() / f"host_updates-{key}.so"
+    try:
+        if not target.is_file():
+            _build(cc, source, target)
+        library = ctypes.CDLL(str(target))
+        _declare(library)
+    except (OSError, RuntimeError, subprocess.SubprocessError, AttributeError) as exc:
+        return None, f"could not build or load {SOURCE} with {cc}: {exc}"
+    return library, f"compiled with {cc} ({' '.join(FLAGS[:3])}), cached in {target.parent}"
+
+
+def describe() -> str:
+    """One line for ``gpubp info``: how the CPU backend runs its optimizer updates."""
+    library, how = compiled_updates()
+    return f"CPU optimizer updates: {'C, ' + how if library is not None else 'NumPy twins: ' + how}"
