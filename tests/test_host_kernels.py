@@ -1,5 +1,6 @@
-"""gpubp.host_kernels and gpubp.host_build: the CPU backend's compiled optimizer updates are
-bitwise their NumPy twins, and where they cannot be built the twins run, and gpubp info says why."""
+"""gpubp.host_kernels and gpubp.host_build: the CPU backend's compiled kernels (optimizer updates,
+ReLU's bias + activation) give their NumPy twins' results bit for bit, and where they cannot be
+built the twins run, and gpubp info says why."""
 
 import math
 import os
@@ -19,18 +20,18 @@ def built():
     """The compiled library; skips (saying why) where this machine has no C compiler."""
     if host_build.compiler() is None:
         pytest.skip("no C compiler on this machine: the CPU backend runs the NumPy twins")
-    library, how = host_build.compiled_updates()
-    assert library is not None, how  # a compiler that cannot build the updates is a failure
+    library, how = host_build.compiled_kernels()
+    assert library is not None, how  # a compiler that cannot build the kernels is a failure
     return library
 
 
 @pytest.fixture
 def fresh_build(monkeypatch, tmp_path):
-    """compiled_updates() forgotten before and after the test, its cache in tmp_path."""
+    """compiled_kernels() forgotten before and after the test, its cache in tmp_path."""
     monkeypatch.setenv("GPUBP_CACHE_DIR", str(tmp_path / "cache"))
-    host_build.compiled_updates.cache_clear()
+    host_build.compiled_kernels.cache_clear()
     yield tmp_path / "cache"
-    host_build.compiled_updates.cache_clear()
+    host_build.compiled_kernels.cache_clear()
 
 
 def _arrays(rng, shape, dtype, count):
@@ -66,6 +67,48 @@ def test_the_compiled_adam_update_is_bitwise_its_twin(built, dtype):
             host_kernels.adam_update(np, p, g, m, v, lr_t, 0.9, 0.999, 1e-8)
         for actual, expected in zip((p, m, v), ref):
             assert np.array_equal(actual, expected), shape
+
+
+SPECIAL = [np.nan, -np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-45, -1e-45, 5e-324, 1.0, -1.0]
+
+
+def _with_specials(x):
+    """x with NaN, infinities, signed zeros and subnormals in its first elements."""
+    flat = x.reshape(-1)
+    flat[: len(SPECIAL)] = np.array(SPECIAL[: flat.size], dtype=x.dtype)
+    return x
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_the_compiled_bias_relu_gives_the_twins_result(built, dtype):
+    """z + b, then max(., 0) keeping NaN: equal to the twin everywhere, NaN where it has NaN
+    (a zero's sign may differ: NumPy's maximum gives -0 or +0 by version; no sum sees it)."""
+    rng = np.random.default_rng(5)
+    for rows, width in [(1, 1), (3, 7), (5, 17), (256, 512)]:
+        z = _with_specials(_arrays(rng, (rows, width), dtype, 1)[0])
+        b = _with_specials(_arrays(rng, (width,), dtype, 1)[0])
+        expected = ops.bias_activation(np, z.copy(), b, "relu")
+        out = host_kernels.bias_activation(np, z, b, "relu")
+        assert out is z and np.array_equal(z, expected, equal_nan=True), (rows, width)
+    assert np.mean(z > 0) > 0.3 and np.mean(z == 0) > 0.3  # the large case had both sides of the kink
+
+
+def test_the_other_activations_and_shapes_run_the_twins(built):
+    """tanh, sigmoid, identity, bfloat16 and a strided z go to the twin, and give its result."""
+    import ml_dtypes
+
+    rng = np.random.default_rng(7)
+    z, b = rng.normal(size=(6, 5)).astype(np.float32), rng.normal(size=5).astype(np.float32)
+    for name in ("tanh", "sigmoid", "identity"):
+        assert np.array_equal(host_kernels.bias_activation(np, z.copy(), b, name), ops.bias_activation(np, z.copy(), b, name))
+    narrow = z.astype(ml_dtypes.bfloat16)
+    assert np.array_equal(host_kernels.bias_activation(np, narrow.copy(), b, "relu").astype(np.float32),
+                          ops.bias_activation(np, narrow.copy(), b, "relu").astype(np.float32))
+    wide = rng.normal(size=(6, 10)).astype(np.float32)
+    strided, twin, between = wide[:, ::2], wide.copy()[:, ::2], wide[:, 1::2].copy()
+    host_kernels.bias_activation(np, strided, b, "relu")
+    assert np.array_equal(strided, ops.bias_activation(np, twin, b, "relu"))
+    assert np.array_equal(wide[:, 1::2], between)  # the columns between left alone (not read as contiguous)
 
 
 def test_arrays_the_loop_cannot_take_go_to_the_twin(built):
@@ -112,21 +155,21 @@ def test_threads_updating_side_by_side_each_get_their_own_result(built):
 
 
 def test_the_library_is_built_once_into_the_cache_and_named_by_its_source(built, fresh_build):
-    library, how = host_build.compiled_updates()
+    library, how = host_build.compiled_kernels()
     assert library is not None and f"cached in {fresh_build}" in how
     (built_file,) = fresh_build.iterdir()
-    assert built_file.name.startswith("host_updates-") and built_file.suffix == ".so"
+    assert built_file.name.startswith("host_kernels-") and built_file.suffix == ".so"
     stamp = built_file.stat().st_mtime_ns
-    host_build.compiled_updates.cache_clear()
-    assert host_build.compiled_updates()[0] is not None
+    host_build.compiled_kernels.cache_clear()
+    assert host_build.compiled_kernels()[0] is not None
     assert [f.name for f in fresh_build.iterdir()] == [built_file.name] and built_file.stat().st_mtime_ns == stamp
-    assert host_build.describe().startswith("CPU optimizer updates: C, compiled with ")
+    assert host_build.describe().startswith("CPU kernels (optimizer updates, ReLU): C, compiled with ")
 
 
 def test_without_a_compiler_the_twins_run_and_info_says_why(monkeypatch, fresh_build):
     monkeypatch.setattr(host_build, "compiler", lambda: None)
-    assert host_build.compiled_updates() == (None, "no C compiler (set CC, or install cc, gcc or clang)")
-    assert host_build.describe() == "CPU optimizer updates: NumPy twins: no C compiler (set CC, or install cc, gcc or clang)"
+    assert host_build.compiled_kernels() == (None, "no C compiler (set CC, or install cc, gcc or clang)")
+    assert host_build.describe() == "CPU kernels (optimizer updates, ReLU): NumPy twins: no C compiler (set CC, or install cc, gcc or clang)"
     rng = np.random.default_rng(4)
     p, g, v = _arrays(rng, (9, 5), "float64", 3)
     ref_p, ref_v = p.copy(), v.copy()
@@ -136,8 +179,8 @@ def test_without_a_compiler_the_twins_run_and_info_says_why(monkeypatch, fresh_b
 
 
 def test_the_environment_can_ask_for_the_twins(monkeypatch, fresh_build):
-    monkeypatch.setenv("GPUBP_HOST_UPDATES", "numpy")
-    assert host_build.compiled_updates() == (None, "GPUBP_HOST_UPDATES=numpy")
+    monkeypatch.setenv("GPUBP_HOST_KERNELS", "numpy")
+    assert host_build.compiled_kernels() == (None, "GPUBP_HOST_KERNELS=numpy")
     assert list(fresh_build.parent.iterdir()) == []  # nothing built: the cache folder was never made
 
 
@@ -149,8 +192,8 @@ def test_a_compiler_that_fails_leaves_no_partial_library_and_is_named(monkeypatc
     # (the last argument is the output file: the script writes half of it there)
     broken.chmod(0o755)
     monkeypatch.setenv("CC", str(broken))
-    library, why = host_build.compiled_updates()
-    assert library is None and why.startswith(f"could not build or load host_updates.c with {broken}: ")
+    library, why = host_build.compiled_kernels()
+    assert library is None and why.startswith(f"could not build or load host_kernels.c with {broken}: ")
     assert "error: no space" in why
     assert list(fresh_build.iterdir()) == []
 

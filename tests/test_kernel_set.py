@@ -42,8 +42,8 @@ def test_the_cuda_set_runs_the_twins_only_where_it_has_no_kernel():
             assert implementation is not getattr(ops, operation), operation
 
 
-def test_the_cpu_set_is_the_twins_but_for_the_compiled_updates():
-    compiled = {"sgd_momentum_update", "adam_update"}
+def test_the_cpu_set_is_the_twins_but_for_the_compiled_kernels():
+    compiled = {"sgd_momentum_update", "adam_update", "bias_activation"}
     for operation in OPERATIONS:
         expected = getattr(host_kernels if operation in compiled else ops, operation)
         assert getattr(host_kernels.CPU_KERNELS, operation) is expected, operation

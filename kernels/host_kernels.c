@@ -1,13 +1,14 @@
-/* gpubp's optimizer updates for the CPU backend: one pass over the parameters, where their NumPy
- * twins (gpubp/ops.py: sgd_momentum_update, adam_update) make a dozen.
+/* gpubp's CPU kernels in C: the optimizer updates and ReLU's bias + activation, one pass each
+ * over their arrays where their NumPy twins (gpubp/ops.py: sgd_momentum_update, adam_update,
+ * bias_activation for "relu") make several.
  *
  * Built by gpubp/host_build.py with -ffp-contract=off and without -ffast-math: each element goes
  * through the twin's operations, in the twin's order, each rounded to T (float or double), so
- * the results are bitwise the twin's (tests/test_host_kernels.py). The scalars arrive already
- * rounded to T, as NumPy rounds a Python float next to an array of T; 1 - beta is computed in
- * double by the caller, as the twin computes it.
+ * the results are the twin's bit for bit, up to the sign of a zero (tests/test_host_kernels.py).
+ * The scalars arrive already rounded to T, as NumPy rounds a Python float next to an array of T;
+ * 1 - beta is computed in double by the caller, as the twin computes it.
  *
- * p, g and the state arrays: n contiguous elements each, not overlapping.
+ * Arrays: contiguous, not overlapping one another.
  */
 #include <math.h>
 #include <stddef.h>
@@ -42,3 +43,19 @@ SGD_MOMENTUM(sgd_momentum_float32, float)
 SGD_MOMENTUM(sgd_momentum_float64, double)
 ADAM(adam_float32, float, sqrtf)
 ADAM(adam_float64, double, sqrt)
+
+/* a = f(z + b) for ReLU over z (rows, width) and b (width,), written over z: the twin's z += b,
+ * then maximum(z, 0), which keeps a NaN. */
+#define BIAS_RELU(NAME, T)                                                             \
+    void NAME(T *z, const T *b, size_t rows, size_t width) {                           \
+        for (size_t r = 0; r < rows; r++) {                                            \
+            T *z_r = z + r * width;                                                    \
+            for (size_t j = 0; j < width; j++) {                                       \
+                T s = z_r[j] + b[j];                                                   \
+                z_r[j] = (s > 0 || s != s) ? s : (T)0;                                 \
+            }                                                                          \
+        }                                                                              \
+    }
+
+BIAS_RELU(bias_relu_float32, float)
+BIAS_RELU(bias_relu_float64, double)
