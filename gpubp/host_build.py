@@ -11,11 +11,12 @@ The build, like CuPy's of its CUDA kernels, happens once per machine and source:
 ``$CC`` if set, else the first of cc, gcc and clang on PATH; flags :data:`FLAGS` (no FMA
 contraction, no fast-math: the results are the NumPy twins', tests/test_host_kernels.py).
 The library is cached in ``$GPUBP_CACHE_DIR``, else ``$XDG_CACHE_HOME/gpubp``, else
-``~/.cache/gpubp``, under a name hashed from the source, the compiler and the flags; it is written
-to a temporary file and renamed, so ranks building at once never load a partial file. Where no
-compiler works (or the cache is not writable), :func:`compiled_kernels` says why, the CPU
-backend runs the NumPy twins, and ``gpubp info`` shows which. ``GPUBP_HOST_KERNELS=numpy`` asks for
-the twins (read on the first call of a process; ``compiled_kernels.cache_clear()`` reads it again).
+``~/.cache/gpubp``, under a name hashed from the source, the compiler, the flags and the machine's
+architecture; it is written to a temporary file and renamed, so ranks building at once never load
+a partial file. Where no compiler works (or the cache is not writable), :func:`compiled_kernels`
+says why, the CPU backend runs the NumPy twins, and ``gpubp info`` shows which.
+``GPUBP_HOST_KERNELS=numpy`` asks for the twins (read on the first call of a process;
+``compiled_kernels.cache_clear()`` reads it again).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import ctypes
 import functools
 import hashlib
 import os
+import platform
 import shutil
 import subprocess
 import tempfile
@@ -90,7 +92,8 @@ def compiled_kernels() -> tuple[ctypes.CDLL | None, str]:
     if cc is None:
         return None, "no C compiler (set CC, or install cc, gcc or clang)"
     source = source_dir() / SOURCE
-    key = hashlib.sha256(source.read_bytes() + "\0".join([cc, *FLAGS]).encode()).hexdigest()[:16]
+    # a cache shared by machines of other architectures (an NFS home) keeps one library for each
+    key = hashlib.sha256(source.read_bytes() + "\0".join([cc, *FLAGS, platform.machine()]).encode()).hexdigest()[:16]
     target = cache_dir() / f"host_kernels-{key}.so"
     try:
         if not target.is_file():
