@@ -7,9 +7,9 @@ public :meth:`gpubp.mlp.MLP.logits`, keep only what each batch contributes (its 
 its summed loss and hits), and retry a batch that runs out of memory at half the size, down to
 one row. X may also be a :class:`gpubp.rows.HostRows` (rows of a memory-mapped file, such as
 the test part of a folder data set): each batch is then read from the file and checked for NaN
-as it is read, so no more than one batch of it is ever in memory. The output layer's activation and the evaluation loss are the backend's kernels
-(``net.backend.kernels.output_activation``, ``.cross_entropy``). The methods of
-:class:`gpubp.mlp.MLP` of the same names call these.
+as it is read, so no more than one batch of it is ever in memory. The output layer's activation
+and the evaluation loss are the backend's kernels (``net.backend.kernels.output_activation``,
+``.cross_entropy``). The methods of :class:`gpubp.mlp.MLP` of the same names call these.
 """
 
 from __future__ import annotations
