@@ -51,7 +51,7 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gpubp"
 
 
-def _build(cc: str, source: Path, target: Path) -> None:
+def build(cc: str, source: Path, target: Path) -> None:
     """Compile ``source`` into the shared library ``target``, atomically; RuntimeError with the
     compiler's message when it fails."""
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -97,7 +97,7 @@ def compiled_kernels() -> tuple[ctypes.CDLL | None, str]:
     target = cache_dir() / f"host_kernels-{key}.so"
     try:
         if not target.is_file():
-            _build(cc, source, target)
+            build(cc, source, target)
         library = ctypes.CDLL(str(target))
         _declare(library)
     except (OSError, RuntimeError, subprocess.SubprocessError, AttributeError) as exc:

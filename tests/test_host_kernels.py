@@ -2,14 +2,15 @@
 ReLU's bias + activation) give their NumPy twins' results bit for bit, and where they cannot be
 built the twins run, and gpubp info says why."""
 
+import ctypes
 import math
-import os
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from gpubp import host_build, host_kernels, ops
+from gpubp import host_build, host_kernels, kernels, ops
 
 # lengths around the compiler's vector widths (4 and 8 floats, 2 and 4 doubles) and a large one
 SHAPES = [(1,), (3,), (7,), (8,), (9,), (17,), (3, 11), (2048, 300)]
@@ -198,6 +199,42 @@ def test_a_compiler_that_fails_leaves_no_partial_library_and_is_named(monkeypatc
     assert list(fresh_build.iterdir()) == []
 
 
+def test_a_cache_that_cannot_be_written_leaves_the_twins_running(built, monkeypatch, fresh_build, tmp_path):
+    """A cache folder that cannot be made (here: a file stands where it should be) is reported,
+    and training goes on with the twins."""
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("GPUBP_CACHE_DIR", str(tmp_path / "file" / "cache"))
+    library, why = host_build.compiled_kernels()
+    assert library is None and why.startswith("could not build or load host_kernels.c with ")
+    p, g, v = _arrays(np.random.default_rng(8), (4, 3), "float32", 3)
+    ref_p, ref_v = p.copy(), v.copy()
+    ops.sgd_momentum_update(np, ref_p, g, ref_v, 0.1, 0.9, False)
+    host_kernels.sgd_momentum_update(np, p, g, v, 0.1, 0.9, False)
+    assert np.array_equal(p, ref_p) and np.array_equal(v, ref_v)
+
+
+def test_builds_racing_for_one_cache_file_each_leave_a_whole_library(built, fresh_build):
+    """Ranks of a job starting at once on a fresh machine all build the same file: each writes its
+    own temporary file and renames it over the target, so every load finds a whole library."""
+    source = kernels.source_dir() / host_build.SOURCE
+    target = fresh_build / "host_kernels-race.so"
+    errors = []
+
+    def build():
+        try:
+            host_build.build(host_build.compiler(), source, target)
+            ctypes.CDLL(str(target)).adam_float32  # loads, and has its symbols
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=build) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and [f.name for f in fresh_build.iterdir()] == [target.name]
+
+
 def test_the_cache_folder_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("GPUBP_CACHE_DIR", str(tmp_path / "a"))
     assert host_build.cache_dir() == tmp_path / "a"
@@ -205,5 +242,4 @@ def test_the_cache_folder_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert host_build.cache_dir() == tmp_path / "xdg" / "gpubp"
     monkeypatch.delenv("XDG_CACHE_HOME")
-    assert host_build.cache_dir() == os.path.join(os.path.expanduser("~"), ".cache", "gpubp") or \
-        str(host_build.cache_dir()) == os.path.join(os.path.expanduser("~"), ".cache", "gpubp")
+    assert host_build.cache_dir() == Path.home() / ".cache" / "gpubp"
