@@ -23,14 +23,17 @@ from . import ops
 from .host_build import compiled_kernels
 
 
+_SUFFIXES = {np.dtype(np.float32): "float32", np.dtype(np.float64): "float64"}  # (dtype.name is slow)
+
+
 def _kernel(name: str, first: np.ndarray, *others: np.ndarray):
     """The compiled kernel ``name`` for ``first``'s dtype, or None where the twin must run: no
     library, a dtype other than float32 and float64, or an array not C-contiguous of that dtype."""
-    if first.dtype not in (np.float32, np.float64) or not all(
-            a.flags.c_contiguous and a.dtype == first.dtype for a in (first, *others)):
+    suffix = _SUFFIXES.get(first.dtype)
+    if suffix is None or not all(a.flags.c_contiguous and a.dtype == first.dtype for a in (first, *others)):
         return None
     library, _ = compiled_kernels()
-    return None if library is None else getattr(library, f"{name}_{first.dtype.name}")
+    return None if library is None else getattr(library, f"{name}_{suffix}")
 
 
 def bias_activation(xp, z, b, name: str):
