@@ -9,7 +9,7 @@ same weights and the compiled kernels and the twins must give equal parameters; 
 round times, in an order that rotates, one epoch of: the products alone (gpubp.bench.Runner),
 fit with SGD-momentum and with Adam, each with the compiled kernels and with the twins
 (GPUBP_HOST_KERNELS=numpy). Reported: medians of the epoch as fit times it (history.seconds) and
-of the whole fit call (the epoch plus the data's checks and the set-up, once per fit), each
+of the whole call (the epoch plus building the network, the data's checks and fit's set-up), each
 over the products' median; the targets are judged on the epoch.
 Targets: <= 1.25x (momentum) and <= 1.45x (Adam). Writes benchmarks/results/cpu_step-DATE.json
 and .md, and renders benchmarks/RESULTS.md.
@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.bench_cpu import data  # noqa: E402
 from benchmarks.results_md import RESULTS, render, write_results  # noqa: E402
-from gpubp import MLP, bench, fit, host_build  # noqa: E402
+from gpubp import bench, host_build  # noqa: E402
 
 TARGETS = {"momentum": 1.25, "adam": 1.45}
 CASE = ((784, 512, 512, 10), 256, "float32")
@@ -50,15 +50,11 @@ def use_kernels(kind: str) -> str:
 
 
 def fit_one_epoch(runner: bench.Runner) -> tuple[float, float, list]:
-    """One epoch of gpubp.fit from the runner's initial weights (as runner.gpubp() trains it):
-    (seconds of the whole fit call, seconds of the epoch as fit reports it in history.seconds,
-    the trained parameters). The call also holds the set-up: the data's checks, the state."""
-    case = runner.case
-    net = MLP(list(case.sizes), "relu", "cpu", case.dtype, seed=0)
-    net.set_params(runner.init)
+    """One epoch of gpubp.fit from the runner's initial weights (runner.gpubp_fit): (seconds of the
+    whole call, seconds of the epoch as fit reports it in history.seconds, the trained parameters).
+    The call also holds the network's construction and fit's set-up: the data's checks, the state."""
     t0 = time.perf_counter()
-    history = fit(net, runner.X, runner.y, epochs=1, batch_size=case.batch_size, optimizer=case.optimizer,
-                  lr=runner.lr, momentum=0.9, seed=0)
+    net, history = runner.gpubp_fit()
     return time.perf_counter() - t0, history.seconds[0], net.params
 
 
@@ -109,7 +105,7 @@ def main() -> None:
              f"{machine['cpu']}, {machine['cores']} cores; BLAS: {'; '.join(machine['blas'])}; NumPy {machine['numpy']}. "
              f"Data: {source}, {len(X)} training rows. Median of {args.rounds} rounds, one epoch each, the ways "
              f"rotating. {described['compiled']}.", "",
-             "| way | median epoch s | / products | whole fit call s | / products |", "|---|---:|---:|---:|---:|",
+             "| way | median epoch s | / products | whole call s | / products |", "|---|---:|---:|---:|---:|",
              f"| products alone | {medians['products']:.4f} | 1.00 | | |"]
     lines += [f"| fit, {name} kernels | {medians[name]:.4f} | {ratios[name]:.2f} | {call_medians[name]:.4f} "
               f"| {call_medians[name] / medians['products']:.2f} |" for name in ratios]

@@ -139,11 +139,15 @@ class Runner:
         return tuple(lib for lib in LIBRARIES if lib != "torch" or self.torch is not None)
 
     def gpubp(self, epochs: int = 1) -> MLP:
+        return self.gpubp_fit(epochs)[0]
+
+    def gpubp_fit(self, epochs: int = 1) -> tuple[MLP, object]:
+        """(the trained network, fit's History) of ``epochs`` epochs from the shared start."""
         net = MLP(list(self.case.sizes), "relu", "cpu", self.case.dtype, seed=0)
         net.set_params(self.init)
-        fit(net, self.X, self.y, epochs=epochs, batch_size=self.case.batch_size, optimizer=self.case.optimizer,
-            lr=self.lr, momentum=0.9, seed=0)
-        return net
+        history = fit(net, self.X, self.y, epochs=epochs, batch_size=self.case.batch_size,
+                      optimizer=self.case.optimizer, lr=self.lr, momentum=0.9, seed=0)
+        return net, history
 
     def sklearn(self, epochs: int = 1):
         from sklearn.exceptions import ConvergenceWarning
