@@ -11,8 +11,11 @@ for IEEE float32).
 
 Where the values are rounded to bfloat16 (the same points on both devices):
 
-- the inputs X and the weights W, once per pass (one cast of ``flat_params``, viewed per layer;
-  the biases come along in it unused: they are added in float32);
+- the weights W, once per pass (one cast of ``flat_params``, viewed per layer; the biases come
+  along in it unused: they are added in float32);
+- the inputs X, from their float32 values: a training set kept on the device once, when it is
+  placed there (:func:`gpubp.batches.batch_feed` keeps it in bfloat16), streamed batches and
+  the rows of a prediction as they enter a pass;
 - every product's output: ``a[l-1] @ W[l]``, ``delta[l] @ W[l].T`` and ``a[l-1].T @ delta[l]``
   are summed in float32 and rounded once, at the end, to bfloat16 (BP4's dW[l] is then widened
   into the float32 gradient, as PyTorch's bfloat16 autocast does);

@@ -155,7 +155,8 @@ class StochasticFit(LbfgsFit):
         batch_size = self._batch_size(X.shape[0], comm is None or comm.rank == 0)
         rows = HostRows(X) if sparse.issparse(X) else np.asarray(X, dtype=net.dtype)  # sparse: densified per batch
         part = (0, 1) if comm is None else (comm.rank, comm.size)  # data parallel: this rank's share of each batch
-        feed = batch_feed(net.backend, rows, host_targets(net, Y), batch_size, net.dtype, False, part, sample_weight)
+        feed = batch_feed(net.backend, rows, host_targets(net, Y), batch_size, net.dtype, False, part, sample_weight,
+                          net.compute_dtype)
         plan = _SklearnEpochs(self, net, X.shape[0], batch_size, sample_weight, incremental,
                               validation if validation[0] is not None else None, comm)
         plan.digests, plan.split = digests, split

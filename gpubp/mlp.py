@@ -166,8 +166,9 @@ class MLP:
         without the output bias (BP1's kernel adds it as it reads the logits). Callers hold _products()."""
         xp, kernels, bf16 = self.xp, self.backend.kernels, self.compute_dtype != self.dtype
         weights, a = self.weights, [X]
-        if bf16:  # W (one cast a pass, viewed per layer) and X rounded once to bfloat16
-            weights, a = self.unflatten(self.flat_params.astype(self.compute_dtype))[0], [X.astype(self.compute_dtype)]
+        if bf16:  # W (one cast a pass, viewed per layer) and X rounded once to bfloat16 (a resident X is)
+            weights = self.unflatten(self.flat_params.astype(self.compute_dtype))[0]
+            a = [X.astype(self.compute_dtype, copy=False)]
         for W, b in zip(weights[:-1], self.biases[:-1]):
             z = self._matmul(a[-1], W)  # (n, sizes[l+1])
             a.append(kernels.bias_activation(xp, z, b, self.activation))
@@ -179,7 +180,7 @@ class MLP:
 
         Parameters
         ----------
-        X : array (n, sizes[0]) of the network's dtype, on its device
+        X : array (n, sizes[0]) of the network's dtype (or its compute dtype), on its device
         y : integer array (n,) with every label in 0..sizes[-1]-1 (a softmax output; a kernel
             does not bounds-check, so check on the host first), or the targets (n, sizes[-1])
         sample_weight : array (n,) on the device, optional (checked by the caller)

@@ -201,7 +201,7 @@ class Trainer(RunCheckpoints):
         if validation is not None:  # data parallel, each rank reads and scores its share; the sums are reduced
             self._n_val, (lo, hi) = validation[1].shape[0], share(validation[1].shape[0], part)
             validation = (rows_of(validation[0], lo, hi), validation[1][lo:hi])
-        feed = batch_feed(backend, X, y, cfg.batch_size, net.dtype, cfg.stream, part, w)
+        feed = batch_feed(backend, X, y, cfg.batch_size, net.dtype, cfg.stream, part, w, net.compute_dtype)
         if validation is not None and backend.fits(validation[0].nbytes):
             validation = (backend.asarray(validation[0], net.dtype), backend.asarray(validation[1]))  # y's dtype kept
         self._validation, self._n_rows = validation, feed.n

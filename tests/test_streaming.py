@@ -58,7 +58,7 @@ def small_chunks(monkeypatch):
 
 # ----------------------------------------------------------------------------- bitwise equal
 
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("dtype", ["float32", "float64", "bfloat16"])
 def test_streamed_and_memory_mapped_runs_equal_the_resident_run_on_cpu(tmp_path, small_chunks, dtype):
     X, y = write_folder(tmp_path / "d")
     resident = train("cpu", X, y, dtype)
@@ -83,6 +83,22 @@ def test_streamed_runs_equal_the_resident_run_on_the_cupy_stand_in(fake_cupy, tm
     assert_bitwise(train("cuda", folder.X, folder.y), resident)
     monkeypatch.setattr(gpubp.backend.Backend, "fits", lambda self, nbytes: False)  # a card too small
     assert_bitwise(train("cuda", X, y), resident)  # streamed without being asked
+
+
+def test_a_bfloat16_network_keeps_its_resident_set_in_bfloat16_and_trains_as_streamed(fake_cupy, tmp_path,
+                                                                                      monkeypatch):
+    """The resident set is rounded to bfloat16 once, when placed: half the device bytes of float32
+    (asked of the card as such), and the same numbers in every product as the streamed batches,
+    rounded at each step."""
+    X, y = write_folder(tmp_path / "d")
+    live, asked, fits = [], [], gpubp.backend.Backend.fits
+    record = lambda epoch, logs: live.append(set(fake_cupy.memory.live.values()))  # noqa: E731
+    monkeypatch.setattr(gpubp.backend.Backend, "fits", lambda self, nbytes: asked.append(nbytes) or fits(self, nbytes))
+    resident = train("cuda", X, y, "bfloat16", callbacks=[record])
+    assert asked[0] == 120 * 7 * 2  # the training rows' bytes in bfloat16
+    placed = [(dtype, size) for shape, dtype, size in live[-1] if shape == (120, 7)]
+    assert [dtype for dtype, _ in placed] == ["bfloat16"]  # one copy of the training rows, in bfloat16
+    assert_bitwise(train("cuda", X, y, "bfloat16", stream=True), resident)
 
 
 def test_the_stand_in_delivers_side_stream_copies_only_when_waited_for(fake_cupy):
@@ -273,12 +289,13 @@ def test_the_command_trains_on_a_folder_streamed_and_refuses_a_bad_one(tmp_path)
 
 
 @pytest.mark.gpu
-def test_streamed_runs_equal_the_resident_run_on_a_gpu(tmp_path):
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_streamed_runs_equal_the_resident_run_on_a_gpu(tmp_path, dtype):
     X, y = write_folder(tmp_path / "d", n=600)
-    resident = train("cuda", X, y)
-    assert_bitwise(train("cuda", X, y, stream=True), resident)
+    resident = train("cuda", X, y, dtype)
+    assert_bitwise(train("cuda", X, y, dtype, stream=True), resident)
     folder, _ = load_dataset(str(tmp_path / "d"))
-    assert_bitwise(train("cuda", folder.X, folder.y), resident)
+    assert_bitwise(train("cuda", folder.X, folder.y, dtype), resident)
 
 
 def test_a_memmap_that_is_not_2d_is_refused_clearly(tmp_path):
