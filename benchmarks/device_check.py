@@ -21,7 +21,7 @@ tests (90 s)      tests.json,      pytest -m "gpu and not slow": 40 s per test w
                   pytest-gpu.xml   is installed, 75 s for the whole run; counts, failed tests
 timings (90 s)    timings.json     kernels against a copy and against their plain CuPy chains; the
                                    cost of --fmad=false; a training step against PyTorch eager,
-                                   with the kernels each launches
+                                   with the kernels each launches and their time on the card
 estimator (50 s)  estimator.json   gpubp.MLPClassifier on cuda against scikit-learn's on the CPU
 precision (50 s)  precision.json   gpubp.precision's TF32 products against IEEE and float64
                                    (benchmarks/precision_stage.py)

@@ -103,7 +103,26 @@ def step_lines(rows: list[dict]) -> list[str]:
             lines.append(f"| {r['case']} | {r['gpubp_ms']:.3f} | {r['torch_ms']:.3f} | {r['ratio']:.2f}x | "
                          f"{r['gpubp_tflops']:.1f} | {r['max_rel_error']:.1e} | {r['target']} | {yes(r['met'])} "
                          f"| {kernels} |")
-    return lines
+    return lines + kernel_time_lines(rows)
+
+
+def kernel_time_lines(rows: list[dict], top: int = 5) -> list[str]:
+    """Where each timed step spends the card's time: the kernels' summed time (busy) against the
+    step's, and its ``top`` kernels by time, their launches summed by name."""
+    lines = []
+    for r in rows:
+        launches = r.get("gpubp_kernel_us")
+        if not isinstance(launches, list) or r.get("gpubp_busy_ms") is None:
+            continue
+        by_name: dict[str, float] = {}
+        for name, us in launches:
+            by_name[name] = by_name.get(name, 0.0) + us
+        heaviest = sorted(by_name.items(), key=lambda item: -item[1])[:top]
+        torch_busy = r.get("torch_busy_ms")
+        lines.append(f"- {r['case']}: kernels busy {r['gpubp_busy_ms']:.3f} of {r['gpubp_ms']:.3f} ms"
+                     + (f" (PyTorch {torch_busy:.3f} of {r['torch_ms']:.3f} ms)" if torch_busy is not None else "")
+                     + "; heaviest: " + ", ".join(f"{name} {us / 1000:.3f} ms" for name, us in heaviest))
+    return ["", "Kernel time per step (PyTorch's profiler, one profiled step):", ""] + lines if lines else []
 
 
 def timings_lines(t: dict) -> list[str]:

@@ -70,7 +70,8 @@ def torch_twin(torch, net, cp):
 
 def step_case(cp, torch, sizes: list[int], batch: int, precision: str = "ieee") -> dict:
     """Loss and gradients compared first, then the median CUDA-event time of a step on each side,
-    and the kernels each step launches (counted by PyTorch's profiler, which sees CuPy's too).
+    and the kernels each step launches with their time on the card (PyTorch's profiler, which sees
+    CuPy's too).
 
     The gpubp step is what ``gpubp.fit`` runs per step on checked data (``flat_loss_and_grad``
     and one update of the flat parameter buffer): no host synchronization, as in PyTorch's step.
@@ -111,38 +112,47 @@ def step_case(cp, torch, sizes: list[int], batch: int, precision: str = "ieee") 
     gpubp_launches, torch_launches = kernels_per_step(torch, gpubp_step), kernels_per_step(torch, torch_step)
     row.update(gpubp_ms=gpubp_ms, torch_ms=torch_ms, ratio=gpubp_ms / torch_ms, gpubp_tflops=flops / gpubp_ms / 1e9,
                target=f"<= {STEP_TARGET}x torch eager", met=gpubp_ms / torch_ms <= STEP_TARGET,
-               gpubp_kernels=count(gpubp_launches), gpubp_kernel_names=gpubp_launches, torch_kernels=count(torch_launches),
+               gpubp_kernels=count(gpubp_launches), gpubp_kernel_us=gpubp_launches, torch_kernels=count(torch_launches),
+               gpubp_busy_ms=busy_ms(gpubp_launches), torch_busy_ms=busy_ms(torch_launches),
                launch_budget=6 * (len(sizes) - 1) + 3)
     return row
 
 
-def kernels_per_step(torch, step) -> list[str] | str:
-    """The GPU kernels one call of ``step`` launches, in order, their names cut to 80 characters,
-    from PyTorch's profiler (CUPTI records every kernel of the process, CuPy's and cuBLAS's
-    included); memory copies and sets are not kernels. A string says why the count failed (the
-    timings stand without it)."""
+def kernels_per_step(torch, step) -> list[list] | str:
+    """The GPU kernels one call of ``step`` launches, in order, as [name cut to 80 characters,
+    microseconds on the card], from PyTorch's profiler (CUPTI records every kernel of the process,
+    CuPy's and cuBLAS's included); memory copies and sets are not kernels. A string says why the
+    profile failed (the timings stand without it)."""
     try:
-        return [name[:80] for name in kernel_names(torch, step) if not name.lower().startswith(("memcpy", "memset"))]
+        return [[name[:80], round(us, 2)] for name, us in kernel_times(torch, step)
+                if not name.lower().startswith(("memcpy", "memset"))]
     except Exception as exc:  # a profiler problem must not cost the timings
         return f"{type(exc).__name__}: {exc}"[:120]
 
 
-def count(launches: list[str] | str) -> int | str:
+def count(launches: list | str) -> int | str:
     """How many kernels a list of kernels_per_step holds, or its reason for having none."""
     return len(launches) if isinstance(launches, list) else launches
 
 
-def kernel_names(torch, step) -> list[str]:
-    """Names of the GPU kernels (and memory operations) one call of ``step`` runs, in order, from
-    PyTorch's profiler (CUPTI records every kernel of the process, CuPy's and cuBLAS's too)."""
-    from torch.profiler import ProfilerActivity, profile
+def busy_ms(launches: list | str) -> float | None:
+    """Milliseconds the card spent in the kernels of a kernels_per_step list (None without one): set
+    beside the step's time, what is left is the card waiting for the host (launch-bound steps)."""
+    return sum(us for _, us in launches) / 1000 if isinstance(launches, list) else None
 
+
+def kernel_times(torch, step) -> list[tuple[str, float]]:
+    """(name, microseconds) of the GPU kernels and memory operations one call of ``step`` runs, in
+    order, from PyTorch's profiler (CUPTI records every kernel of the process, CuPy's and
+    cuBLAS's too), after one call unprofiled."""
+    profiler = torch.profiler
     step()
     torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+    with profiler.profile(activities=[profiler.ProfilerActivity.CUDA]) as prof:
         step()
         torch.cuda.synchronize()
-    return [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    return [(e.name, e.time_range.elapsed_us()) for e in prof.events()
+            if e.device_type == torch.autograd.DeviceType.CUDA]
 
 
 def gpubp_sgd_step(net, Xd, yd):

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from benchmarks import device_check as dc
-from benchmarks import device_report, device_stages, kernel_timings
+from benchmarks import device_report, device_stages, kernel_timings, step_timings
 from gpubp import kernels
 from gpubp.backend import cuda_status
 
@@ -219,6 +219,48 @@ def test_timing_tables_render_steps_and_the_fmad_cost():
     disagree = {"steps": [{"case": "c", "max_rel_error": 0.2, "agree": False}]}
     assert device_stages.timings_summary(disagree)["failures"] == [
         "c: gpubp and PyTorch disagree (2.0e-01)"]
+
+
+def fake_profiled_torch(events):
+    """A stand-in for the parts of torch that step_timings.kernel_times uses: a profiler whose one
+    profile holds ``events`` ((device type, name, start us, end us)), and no-op synchronization."""
+    from contextlib import contextmanager
+    from types import SimpleNamespace
+
+    def event(device, name, start, end):
+        return SimpleNamespace(device_type=device, name=name,
+                               time_range=SimpleNamespace(elapsed_us=lambda: end - start))
+
+    @contextmanager
+    def profile(activities):
+        assert activities == ["cuda activity"]
+        yield SimpleNamespace(events=lambda: [event(*e) for e in events])
+
+    return SimpleNamespace(profiler=SimpleNamespace(profile=profile, ProfilerActivity=SimpleNamespace(CUDA="cuda activity")),
+                           cuda=SimpleNamespace(synchronize=lambda: None),
+                           autograd=SimpleNamespace(DeviceType=SimpleNamespace(CUDA="cuda", CPU="cpu")))
+
+
+def test_step_kernels_keep_their_card_time_and_the_report_names_the_heaviest():
+    calls = []
+    torch = fake_profiled_torch([("cpu", "aten::mm", 0.0, 90.0), ("cuda", "nvjet_gemm" + "x" * 90, 10.0, 60.0),
+                                 ("cuda", "Memcpy DtoD", 60.0, 61.0), ("cuda", "gpubp_bias_relu", 61.0, 73.0),
+                                 ("cuda", "nvjet_gemm" + "x" * 90, 72.0, 102.0)])
+    launches = step_timings.kernels_per_step(torch, lambda: calls.append(1))
+    assert calls == [1, 1]  # once to warm up, once profiled
+    assert launches == [["nvjet_gemm" + "x" * 70, 50.0], ["gpubp_bias_relu", 12.0], ["nvjet_gemm" + "x" * 70, 30.0]]
+    assert step_timings.count(launches) == 3 and step_timings.busy_ms(launches) == pytest.approx(0.092)
+    row = {"case": "8192-8192-10 b4096 bfloat16", "gpubp_ms": 0.2, "torch_ms": 0.25, "ratio": 0.8, "gpubp_tflops": 1.0,
+           "max_rel_error": 1e-3, "agree": True, "target": "<= 1.0x torch eager", "met": True, "gpubp_kernels": 3,
+           "launch_budget": 15, "torch_kernels": 4, "gpubp_kernel_us": launches, "gpubp_busy_ms": 0.092,
+           "torch_busy_ms": 0.12}
+    lines = device_report.step_lines([row])
+    assert ("- 8192-8192-10 b4096 bfloat16: kernels busy 0.092 of 0.200 ms (PyTorch 0.120 of 0.250 ms); heaviest: "
+            f"{'nvjet_gemm' + 'x' * 70} 0.080 ms, gpubp_bias_relu 0.012 ms") in lines
+    broken = step_timings.kernels_per_step(fake_profiled_torch([("cuda", "k", 0.0, None)]), lambda: None)
+    assert broken.startswith("TypeError") and step_timings.busy_ms(broken) is None  # the timings stand without it
+    assert not any("busy" in line for line in device_report.step_lines([{**row, "gpubp_kernel_us": broken,
+                                                                          "gpubp_busy_ms": None}]))
 
 
 def test_speedup_targets_follow_from_the_bytes():
