@@ -75,6 +75,8 @@ def step_case(cp, torch, sizes: list[int], batch: int, precision: str = "ieee") 
 
     The gpubp step is what ``gpubp.fit`` runs per step on checked data (``flat_loss_and_grad``
     and one update of the flat parameter buffer): no host synchronization, as in PyTorch's step.
+    Its batch is held as fit holds a resident training set, in the compute dtype (bfloat16 for
+    "bfloat16"; PyTorch's autocast casts its float32 batch in the step).
     ``precision`` "tf32" builds the network with tf32=True; PyTorch's is set by the caller.
     "bfloat16" builds it with dtype="bfloat16" and runs PyTorch's forward and loss under
     ``torch.autocast("cuda", torch.bfloat16)`` (float32 parameters and optimizer, as gpubp's).
@@ -95,7 +97,7 @@ def step_case(cp, torch, sizes: list[int], batch: int, precision: str = "ieee") 
     row = {"case": label, "max_rel_error": max(errors), "agree": max(errors) < STEP_RTOL[precision]}
     if not row["agree"]:
         return row
-    gpubp_step = gpubp_sgd_step(net, Xd, yd)
+    gpubp_step = gpubp_sgd_step(net, Xd.astype(net.compute_dtype, copy=False), yd)  # X as fit keeps it
     torch_opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
 
     def torch_step():
