@@ -41,8 +41,10 @@ from .rows import HostRows
 class Batch:
     """Rows ``start .. start + size`` of an epoch's order, of which this rank trains ``rows``
     (all of them in one process); ``arrays()`` gives ``(Xb (rows, d), yb (rows,) or (rows, k),
-    wb (rows,) or None)`` on the device. ``weight`` is the whole batch's weight W (its row count,
-    or its summed sample weights) and ``share`` this rank's part of it, W_r / W (1 in one process)."""
+    wb (rows,) or None)`` on the device, and ``arrays(out)`` writes them into ``out``, device
+    arrays of those shapes and dtypes (a CUDA graph's input buffers), and returns ``out`` itself.
+    ``weight`` is the whole batch's weight W (its row count, or its summed sample weights) and
+    ``share`` this rank's part of it, W_r / W (1 in one process)."""
 
     start: int
     size: int
@@ -116,10 +118,14 @@ class ResidentFeed:
         device_order = self.backend.asarray(order)  # one copy per epoch; batches slice it on the device
         for start, size, lo, hi, weight, part in _shares(order, self.n, self.batch_size, position, self.part,
                                                          self.w_host):
-            yield Batch(start, size, lambda idx=device_order[lo:hi]: self._gather(idx), hi - lo, weight, part)
+            yield Batch(start, size, lambda out=None, idx=device_order[lo:hi]: self._gather(idx, out), hi - lo,
+                        weight, part)
 
-    def _gather(self, idx) -> tuple:
-        return self.X[idx], self.y[idx], None if self.w is None else self.w[idx]
+    def _gather(self, idx, out: tuple | None) -> tuple:
+        """Rows idx (device int array (m,)) of X, y and the weights: one gather each, into ``out``."""
+        take, out = self.backend.xp.take, out or (None, None, None)
+        arrays = [None if a is None else take(a, idx, axis=0, out=o) for a, o in zip((self.X, self.y, self.w), out)]
+        return tuple(arrays)
 
 
 class StreamedFeed:
@@ -149,9 +155,9 @@ class StreamedFeed:
         idx = [order[lo:hi] for _, _, lo, hi, _, _ in batches]
         for k, (start, size, lo, hi, weight, part) in enumerate(batches):
             if self.backend.name == "cpu":
-                fetch = lambda i=idx[k]: self._take(i)  # noqa: E731
+                fetch = lambda out=None, i=idx[k]: _into(out, self._take(i))  # noqa: E731
             else:
-                fetch = lambda k=k: self._arrive(idx, k)  # noqa: E731
+                fetch = lambda out=None, k=k: _into(out, self._arrive(idx, k))  # noqa: E731
             yield Batch(start, size, fetch, hi - lo, weight, part)
 
     def _take(self, i: np.ndarray) -> tuple:
@@ -213,6 +219,16 @@ class _Slots:
         self.compute.wait_event(self.ready[s])
         arrays = [d[:m] for d in self.dev[s]]
         return arrays[0], arrays[1], arrays[2] if len(arrays) > 2 else None
+
+
+def _into(out: tuple | None, arrays: tuple) -> tuple:
+    """``arrays`` (X, y, weights or None), or copied into ``out`` (one copy each) and out returned."""
+    if out is None:
+        return arrays
+    for target, source in zip(out, arrays, strict=True):
+        if source is not None:
+            target[...] = source
+    return out
 
 
 def _pinned(cuda, shape: tuple, dtype) -> np.ndarray:

@@ -14,8 +14,9 @@ How a capture is made safe (CUDA and CuPy rules, each held by the CuPy stand-in 
 - products go through cuBLAS directly (:mod:`gpubp.cublas_direct`), since CuPy refuses its own
   cuBLAS calls while capturing, and the handle gets a workspace first so that cuBLAS allocates
   nothing while capturing;
-- a graph reads its inputs from fixed buffers, so each step copies its batch into them first
-  (three short copies), and its outputs (the loss, the flat gradient) are fixed buffers too: the
+- a graph reads its inputs from fixed buffers: a step gathers its batch straight into them
+  (:meth:`GraphedGradient.inputs`; the first batch of each row count, which the graph is captured
+  from, is copied in), and its outputs (the loss, the flat gradient) are fixed buffers too: the
   loss is copied out, as the next replay overwrites it;
 - a graph's temporaries stay where the capture put them, so they come from a pool of their own
   (a ``cupy.cuda.MemoryPool`` used for nothing else): from the shared pool, an eager array made
@@ -79,8 +80,8 @@ class GraphedGradient:
     """``net.flat_loss_and_grad(X, y, w, l2=False)`` from CUDA graphs, one per batch shape.
 
     Call it inside :meth:`running`. ``graphed(X, y, w)`` copies the batch into the graph's
-    buffers, replays the graph and returns (loss 0-d, a copy; g (n_params,), the graph's own
-    buffer, valid until the next call).
+    buffers (unless they are those buffers, as :meth:`inputs` gives them), replays the graph and
+    returns (loss 0-d, a copy; g (n_params,), the graph's own buffer, valid until the next call).
     """
 
     def __init__(self, net):
@@ -92,6 +93,7 @@ class GraphedGradient:
         self.pool = cupy.cuda.MemoryPool()  # the graphs' temporaries, and nothing else
         cublas_direct.ensure_workspace()
         self.graphs: dict[tuple, _Graph] = {}
+        self.by_rows: dict[int, _Graph] = {}  # the graph last captured for a batch's row count
 
     @contextlib.contextmanager
     def running(self):
@@ -104,17 +106,23 @@ class GraphedGradient:
         finally:
             self.stream.synchronize()
 
+    def inputs(self, batch) -> tuple:
+        """(X, y, w) of a :class:`gpubp.batches.Batch`: gathered straight into the input buffers of
+        the graph for its row count once there is one (no copy at the replay), else as they come
+        (the graph is captured from them and they are copied in)."""
+        entry = self.by_rows.get(batch.rows)
+        return batch.arrays() if entry is None else batch.arrays((entry.X, entry.y, entry.w))
+
     def __call__(self, X, y, w=None):
         if self.cupy.cuda.get_current_stream() != self.stream:
             raise RuntimeError("GraphedGradient is called inside its running() block, on its stream")
         key = (X.shape, X.dtype.str, y.shape, y.dtype.str, None if w is None else w.shape)
         entry = self.graphs.get(key)
         if entry is None:
-            entry = self.graphs[key] = self._capture(X, y, w)
-        entry.X[...] = X
-        entry.y[...] = y
-        if w is not None:
-            entry.w[...] = w
+            entry = self.graphs[key] = self.by_rows[X.shape[0]] = self._capture(X, y, w)
+        for buffer, array in ((entry.X, X), (entry.y, y), (entry.w, w)):
+            if array is not None and array is not buffer:
+                buffer[...] = array
         entry.graph.launch(self.stream)
         return entry.loss.copy(), entry.g
 

@@ -185,8 +185,11 @@ class Engine:
             if self.parallel and net.alpha:
                 self._l2.append(net.xp.zeros((), net.dtype))
             return net.xp.zeros((), net.dtype)
-        loss, g = (self._global_gradient(batch) if self.parallel
-                   else batch_loss_and_grad(net, *batch.arrays(), self.loss_scale, self.graphed))
+        if self.parallel:
+            loss, g = self._global_gradient(batch)
+        else:  # a graphed step gathers its batch straight into the graph's buffers
+            arrays = self.graphed.inputs(batch) if self.graphed else batch.arrays()
+            loss, g = batch_loss_and_grad(net, *arrays, self.loss_scale, self.graphed)
         if self.clip_norm is not None:
             clip_by_global_norm(net.xp, [g], self.clip_norm)
         self.optimizer.update(net.flat_params, g, self.opt_state, lr)  # every parameter in one pass

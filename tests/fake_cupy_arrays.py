@@ -947,6 +947,10 @@ def _wrap_function(name: str, function):
             _refuse_cublas()
         host_args = _to_host_arg(args, where)
         host_kwargs = {k: _to_host_arg(v, where) for k, v in kwargs.items()}
+        out = kwargs.get("out")
+        if out is not None and name not in _NO_LAUNCH:  # CuPy writes into out and returns out itself
+            del host_kwargs["out"]
+            return _run(lambda: _into_shape_of(out, function(*host_args, **host_kwargs), where), out=(out,))
         if name not in _NO_LAUNCH:
             return _run(lambda: function(*host_args, **host_kwargs))
         result = function(*host_args, **host_kwargs)
@@ -956,6 +960,17 @@ def _wrap_function(name: str, function):
 
     cupy_function.__module__ = "cupy"
     return cupy_function
+
+
+def _into_shape_of(out, result, where: str):
+    """``result`` when its shape and dtype are ``out``'s, else the ValueError or TypeError CuPy's
+    functions raise for such an out (cupy.take: cupy/_core/_routines_indexing.pyx ``_take``)
+    (stricter than NumPy's, which casts)."""
+    if result.shape != out.shape:
+        raise ValueError(f"{where}: out has shape {out.shape}, the result {result.shape}")
+    if result.dtype != out.dtype:
+        raise TypeError(f"{where}: out has dtype {out.dtype}, the result {result.dtype}")
+    return result
 
 
 # ----------------------------------------------------------------------------- kernels

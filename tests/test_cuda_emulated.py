@@ -102,7 +102,21 @@ STRICT = {  # what CuPy refuses, with the exception it raises
     "reduction kernel on host": (
         lambda cp, x: cp.ReductionKernel("T a", "T s", "a", "a + b", "s = a", "0", "sum_kernel")(HOST), TypeError),
     "missing cupy name": (lambda cp, x: cp.insert, AttributeError),
+    "take into an out of another dtype": (
+        lambda cp, x: cp.take(x, cp.arange(2), axis=0, out=cp.zeros(2, np.float32)), TypeError),
+    "take into an out of another shape": (lambda cp, x: cp.take(x, cp.arange(2), axis=0, out=cp.zeros(3)), ValueError),
 }
+
+
+def test_a_cupy_function_with_out_writes_into_it_and_returns_it(fake_cupy):
+    """As cupy.take(a, idx, axis, out) does (cupy/_core/_routines_indexing.pyx ``_take``): one
+    launch, out itself returned (CUDA graphs' input buffers are filled so)."""
+    cp = fake_cupy
+    X, idx, out = cp.asarray(np.arange(12.0).reshape(4, 3)), cp.asarray([3, 1]), cp.zeros((2, 3))
+    before = cp.activity.launches
+    assert cp.take(X, idx, axis=0, out=out) is out
+    assert cp.activity.launches - before == 1
+    np.testing.assert_array_equal(cp.asnumpy(out), [[9.0, 10.0, 11.0], [3.0, 4.0, 5.0]])
 
 
 @pytest.mark.parametrize("case", STRICT)
