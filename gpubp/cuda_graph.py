@@ -82,7 +82,15 @@ class GraphedGradient:
     Call it inside :meth:`running`. ``graphed(X, y, w)`` copies the batch into the graph's
     buffers (unless they are those buffers, as :meth:`inputs` gives them), replays the graph and
     returns (loss 0-d, a copy; g (n_params,), the graph's own buffer, valid until the next call).
+
+    The graphs outlive a run: an estimator's ``partial_fit`` hands them to its next call on the same
+    network, which replays them (they read ``net.flat_params``, the one buffer a network's
+    parameters live in for its life). At most :data:`MAX_GRAPHS` are kept, the least recently used
+    dropped first: calls with ever other batch sizes would otherwise each leave a graph and its
+    temporaries on the card.
     """
+
+    MAX_GRAPHS = 4
 
     def __init__(self, net):
         import cupy
@@ -117,9 +125,13 @@ class GraphedGradient:
         if self.cupy.cuda.get_current_stream() != self.stream:
             raise RuntimeError("GraphedGradient is called inside its running() block, on its stream")
         key = (X.shape, X.dtype.str, y.shape, y.dtype.str, None if w is None else w.shape)
-        entry = self.graphs.get(key)
+        entry = self.graphs.pop(key, None)
         if entry is None:
-            entry = self.graphs[key] = self.by_rows[X.shape[0]] = self._capture(X, y, w)
+            entry = self.by_rows[X.shape[0]] = self._capture(X, y, w)  # the stream is idle after it
+            while len(self.graphs) >= self.MAX_GRAPHS:  # the least recently used
+                dropped = self.graphs.pop(next(iter(self.graphs)))
+                self.by_rows = {rows: e for rows, e in self.by_rows.items() if e is not dropped}
+        self.graphs[key] = entry  # the most recently used last
         for buffer, array in ((entry.X, X), (entry.y, y), (entry.w, w)):
             if array is not None and array is not buffer:
                 buffer[...] = array

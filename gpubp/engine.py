@@ -101,17 +101,23 @@ class Engine:
     cuda_graph : bool
         Each step's forward and backward pass replayed from a CUDA graph
         (:class:`gpubp.cuda_graph.GraphedGradient`; cuda, float32/float64, one process).
+    graphs : GraphedGradient, optional
+        With cuda_graph, the graphs an earlier run captured for ``net`` (``engine.graphed``; a
+        partial_fit's previous call), replayed again; new ones when None.
     """
 
     def __init__(self, net: MLP, optimizer, comm: Communicator | None = None, clip_norm: float | None = None,
-                 loss_scale: float = 1.0, opt_state: OptimizerState | None = None, cuda_graph: bool = False):
+                 loss_scale: float = 1.0, opt_state: OptimizerState | None = None, cuda_graph: bool = False,
+                 graphs: GraphedGradient | None = None):
         self.net, self.optimizer, self.clip_norm, self.loss_scale = net, optimizer, clip_norm, loss_scale
         self.opt_state = opt_state if opt_state is not None else optimizer.init(net.flat_params)
         self.comm = comm if comm is not None else SingleProcess()
         self.parallel = self.comm.size > 1  # False: the one-process loop, no collective at all
         if cuda_graph:
             check_graphable(net, self.parallel)
-        self.graphed = GraphedGradient(net) if cuda_graph else None
+            if graphs is not None and graphs.net is not net:
+                raise ValueError("graphs were captured for another network: pass graphs=None to capture anew")
+        self.graphed = (graphs or GraphedGradient(net)) if cuda_graph else None
         self.progress = Progress()
         self._l2: list = []  # data parallel with L2: the epoch's L2 loss terms, one per step (0-d)
 

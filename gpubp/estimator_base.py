@@ -165,7 +165,7 @@ class BaseMLP(StochasticFit, DataParallelFit, FitCheckpoints, BaseEstimator):
             bound = np.sqrt(factor / (fan_in + fan_out))
             self.coefs_.append(self._random_state.uniform(-bound, bound, (fan_in, fan_out)).astype(dtype, copy=False))
             self.intercepts_.append(self._random_state.uniform(-bound, bound, fan_out).astype(dtype, copy=False))
-        self._net = None
+        self._net, self._graphs = None, None
         self._optimizer, self._opt_state = None, None
         self._lr = None
         self._best_params, self._best_is_live = None, False
@@ -227,6 +227,7 @@ class BaseMLP(StochasticFit, DataParallelFit, FitCheckpoints, BaseEstimator):
         state = self.__dict__.copy()
         state.pop("_net", None)
         state.pop("_net_source", None)
+        state.pop("_graphs", None)  # CUDA graphs of the device network, captured again after loading
         if state.get("_opt_state") is not None:  # the optimizer itself holds only settings
             state["_opt_state"] = host_state(state["_opt_state"], to_numpy)
         if state.get("_best_is_live"):

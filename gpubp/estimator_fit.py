@@ -162,8 +162,10 @@ class StochasticFit(LbfgsFit):
         plan.digests, plan.split = digests, split
         self.n_iter_ = 0
         finished = saved is not None and self._restore_fit(saved, net, plan)
+        graphs = getattr(self, "_graphs", None)  # a partial_fit's graphs, replayed by the next call on this network
         engine = Engine(net, self._optimizer, comm, loss_scale=self._loss_scale(net), opt_state=self._opt_state,
-                        cuda_graph=self.cuda_graph)
+                        cuda_graph=self.cuda_graph, graphs=graphs if graphs is not None and graphs.net is net else None)
+        self._graphs = engine.graphed
         engine.progress.epoch = self.n_iter_  # resumed: the iterations already done
         try:  # data parallel, a signal stops every rank after the same step (the engine's agreement)
             if not finished:

@@ -100,6 +100,39 @@ def test_the_estimators_take_cuda_graph(graph_cupy):
         MLPClassifier((4,), solver="lbfgs", max_iter=1, device="cuda", cuda_graph=True).fit(X, y)
 
 
+@pytest.mark.filterwarnings("ignore:Got `batch_size` less than 1")  # the chunks of fewer than 32 rows
+def test_partial_fit_replays_the_graphs_of_its_previous_call(graph_cupy, monkeypatch):
+    """A partial_fit's graphs go on to its next call on the same network: one capture for calls of
+    one batch shape; at most MAX_GRAPHS kept over ever other sizes; none pickled (the stand-in
+    refuses to pickle a device array), captured anew after loading; results as eager throughout."""
+    import pickle
+
+    from gpubp import MLPClassifier
+
+    captures = []
+    capture = GraphedGradient._capture
+    monkeypatch.setattr(GraphedGradient, "_capture", lambda self, *a: captures.append(a[0].shape) or capture(self, *a))
+    X, y = blobs(n=400, d=12)
+    made = lambda cuda_graph: MLPClassifier((16,), solver="adam", batch_size=32, random_state=0,  # noqa: E731
+                                            device="cuda", cuda_graph=cuda_graph)
+    graphed, eager = made(True), made(False)
+    chunks = [slice(0, 64), slice(64, 128), slice(128, 192), slice(192, 212)] + [
+        slice(212 + 30 * i, 212 + 30 * i + 3 + i) for i in range(6)]  # 32-row batches, then 20, then 3..8 rows
+    for i, rows in enumerate(chunks):
+        for est in (graphed, eager):
+            est.partial_fit(X[rows], y[rows], classes=np.arange(4))
+        if i == 2:
+            assert captures == [(32, 12)]  # three calls, six steps, one capture
+        np.testing.assert_allclose(graphed.loss_curve_, eager.loss_curve_, rtol=1e-12)
+    assert captures[:2] == [(32, 12), (20, 12)] and len(captures) == 8
+    assert len(graphed._graphs.graphs) == GraphedGradient.MAX_GRAPHS
+    for a, b in zip(graphed.coefs_, eager.coefs_):
+        np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-13)
+    loaded = pickle.loads(pickle.dumps(graphed))
+    loaded.partial_fit(X[:64], y[:64])
+    assert len(captures) == 9 and loaded._graphs.net is loaded._net
+
+
 def test_a_graphed_step_is_a_few_launches(graph_cupy):
     """Eager, a step of a 3-layer network is 18-21 launches; graphed, five: the batch gather (X, y)
     straight into the graph's buffers, the graph, the loss's copy and the update."""
@@ -187,6 +220,25 @@ def test_on_a_card_a_graphed_estimator_fit_equals_the_eager_one():
     fits = [MLPClassifier((64,), max_iter=3, random_state=0, device="cuda", dtype="float32",
                           cuda_graph=cuda_graph).fit(X / 16, y) for cuda_graph in (False, True)]
     assert fits[1].loss_curve_ == fits[0].loss_curve_
+    for a, b in zip(fits[1].coefs_ + fits[1].intercepts_, fits[0].coefs_ + fits[0].intercepts_):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.gpu
+def test_on_a_card_partial_fits_replaying_their_graphs_equal_eager_ones():
+    """Six partial_fit calls of 237 rows, each replaying the graphs of the one before (batches of
+    100, 100 and 37: two shapes), bit for bit as eager calls."""
+    from sklearn.datasets import load_digits
+
+    from gpubp import MLPClassifier
+
+    X, y = load_digits(return_X_y=True)
+    fits = [MLPClassifier((64,), batch_size=100, random_state=0, device="cuda", dtype="float32", cuda_graph=cuda_graph)
+            for cuda_graph in (False, True)]
+    for start in range(0, 1200, 200):
+        for est in fits:
+            est.partial_fit(X[start:start + 237] / 16, y[start:start + 237], classes=np.arange(10))
+    assert len(fits[1]._graphs.graphs) == 2 and fits[1].loss_curve_ == fits[0].loss_curve_
     for a, b in zip(fits[1].coefs_ + fits[1].intercepts_, fits[0].coefs_ + fits[0].intercepts_):
         np.testing.assert_array_equal(a, b)
 
