@@ -16,9 +16,11 @@ Where the values are rounded to bfloat16 (the same points on both devices):
 - the inputs X, from their float32 values: a training set kept on the device once, when it is
   placed there (:func:`gpubp.batches.batch_feed` keeps it in bfloat16), streamed batches and
   the rows of a prediction as they enter a pass;
-- every product's output: ``a[l-1] @ W[l]``, ``delta[l] @ W[l].T`` and ``a[l-1].T @ delta[l]``
-  are summed in float32 and rounded once, at the end, to bfloat16 (BP4's dW[l] is then widened
-  into the float32 gradient, as PyTorch's bfloat16 autocast does);
+- the outputs of the forward products ``a[l-1] @ W[l]`` and of BP2's ``delta[l] @ W[l].T``:
+  summed in float32 and rounded once, at the end, to bfloat16. BP4's ``a[l-1].T @ delta[l]`` and
+  BP3's bias gradient (``ones @ delta[l]`` for a bfloat16 delta) are summed in float32 and
+  written unrounded into the float32 gradient (:func:`gpubp.cublas_direct.matmul_into_float32`;
+  PyTorch's autocast rounds dW to bfloat16 and widens it: a pass more, 16 bits of it lost);
 - the hidden activations a = f(z + b) and the hidden deltas g * f'(a): computed in float32 from
   the bfloat16 z (or g, a) and the float32 bias, rounded once when stored (the kernels of
   gpubp.kernels widen with ``gpubp::widen`` and store into bfloat16; the twins of gpubp.ops
@@ -45,10 +47,19 @@ handle's math mode carries ``CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION``;
 by default: ``allow_bf16_reduced_precision_reduction``), so the card sums in float32 as the CPU
 model does.
 
+CuPy cannot write a bfloat16 product into a float32 array: ``matmul`` with a float32 ``out``
+computes a bfloat16 product and copies it (``_routines_linalg.pyx`` ``matmul``: a bfloat16
+temporary, then ``elementwise_copy``). :func:`gpubp.cublas_direct.matmul_into_float32` calls
+``cublasGemmEx`` through CuPy's binding (``cupy.cuda.cublas.gemmEx``, which sets the handle's
+stream to the current one) with A and B in ``CUDA_R_16BF``, C in ``CUDA_R_32F`` and
+``CUBLAS_COMPUTE_32F``, one of cuBLAS's documented gemmEx type combinations: one launch, no
+temporary, no rounding. The handle's math mode (:func:`float32_accumulation`) applies to it too.
+
 The CPU reference: :func:`matmul_as_bfloat16` computes the product of the bfloat16 operands in
 float32 (NumPy's matmul on ml_dtypes arrays is slow) and rounds the result to bfloat16, the
-rounding ml_dtypes does (nearest, ties to even) and ``__float2bfloat16`` does on the card. The
-products agree with the card's to the float32 summation order: a product's output differs by at
+rounding ml_dtypes does (nearest, ties to even) and ``__float2bfloat16`` does on the card, or
+writes the float32 sums unrounded into a float32 ``out``, as cuBLAS writes a float32 C. The
+products agree with the card's to the float32 summation order: a bfloat16 output differs by at
 most one bfloat16 unit when the float32 sums fall on either side of a rounding boundary.
 """
 
@@ -99,15 +110,16 @@ def round_to_bfloat16(x) -> np.ndarray:
 
 def matmul_as_bfloat16(a, b, out=None) -> np.ndarray:
     """The product a @ b as cuBLAS computes two bfloat16 matrices: float32 sums, the result
-    rounded once to bfloat16.
+    rounded once to bfloat16 (or not at all, into a float32 out).
 
     Parameters
     ----------
     a : ndarray of bfloat16, shape (n, k)
     b : ndarray of bfloat16, shape (k, m)
     out : ndarray of bfloat16 or float32, shape (n, m), optional
-        Written in place and returned (a float32 out gets the bfloat16 values, as CuPy's matmul
-        does); a view works (BP4 writes dW[l] into the flat gradient this way).
+        Written in place and returned: a float32 out gets the float32 sums unrounded (the model
+        of :func:`gpubp.cublas_direct.matmul_into_float32`); a view works (BP4 writes dW[l] into
+        the flat gradient so).
 
     Returns
     -------
@@ -115,11 +127,13 @@ def matmul_as_bfloat16(a, b, out=None) -> np.ndarray:
     """
     if a.dtype != BFLOAT16 or b.dtype != BFLOAT16:
         raise TypeError(f"matmul_as_bfloat16 takes two bfloat16 arrays, got {a.dtype} and {b.dtype}")
-    c = np.matmul(a.astype(np.float32), b.astype(np.float32)).astype(BFLOAT16)  # (n, m)
+    sums = np.matmul(a.astype(np.float32), b.astype(np.float32))  # (n, m) float32
     if out is None:
-        return c
-    out[...] = c
+        return sums.astype(BFLOAT16)
+    out[...] = sums
     return out
+
+
 
 
 def check_mode(dtype, tf32: bool) -> None:

@@ -16,7 +16,8 @@ dimension: its row stride) and op T when it is a transposed view (column-major; 
 dimension: its column stride).
 
 Precision: the handle's math mode applies (TF32 inside :func:`gpubp.precision.tf32_products`);
-float32 and float64 only (bfloat16 products go through cublasGemmEx, not done here).
+float32 and float64 here. And one eager product of bfloat16 networks: :func:`matmul_into_float32`,
+bfloat16 operands into a float32 output, through CuPy's own cublasGemmEx binding.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ import ctypes
 import functools
 
 import numpy as np
+
+from .bfloat16 import BFLOAT16
 
 CUBLAS_OP_N, CUBLAS_OP_T = 0, 1
 WORKSPACE_BYTES = 32 * 2**20  # cuBLAS's guide: 32 MiB covers every kernel on Hopper
@@ -140,3 +143,37 @@ def _workspace(lib, handle: int, nbytes: int):
     if status:
         raise RuntimeError(f"cublasSetWorkspace failed with status {status}")
     return workspace
+
+
+# cudaDataType_t (library_types.h), cublasComputeType_t and cublasGemmAlgo_t (cublas_api.h)
+CUDA_R_32F, CUDA_R_16BF, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT = 0, 14, 68, -1
+_ONE, _ZERO = np.ones(1, np.float32), np.zeros(1, np.float32)  # alpha and beta, host memory
+
+
+def matmul_into_float32(a, b, out):
+    """out = a @ b on the card, bfloat16 a and b summed in float32 and written unrounded into the
+    float32 ``out`` by one cublasGemmEx through CuPy's binding, on the current stream (eager: CuPy's
+    binding refuses a capture); why, in :mod:`gpubp.bfloat16`.
+
+    Parameters
+    ----------
+    a : cupy.ndarray (n, k) bfloat16, row-major or a transposed view
+    b : cupy.ndarray (k, m) bfloat16, the same
+    out : cupy.ndarray (n, m) float32, row-major (a view works: BP4's dW[l] in the flat gradient)
+
+    Returns
+    -------
+    out
+    """
+    import cupy
+
+    if a.dtype != BFLOAT16 or b.dtype != BFLOAT16 or out.dtype != np.float32:
+        raise TypeError(f"matmul_into_float32 takes bfloat16 a and b and a float32 out, got {a.dtype}, "
+                        f"{b.dtype} and {out.dtype}")
+    if a.shape[1] != b.shape[0] or out.shape != (a.shape[0], b.shape[1]):
+        raise ValueError(f"matmul_into_float32: {a.shape} @ {b.shape} into {out.shape}")
+    transa, transb, m, n, k, lda, ldb, ldc = gemm_arguments(a, b, out)
+    cupy.cuda.cublas.gemmEx(cupy.cuda.device.get_cublas_handle(), transa, transb, m, n, k, _ONE.ctypes.data,
+                            b.data.ptr, CUDA_R_16BF, lda, a.data.ptr, CUDA_R_16BF, ldb, _ZERO.ctypes.data,
+                            out.data.ptr, CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT)
+    return out

@@ -1,4 +1,5 @@
-"""The initial parameters of a network: drawn on the host, the same on every device."""
+"""The initial parameters of a network, drawn on the host, the same on every device; and their
+layout in one flat buffer."""
 
 from __future__ import annotations
 
@@ -28,4 +29,17 @@ def init_params(sizes: list[int], activation: str, seed) -> tuple[list[np.ndarra
             r = np.sqrt(6.0 / (n_in + n_out))
         weights.append(rng.uniform(-r, r, size=(n_in, n_out)))
         biases.append(np.zeros(n_out))
+    return weights, biases
+
+
+def flat_views(flat, sizes: list[int]) -> tuple[list, list]:
+    """Views of a flat (n_params,) array (host or device) as weights (sizes[l], sizes[l+1]) and
+    biases (sizes[l+1],): the weights of every layer first, then the biases, each row-major."""
+    weights, biases, start = [], [], 0
+    for n_in, n_out in zip(sizes[:-1], sizes[1:]):
+        weights.append(flat[start:start + n_in * n_out].reshape(n_in, n_out))
+        start += n_in * n_out
+    for n_out in sizes[1:]:
+        biases.append(flat[start:start + n_out])
+        start += n_out
     return weights, biases

@@ -12,8 +12,8 @@ import contextlib
 
 import numpy as np
 
-from . import bfloat16, ops, precision, prediction
-from .initialization import init_params
+from . import bfloat16, cublas_direct, ops, precision, prediction
+from .initialization import flat_views, init_params
 from .backend import Backend, get_backend
 from .validation import check_dtype, check_sizes
 
@@ -113,14 +113,7 @@ class MLP:
 
     def unflatten(self, flat) -> tuple[list, list]:
         """Views of a flat (n_params,) array as (weights, biases) shaped like the network's."""
-        weights, biases, start = [], [], 0
-        for n_in, n_out in zip(self.sizes[:-1], self.sizes[1:]):
-            weights.append(flat[start:start + n_in * n_out].reshape(n_in, n_out))
-            start += n_in * n_out
-        for n_out in self.sizes[1:]:
-            biases.append(flat[start:start + n_out])
-            start += n_out
-        return weights, biases
+        return flat_views(flat, self.sizes)
 
     # ------------------------------------------------------------------ forward and backward
 
@@ -135,13 +128,15 @@ class MLP:
         """a @ b (into ``out`` when given): the network's one way to take a product. With tf32 or
         bfloat16 on NumPy, the CPU model of the card's product; on CUDA :meth:`_products` sets
         how cuBLAS computes it (through :meth:`direct_products`' gemm inside that block).
-        bfloat16 a and b give bfloat16 (widened into a float32 out)."""
+        bfloat16 a and b give bfloat16, or their float32 sums unrounded in a float32 out."""
         if self.xp is np and self.compute_dtype != self.dtype:
             return bfloat16.matmul_as_bfloat16(a, b, out=out)
         if self.tf32 and self.xp is np:
             return precision.matmul_as_tf32(a, b, out=out)
         if self._gemm is not None:
             return self._gemm(a, b, out=out)
+        if out is not None and out.dtype != a.dtype:  # bfloat16 operands into the float32 gradient
+            return cublas_direct.matmul_into_float32(a, b, out)
         return self.xp.matmul(a, b, out=out)
 
     @contextlib.contextmanager
@@ -209,9 +204,13 @@ class MLP:
         else:
             zL += self.biases[-1]
             delta, loss = kernels.output_minus_y(xp, zL, y, self.output, sample_weight)
+        ones = xp.ones((1, X.shape[0]), self.compute_dtype) if bf16 else None  # (1, n)
         for l in reversed(range(len(self.weights))):
-            # BP3: db[l] = sum over the batch of delta[l] (a bfloat16 delta summed in float32)
-            delta.sum(axis=0, dtype=self.dtype if bf16 else None, out=db[l])
+            # BP3: db[l] = sum over the batch of delta[l]; a bfloat16 delta as ones @ delta, float32 sums
+            if delta.dtype == self.compute_dtype != self.dtype:  # (CuPy's axis-0 sum of it is slow)
+                self._matmul(ones, delta, out=db[l].reshape(1, -1))
+            else:
+                delta.sum(axis=0, out=db[l])
             if bf16 and delta.dtype != self.compute_dtype:  # delta[L] rounded for BP4 and BP2
                 delta = delta.astype(self.compute_dtype)
             # BP4: dW[l] = a[l-1].T @ delta[l]

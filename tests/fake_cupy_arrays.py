@@ -622,7 +622,7 @@ class ndarray(np.ndarray):
             return NotImplemented  # NumPy then raises TypeError: no implementation found
         where = f"numpy.{func.__name__}"
         if func.__name__ in _CUBLAS_FUNCTIONS:
-            _refuse_cublas()
+            refuse_cublas()
         host_args = _to_host_arg(args, where)
         host_kwargs = {k: _to_host_arg(v, where) for k, v in kwargs.items()}
         if func.__name__ in _NO_LAUNCH:
@@ -682,7 +682,7 @@ class ndarray(np.ndarray):
         _run_write(lambda: np.ndarray.fill(target, value))
 
     def dot(self, b, out=None):
-        _refuse_cublas()
+        refuse_cublas()
         if fake_cupy.BFLOAT16 in (self.dtype, getattr(b, "dtype", None)):
             return _apply_ufunc(np.matmul, "__call__", (self, b), {} if out is None else {"out": (out,)})
         _ACTIVITY.launch()
@@ -797,7 +797,7 @@ def _apply_ufunc(ufunc, method, inputs, kwargs):
             return NotImplemented
     out = kwargs.get("out")
     if ufunc is np.matmul:
-        _refuse_cublas()
+        refuse_cublas()
     if _capturing() is not None and method != "at":  # recorded: computed at each graph launch
         host_inputs = _to_host_arg(inputs, where)
         host_kwargs = {k: _to_host_arg(v, where) for k, v in kwargs.items() if k != "out"}
@@ -944,7 +944,7 @@ def _wrap_function(name: str, function):
     def cupy_function(*args, **kwargs):
         where = f"cupy.{name}"
         if name in _CUBLAS_FUNCTIONS:
-            _refuse_cublas()
+            refuse_cublas()
         host_args = _to_host_arg(args, where)
         host_kwargs = {k: _to_host_arg(v, where) for k, v in kwargs.items()}
         out = kwargs.get("out")
@@ -1035,6 +1035,14 @@ class RawKernel:
 
 
 # ----------------------------------------------------------------------------- cupy.cuda
+
+class CUBLASError(RuntimeError):
+    """cupy_backends.cuda.libs.cublas.CUBLASError: a cuBLAS call CuPy made returned ``status``."""
+
+    def __init__(self, status: int, message: str):
+        self.status = status
+        super().__init__(message)
+
 
 class CUDARuntimeError(RuntimeError):
     """cupy_backends.cuda.api.runtime.CUDARuntimeError."""
@@ -1137,7 +1145,7 @@ def _refuse_while_capturing(what: str) -> None:
                                                     f"permitted when stream is capturing ({what})")
 
 
-def _refuse_cublas() -> None:
+def refuse_cublas() -> None:
     if _capturing() is not None:
         raise NotImplementedError(CUBLAS_REFUSED)
 
@@ -1576,10 +1584,14 @@ def _make_cuda() -> tuple[types.ModuleType, dict]:
     memory.MemoryPool, memory.using_allocator = UserMemoryPool, using_allocator
     device = types.ModuleType("cupy.cuda.device")
     device.get_cublas_handle = lambda: CUBLAS_HANDLE
+    from .fake_cublas import cupy_gemm_ex  # (fake_cublas imports this module)
+
+    cublas = types.ModuleType("cupy.cuda.cublas")  # gemmEx alone (gpubp.bfloat16's float32-output products)
+    cublas.gemmEx, cublas.CUBLASError = cupy_gemm_ex, CUBLASError
     compiler = types.ModuleType("cupy.cuda.compiler")
     compiler.CompileException = fake_nvrtc.CompileException
     Stream.null = Stream(null=True)
-    cuda.runtime, cuda.memory, cuda.compiler, cuda.device = runtime, memory, compiler, device
+    cuda.runtime, cuda.memory, cuda.compiler, cuda.device, cuda.cublas = runtime, memory, compiler, device, cublas
     cuda.MemoryPool, cuda.using_allocator, cuda.Graph = UserMemoryPool, using_allocator, Graph
     cuda.Device, cuda.Stream, cuda.Event = Device, Stream, Event
     cuda.get_current_stream = get_current_stream
@@ -1587,7 +1599,7 @@ def _make_cuda() -> tuple[types.ModuleType, dict]:
     cuda.is_available = lambda: True
     cuda.OutOfMemoryError = OutOfMemoryError
     submodules = {"cupy.cuda": cuda, "cupy.cuda.runtime": runtime, "cupy.cuda.memory": memory,
-                  "cupy.cuda.compiler": compiler, "cupy.cuda.device": device}
+                  "cupy.cuda.compiler": compiler, "cupy.cuda.device": device, "cupy.cuda.cublas": cublas}
     return cuda, submodules
 
 

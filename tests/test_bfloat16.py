@@ -33,7 +33,7 @@ def test_round_to_bfloat16_rounds_to_nearest_even():
     assert np.isnan(round_to_bfloat16(np.float32("nan")))
 
 
-def test_matmul_as_bfloat16_sums_in_float32_and_rounds_once():
+def test_matmul_as_bfloat16_sums_in_float32_and_rounds_once_unless_the_out_is_float32():
     rng = np.random.default_rng(0)
     a, b = rng.normal(size=(40, 300)).astype(BFLOAT16), rng.normal(size=(300, 20)).astype(BFLOAT16)
     c = matmul_as_bfloat16(a, b)
@@ -42,9 +42,10 @@ def test_matmul_as_bfloat16_sums_in_float32_and_rounds_once():
     np.testing.assert_array_equal(c, (a.astype(np.float32) @ b.astype(np.float32)).astype(BFLOAT16))
     # one rounding of the output: every element within u of the exact product (float32 sums add ~1e-6)
     assert np.all(np.abs(c.astype(np.float64) - exact) <= BF16_UNIT_ROUNDOFF * np.abs(exact) + 1e-4)
-    out = np.empty((40, 20), np.float32)
+    out = np.empty((40, 20), np.float32)  # a float32 out: the float32 sums, not rounded (cuBLAS's float32 C)
     assert matmul_as_bfloat16(a, b, out=out) is out
-    np.testing.assert_array_equal(out, c.astype(np.float32))
+    np.testing.assert_array_equal(out, a.astype(np.float32) @ b.astype(np.float32))
+    assert not np.array_equal(out, c.astype(np.float32))
     with pytest.raises(TypeError, match="two bfloat16"):
         matmul_as_bfloat16(a.astype(np.float32), b)
 
@@ -131,6 +132,45 @@ def test_the_stand_ins_cuda_path_rounds_where_the_cpu_does(fake_cupy, digits, ac
         np.testing.assert_allclose(to_numpy(g_g)[-C:], g_c[-C:], rtol=1e-5, atol=1e-8)
         assert float(loss_g) == pytest.approx(float(loss_c), rel=1e-6)
     np.testing.assert_allclose(to_numpy(gpu.predict_proba(X)), cpu.predict_proba(X), rtol=1e-5, atol=1e-7)
+
+
+def operands(shape: str, n: int, k: int, m: int):
+    """bfloat16 A and B stored so that ``host(A, B)`` is an (n, k) @ (k, m) product of the layout
+    ``shape`` names: row-major operands, or a transposed view of one (column-major)."""
+    rng = np.random.default_rng(0)
+    stored = {"a @ b": ((n, k), (k, m)), "a.T @ b": ((k, n), (k, m)), "a @ b.T": ((n, k), (m, k))}[shape]
+    A, B = (rng.standard_normal(s, dtype=np.float32).astype(BFLOAT16) for s in stored)
+    host = {"a @ b": lambda a, b: (a, b), "a.T @ b": lambda a, b: (a.T, b), "a @ b.T": lambda a, b: (a, b.T)}[shape]
+    return A, B, host
+
+
+@pytest.mark.parametrize("shape", ["a @ b", "a.T @ b", "a @ b.T"])
+def test_bfloat16_products_into_float32_are_one_gemm_ex_with_the_cpu_models_sums(fake_cupy, shape):
+    """cublas_direct.matmul_into_float32 on the stand-in (cupy.cuda.cublas.gemmEx over its memory,
+    tests/fake_cublas.py): one launch into a row-major view of a float32 buffer, the float32 sums of
+    the CPU model unrounded; refused while capturing, as CuPy's binding is; another dtype refused."""
+    from gpubp.cublas_direct import matmul_into_float32
+
+    cp = fake_cupy
+    A, B, host = operands(shape, 20, 24, 16)  # (20, 24) @ (24, 16), stored as the case says
+    flat = cp.zeros(20 * 16 + 7, np.float32)
+    out = flat[7:].reshape(20, 16)  # a view at an offset, as dW[l] in the flat gradient
+    before = cp.activity.launches
+    assert matmul_into_float32(*host(cp.asarray(A), cp.asarray(B)), out) is out
+    assert cp.activity.launches - before == 1
+    model = np.empty((20, 16), np.float32)
+    matmul_as_bfloat16(*host(A, B), out=model)
+    np.testing.assert_allclose(cp.asnumpy(out), model, rtol=1e-6, atol=1e-6)
+    assert not np.array_equal(cp.asnumpy(out), model.astype(BFLOAT16).astype(np.float32))  # not rounded
+    assert float(cp.asnumpy(flat[:7]).sum()) == 0  # nothing written before the view
+    a, b, stream = *host(cp.asarray(A), cp.asarray(B)), cp.cuda.Stream(non_blocking=True)
+    with pytest.raises(TypeError, match="bfloat16 a and b and a float32 out"):
+        matmul_into_float32(a, b, cp.zeros((20, 16), BFLOAT16))
+    with stream:
+        stream.begin_capture()
+        with pytest.raises(NotImplementedError, match="during stream capture"):
+            matmul_into_float32(a, b, out)
+        stream.end_capture()
 
 
 def test_the_stand_in_refuses_batched_bfloat16_products_and_keeps_2d_ones_bfloat16(fake_cupy):
@@ -429,6 +469,28 @@ def test_cupy_bfloat16_products_match_the_cpu_model(shape):
     assert c.dtype == BFLOAT16
     a, b = host(A, B)
     assert_bfloat16_products_agree(a, b, cp.asnumpy(c), matmul_as_bfloat16(a, b))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("shape", ["a @ b", "a.T @ b", "a @ b.T"])
+def test_cuda_bfloat16_products_into_float32_match_the_cpu_model(shape):
+    """cublas_direct.matmul_into_float32 (cublasGemmEx, bfloat16 A and B, float32 C) on a card:
+    the CPU model's float32 sums in another order (float32 rounding over k = 384, not bfloat16's),
+    into a view at an offset of a float32 buffer, nothing written outside it."""
+    import cupy as cp
+
+    from gpubp.bfloat16 import float32_accumulation
+    from gpubp.cublas_direct import matmul_into_float32
+
+    A, B, host = operands(shape, 320, 384, 256)
+    flat = cp.full(320 * 256 + 3, -7.0, np.float32)
+    with float32_accumulation(cp):
+        matmul_into_float32(*host(cp.asarray(A), cp.asarray(B)), flat[3:].reshape(320, 256))
+    model = np.empty((320, 256), np.float32)
+    matmul_as_bfloat16(*host(A, B), out=model)
+    got = cp.asnumpy(flat)
+    assert (got[:3] == -7.0).all()
+    assert rel(got[3:].reshape(320, 256), model) < 1e-6
 
 
 @pytest.mark.gpu
