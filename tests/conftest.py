@@ -10,6 +10,9 @@ from gpubp.backend import cuda_status
 from gpubp.data import load_digits, split, standardize
 
 REPO = Path(__file__).resolve().parents[1]
+# The "cuda" case of a test parametrized by device that takes the fake_cupy fixture only for it
+# (request.getfixturevalue): marked here, as the hook below cannot see such a use.
+STAND_IN = pytest.param("cuda", marks=pytest.mark.cupy_stand_in)
 MNIST_T10K = REPO.parent / "shared" / "data" / "mnist-t10k"
 
 

@@ -20,7 +20,9 @@ from gpubp.rows import HostRows
 from gpubp.engine import Engine
 
 from . import fake_cupy_arrays
+from .conftest import STAND_IN
 from .test_cli import assert_one_line_error, gpubp as run_cli
+
 
 SETTINGS = dict(epochs=3, batch_size=16, optimizer="adam", lr=0.01, validation_fraction=0.2, seed=5)
 
@@ -120,7 +122,7 @@ def test_the_stand_in_delivers_side_stream_copies_only_when_waited_for(fake_cupy
 
 # ----------------------------------------------------------------------------- resume
 
-@pytest.mark.parametrize("device", ["cpu", "cuda"])
+@pytest.mark.parametrize("device", ["cpu", STAND_IN])
 def test_a_streamed_run_stopped_mid_epoch_resumes_bitwise(request, tmp_path, monkeypatch, device):
     if device == "cuda":
         request.getfixturevalue("fake_cupy")
@@ -187,7 +189,7 @@ class CountingMemmap(np.memmap):
         return got
 
 
-@pytest.mark.parametrize("device", ["cpu", "cuda"])
+@pytest.mark.parametrize("device", ["cpu", STAND_IN])
 def test_the_test_part_of_a_folder_is_evaluated_batch_by_batch_from_the_file(tmp_path, request, device):
     """split + standardize of a folder leave the test part in the file; evaluate and predict read
     it a batch at a time, every row once, and give exactly what the rows in memory give (on the

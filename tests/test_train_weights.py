@@ -6,6 +6,8 @@ import pytest
 
 from gpubp import MLP, fit, read_checkpoint, to_numpy
 
+from .conftest import STAND_IN
+
 SIZES = [5, 7, 3]
 
 
@@ -96,7 +98,7 @@ def test_a_checkpoint_resumes_only_on_the_same_weights(tmp_path):
     fit(net(), X, y, sample_weight=w, epochs=3, batch_size=16, resume=ckpt)
 
 
-@pytest.mark.parametrize("device", ["cpu", "cuda"])
+@pytest.mark.parametrize("device", ["cpu", STAND_IN])
 def test_streamed_weights_train_bitwise_as_resident_ones(request, device):
     """The weights travel with their rows through the pinned double buffers (the CuPy stand-in
     runs the cuda path's Python code)."""
