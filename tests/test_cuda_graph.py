@@ -177,22 +177,28 @@ def test_the_command_line_takes_cuda_graph_and_refuses_it_on_the_cpu(capsys):
 # ------------------------------------------------------------------ on a card (marker gpu)
 
 
-def fits_on_a_card(dtype, tf32, cuda_graph):
+def fits_on_a_card(dtype, tf32, cuda_graph, **settings):
     """(train losses, validation losses, parameters) of a 64-128-64-10 network, 3 epochs of Adam
-    with L2 on the card, batch 128 (the last batch of each epoch smaller)."""
+    with L2 on the card, batch 128 (the last batch of each epoch smaller); ``settings``: more of
+    fit's (sample weights: ``weighted=True``)."""
     X, y = blobs(n=2000, d=64, classes=10)
+    w = np.linspace(0.5, 2.0, 2000) if settings.pop("weighted", False) else None
     net = MLP([64, 128, 64, 10], "relu", "cuda", dtype, seed=0, alpha=1e-4, tf32=tf32)
-    history = fit(net, X, y, epochs=3, batch_size=128, seed=1, optimizer="adam", cuda_graph=cuda_graph,
-                  validation_fraction=0.1)
+    history = fit(net, X, y, sample_weight=w, epochs=3, batch_size=128, seed=1, optimizer="adam",
+                  cuda_graph=cuda_graph, validation_fraction=0.1, **settings)
     return history.train_loss, history.val_loss, to_numpy(net.flat_params)
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_on_a_card_the_graphed_fit_equals_the_eager_fit_bit_for_bit(dtype):
+@pytest.mark.parametrize("dtype, settings", [("float32", {}), ("float64", {}), ("float32", {"stream": True}),
+                                             ("float32", {"weighted": True})],
+                         ids=["float32", "float64", "streamed", "weighted"])
+def test_on_a_card_the_graphed_fit_equals_the_eager_fit_bit_for_bit(dtype, settings):
     """On an H100 the direct cuBLAS products gave bitwise cupy.matmul's gradients and the replayed
-    step bitwise the eager one (benchmarks/graph_probe.py): so whole fits must agree exactly."""
-    (loss_e, val_e, p_e), (loss_g, val_g, p_g) = (fits_on_a_card(dtype, False, g) for g in (False, True))
+    step bitwise the eager one (benchmarks/graph_probe.py): so whole fits must agree exactly, with
+    the batches gathered into the graph's buffers on the card, copied in from the pinned buffers of
+    a streamed run, or carrying sample weights."""
+    (loss_e, val_e, p_e), (loss_g, val_g, p_g) = (fits_on_a_card(dtype, False, g, **settings) for g in (False, True))
     assert loss_g == loss_e and val_g == val_e
     np.testing.assert_array_equal(p_g, p_e)
 

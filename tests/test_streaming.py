@@ -189,13 +189,14 @@ class CountingMemmap(np.memmap):
         return got
 
 
-@pytest.mark.parametrize("device", ["cpu", STAND_IN])
+@pytest.mark.parametrize("device", ["cpu", STAND_IN, pytest.param("card", marks=pytest.mark.gpu)])
 def test_the_test_part_of_a_folder_is_evaluated_batch_by_batch_from_the_file(tmp_path, request, device):
     """split + standardize of a folder leave the test part in the file; evaluate and predict read
     it a batch at a time, every row once, and give exactly what the rows in memory give (on the
-    cpu backend, and on the CuPy stand-in as a card would run it)."""
+    cpu backend, on the CuPy stand-in as a card would run it, and on a card)."""
     if device == "cuda":
         request.getfixturevalue("fake_cupy")
+    device = "cuda" if device == "card" else device
     X, y = write_folder(tmp_path / "d", n=300)
     folder, _ = load_dataset(str(tmp_path / "d"))
     folder.X.X = folder.X.X.view(CountingMemmap)
