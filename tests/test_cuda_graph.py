@@ -257,3 +257,49 @@ def test_info_says_whether_graphs_can_run_and_why_not(fake_cupy, monkeypatch):
     assert describe().startswith("cuda graphs (--cuda-graph): no (cuda_graph needs the libcublas that CuPy loaded")
     monkeypatch.setattr(cublas_direct, "load_cublas", lambda: object())
     assert describe() == "cuda graphs (--cuda-graph): yes, for float32 and float64 networks in one process"
+
+
+def test_the_direct_gemm_refuses_bad_operands_and_reports_a_failed_status(graph_cupy, monkeypatch):
+    """gpubp.cublas_direct.gemm's checks (dtypes, chaining shapes, out), and a status cuBLAS returns
+    raised with the shapes; the workspace's failure too."""
+    cp = graph_cupy
+    a, b = cp.ones((3, 4), np.float32), cp.ones((4, 2), np.float32)
+    with pytest.raises(TypeError, match="two float32 or two float64"):
+        cublas_direct.gemm(a, b.astype(np.float64))
+    with pytest.raises(ValueError, match="do not chain"):
+        cublas_direct.gemm(a, a)
+    with pytest.raises(ValueError, match="out is float32 \\(3, 3\\)"):
+        cublas_direct.gemm(a, b, out=cp.empty((3, 3), np.float32))
+    np.testing.assert_array_equal(to_numpy(cublas_direct.gemm(a, b)), np.full((3, 2), 4.0))
+    lib = cublas_direct.load_cublas()
+    monkeypatch.setattr(lib, "cublasSgemm_v2", lambda *args: 13)  # CUBLAS_STATUS_EXECUTION_FAILED
+    with pytest.raises(RuntimeError, match=r"cuBLAS gemm failed with status 13 \(\(3, 4\) @ \(4, 2\)\)"):
+        cublas_direct.gemm(a, b)
+    monkeypatch.setattr(lib, "cublasSetWorkspace_v2", lambda *args: 7)
+    with pytest.raises(RuntimeError, match="cublasSetWorkspace failed with status 7"):
+        cublas_direct.ensure_workspace(4096)  # a size not set before (the cache keys on it)
+
+
+def test_a_capture_that_fails_leaves_capture_mode_and_the_next_steps_run(graph_cupy, monkeypatch):
+    """An error inside the captured pass reaches the caller as itself, the stream is no longer
+    capturing, and the graph is tried again at the next step (here: works)."""
+    net = MLP([4, 3, 2], "relu", "cuda", "float32", seed=0)
+    graphed = GraphedGradient(net)
+    X, y = graph_cupy.ones((5, 4), np.float32), graph_cupy.zeros(5, np.int64)
+    real, calls = MLP.flat_loss_and_grad, []
+
+    def failing_second_call(self, *args, **kwargs):  # the warm-up passes, the captured pass fails
+        calls.append(1)
+        if len(calls) == 2:
+            raise ArithmeticError("planted failure inside the capture")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(MLP, "flat_loss_and_grad", failing_second_call)
+    with graphed.running():
+        with pytest.raises(ArithmeticError, match="planted failure"):
+            graphed(X, y)
+        assert not graphed.stream.is_capturing() and not graphed.graphs
+        loss, g = graphed(X, y)  # captured now
+        _, expected_g = real(net, X, y)
+    np.testing.assert_allclose(to_numpy(g), to_numpy(expected_g), rtol=1e-6)
+    assert len(graphed.graphs) == 1
