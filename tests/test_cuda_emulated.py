@@ -511,3 +511,38 @@ def test_the_l2_term_and_clipping_cost_a_fixed_number_of_launches(fake_cupy):
         assert syncs == 0
         extra.append(with_l2 - plain)
     assert extra[0] == extra[1] <= 12
+
+
+def test_bfloat16_estimators_on_cuda_follow_the_cpu(fake_cupy):
+    """MLPClassifier and MLPRegressor(dtype="bfloat16") on the stand-in against the CPU: the same
+    rounding points (the training set kept in bfloat16 on the device, dW and BP3 of bfloat16 deltas
+    through cublasGemmEx into float32), so the runs differ only where float32 sums in another
+    order (the softmax kernel, the products) move a value across a bfloat16 rounding boundary: on
+    these runs none did, and the loss curves agree to float32 noise (1.7e-8 measured)."""
+    X, y = blobs(n=200)
+    params = dict(hidden_layer_sizes=(16, 8), max_iter=6, random_state=0, batch_size=32, dtype="bfloat16")
+    cpu, gpu = (quiet_fit(MLPClassifier(device=device, **params), X, y) for device in ("cpu", "cuda"))
+    assert gpu._net.compute_dtype == np.dtype("bfloat16") and gpu.coefs_[0].dtype == np.float32
+    np.testing.assert_allclose(gpu.loss_curve_, cpu.loss_curve_, rtol=1e-6)
+    np.testing.assert_array_equal(gpu.predict(X), cpu.predict(X))
+    Y = np.stack([X[:, 0] - 2 * X[:, 1], np.sin(X[:, 2])], axis=1)
+    params = dict(hidden_layer_sizes=(16,), max_iter=5, random_state=0, early_stopping=True, dtype="bfloat16")
+    cpu, gpu = (quiet_fit(MLPRegressor(device=device, **params), X, Y) for device in ("cpu", "cuda"))
+    np.testing.assert_allclose(gpu.loss_curve_, cpu.loss_curve_, rtol=1e-6)
+    np.testing.assert_allclose(gpu.validation_scores_, cpu.validation_scores_, rtol=1e-6)
+
+
+@pytest.mark.parametrize("output", ["identity", "logistic"])
+def test_a_fit_with_another_output_validates_on_cuda_as_on_the_cpu(fake_cupy, output):
+    """gpubp.fit with an identity or logistic output and held-out rows: the validation loss (no
+    accuracy) is evaluated on the device as on the CPU."""
+    X, y = blobs(n=160, d=6)
+    Y = np.stack([X[:, 0] > 0, X[:, 1] > 0], axis=1).astype(np.float64) if output == "logistic" else X[:, :2] * 0.5
+    histories = []
+    for device in ("cpu", "cuda"):
+        net = MLP([6, 8, 2], "tanh", device, "float64", seed=0, output=output)
+        histories.append(gpubp.fit(net, X, Y, epochs=3, batch_size=32, seed=0, validation_fraction=0.25))
+    cpu, gpu = histories
+    assert gpu.val_accuracy == cpu.val_accuracy and all(a is None for a in gpu.val_accuracy)
+    np.testing.assert_allclose(gpu.val_loss, cpu.val_loss, rtol=1e-12)
+    np.testing.assert_allclose(gpu.train_loss, cpu.train_loss, rtol=1e-12)
