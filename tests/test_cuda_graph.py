@@ -174,6 +174,24 @@ def test_the_command_line_takes_cuda_graph_and_refuses_it_on_the_cpu(capsys):
     assert len(err) == 1 and "cuda_graph=True needs the cuda device" in err[0], err
 
 
+@pytest.mark.parametrize("options", [["--cuda-graph"], ["--stream"], ["--dtype", "bfloat16"]])
+def test_the_command_line_trains_on_cuda(graph_cupy, capsys, tmp_path, options):
+    """gpubp train --device cuda on the stand-in, graphed, streamed or in bfloat16: the digits run
+    reaches the CPU run's test accuracy (to one test image), and the model saved there loads on
+    the CPU."""
+    from gpubp import load_model
+
+    accuracies = []
+    for device in ("cpu", "cuda"):
+        out = tmp_path / f"{device}.npz"
+        args = ["train", "--hidden", "32", "--epochs", "5", "--quiet", "--out", str(out), "--device", device]
+        assert main(args + [o for o in options if device == "cuda" or o != "--cuda-graph"]) == 0, capsys.readouterr().err
+        line = [l for l in capsys.readouterr().out.splitlines() if l.startswith("test accuracy")]
+        accuracies.append(float(line[-1].split()[-1]))
+        assert load_model(out, backend="cpu")[0].sizes[1] == 32
+    assert abs(accuracies[1] - accuracies[0]) <= 1 / 360 + 1e-9, accuracies
+
+
 # ------------------------------------------------------------------ on a card (marker gpu)
 
 
