@@ -128,4 +128,5 @@ def cupy_gemm_ex(handle, transa, transb, m, n, k, alpha, A, Atype, lda, B, Btype
                              (A, lda, CUDA_TYPES[Atype]), (B, ldb, CUDA_TYPES[Btype]), (C, ldc, CUDA_TYPES[Ctype]))
     if isinstance(gemm, int):
         raise fake_cupy_arrays.CUBLASError(gemm, "gemmEx: CUBLAS_STATUS_INVALID_VALUE")
+    fake_cupy_arrays.activity().bfloat16_product()
     fake_cupy_arrays.run_on(fake_cupy_arrays.get_current_stream().ptr, gemm)

@@ -128,7 +128,11 @@ more than two dimensions raise TypeError (bfloat16's dtype char 'E' sends a batc
 CuPy's integer kernels, which do not compute it). Kernels bind bfloat16 arguments to a host twin
 of cupy/bfloat16.cuh's class (tests/fake_cupy.py). Other ufuncs on bfloat16 run as NumPy runs them
 with ml_dtypes (CuPy 14 has bfloat16 loops for the ones gpubp uses: add, multiply, comparisons,
-casts, sums); not modelled: a ufunc CuPy lacks a bfloat16 loop for.
+casts, sums); not modelled: a ufunc CuPy lacks a bfloat16 loop for. ``cupy.cuda.cublas`` holds
+``gemmEx`` (tests/fake_cublas.py ``cupy_gemm_ex``: bfloat16 A and B into a bfloat16 or float32 C,
+refused while capturing) and the handle's math mode (``getMathMode``/``setMathMode``), which each
+bfloat16 product records in ``cupy.activity.bfloat16_product_modes``; its effect on the sums is
+not modelled (the products always sum in float32).
 
 Stricter than CuPy, on purpose: pickling a device array raises TypeError. CuPy pickles it by
 copying it to the host, but the pickle then needs CuPy and a GPU to load (core.pyx
@@ -475,6 +479,12 @@ class Activity:
     def __init__(self):
         self.launches = 0
         self.syncs = 0
+        self.math_modes: dict[int, int] = {}  # cuBLAS handle -> its math mode (cublas.setMathMode)
+        self.bfloat16_product_modes: list[int] = []  # the handle's math mode at each bfloat16 product
+
+    def bfloat16_product(self) -> None:
+        """Record the math mode a bfloat16 product runs under (cuBLAS reads it at the call)."""
+        self.bfloat16_product_modes.append(self.math_modes.get(CUBLAS_HANDLE, 0))
 
     def launch(self) -> None:
         """A kernel on the current stream: it runs after what was queued on that stream before it."""
@@ -824,6 +834,8 @@ def _bfloat16_matmul(a, b, out=None, **kwargs):
     if a.ndim > 2 or b.ndim > 2:
         raise TypeError(f"batched bfloat16 matmul ({a.shape} @ {b.shape}) is broken in CuPy 14: use 2-D products")
     dtype = np.promote_types(a.dtype, b.dtype)
+    if dtype == fake_cupy.BFLOAT16:
+        _ACTIVITY.bfloat16_product()
     c = np.matmul(a.astype(np.float32), b.astype(np.float32)).astype(dtype)
     if out is None:
         return c
@@ -1143,6 +1155,11 @@ def _refuse_while_capturing(what: str) -> None:
     if capture is not None or strict:
         raise CUDARuntimeError(CAPTURE_UNSUPPORTED, f"cudaErrorStreamCaptureUnsupported: operation not "
                                                     f"permitted when stream is capturing ({what})")
+
+
+def activity() -> Activity:
+    """The installed stand-in's Activity (``cupy.activity``)."""
+    return _ACTIVITY
 
 
 def refuse_cublas() -> None:
@@ -1586,8 +1603,10 @@ def _make_cuda() -> tuple[types.ModuleType, dict]:
     device.get_cublas_handle = lambda: CUBLAS_HANDLE
     from .fake_cublas import cupy_gemm_ex  # (fake_cublas imports this module)
 
-    cublas = types.ModuleType("cupy.cuda.cublas")  # gemmEx alone (gpubp.bfloat16's float32-output products)
+    cublas = types.ModuleType("cupy.cuda.cublas")  # gemmEx (cublas_direct.matmul_into_float32) and the math mode
     cublas.gemmEx, cublas.CUBLASError = cupy_gemm_ex, CUBLASError
+    cublas.getMathMode = lambda handle: _ACTIVITY.math_modes.get(handle, 0)
+    cublas.setMathMode = lambda handle, mode: _ACTIVITY.math_modes.__setitem__(handle, int(mode))
     compiler = types.ModuleType("cupy.cuda.compiler")
     compiler.CompileException = fake_nvrtc.CompileException
     Stream.null = Stream(null=True)

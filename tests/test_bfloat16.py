@@ -173,6 +173,26 @@ def test_bfloat16_products_into_float32_are_one_gemm_ex_with_the_cpu_models_sums
         stream.end_capture()
 
 
+def test_on_the_stand_in_every_bfloat16_product_sums_in_float32(fake_cupy, digits):
+    """The stand-in models cuBLAS's math mode (cupy.cuda.cublas.get/setMathMode) and records it at
+    each bfloat16 product, CuPy's matmul and gemmEx alike: through a fit, a prediction and a
+    gradient, every one runs with CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION (float32 partial
+    sums), and the handle's mode is back to what it was after."""
+    from gpubp import fit
+    from gpubp.precision import CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION as FLAG
+
+    X, y = batch(digits, 256)
+    cublas, handle = fake_cupy.cuda.cublas, fake_cupy.cuda.device.get_cublas_handle()
+    cublas.setMathMode(handle, 1)  # a mode found on the handle (CUBLAS_TENSOR_OP_MATH)
+    net = MLP(SIZES, "relu", "cuda", "bfloat16", seed=0)
+    fit(net, X, y, epochs=2, batch_size=64, validation_fraction=0.25, seed=0)
+    net.predict_proba(X)
+    net.loss_and_grads(X, y)
+    modes = fake_cupy.activity.bfloat16_product_modes
+    assert len(modes) > 50 and all(mode == 1 | FLAG for mode in modes), set(modes)
+    assert cublas.getMathMode(handle) == 1
+
+
 def test_the_stand_in_refuses_batched_bfloat16_products_and_keeps_2d_ones_bfloat16(fake_cupy):
     a = fake_cupy.ones((2, 3, 4), BFLOAT16)
     with pytest.raises(TypeError, match="batched bfloat16 matmul"):
