@@ -237,26 +237,33 @@ def test_twin_backprop_delta_rounds_once_from_float32(activation):
     np.testing.assert_array_equal(g.view(np.uint16), expected.view(np.uint16))
 
 
+@pytest.mark.parametrize("where", [pytest.param("stand-in", marks=pytest.mark.cupy_stand_in),
+                                   pytest.param("card", marks=pytest.mark.gpu)])
 @pytest.mark.parametrize("activation", ACTIVATIONS)
-def test_cuda_kernels_in_bfloat16_match_their_twins(fake_cupy, activation):
+def test_cuda_kernels_in_bfloat16_match_their_twins(request, where, activation):
     """bias_activation and backprop_delta, the kernel set's operations that take bfloat16 arrays
-    in a bfloat16 network, as CUDA kernels (compiled by g++ with the host twin of CuPy's
-    bfloat16 class) against the NumPy twins: bitwise for relu and identity, within one bfloat16
-    unit for tanh and sigmoid (libm against NumPy's loops in float32, then one rounding). The
-    other operations take float32 in a bfloat16 network (logits, float32 deltas, parameters) and
-    are held to their twins by tests/test_kernels_emulated.py and tests/test_kernel_set.py."""
+    in a bfloat16 network, as CUDA kernels (on the stand-in compiled by g++ with the host twin of
+    CuPy's bfloat16 class; on a card by NVRTC) against the NumPy twins: bitwise for relu and
+    identity, within one bfloat16 unit for tanh and sigmoid (libm or CUDA's against NumPy's
+    loops in float32, then one rounding). The other operations take float32 in a bfloat16 network
+    (logits, float32 deltas, parameters) and are held to their twins by
+    tests/test_kernels_emulated.py, tests/test_kernel_set.py and, on a card, test_kernels_gpu.py."""
     from gpubp import ops
     from gpubp.kernels import CUDA_KERNELS
 
+    if where == "stand-in":
+        cp = request.getfixturevalue("fake_cupy")
+    else:
+        import cupy as cp
     rng = np.random.default_rng(2)
     z, b = _bf16(rng, (64, 33)), rng.normal(size=33).astype(np.float32)
     g, a = _bf16(rng, (64, 33)), ops.activate(np, _bf16(rng, (64, 33)).astype(np.float32), activation).astype(BFLOAT16)
     pairs = []
-    zd = fake_cupy.asarray(z)
-    pairs.append((CUDA_KERNELS.bias_activation(fake_cupy, zd, fake_cupy.asarray(b), activation),
+    zd = cp.asarray(z)
+    pairs.append((CUDA_KERNELS.bias_activation(cp, zd, cp.asarray(b), activation),
                   ops.bias_activation(np, z.copy(), b, activation)))
-    gd = fake_cupy.asarray(g)
-    pairs.append((CUDA_KERNELS.backprop_delta(fake_cupy, gd, fake_cupy.asarray(a), activation),
+    gd = cp.asarray(g)
+    pairs.append((CUDA_KERNELS.backprop_delta(cp, gd, cp.asarray(a), activation),
                   ops.backprop_delta(np, g.copy(), a, activation)))
     for device, host in pairs:
         assert device.dtype == BFLOAT16
