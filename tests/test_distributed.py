@@ -360,6 +360,52 @@ def test_nccl_allreduce_sums_device_buffers_in_place(cupy_with_nccl, dtype):
         assert send == recv and (count, datatype, op, stream) == (300, code, 0, 0x5EED)
 
 
+def test_data_parallel_training_on_cuda_over_nccl_equals_one_process(cupy_with_nccl):
+    """gpubp.fit and MLPClassifier.fit with comm=NCCLCommunicator on the stand-in's cuda, two ranks
+    played by threads over the fake NCCL: the global batch's gradient all-reduced on the device,
+    the L2 term added once, the losses summed once per epoch, the validation set scored in shares;
+    each rank ends with the one-process run's parameters and losses (float64, to 1e-10), and every
+    step's gradient went through one allReduce of the whole flat buffer."""
+    import warnings
+
+    import gpubp
+    from gpubp import MLPClassifier
+
+    from .test_cuda_emulated import blobs
+
+    cupy, nccl = cupy_with_nccl
+    X, y = blobs(n=200, d=6)
+
+    def train(comm=None):
+        net = gpubp.MLP([6, 8, 4], "tanh", "cuda", "float64", seed=0, alpha=1e-3)
+        history = gpubp.fit(net, X, y, epochs=3, batch_size=32, seed=0, optimizer="adam", validation_fraction=0.2,
+                            comm=comm)
+        return gpubp.to_numpy(net.flat_params), history.train_loss, history.val_loss
+
+    def classifier(comm=None):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # max_iter reached
+            est = MLPClassifier((8,), max_iter=3, batch_size=32, random_state=0, device="cuda").fit(X, y, comm=comm)
+        return est.coefs_ + est.intercepts_, est.loss_curve_
+
+    one = train()
+    for params, train_loss, val_loss in on_two_threads(lambda r, boot: train(NCCLCommunicator(boot))):
+        np.testing.assert_allclose(params, one[0], rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(train_loss, one[1], rtol=1e-10)
+        np.testing.assert_allclose(val_loss, one[2], rtol=1e-10)
+    n_params = one[0].size
+    steps = 3 * math.ceil(160 / 32)
+    gradients = [c for c in nccl.calls if c[3] == n_params]
+    assert len(gradients) == 2 * steps  # one all-reduce of the flat gradient per step and rank
+    nccl.calls.clear()
+    coefs, curve = classifier()
+    for got, got_curve in on_two_threads(lambda r, boot: classifier(NCCLCommunicator(boot))):
+        np.testing.assert_allclose(got_curve, curve, rtol=1e-10)
+        for a, b in zip(got, coefs):
+            np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+    assert nccl.calls  # the estimator's steps went through NCCL too
+
+
 def test_nccl_communicator_delegates_host_work_to_its_bootstrap(cupy_with_nccl):
     cupy, _ = cupy_with_nccl
 
