@@ -48,7 +48,7 @@ class Batch:
 
     start: int
     size: int
-    arrays: Callable[[], tuple]
+    arrays: Callable[..., tuple]
     rows: int
     weight: float
     share: float
@@ -222,13 +222,17 @@ class _Slots:
 
 
 def _into(out: tuple | None, arrays: tuple) -> tuple:
-    """``arrays`` (X, y, weights or None), or copied into ``out`` (one copy each) and out returned."""
+    """``arrays`` (X, y, weights or None), each copied into its buffer in ``out`` where there is
+    one (as ResidentFeed._gather gathers into them): no weights stay None, weights without a
+    buffer come as they are."""
     if out is None:
         return arrays
+    result = []
     for target, source in zip(out, arrays, strict=True):
-        if source is not None:
+        if source is not None and target is not None:
             target[...] = source
-    return out
+        result.append(target if source is not None and target is not None else source)
+    return tuple(result)
 
 
 def _pinned(cuda, shape: tuple, dtype) -> np.ndarray:

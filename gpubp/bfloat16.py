@@ -134,8 +134,6 @@ def matmul_as_bfloat16(a, b, out=None) -> np.ndarray:
     return out
 
 
-
-
 def check_mode(dtype, tf32: bool) -> None:
     """ValueError when tf32 is asked with bfloat16 (TF32 rounds float32 products; the products of
     a bfloat16 network are already bfloat16)."""

@@ -147,7 +147,6 @@ def _workspace(lib, handle: int, nbytes: int):
 
 # cudaDataType_t (library_types.h), cublasComputeType_t and cublasGemmAlgo_t (cublas_api.h)
 CUDA_R_32F, CUDA_R_16BF, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT = 0, 14, 68, -1
-_ONE, _ZERO = np.ones(1, np.float32), np.zeros(1, np.float32)  # alpha and beta, host memory
 
 
 def matmul_into_float32(a, b, out):
@@ -173,7 +172,8 @@ def matmul_into_float32(a, b, out):
     if a.shape[1] != b.shape[0] or out.shape != (a.shape[0], b.shape[1]):
         raise ValueError(f"matmul_into_float32: {a.shape} @ {b.shape} into {out.shape}")
     transa, transb, m, n, k, lda, ldb, ldc = gemm_arguments(a, b, out)
-    cupy.cuda.cublas.gemmEx(cupy.cuda.device.get_cublas_handle(), transa, transb, m, n, k, _ONE.ctypes.data,
-                            b.data.ptr, CUDA_R_16BF, lda, a.data.ptr, CUDA_R_16BF, ldb, _ZERO.ctypes.data,
+    one, zero = _SCALARS[np.dtype(np.float32)]  # float32 alpha and beta for CUBLAS_COMPUTE_32F
+    cupy.cuda.cublas.gemmEx(cupy.cuda.device.get_cublas_handle(), transa, transb, m, n, k, one.ctypes.data,
+                            b.data.ptr, CUDA_R_16BF, lda, a.data.ptr, CUDA_R_16BF, ldb, zero.ctypes.data,
                             out.data.ptr, CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT)
     return out

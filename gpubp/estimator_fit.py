@@ -165,7 +165,7 @@ class StochasticFit(LbfgsFit):
         graphs = getattr(self, "_graphs", None)  # a partial_fit's graphs, replayed by the next call on this network
         engine = Engine(net, self._optimizer, comm, loss_scale=self._loss_scale(net), opt_state=self._opt_state,
                         cuda_graph=self.cuda_graph, graphs=graphs if graphs is not None and graphs.net is net else None)
-        self._graphs = engine.graphed
+        self._graphs = engine.graphed if incremental else None  # a fit's graphs and their memory go with it
         engine.progress.epoch = self.n_iter_  # resumed: the iterations already done
         try:  # data parallel, a signal stops every rank after the same step (the engine's agreement)
             if not finished:

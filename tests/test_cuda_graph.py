@@ -133,6 +133,30 @@ def test_partial_fit_replays_the_graphs_of_its_previous_call(graph_cupy, monkeyp
     assert len(captures) == 9 and loaded._graphs.net is loaded._net
 
 
+@pytest.mark.parametrize("weighted_first", [False, True])
+def test_partial_fits_switching_weights_on_streamed_rows_replay_as_eager(graph_cupy, weighted_first):
+    """Sparse X streams from the host; a partial_fit with sample weights after one without (or the
+    reverse), on batches of one row count: the weights get a graph of their own and no call reads
+    a buffer of the other's (a missing weights buffer, or the last call's stale weights)."""
+    from scipy import sparse
+
+    from gpubp import MLPClassifier
+
+    X, y = blobs(n=64, d=12)
+    X[np.abs(X) < 1.0] = 0.0
+    Xs, w = sparse.csr_matrix(X), np.linspace(0.2, 3.0, 64)
+    made = lambda cuda_graph: MLPClassifier((16,), solver="sgd", batch_size=32, random_state=0,  # noqa: E731
+                                            device="cuda", cuda_graph=cuda_graph)
+    graphed, eager = made(True), made(False)
+    weights = [w, None, w] if weighted_first else [None, w, None]
+    for est in (graphed, eager):
+        for sample_weight in weights:
+            est.partial_fit(Xs, y, classes=np.arange(4), sample_weight=sample_weight)
+    np.testing.assert_allclose(graphed.loss_curve_, eager.loss_curve_, rtol=1e-12)
+    for a, b in zip(graphed.coefs_, eager.coefs_):
+        np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-13)
+
+
 def test_a_graphed_step_is_a_few_launches(graph_cupy):
     """Eager, a step of a 3-layer network is 18-21 launches; graphed, five: the batch gather (X, y)
     straight into the graph's buffers, the graph, the loss's copy and the update."""
