@@ -418,6 +418,34 @@ def test_nccl_communicator_delegates_host_work_to_its_bootstrap(cupy_with_nccl):
         assert got == (2.0, True, "rank 1", "settings differ across ranks: rank 1 has seed=1 where rank 0 has seed=0")
 
 
+def test_nccl_refuses_a_buffer_on_another_gpu_and_forwards_barrier_and_abort(cupy_with_nccl, monkeypatch):
+    """A buffer on another GPU than the rank's is refused before NCCL sees it; barrier and abort
+    go to the bootstrap communicator (NCCL has neither)."""
+    cupy, nccl = cupy_with_nccl
+    calls = []
+
+    class Recording(ThreadRanks):
+        def barrier(self):
+            calls.append("barrier")
+            super().barrier()
+
+        def abort(self, status=1):
+            calls.append(("abort", status))
+
+    def work(r, bootstrap):
+        comm = NCCLCommunicator(Recording(bootstrap.shared, r, 2))
+        refused = _message(lambda: comm.allreduce_sum(cupy.zeros(4)))
+        comm.barrier()
+        comm.abort(3)
+        return refused
+
+    monkeypatch.setattr(cupy.ndarray, "device", property(lambda self: types.SimpleNamespace(id=1)))  # every array
+    nccl.calls.clear()
+    for refused in on_two_threads(work):
+        assert refused == "the buffer is on GPU 1; this rank uses GPU 0"
+    assert not nccl.calls and calls.count("barrier") >= 2 and calls.count(("abort", 3)) == 2
+
+
 def _message(call):
     try:
         call()
