@@ -100,8 +100,7 @@ class GraphedGradient:
         self.stream = cupy.cuda.Stream(non_blocking=True)
         self.pool = cupy.cuda.MemoryPool()  # the graphs' temporaries, and nothing else
         cublas_direct.ensure_workspace()
-        self.graphs: dict[tuple, _Graph] = {}
-        self.by_rows: dict[int, _Graph] = {}  # the graph last captured for a batch's row count
+        self.graphs: dict[tuple, _Graph] = {}  # by batch shape, the most recently used last
 
     @contextlib.contextmanager
     def running(self):
@@ -116,9 +115,9 @@ class GraphedGradient:
 
     def inputs(self, batch) -> tuple:
         """(X, y, w) of a :class:`gpubp.batches.Batch`: gathered straight into the input buffers of
-        the graph for its row count once there is one (no copy at the replay), else as they come
-        (the graph is captured from them and they are copied in)."""
-        entry = self.by_rows.get(batch.rows)
+        the most recently used graph of its row count once there is one (no copy at the replay),
+        else as they come (the graph is captured from them and they are copied in)."""
+        entry = next((e for e in reversed(self.graphs.values()) if e.X.shape[0] == batch.rows), None)
         return batch.arrays() if entry is None else batch.arrays((entry.X, entry.y, entry.w))
 
     def __call__(self, X, y, w=None):
@@ -127,11 +126,10 @@ class GraphedGradient:
         key = (X.shape, X.dtype.str, y.shape, y.dtype.str, None if w is None else w.shape)
         entry = self.graphs.pop(key, None)
         if entry is None:
-            entry = self.by_rows[X.shape[0]] = self._capture(X, y, w)  # the stream is idle after it
+            entry = self._capture(X, y, w)  # the stream is idle after it
             while len(self.graphs) >= self.MAX_GRAPHS:  # the least recently used
-                dropped = self.graphs.pop(next(iter(self.graphs)))
-                self.by_rows = {rows: e for rows, e in self.by_rows.items() if e is not dropped}
-        self.graphs[key] = entry  # the most recently used last
+                del self.graphs[next(iter(self.graphs))]
+        self.graphs[key] = entry
         for buffer, array in ((entry.X, X), (entry.y, y), (entry.w, w)):
             if array is not None and array is not buffer:
                 buffer[...] = array

@@ -39,7 +39,7 @@ import numpy as np
 
 from . import rows as host_rows
 from .communicator import Communicator, SingleProcess
-from .rows import HostRows, nonfinite_error
+from .rows import HostRows, first_nonfinite_in, nonfinite_error
 
 BLOCK_ROWS = 4096  # rows per hashed block: part of the fingerprint's format, whatever the ranks
 PREFIX = "v2:"  # the fingerprint computed in blocks; the sequential form has no prefix
@@ -72,11 +72,9 @@ def hash_rows(rows: HostRows, positions: np.ndarray, dtype, check: bool, name: s
     for i in range(0, positions.shape[0], step):
         idx = positions[i : i + step]
         block = rows.take(idx)
-        if check and np.issubdtype(block.dtype, np.inexact):
-            bad = ~np.isfinite(block)
-            if bad.any():
-                row, col = np.argwhere(bad)[0]
-                raise nonfinite_error(rows, name, int(idx[row]), int(col))
+        bad = first_nonfinite_in(block) if check else None
+        if bad is not None:
+            raise nonfinite_error(rows, name, int(idx[bad[0]]), bad[1])
         if dtype is not None:
             digest.update(np.ascontiguousarray(block, dtype=dtype).tobytes())
     return None if dtype is None else digest.digest()

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from .backend import is_out_of_memory
-from .rows import HostRows, check_rows, nonfinite_error
+from .rows import HostRows, check_rows, first_nonfinite_in, nonfinite_error
 from .validation import check_positive_int, check_sample_weight, check_targets, check_X, check_y
 
 
@@ -56,9 +56,9 @@ def batch_rows(X, start: int, stop: int):
     if not isinstance(X, HostRows):
         return X[start:stop]
     rows = X.take(np.arange(start, stop))  # (stop - start, d)
-    bad = np.argwhere(~np.isfinite(rows)) if np.issubdtype(rows.dtype, np.inexact) else ()
-    if len(bad):
-        raise nonfinite_error(X, "X", start + int(bad[0][0]), int(bad[0][1]))
+    bad = first_nonfinite_in(rows)
+    if bad is not None:
+        raise nonfinite_error(X, "X", start + bad[0], bad[1])
     return rows
 
 

@@ -104,15 +104,26 @@ class HostRows:
             yield start, self.take(np.arange(start, min(start + step, self.shape[0])), dtype)
 
 
+def first_nonfinite_in(block: np.ndarray) -> tuple[int, int] | None:
+    """(row, column) of the first NaN or infinity in a host block (m, d) read from a HostRows;
+    None if none (or not a floating dtype)."""
+    if not np.issubdtype(block.dtype, np.inexact):
+        return None
+    bad = ~np.isfinite(block)
+    if not bad.any():
+        return None
+    row, col = np.argwhere(bad)[0]
+    return int(row), int(col)
+
+
 def first_nonfinite(rows: HostRows) -> tuple[int, int] | None:
     """(row, column) of the first NaN or infinity in ``rows``, read chunk by chunk; None if none."""
     if not np.issubdtype(rows.dtype, np.inexact):
         return None
     for start, block in rows.chunks():
-        bad = ~np.isfinite(block)
-        if bad.any():
-            row, col = np.argwhere(bad)[0]
-            return start + int(row), int(col)
+        bad = first_nonfinite_in(block)
+        if bad is not None:
+            return start + bad[0], bad[1]
     return None
 
 
