@@ -1,18 +1,20 @@
 """The CPU backend's kernel set, :data:`CPU_KERNELS`: the NumPy twins of :mod:`gpubp.ops`, with the
-optimizer updates and ReLU's bias + activation compiled.
+optimizer updates, ReLU's bias + activation and BP2 with BP3 compiled.
 
 An optimizer update is a dozen NumPy operations, each a pass over the parameters; here it is one
 C loop (``kernels/host_kernels.c``, built on first use by :mod:`gpubp.host_build`) that reads p, g
-and the state once; so is ReLU's z + b then max(., 0). Each element goes through the twin's
-operations in the twin's order and precision, so the results are the twins' bit for bit, up to
-the sign of a zero (tests/test_host_kernels.py), for the scalars the optimizers pass, Python
-floats, which NumPy rounds to the arrays' dtype. The other activations stay the twins (their
-exp and tanh are NumPy's, which no C library matches bit for bit), and so does BP2's step
-(NumPy's g * (a > 0) is as fast as a C loop). Where the library cannot be built (no C compiler),
-or the arrays are not contiguous float32 or float64 arrays of the expected shapes, the twins run.
+and the state once; so is ReLU's z + b then max(., 0), and BP2's g * f'(a) with the bias gradient
+of the same delta (the twin's two or three passes, and its mask cast to float). Each element goes
+through the twin's operations in the twin's order and precision, so the results are the twins'
+bit for bit, up to the sign of a zero (tests/test_host_kernels.py), for the scalars the
+optimizers pass, Python floats, which NumPy rounds to the arrays' dtype. The other activations'
+bias + activation stay the twins (their exp and tanh are NumPy's, which no C library matches bit
+for bit). Where the library cannot be built (no C compiler), or the arrays are not contiguous
+float32 or float64 arrays of the expected shapes, the twins run.
 
 The kernels stay on the calling thread: next to OpenBLAS, whose threads keep spinning on the other
-cores for a while after each product, the update on a second thread measured 6x slower.
+cores for a while after each product, the update on a second thread measured 6x slower (and an
+OpenMP loop on both cores right after a product, 16x).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import ops
+from .kernels import ACTIVATION_CODES
 from .host_build import compiled_kernels
 
 
@@ -30,10 +33,13 @@ def _kernel(name: str, first: np.ndarray, *others: np.ndarray):
     """The compiled kernel ``name`` for ``first``'s dtype, or None where the twin must run: no
     library, a dtype other than float32 and float64, or an array not C-contiguous of that dtype."""
     suffix = _SUFFIXES.get(first.dtype)
-    if suffix is None or not all(a.flags.c_contiguous and a.dtype == first.dtype for a in (first, *others)):
+    if suffix is None or not first.flags.c_contiguous:
         return None
+    for a in others:  # (a loop, not all() of a generator: this runs several times a step)
+        if not (a.flags.c_contiguous and a.dtype == first.dtype):
+            return None
     library, _ = compiled_kernels()
-    return None if library is None else getattr(library, f"{name}_{suffix}")
+    return None if library is None else getattr(library, name + "_" + suffix)
 
 
 def bias_activation(xp, z, b, name: str):
@@ -43,6 +49,18 @@ def bias_activation(xp, z, b, name: str):
         return ops.bias_activation(xp, z, b, name)
     kernel(z.ctypes.data, b.ctypes.data, z.shape[0], z.shape[1])
     return z
+
+
+def backprop_delta(xp, g, a, name: str, db=None):
+    """BP2 (and BP3 with db) in one pass: g * f'(a) written over g (n, width), db (width,) its
+    column sums. Twin: ops.backprop_delta (a width of 1 goes there: NumPy sums that column pairwise)."""
+    fits = g.ndim == 2 and a.shape == g.shape and g.shape[1] > 1 and (db is None or db.shape == g.shape[1:])
+    kernel = _kernel("backprop_delta", g, a, *(() if db is None else (db,))) if fits else None
+    if kernel is None or name not in ACTIVATION_CODES:
+        return ops.backprop_delta(np, g, a, name, db)
+    kernel(g.ctypes.data, a.ctypes.data, None if db is None else db.ctypes.data, g.shape[0], g.shape[1],
+           ACTIVATION_CODES[name])
+    return g
 
 
 def sgd_momentum_update(xp, p, g, v, lr: float, momentum: float, nesterov: bool) -> None:
@@ -73,11 +91,11 @@ def adam_update(xp, p, g, m, v, lr_t: float, beta1: float, beta2: float, eps: fl
 
 class CpuKernels:
     """The "cpu" backend's kernel set (gpubp.kernel_set.KernelSet): the twins of gpubp.ops as they
-    are, but for the optimizer updates and ReLU's bias + activation, compiled here (the twins'
-    results)."""
+    are, but for the optimizer updates, ReLU's bias + activation and BP2 with BP3, compiled here
+    (the twins' results)."""
 
     bias_activation = staticmethod(bias_activation)
-    backprop_delta = staticmethod(ops.backprop_delta)
+    backprop_delta = staticmethod(backprop_delta)
     softmax_minus_y = staticmethod(ops.softmax_minus_y)
     output_minus_y = staticmethod(ops.output_minus_y)
     output_activation = staticmethod(ops.output_activation)

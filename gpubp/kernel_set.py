@@ -31,9 +31,10 @@ class KernelSet(Protocol):
         """a = f(z + b) of a hidden layer, written over z and returned. z: (n, width), the product
         a[l-1] @ W[l]; b: (width,); name: one of gpubp.ops.ACTIVATIONS."""
 
-    def backprop_delta(self, xp, g, a, name: str):
+    def backprop_delta(self, xp, g, a, name: str, db=None):
         """BP2's elementwise half: g * f'(z) with f' from the saved a = f(z), written over
-        g = delta[l+1] @ W[l+1].T and returned. g, a: (n, width)."""
+        g = delta[l+1] @ W[l+1].T and returned; with db, BP3 of that layer too: db = the column
+        sums of the result. g, a: (n, width); db: (width,) of g's dtype, or None."""
 
     def softmax_minus_y(self, xp, z, y, sample_weight=None, b=None):
         """BP1 and the loss of a softmax output: (delta (n, C), loss 0-d) with

@@ -135,10 +135,13 @@ def bias_activation(xp, z, b, name: str):
     return z
 
 
-def backprop_delta(xp, g, a, name: str):
-    """BP2's g * f'(a) in one pass, written over g = delta_next @ W.T. Twin: ops.backprop_delta."""
+def backprop_delta(xp, g, a, name: str, db=None):
+    """BP2's g * f'(a) in one pass, written over g = delta_next @ W.T; with db (width,), BP3's
+    db = the column sums of that delta in a second launch (CuPy's reduction). Twin: ops.backprop_delta."""
     if name != "identity":
         elementwise_kernel(f"gpubp_backprop_delta_{name}")(a, g)
+    if db is not None:
+        g.sum(axis=0, out=db)
     return g
 
 

@@ -204,20 +204,21 @@ class MLP:
         else:
             zL += self.biases[-1]
             delta, loss = kernels.output_minus_y(xp, zL, y, self.output, sample_weight)
+        delta.sum(axis=0, out=db[-1])  # BP3: db[L] = sum over the batch of delta[L]
         ones = xp.ones((1, X.shape[0]), self.compute_dtype) if bf16 else None  # (1, n)
         for l in reversed(range(len(self.weights))):
-            # BP3: db[l] = sum over the batch of delta[l]; a bfloat16 delta as ones @ delta, float32 sums
-            if delta.dtype == self.compute_dtype != self.dtype:  # (CuPy's axis-0 sum of it is slow)
-                self._matmul(ones, delta, out=db[l].reshape(1, -1))
-            else:
-                delta.sum(axis=0, out=db[l])
             if bf16 and delta.dtype != self.compute_dtype:  # delta[L] rounded for BP4 and BP2
                 delta = delta.astype(self.compute_dtype)
             # BP4: dW[l] = a[l-1].T @ delta[l]
             self._matmul(a[l].T, delta, out=dW[l])
             if l > 0:
-                # BP2: delta[l-1] = (delta[l] @ W[l].T) * f'(z[l-1]), f' from the saved a
-                delta = kernels.backprop_delta(xp, self._matmul(delta, weights[l].T), a[l], self.activation)
+                # BP2: delta[l-1] = (delta[l] @ W[l].T) * f'(z[l-1]), f' from the saved a, and BP3's
+                # db[l-1] in the same pass; a bfloat16 delta's as ones @ delta, float32 sums (CuPy's
+                # axis-0 sum of it is slow)
+                delta = kernels.backprop_delta(xp, self._matmul(delta, weights[l].T), a[l], self.activation,
+                                               None if bf16 else db[l - 1])
+                if bf16:
+                    self._matmul(ones, delta, out=db[l - 1].reshape(1, -1))
         if self.alpha and l2:
             loss = loss + self.add_l2(g, X.shape[0] if sample_weight is None else sample_weight.sum())
         return loss, g

@@ -65,27 +65,29 @@ def bias_activation(xp, z, b, name: str):
     return activate(xp, z, name)
 
 
-def backprop_delta(xp, g, a, name: str):
-    """BP2's elementwise half: delta = g * f'(z), written over g = delta_next @ W.T.
+def backprop_delta(xp, g, a, name: str, db=None):
+    """BP2's elementwise half: delta = g * f'(z), written over g = delta_next @ W.T; with ``db``,
+    BP3 of the same layer too: db = delta.sum(axis=0), the bias gradient.
 
     f'(z) is taken from the saved activation a = f(z): relu (a > 0), sigmoid a(1 - a),
     tanh 1 - a^2, identity 1.
 
-    g, a: (n, width). Returns g. bfloat16 g and a are read into float32 and g * f'(a) rounded
-    once into g, as the kernel does (gpubp.bfloat16).
+    g, a: (n, width); db: (width,) of g's dtype, or None. Returns g. bfloat16 g and a are read
+    into float32 and g * f'(a) rounded once into g, as the kernel does (gpubp.bfloat16).
     """
     wide = wide_dtype(g.dtype, a.dtype)
     if g.dtype != wide:
         g[...] = backprop_delta(xp, g.astype(wide), a.astype(wide), name)
-        return g
-    if name == "relu":
-        return xp.multiply(g, a > 0, out=g)
-    if name == "sigmoid":
+    elif name == "relu":
+        xp.multiply(g, a > 0, out=g)
+    elif name == "sigmoid":
         g *= a * (1 - a)
     elif name == "tanh":
         g *= 1 - a * a
     elif name != "identity":
         raise ValueError(f"unknown activation {name!r}")
+    if db is not None:
+        g.sum(axis=0, out=db)
     return g
 
 
@@ -147,7 +149,8 @@ def softmax_minus_y(xp, z, y, sample_weight=None, b=None):
         z = z + b  # (n, C) logits
     rows = xp.arange(n)
     scale = row_scale(n, z.dtype, sample_weight)  # scalar or (n, 1)
-    zmax = z.max(axis=1, keepdims=True)  # (n, 1)
+    zmax = z[rows, z.argmax(axis=1)][:, None]  # (n, 1) row maxima (NaN where a row has one), picked:
+    # NumPy's max over short rows takes twice as long
     delta = z - zmax  # (n, C) shifted logits, all <= 0
     xp.exp(delta, out=delta)
     s = delta.sum(axis=1, keepdims=True)  # (n, 1), >= 1

@@ -122,6 +122,17 @@ def _check_backprop_delta(case: _Case) -> None:
         expected = ops.backprop_delta(np, g.copy(), a, name)
         case.check(f"backprop_delta {name}", case.kernels.backprop_delta(case.xp, case.dev(g), case.dev(a), name),
                    expected)
+    # BP3 in the same call: db = the column sums of delta, in the kernel set's order; two orders of
+    # n terms each lie within n eps of sum |terms| of the exact sum (Higham, Accuracy and Stability, 4.2)
+    expected_db = np.empty(WIDTH, case.dtype)
+    delta = ops.backprop_delta(np, g.copy(), a, "relu", expected_db)
+    db = case.xp.full(WIDTH, np.nan, case.dtype)
+    case.kernels.backprop_delta(case.xp, case.dev(g), case.dev(a), "relu", db)
+    error = np.abs(to_numpy(db).astype(np.float64) - expected_db) / np.abs(delta).astype(np.float64).sum(axis=0)
+    bound = 2 * N * float(np.finfo(case.dtype).eps)
+    worst = float(np.nan if np.isnan(error).any() else error.max())
+    case.results.append(CheckResult(f"backprop_delta relu db [{case.layout}]", case.dtype, worst, bound,
+                                    bool(worst <= bound)))
 
 
 def _check_softmax_minus_y(case: _Case) -> None:

@@ -1,6 +1,7 @@
-/* gpubp's CPU kernels in C: the optimizer updates and ReLU's bias + activation, one pass each
- * over their arrays where their NumPy twins (gpubp/ops.py: sgd_momentum_update, adam_update,
- * bias_activation for "relu") make several.
+/* gpubp's CPU kernels in C: the optimizer updates, ReLU's bias + activation, and BP2's
+ * g * f'(a) with BP3's column sums, one pass each over their arrays where their NumPy twins
+ * (gpubp/ops.py: sgd_momentum_update, adam_update, bias_activation for "relu", backprop_delta
+ * with db) make several.
  *
  * Built by gpubp/host_build.py with -ffp-contract=off and without -ffast-math: each element goes
  * through the twin's operations, in the twin's order, each rounded to T (float or double), so
@@ -59,3 +60,35 @@ ADAM(adam_float64, double, sqrt)
 
 BIAS_RELU(bias_relu_float32, float)
 BIAS_RELU(bias_relu_float64, double)
+
+/* BP2 and BP3 of one layer in one pass over g (rows, width): delta = g * f'(a), written over g,
+ * with f' taken from the saved activation a as the twin takes it (codes of gpubp.kernels'
+ * ACTIVATION_CODES: 0 identity, 1 relu (a > 0), 2 sigmoid a (1 - a), 3 tanh 1 - a a); and when
+ * db is not NULL, db (width,) = the column sums of delta, 0 plus row 0, plus row 1, ... as
+ * NumPy's delta.sum(axis=0) adds them (its width-1 case sums pairwise: the caller keeps it). */
+#define BACKPROP_ROWS(T, DERIVATIVE)                                                   \
+    for (size_t r = 0; r < rows; r++) {                                                \
+        T *g_r = g + r * width;                                                        \
+        const T *a_r = a + r * width;                                                  \
+        for (size_t j = 0; j < width; j++)                                             \
+            g_r[j] = g_r[j] * (DERIVATIVE);                                            \
+        if (db != NULL)                                                                \
+            for (size_t j = 0; j < width; j++)                                         \
+                db[j] = db[j] + g_r[j];                                                \
+    }
+
+#define BACKPROP_DELTA(NAME, T)                                                        \
+    void NAME(T *g, const T *a, T *db, size_t rows, size_t width, int act) {           \
+        if (db != NULL)                                                                \
+            for (size_t j = 0; j < width; j++)                                         \
+                db[j] = (T)0;                                                          \
+        switch (act) {                                                                 \
+        case 1: BACKPROP_ROWS(T, (T)(a_r[j] > 0)) break;                               \
+        case 2: BACKPROP_ROWS(T, a_r[j] * ((T)1 - a_r[j])) break;                      \
+        case 3: BACKPROP_ROWS(T, (T)1 - a_r[j] * a_r[j]) break;                        \
+        default: BACKPROP_ROWS(T, (T)1) break;                                         \
+        }                                                                              \
+    }
+
+BACKPROP_DELTA(backprop_delta_float32, float)
+BACKPROP_DELTA(backprop_delta_float64, double)

@@ -299,7 +299,7 @@ def test_gpubp_check_passes_on_the_stand_in(fake_cupy, capsys):
     assert cli.main(["check"]) == 0
     out = capsys.readouterr().out
     # dtypes x layouts x the rows of each operation of gpubp.kernel_set.OPERATIONS (gpubp.parity)
-    kernel_rows = 2 * 2 * (4 + 4 + 8 + 12 + 4 + 1 + 4 + 3)
+    kernel_rows = 2 * 2 * (4 + 5 + 8 + 12 + 4 + 1 + 4 + 3)
     model_rows = 2 * (len(ACTIVATIONS) + 2)  # dtypes x (activations + 2 optimizers)
     assert f"{kernel_rows + model_rows} passed, 0 failed" in out
     assert "comparing cuda:0 gpubp CuPy stand-in (NumPy)" in out

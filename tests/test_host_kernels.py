@@ -94,6 +94,41 @@ def test_the_compiled_bias_relu_gives_the_twins_result(built, dtype):
     assert np.mean(z > 0) > 0.3 and np.mean(z == 0) > 0.3  # the large case had both sides of the kink
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("name", ["relu", "sigmoid", "tanh", "identity"])
+def test_the_compiled_backprop_delta_and_its_bias_gradient_are_bitwise_the_twins(built, dtype, name):
+    """g * f'(a) and db = its column sums, in one pass: the twin's bits, the sign of every zero of db
+    included (NumPy adds row 0 to +0), NaN where the twin has NaN; without db, db is not touched."""
+    rng = np.random.default_rng(9)
+    for rows, width in [(1, 2), (2, 3), (3, 7), (5, 17), (300, 9), (256, 512)]:
+        g = _with_specials(_arrays(rng, (rows, width), dtype, 1)[0])
+        a = _with_specials(ops.activate(np, rng.normal(size=(rows, width)).astype(dtype), name))
+        g[:, -1], a[:, -1] = -1.0, 0.0  # a column of -0 deltas (relu), of -0 * ... sums
+        expected_db = np.empty(width, dtype)
+        with np.errstate(invalid="ignore"):  # the twin's NaN * 0 and inf * 0
+            expected = ops.backprop_delta(np, g.copy(), a, name, expected_db)
+        db = np.full(width, 7.0, dtype)
+        out = host_kernels.backprop_delta(np, g, a, name, db)
+        assert out is g and np.array_equal(g, expected, equal_nan=True), (rows, width)
+        assert np.array_equal(db.view(f"u{db.itemsize}"), expected_db.view(f"u{db.itemsize}")), (rows, width)
+        g2 = _arrays(rng, (rows, width), dtype, 1)[0]
+        expected = ops.backprop_delta(np, g2.copy(), a, name)
+        host_kernels.backprop_delta(np, g2, a, name)
+        assert np.array_equal(g2, expected, equal_nan=True), (rows, width)
+    assert np.isfinite(db).mean() > 0.9 and np.unique(db).size > width // 2  # the large case: real sums
+
+
+def test_a_one_wide_bias_gradient_goes_to_the_twin(built):
+    """NumPy sums a (n, 1) column pairwise, not row after row: the twin computes it."""
+    rng = np.random.default_rng(11)
+    g, a = _arrays(rng, (1000, 1), "float32", 2)
+    expected_db = np.empty(1, np.float32)
+    expected = ops.backprop_delta(np, g.copy(), a, "relu", expected_db)
+    db = np.empty(1, np.float32)
+    host_kernels.backprop_delta(np, g, a, "relu", db)
+    assert np.array_equal(g, expected) and db.tobytes() == expected_db.tobytes()
+
+
 def test_the_other_activations_and_shapes_run_the_twins(built):
     """tanh, sigmoid, identity, bfloat16 and a strided z go to the twin, and give its result."""
     import ml_dtypes
@@ -164,13 +199,13 @@ def test_the_library_is_built_once_into_the_cache_and_named_by_its_source(built,
     host_build.compiled_kernels.cache_clear()
     assert host_build.compiled_kernels()[0] is not None
     assert [f.name for f in fresh_build.iterdir()] == [built_file.name] and built_file.stat().st_mtime_ns == stamp
-    assert host_build.describe().startswith("CPU kernels (optimizer updates, ReLU): C, compiled with ")
+    assert host_build.describe().startswith("CPU kernels (optimizer updates, ReLU, BP2): C, compiled with ")
 
 
 def test_without_a_compiler_the_twins_run_and_info_says_why(monkeypatch, fresh_build):
     monkeypatch.setattr(host_build, "compiler", lambda: None)
     assert host_build.compiled_kernels() == (None, "no C compiler (set CC, or install cc, gcc or clang)")
-    assert host_build.describe() == "CPU kernels (optimizer updates, ReLU): NumPy twins: no C compiler (set CC, or install cc, gcc or clang)"
+    assert host_build.describe() == "CPU kernels (optimizer updates, ReLU, BP2): NumPy twins: no C compiler (set CC, or install cc, gcc or clang)"
     rng = np.random.default_rng(4)
     p, g, v = _arrays(rng, (9, 5), "float64", 3)
     ref_p, ref_v = p.copy(), v.copy()

@@ -65,15 +65,29 @@ def _twins_but(**replaced):
 
 
 def test_a_wrong_kernel_is_caught():
-    def wrong_backprop_delta(xp, g, a, name):
+    def wrong_backprop_delta(xp, g, a, name, db=None):
         if name == "sigmoid":
             g *= a  # forgot the (1 - a)
             return g
-        return ops.backprop_delta(xp, g, a, name)
+        return ops.backprop_delta(xp, g, a, name, db)
 
     failed = [r for r in parity.kernel_checks(get_backend("cpu"), _twins_but(backprop_delta=wrong_backprop_delta))
               if not r.passed]
     assert failed and {r.check.split(" [")[0] for r in failed} == {"backprop_delta sigmoid"}
+
+
+def test_a_wrong_bias_gradient_is_caught():
+    """BP3 of the fused BP2 call: a sum that leaves out the first row fails its check, and only it."""
+    def wrong_backprop_delta(xp, g, a, name, db=None):
+        ops.backprop_delta(xp, g, a, name)
+        if db is not None:
+            g[1:].sum(axis=0, out=db)
+        return g
+
+    failed = [r for r in parity.kernel_checks(get_backend("cpu"), _twins_but(backprop_delta=wrong_backprop_delta))
+              if not r.passed]
+    assert {r.check for r in failed} == {f"backprop_delta relu db [{layout}]" for layout in parity.LAYOUTS}
+    assert len(failed) == 2 * len(parity.LAYOUTS)  # float32 and float64
 
 
 def test_a_wrong_output_layer_is_caught():
