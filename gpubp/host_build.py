@@ -12,9 +12,10 @@ ms, medians of 2000).
 
 The build, like CuPy's of its CUDA kernels, happens once per machine and source: the compiler is
 ``$CC`` if set, else the first of cc, gcc and clang on PATH; flags :data:`FLAGS` (no FMA
-contraction, no fast-math: the results are the NumPy twins', tests/test_host_kernels.py; the
-vector instructions of the CPU it runs on, as NumPy's own loops use them, and no trapping math, so
-that BP2's masked product vectorizes).
+contraction, no fast-math: the results are the NumPy twins', tests/test_host_kernels.py; no
+trapping math, so that BP2's masked product vectorizes) and :data:`TUNING` (the vector
+instructions of the CPU it runs on, as NumPy's own loops use them), or FLAGS alone where the
+compiler refuses TUNING.
 The library is cached in ``$GPUBP_CACHE_DIR``, else ``$XDG_CACHE_HOME/gpubp``, else
 ``~/.cache/gpubp``, under a name hashed from the source, the compiler, the flags and the CPU (its
 architecture, model and instruction sets: a cache shared by other machines keeps one library for
@@ -40,7 +41,8 @@ from pathlib import Path
 from .kernels import source_dir
 
 SOURCE = "host_kernels.c"
-FLAGS = ("-O3", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math", "-march=native", "-shared", "-fPIC")
+FLAGS = ("-O3", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math", "-shared", "-fPIC")
+TUNING = ("-march=native",)  # left out where the compiler refuses it: the kernels are then built without
 
 
 def compiler() -> str | None:
@@ -71,14 +73,14 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gpubp"
 
 
-def build(cc: str, source: Path, target: Path) -> None:
-    """Compile ``source`` into the shared library ``target``, atomically; RuntimeError with the
-    compiler's message when it fails."""
+def build(cc: str, source: Path, target: Path, flags: tuple[str, ...] = FLAGS) -> None:
+    """Compile ``source`` with ``flags`` into the shared library ``target``, atomically;
+    RuntimeError with the compiler's message when it fails."""
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, partial = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
     try:
-        done = subprocess.run([cc, *FLAGS, str(source), "-lm", "-o", partial], capture_output=True, text=True,
+        done = subprocess.run([cc, *flags, str(source), "-lm", "-o", partial], capture_output=True, text=True,
                               timeout=120)
         if done.returncode != 0:
             raise RuntimeError(f"{cc} failed: {(done.stderr or done.stdout).strip()[-500:]}")
@@ -113,17 +115,21 @@ def compiled_kernels() -> tuple[ctypes.CDLL | None, str]:
     if cc is None:
         return None, "no C compiler (set CC, or install cc, gcc or clang)"
     source = source_dir() / SOURCE
-    # a cache shared by machines of other CPUs (an NFS home) keeps one library for each
-    key = hashlib.sha256(source.read_bytes() + "\0".join([cc, *FLAGS, cpu_identity()]).encode()).hexdigest()[:16]
-    target = cache_dir() / f"host_kernels-{key}.so"
-    try:
-        if not target.is_file():
-            build(cc, source, target)
-        library = ctypes.CDLL(str(target))
-        _declare(library)
-    except (OSError, RuntimeError, subprocess.SubprocessError, AttributeError) as exc:
-        return None, f"could not build or load {SOURCE} with {cc}: {exc}"
-    return library, f"compiled with {cc} ({' '.join(FLAGS[:5])}), cached in {target.parent}"
+    for flags in (FLAGS + TUNING, FLAGS):  # tuned for this CPU, else portable
+        # a cache shared by machines of other CPUs (an NFS home) keeps one library for each
+        key = hashlib.sha256(source.read_bytes() + "\0".join([cc, *flags, cpu_identity()]).encode()).hexdigest()[:16]
+        target = cache_dir() / f"host_kernels-{key}.so"
+        try:
+            if not target.is_file():
+                build(cc, source, target, flags)
+            library = ctypes.CDLL(str(target))
+            _declare(library)
+        except (OSError, RuntimeError, subprocess.SubprocessError, AttributeError) as exc:
+            failure = exc
+            continue
+        shown = " ".join(f for f in flags if f not in ("-shared", "-fPIC"))
+        return library, f"compiled with {cc} ({shown}), cached in {target.parent}"
+    return None, f"could not build or load {SOURCE} with {cc}: {failure}"
 
 
 def describe() -> str:

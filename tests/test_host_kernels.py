@@ -200,6 +200,7 @@ def test_the_library_is_built_once_into_the_cache_and_named_by_its_source(built,
     assert host_build.compiled_kernels()[0] is not None
     assert [f.name for f in fresh_build.iterdir()] == [built_file.name] and built_file.stat().st_mtime_ns == stamp
     assert host_build.describe().startswith("CPU kernels (optimizer updates, ReLU, BP2): C, compiled with ")
+    assert "-march=native" in how  # this machine's compiler takes it
 
 
 def test_without_a_compiler_the_twins_run_and_info_says_why(monkeypatch, fresh_build):
@@ -232,6 +233,27 @@ def test_a_compiler_that_fails_leaves_no_partial_library_and_is_named(monkeypatc
     assert library is None and why.startswith(f"could not build or load host_kernels.c with {broken}: ")
     assert "error: no space" in why
     assert list(fresh_build.iterdir()) == []
+
+
+def test_a_compiler_that_refuses_march_native_builds_the_portable_kernels(built, monkeypatch, fresh_build, tmp_path):
+    """A compiler without -march=native (older clang on arm64) still gives compiled kernels, built
+    without it, and says so; their results are the twins'."""
+    real = host_build.compiler()
+    picky = tmp_path / "pickycc"
+    picky.write_text(f'#!/bin/sh\nfor a; do [ "$a" = -march=native ] && {{ echo "unsupported: $a" >&2; exit 1; }}; done\n'
+                     f'exec {real} "$@"\n')
+    picky.chmod(0o755)
+    monkeypatch.setenv("CC", str(picky))
+    library, how = host_build.compiled_kernels()
+    assert library is not None and how.startswith(f"compiled with {picky} (-O3 ") and "-march=native" not in how
+    assert len(list(fresh_build.iterdir())) == 1  # the portable library alone
+    rng = np.random.default_rng(12)
+    g, a = _arrays(rng, (33, 20), "float32", 2)
+    expected_db = np.empty(20, np.float32)
+    expected = ops.backprop_delta(np, g.copy(), a, "relu", expected_db)
+    db = np.empty(20, np.float32)
+    assert library.backprop_delta_float32(g.ctypes.data, a.ctypes.data, db.ctypes.data, 33, 20, 1) is None
+    assert np.array_equal(g, expected) and np.array_equal(db, expected_db)
 
 
 def test_a_cache_that_cannot_be_written_leaves_the_twins_running(built, monkeypatch, fresh_build, tmp_path):
