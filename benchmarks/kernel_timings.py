@@ -41,9 +41,10 @@ BYTES = {
     # | a * a (8); 1 - t (8); g *= t (12)
     "backprop_delta tanh": (12, 28),
     # read z and labels, write delta (one warp per row; the bias, 10 values, counts 0) | z + b (8);
-    #   arange (0.8); row max (4.4); z - zmax (8.4); exp (8); row sum (4.4); log, + zmax, z[rows, y],
-    #   subtract (5.6); * scale, sum (1.2); delta /= s (8.4); delta[rows, y] -= 1 (5.6); delta *= scale (8)
-    "softmax_minus_y": (8.8, 62.8),
+    #   arange (0.8); row max: argmax (4.8), z[rows, argmax] (2.4); z - zmax (8.4); exp (8); row sum (4.4);
+    #   log, + zmax, z[rows, y], subtract (5.6); * scale, sum (1.2); delta /= s (8.4); delta[rows, y] -= 1 (5.6);
+    #   delta *= scale (8)
+    "softmax_minus_y": (8.8, 65.6),
     # read p, g, v, write p, v | lr g (8); v *= mu (8); v -= s1 (12); mu v (8); s2 -= s1 (12); p += s2 (12)
     "sgd_momentum_update nesterov": (20, 60),
     # read p, g, m, v, write p, m, v | m *= b1 (8); (1-b1) g (8); m += (12); v *= b2 (8); g g (8);

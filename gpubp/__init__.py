@@ -4,7 +4,7 @@ The four equations (row form, see gpubp.mlp) and where they live:
 
 - BP1 ``delta[L] = (softmax(z[L]) - Y) / n``        ops.softmax_minus_y
 - BP2 ``delta[l] = (delta[l+1] @ W[l+1].T) * f'(z[l])``  ops.backprop_delta
-- BP3 ``db[l] = delta[l].sum(0)``                   MLP.flat_loss_and_grad
+- BP3 ``db[l] = delta[l].sum(0)``                   ops.backprop_delta (db=), the output layer's in MLP.flat_loss_and_grad
 - BP4 ``dW[l] = a[l-1].T @ delta[l]``               MLP.flat_loss_and_grad
 """
 

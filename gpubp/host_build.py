@@ -17,17 +17,22 @@ trapping math, so that BP2's masked product vectorizes) and :data:`TUNING` (the 
 instructions of the CPU it runs on, as NumPy's own loops use them), or FLAGS alone where the
 compiler refuses TUNING.
 The library is cached in ``$GPUBP_CACHE_DIR``, else ``$XDG_CACHE_HOME/gpubp``, else
-``~/.cache/gpubp``, under a name hashed from the source, the compiler, the flags and the CPU (its
-architecture, model and instruction sets: a cache shared by other machines keeps one library for
-each); it is written to a temporary file and renamed, so ranks building at once never load a
-partial file. Where no compiler works (or the cache is not writable), :func:`compiled_kernels`
-says why, the CPU backend runs the NumPy twins, and ``gpubp info`` shows which.
+``~/.cache/gpubp``, under a name hashed from the source, the compiler, the flags and the
+architecture, and for a TUNING build the CPU's model and instruction sets (so a cache shared by
+other machines keeps one library for each; where the instruction sets cannot be read, as off
+Linux, the build is portable); it is written to a temporary file and renamed, so ranks building at
+once never load a partial file. A compiler that refuses TUNING is remembered in the cache (a
+``.refused`` file beside the name of the tuned library) once the portable build has worked, so
+later processes do not try it again. Where no compiler works (or the cache is not writable),
+:func:`compiled_kernels` says why, the CPU backend runs the NumPy twins, and ``gpubp info`` shows
+which.
 ``GPUBP_HOST_KERNELS=numpy`` asks for the twins (read on the first call of a process;
 ``compiled_kernels.cache_clear()`` reads it again).
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import hashlib
@@ -52,18 +57,16 @@ def compiler() -> str | None:
     return next((path for path in map(shutil.which, ("cc", "gcc", "clang")) if path), None)
 
 
-def cpu_identity() -> str:
-    """The CPU a library built with -march=native is for: the architecture, and on Linux the
-    model and instruction-set flags of /proc/cpuinfo (elsewhere the processor's name)."""
-    lines = []
+def instruction_sets() -> str | None:
+    """What names this CPU's instruction sets, for the key of a library built with TUNING: the model
+    and flag lines of /proc/cpuinfo (x86 "flags", arm64 "Features", s390x "features", RISC-V
+    "isa"); None where there is no such line (not Linux), and the kernels are then built portable."""
     try:
         with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith(("model name", "flags", "Features")) and line not in lines:
-                    lines.append(line)
+            lines = sorted({line for line in f if line.startswith(("model name", "flags", "Features", "features", "isa"))})
     except OSError:
-        lines.append(platform.processor())
-    return "\0".join([platform.machine(), *lines])
+        return None
+    return "".join(lines) if any(not line.startswith("model name") for line in lines) else None
 
 
 def cache_dir() -> Path:
@@ -115,18 +118,27 @@ def compiled_kernels() -> tuple[ctypes.CDLL | None, str]:
     if cc is None:
         return None, "no C compiler (set CC, or install cc, gcc or clang)"
     source = source_dir() / SOURCE
-    for flags in (FLAGS + TUNING, FLAGS):  # tuned for this CPU, else portable
-        # a cache shared by machines of other CPUs (an NFS home) keeps one library for each
-        key = hashlib.sha256(source.read_bytes() + "\0".join([cc, *flags, cpu_identity()]).encode()).hexdigest()[:16]
-        target = cache_dir() / f"host_kernels-{key}.so"
+    cpu = instruction_sets()
+    builds = ([(FLAGS + TUNING, cpu)] if cpu else []) + [(FLAGS, "")]  # tuned for this CPU, else portable
+    failure, tuned_failed = None, None
+    for flags, cpu_key in builds:
+        # a cache shared by machines of other architectures or CPUs (an NFS home) keeps one library for each
+        key = hashlib.sha256(source.read_bytes() + "\0".join([cc, *flags, platform.machine(), cpu_key]).encode())
+        target = cache_dir() / f"host_kernels-{key.hexdigest()[:16]}.so"
+        refused = target.with_suffix(".refused")  # this compiler refused TUNING (and the portable build worked)
+        if cpu_key and refused.is_file():
+            continue
         try:
             if not target.is_file():
                 build(cc, source, target, flags)
             library = ctypes.CDLL(str(target))
             _declare(library)
         except (OSError, RuntimeError, subprocess.SubprocessError, AttributeError) as exc:
-            failure = exc
+            failure, tuned_failed = exc, refused if cpu_key else tuned_failed
             continue
+        if tuned_failed is not None:  # the next process goes straight to the portable library
+            with contextlib.suppress(OSError):
+                tuned_failed.write_text(f"{failure}\n")
         shown = " ".join(f for f in flags if f not in ("-shared", "-fPIC"))
         return library, f"compiled with {cc} ({shown}), cached in {target.parent}"
     return None, f"could not build or load {SOURCE} with {cc}: {failure}"

@@ -6,7 +6,7 @@ C loop (``kernels/host_kernels.c``, built on first use by :mod:`gpubp.host_build
 and the state once; so is ReLU's z + b then max(., 0), and BP2's g * f'(a) with the bias gradient
 of the same delta (the twin's two or three passes, and its mask cast to float). Each element goes
 through the twin's operations in the twin's order and precision, so the results are the twins'
-bit for bit, up to the sign of a zero (tests/test_host_kernels.py), for the scalars the
+bit for bit, up to the sign of a zero or of a NaN (tests/test_host_kernels.py), for the scalars the
 optimizers pass, Python floats, which NumPy rounds to the arrays' dtype. The other activations'
 bias + activation stay the twins (their exp and tanh are NumPy's, which no C library matches bit
 for bit). Where the library cannot be built (no C compiler), or the arrays are not contiguous
@@ -54,7 +54,8 @@ def bias_activation(xp, z, b, name: str):
 def backprop_delta(xp, g, a, name: str, db=None):
     """BP2 (and BP3 with db) in one pass: g * f'(a) written over g (n, width), db (width,) its
     column sums. Twin: ops.backprop_delta (a width of 1 goes there: NumPy sums that column pairwise)."""
-    fits = g.ndim == 2 and a.shape == g.shape and g.shape[1] > 1 and (db is None or db.shape == g.shape[1:])
+    fits = g.ndim == 2 and a.shape == g.shape and g.shape[1] > 1 and (
+        db is None or (db.shape == g.shape[1:] and not np.may_share_memory(db, g)))  # (the twin copies an overlap)
     kernel = _kernel("backprop_delta", g, a, *(() if db is None else (db,))) if fits else None
     if kernel is None or name not in ACTIVATION_CODES:
         return ops.backprop_delta(np, g, a, name, db)

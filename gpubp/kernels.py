@@ -5,7 +5,8 @@ Each kernel function here has the signature of its NumPy twin in :mod:`gpubp.ops
 and does in one pass over memory what the twin does in several:
 
 - ``bias_activation``: z + b and the activation (ElementwiseKernel per activation);
-- ``backprop_delta``: BP2's g * f'(a) with f' from the saved activation (ElementwiseKernel);
+- ``backprop_delta``: BP2's g * f'(a) with f' from the saved activation (ElementwiseKernel), and
+  with ``db`` BP3's column sums of the result (CuPy's reduction, a second launch);
   both take bfloat16 z, g and a (a bfloat16 network's, gpubp.bfloat16): CuPy binds them to
   cupy/bfloat16.cuh's class, the math runs in float, and the result is rounded once when stored;
 - ``softmax_minus_y``: BP1 and the loss, with the output layer's bias added on the way in, in

@@ -1,9 +1,12 @@
 """gpubp.host_kernels and gpubp.host_build: the CPU backend's compiled kernels (optimizer updates,
-ReLU's bias + activation) give their NumPy twins' results bit for bit, and where they cannot be
-built the twins run, and gpubp info says why."""
+ReLU's bias + activation, BP2 with BP3) give their NumPy twins' results bit for bit, and where they
+cannot be built the twins run, and gpubp info says why."""
 
+import contextlib
 import ctypes
 import math
+import os
+import subprocess
 import threading
 from pathlib import Path
 
@@ -35,6 +38,31 @@ def fresh_build(monkeypatch, tmp_path):
     host_build.compiled_kernels.cache_clear()
 
 
+@contextlib.contextmanager
+def compiled_only(name: str):
+    """Inside the block, ops.<name> (the twin) raises: what host_kernels computes there, the C
+    kernel computed (a dispatcher that fell back to the twin would compare the twin with itself)."""
+    twin = getattr(ops, name)
+
+    def refused(*args, **kwargs):
+        raise AssertionError(f"the twin {name} ran where the compiled kernel should have")
+
+    setattr(ops, name, refused)
+    try:
+        yield
+    finally:
+        setattr(ops, name, twin)
+
+
+def same_bits(actual, expected) -> bool:
+    """Equal bit for bit, signs of zeros included, and NaN where ``expected`` has NaN (the sign of a
+    NaN is left free: C keeps another operand's than NumPy where two NaNs meet)."""
+    nan = np.isnan(expected)
+    unsigned = f"u{expected.dtype.itemsize}"
+    return bool(np.array_equal(nan, np.isnan(actual))
+                and np.array_equal(actual[~nan].view(unsigned), expected[~nan].view(unsigned)))
+
+
 def _arrays(rng, shape, dtype, count):
     """count arrays of normals whose magnitudes span 2^-30 .. 2^30: products that round."""
     return [(rng.normal(size=shape) * 2.0 ** rng.integers(-30, 30, size=shape)).astype(dtype) for _ in range(count)]
@@ -49,7 +77,8 @@ def test_the_compiled_momentum_update_is_bitwise_its_twin(built, dtype, nesterov
         p_before, v_before = p.copy(), v.copy()
         ref_p, ref_v = p.copy(), v.copy()
         ops.sgd_momentum_update(np, ref_p, g, ref_v, 0.05, 0.9, nesterov)
-        host_kernels.sgd_momentum_update(np, p, g, v, 0.05, 0.9, nesterov)
+        with compiled_only("sgd_momentum_update"):
+            host_kernels.sgd_momentum_update(np, p, g, v, 0.05, 0.9, nesterov)
         assert np.array_equal(p, ref_p) and np.array_equal(v, ref_v), shape
         assert np.all(v != v_before), shape  # every element moved: a loop that stops short fails
         assert np.mean(p != p_before) > 0.5, shape  # (p + v rounds back to p where |v| << |p|)
@@ -65,7 +94,8 @@ def test_the_compiled_adam_update_is_bitwise_its_twin(built, dtype):
         for step in range(3):  # lr_t as Adam.update computes it (a Python float): not a round number
             lr_t = 1e-3 * math.sqrt(1 - 0.999 ** (step + 1)) / (1 - 0.9 ** (step + 1))
             ops.adam_update(np, ref[0], g, ref[1], ref[2], lr_t, 0.9, 0.999, 1e-8)
-            host_kernels.adam_update(np, p, g, m, v, lr_t, 0.9, 0.999, 1e-8)
+            with compiled_only("adam_update"):
+                host_kernels.adam_update(np, p, g, m, v, lr_t, 0.9, 0.999, 1e-8)
         for actual, expected in zip((p, m, v), ref):
             assert np.array_equal(actual, expected), shape
 
@@ -89,7 +119,8 @@ def test_the_compiled_bias_relu_gives_the_twins_result(built, dtype):
         z = _with_specials(_arrays(rng, (rows, width), dtype, 1)[0])
         b = _with_specials(_arrays(rng, (width,), dtype, 1)[0])
         expected = ops.bias_activation(np, z.copy(), b, "relu")
-        out = host_kernels.bias_activation(np, z, b, "relu")
+        with compiled_only("bias_activation"):
+            out = host_kernels.bias_activation(np, z, b, "relu")
         assert out is z and np.array_equal(z, expected, equal_nan=True), (rows, width)
     assert np.mean(z > 0) > 0.3 and np.mean(z == 0) > 0.3  # the large case had both sides of the kink
 
@@ -108,13 +139,14 @@ def test_the_compiled_backprop_delta_and_its_bias_gradient_are_bitwise_the_twins
         with np.errstate(invalid="ignore"):  # the twin's NaN * 0 and inf * 0
             expected = ops.backprop_delta(np, g.copy(), a, name, expected_db)
         db = np.full(width, 7.0, dtype)
-        out = host_kernels.backprop_delta(np, g, a, name, db)
-        assert out is g and np.array_equal(g, expected, equal_nan=True), (rows, width)
-        assert np.array_equal(db.view(f"u{db.itemsize}"), expected_db.view(f"u{db.itemsize}")), (rows, width)
+        with compiled_only("backprop_delta"):
+            out = host_kernels.backprop_delta(np, g, a, name, db)
+        assert out is g and same_bits(g, expected) and same_bits(db, expected_db), (rows, width)
         g2 = _arrays(rng, (rows, width), dtype, 1)[0]
         expected = ops.backprop_delta(np, g2.copy(), a, name)
-        host_kernels.backprop_delta(np, g2, a, name)
-        assert np.array_equal(g2, expected, equal_nan=True), (rows, width)
+        with compiled_only("backprop_delta"):
+            host_kernels.backprop_delta(np, g2, a, name)
+        assert same_bits(g2, expected), (rows, width)
     assert np.isfinite(db).mean() > 0.9 and np.unique(db).size > width // 2  # the large case: real sums
 
 
@@ -127,6 +159,17 @@ def test_a_one_wide_bias_gradient_goes_to_the_twin(built):
     db = np.empty(1, np.float32)
     host_kernels.backprop_delta(np, g, a, "relu", db)
     assert np.array_equal(g, expected) and db.tobytes() == expected_db.tobytes()
+
+
+def test_a_bias_gradient_over_g_itself_goes_to_the_twin(built):
+    """db a view of g (no caller in gpubp does this): the twin sums the rows as they were before the
+    sum overwrites one; the C loop, which zeroes db first, would not."""
+    rng = np.random.default_rng(13)
+    g, a = _arrays(rng, (6, 5), "float64", 2)
+    expected = g.copy()
+    ops.backprop_delta(np, expected, a, "relu", expected[0])
+    host_kernels.backprop_delta(np, g, a, "relu", g[0])
+    assert same_bits(g, expected)
 
 
 def test_the_other_activations_and_shapes_run_the_twins(built):
@@ -200,7 +243,6 @@ def test_the_library_is_built_once_into_the_cache_and_named_by_its_source(built,
     assert host_build.compiled_kernels()[0] is not None
     assert [f.name for f in fresh_build.iterdir()] == [built_file.name] and built_file.stat().st_mtime_ns == stamp
     assert host_build.describe().startswith("CPU kernels (optimizer updates, ReLU, BP2): C, compiled with ")
-    assert "-march=native" in how  # this machine's compiler takes it
 
 
 def test_without_a_compiler_the_twins_run_and_info_says_why(monkeypatch, fresh_build):
@@ -237,16 +279,24 @@ def test_a_compiler_that_fails_leaves_no_partial_library_and_is_named(monkeypatc
 
 def test_a_compiler_that_refuses_march_native_builds_the_portable_kernels(built, monkeypatch, fresh_build, tmp_path):
     """A compiler without -march=native (older clang on arm64) still gives compiled kernels, built
-    without it, and says so; their results are the twins'."""
-    real = host_build.compiler()
+    without it, and says so; their results are the twins'; and the refusal is remembered in the
+    cache, so the next process asks the compiler once, not twice."""
+    real, log = host_build.compiler(), tmp_path / "calls"
     picky = tmp_path / "pickycc"
-    picky.write_text(f'#!/bin/sh\nfor a; do [ "$a" = -march=native ] && {{ echo "unsupported: $a" >&2; exit 1; }}; done\n'
+    picky.write_text(f'#!/bin/sh\necho "$*" >> {log}\n'
+                     f'for a; do [ "$a" = -march=native ] && {{ echo "unsupported: $a" >&2; exit 1; }}; done\n'
                      f'exec {real} "$@"\n')
     picky.chmod(0o755)
     monkeypatch.setenv("CC", str(picky))
+    monkeypatch.setattr(host_build, "instruction_sets", lambda: "flags\t: avx2\n")
     library, how = host_build.compiled_kernels()
     assert library is not None and how.startswith(f"compiled with {picky} (-O3 ") and "-march=native" not in how
-    assert len(list(fresh_build.iterdir())) == 1  # the portable library alone
+    assert sorted(f.suffix for f in fresh_build.iterdir()) == [".refused", ".so"]  # the portable library alone
+    assert "unsupported: -march=native" in next(fresh_build.glob("*.refused")).read_text()
+    assert len(log.read_text().splitlines()) == 2
+    host_build.compiled_kernels.cache_clear()  # the next process: the portable library from the cache
+    assert host_build.compiled_kernels()[1] == how
+    assert len(log.read_text().splitlines()) == 2
     rng = np.random.default_rng(12)
     g, a = _arrays(rng, (33, 20), "float32", 2)
     expected_db = np.empty(20, np.float32)
@@ -254,6 +304,29 @@ def test_a_compiler_that_refuses_march_native_builds_the_portable_kernels(built,
     db = np.empty(20, np.float32)
     assert library.backprop_delta_float32(g.ctypes.data, a.ctypes.data, db.ctypes.data, 33, 20, 1) is None
     assert np.array_equal(g, expected) and np.array_equal(db, expected_db)
+
+
+def test_the_build_is_tuned_where_the_cpu_is_known_and_portable_elsewhere(built, monkeypatch, fresh_build):
+    """On Linux the library is built for this CPU's instruction sets (where the compiler takes
+    -march=native), and its cache name changes with them; without /proc/cpuinfo (macOS) it is
+    built portable, under a name that no CPU's tuned library can take."""
+    cc = host_build.compiler()
+    takes_native = subprocess.run([cc, "-march=native", "-x", "c", "-E", "-", "-o", os.devnull], input="",
+                                  capture_output=True, text=True).returncode == 0
+    if host_build.instruction_sets() is None or not takes_native:
+        pytest.skip("this machine's CPU flags are unreadable or its compiler refuses -march=native")
+    assert "-march=native" in host_build.compiled_kernels()[1]
+    tuned = {f.name for f in fresh_build.iterdir()}
+    host_build.compiled_kernels.cache_clear()
+    monkeypatch.setattr(host_build, "instruction_sets", lambda: "flags\t: some other CPU\n")
+    assert "-march=native" in host_build.compiled_kernels()[1]
+    other = {f.name for f in fresh_build.iterdir()} - tuned
+    assert len(other) == 1  # another CPU: another library
+    host_build.compiled_kernels.cache_clear()
+    monkeypatch.setattr(host_build, "instruction_sets", lambda: None)
+    library, how = host_build.compiled_kernels()
+    assert library is not None and "-march=native" not in how
+    assert len({f.name for f in fresh_build.iterdir()} - tuned - other) == 1
 
 
 def test_a_cache_that_cannot_be_written_leaves_the_twins_running(built, monkeypatch, fresh_build, tmp_path):
