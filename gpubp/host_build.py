@@ -47,7 +47,7 @@ from .kernels import source_dir
 
 SOURCE = "host_kernels.c"
 FLAGS = ("-O3", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math", "-shared", "-fPIC")
-TUNING = ("-march=native",)  # left out where the compiler refuses it: the kernels are then built without
+TUNING = ("-march=native",)  # left out where the compiler refuses it or the CPU cannot be named
 
 
 def compiler() -> str | None:
