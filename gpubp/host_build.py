@@ -1,6 +1,6 @@
 """The CPU backend's compiled kernels: ``kernels/host_kernels.c`` (the optimizer updates, ReLU's
-bias + activation, BP2 with BP3), built with the machine's C compiler on first use and loaded with
-ctypes.
+bias + activation, BP2 with BP3, BP1's softmax-minus-y), built with the machine's C compiler on
+first use and loaded with ctypes.
 
 Why compiled: NumPy runs an update as a dozen array operations, each a pass over the parameters;
 the C loop makes one. Over the 784-512-512-10 network's 670,000 float32 parameters on the
@@ -101,16 +101,20 @@ def _declare(library: ctypes.CDLL) -> None:
         arguments = {"sgd_momentum": [pointer] * 3 + [size, T, T, ctypes.c_int],
                      "adam": [pointer] * 4 + [size] + [T] * 6,
                      "bias_relu": [pointer] * 2 + [size] * 2,
-                     "backprop_delta": [pointer] * 3 + [size] * 2 + [ctypes.c_int]}
+                     "backprop_delta": [pointer] * 3 + [size] * 2 + [ctypes.c_int],
+                     "softmax_shift": [pointer] * 5 + [size] * 2,
+                     "softmax_row_sums": [pointer] * 2 + [size] * 2,
+                     "softmax_finish": [pointer] * 6 + [T] + [size] * 2}
         for name, types in arguments.items():
             function = getattr(library, f"{name}_{dtype}")
-            function.argtypes, function.restype = types, None
+            function.argtypes = types
+            function.restype = ctypes.c_int if name == "softmax_shift" else None  # (1: a label out of range)
 
 
 @functools.lru_cache(maxsize=None)
 def compiled_kernels() -> tuple[ctypes.CDLL | None, str]:
     """(library, how it was built), or (None, why there is none): the kernels of
-    ``kernels/host_kernels.c`` as ``{sgd_momentum,adam,bias_relu,backprop_delta}_{float32,float64}``, built and
+    ``kernels/host_kernels.c`` as ``{sgd_momentum,adam,bias_relu,backprop_delta,softmax_*}_{float32,float64}``, built and
     cached on first call (see the module's docstring)."""
     if os.environ.get("GPUBP_HOST_KERNELS") == "numpy":
         return None, "GPUBP_HOST_KERNELS=numpy"
@@ -147,4 +151,4 @@ def compiled_kernels() -> tuple[ctypes.CDLL | None, str]:
 def describe() -> str:
     """One line for ``gpubp info``: how the CPU backend runs its optimizer updates, ReLU and BP2."""
     library, how = compiled_kernels()
-    return f"CPU kernels (optimizer updates, ReLU, BP2): {'C, ' + how if library is not None else 'NumPy twins: ' + how}"
+    return f"CPU kernels (optimizer updates, ReLU, BP2, softmax): {'C, ' + how if library is not None else 'NumPy twins: ' + how}"

@@ -1,10 +1,11 @@
 """The CPU backend's kernel set, :data:`CPU_KERNELS`: the NumPy twins of :mod:`gpubp.ops`, with the
-optimizer updates, ReLU's bias + activation and BP2 with BP3 compiled.
+optimizer updates, ReLU's bias + activation, BP2 with BP3 and BP1's softmax-minus-y compiled.
 
 An optimizer update is a dozen NumPy operations, each a pass over the parameters; here it is one
 C loop (``kernels/host_kernels.c``, built on first use by :mod:`gpubp.host_build`) that reads p, g
 and the state once; so is ReLU's z + b then max(., 0), and BP2's g * f'(a) with the bias gradient
-of the same delta (the twin's two or three passes, and its mask cast to float). Each element goes
+of the same delta (the twin's two or three passes, and its mask cast to float); BP1's
+softmax-minus-y is three C passes around NumPy's own exp and log. Each element goes
 through the twin's operations in the twin's order and precision, so the results are the twins'
 bit for bit, up to the sign of a zero or of a NaN (tests/test_host_kernels.py), for the scalars the
 optimizers pass, Python floats, which NumPy rounds to the arrays' dtype. The other activations'
@@ -64,6 +65,36 @@ def backprop_delta(xp, g, a, name: str, db=None):
     return g
 
 
+SOFTMAX_CLASSES = 8192  # the widest row whose sum NumPy adds in one pairwise sum on every version
+
+
+def softmax_minus_y(xp, z, y, sample_weight=None, b=None):
+    """BP1 and the mean loss: delta = (softmax(z + b) - Y) * scale (n, C) and a 0-d loss, from
+    three C passes around NumPy's exp and log (the twin's sixteen NumPy calls, each slow on rows
+    of a few classes). z (n, C), y int64 labels (n,), sample_weight (n,) or None, b (C,) or None.
+    Twin: ops.softmax_minus_y, which also runs for other arrays (and for a label outside 0..C-1,
+    so that it is treated as NumPy's indexing treats it)."""
+    fits = (z.ndim == 2 and 0 < z.shape[0] and 0 < z.shape[1] <= SOFTMAX_CLASSES and y.shape == z.shape[:1]
+            and y.dtype == np.int64 and y.flags.c_contiguous and (b is None or b.shape == z.shape[1:]))
+    shift = _kernel("softmax_shift", z, *(() if b is None else (b,))) if fits else None
+    if shift is None:
+        return ops.softmax_minus_y(np, z, y, sample_weight, b)
+    (n, classes), library, suffix = z.shape, compiled_kernels()[0], _SUFFIXES[z.dtype]
+    scale = ops.row_scale(n, z.dtype, sample_weight)  # 1/n, or (n, 1) contiguous w / sum(w)
+    delta, picked, s = np.empty(z.shape, z.dtype), np.empty((2, n), z.dtype), np.empty((n, 1), z.dtype)
+    y_at, delta_at, picked_at, s_at = y.ctypes.data, delta.ctypes.data, picked.ctypes.data, s.ctypes.data
+    if shift(z.ctypes.data, None if b is None else b.ctypes.data, y_at, delta_at, picked_at, n, classes):
+        return ops.softmax_minus_y(np, z, y, sample_weight, b)
+    np.exp(delta, out=delta)  # delta and s fresh, as the twin's: NumPy's loops may depend on where they lie
+    getattr(library, "softmax_row_sums_" + suffix)(delta_at, s_at, n, classes)
+    row_loss = np.log(s)  # (n, 1)
+    weighted = isinstance(scale, np.ndarray)
+    getattr(library, "softmax_finish_" + suffix)(delta_at, s_at, row_loss.ctypes.data, picked_at, y_at,
+                                                 scale.ctypes.data if weighted else None, 0 if weighted else float(scale),
+                                                 n, classes)
+    return delta, row_loss.sum()
+
+
 def sgd_momentum_update(xp, p, g, v, lr: float, momentum: float, nesterov: bool) -> None:
     """In place: v = momentum v - lr g; p += v (or the Nesterov step).
 
@@ -92,12 +123,12 @@ def adam_update(xp, p, g, m, v, lr_t: float, beta1: float, beta2: float, eps: fl
 
 class CpuKernels:
     """The "cpu" backend's kernel set (gpubp.kernel_set.KernelSet): the twins of gpubp.ops as they
-    are, but for the optimizer updates, ReLU's bias + activation and BP2 with BP3, compiled here
-    (the twins' results)."""
+    are, but for the optimizer updates, ReLU's bias + activation, BP2 with BP3 and BP1's
+    softmax-minus-y, compiled here (the twins' results)."""
 
     bias_activation = staticmethod(bias_activation)
     backprop_delta = staticmethod(backprop_delta)
-    softmax_minus_y = staticmethod(ops.softmax_minus_y)
+    softmax_minus_y = staticmethod(softmax_minus_y)
     output_minus_y = staticmethod(ops.output_minus_y)
     output_activation = staticmethod(ops.output_activation)
     cross_entropy = staticmethod(ops.cross_entropy)

@@ -1,7 +1,7 @@
-/* gpubp's CPU kernels in C: the optimizer updates, ReLU's bias + activation, and BP2's
- * g * f'(a) with BP3's column sums, one pass each over their arrays where their NumPy twins
- * (gpubp/ops.py: sgd_momentum_update, adam_update, bias_activation for "relu", backprop_delta
- * with db) make several.
+/* gpubp's CPU kernels in C: the optimizer updates, ReLU's bias + activation, BP2's g * f'(a)
+ * with BP3's column sums, and BP1's softmax-minus-y around NumPy's exp and log, one pass each
+ * over their arrays where their NumPy twins (gpubp/ops.py: sgd_momentum_update, adam_update,
+ * bias_activation for "relu", backprop_delta with db, softmax_minus_y) make several.
  *
  * Built by gpubp/host_build.py with -ffp-contract=off and without -ffast-math: each element goes
  * through the twin's operations, in the twin's order, each rounded to T (float or double), so
@@ -13,6 +13,7 @@
  */
 #include <math.h>
 #include <stddef.h>
+#include <stdint.h>
 
 /* v = momentum v - lr g; then p += v, or with Nesterov p += momentum v - lr g (the new v). */
 #define SGD_MOMENTUM(NAME, T)                                                          \
@@ -92,3 +93,92 @@ BIAS_RELU(bias_relu_float64, double)
 
 BACKPROP_DELTA(backprop_delta_float32, float)
 BACKPROP_DELTA(backprop_delta_float64, double)
+
+/* BP1 for a softmax output, the twin's steps but its exp and log (NumPy's, which no C library
+ * matches bit for bit: the caller runs them between these three). For z (rows, classes), with
+ * the output bias b (classes,) or NULL, and labels y (rows,):
+ *   softmax_shift:    delta = z + b - zmax (zmax the row's first largest value, or its first NaN,
+ *                     as NumPy's argmax picks it); picked (2, rows) = zmax, then z + b at the label.
+ *                     Returns 1, having stopped, at a label outside 0..classes-1 (the caller then
+ *                     runs the twin, which treats it as NumPy's indexing does), else 0.
+ *   (caller)          delta = exp(delta)
+ *   softmax_row_sums: s (rows,) = the row sums of delta, in the order of NumPy's sum(axis=1) of
+ *                     rows of up to 8192 values (0 plus the row's pairwise sum, see PAIRWISE_SUM)
+ *   (caller)          row_loss = log(s)
+ *   softmax_finish:   row_loss = (row_loss + zmax - z_y) c and delta = (delta / s - Y) c, c the
+ *                     row's weight w[r], or scale where w is NULL (the caller sums row_loss). */
+
+/* NumPy's pairwise sum of a[0 .. n-1] (its pairwise_sum in loops_utils.h): up to 8 values one by
+ * one; up to 128 in eight running sums joined as a tree, the rest added one by one; more split in
+ * two at a multiple of 8 near the middle. */
+#define PAIRWISE_SUM(NAME, T)                                                          \
+    static T NAME(const T *a, size_t n) {                                              \
+        if (n < 8) {                                                                   \
+            T res = (T)-0.0;                                                           \
+            for (size_t i = 0; i < n; i++)                                             \
+                res = res + a[i];                                                      \
+            return res;                                                                \
+        }                                                                              \
+        if (n <= 128) {                                                                \
+            T r[8];                                                                    \
+            size_t i;                                                                  \
+            for (int j = 0; j < 8; j++)                                                \
+                r[j] = a[j];                                                           \
+            for (i = 8; i < n - n % 8; i += 8)                                         \
+                for (int j = 0; j < 8; j++)                                            \
+                    r[j] = r[j] + a[i + j];                                            \
+            T res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7])); \
+            for (; i < n; i++)                                                         \
+                res = res + a[i];                                                      \
+            return res;                                                                \
+        }                                                                              \
+        size_t half = n / 2 - (n / 2) % 8;                                             \
+        return NAME(a, half) + NAME(a + half, n - half);                               \
+    }
+
+#define SOFTMAX(SUFFIX, T)                                                             \
+    PAIRWISE_SUM(pairwise_sum_##SUFFIX, T)                                             \
+                                                                                       \
+    int softmax_shift_##SUFFIX(const T *z, const T *b, const int64_t *y, T *delta,     \
+                               T *picked, size_t rows, size_t classes) {               \
+        for (size_t r = 0; r < rows; r++) {                                            \
+            const T *z_r = z + r * classes;                                            \
+            T *d_r = delta + r * classes;                                              \
+            for (size_t j = 0; j < classes; j++)                                       \
+                d_r[j] = b != NULL ? z_r[j] + b[j] : z_r[j];                           \
+            T zmax = d_r[0];                                                           \
+            for (size_t j = 1; j < classes && zmax == zmax; j++)                       \
+                if (!(d_r[j] <= zmax))                                                 \
+                    zmax = d_r[j];                                                     \
+            if (y[r] < 0 || (uint64_t)y[r] >= classes)                                 \
+                return 1;                                                              \
+            picked[r] = zmax;                                                          \
+            picked[rows + r] = d_r[y[r]];                                              \
+            for (size_t j = 0; j < classes; j++)                                       \
+                d_r[j] = d_r[j] - zmax;                                                \
+        }                                                                              \
+        return 0;                                                                      \
+    }                                                                                  \
+                                                                                       \
+    void softmax_row_sums_##SUFFIX(const T *delta, T *s, size_t rows, size_t classes) { \
+        for (size_t r = 0; r < rows; r++)                                              \
+            s[r] = (T)0 + pairwise_sum_##SUFFIX(delta + r * classes, classes);         \
+    }                                                                                  \
+                                                                                       \
+    void softmax_finish_##SUFFIX(T *delta, const T *s, T *row_loss, const T *picked,   \
+                                 const int64_t *y, const T *w, T scale, size_t rows,   \
+                                 size_t classes) {                                     \
+        for (size_t r = 0; r < rows; r++) {                                            \
+            T c = w != NULL ? w[r] : scale;                                            \
+            T *d_r = delta + r * classes;                                              \
+            row_loss[r] = ((row_loss[r] + picked[r]) - picked[rows + r]) * c;          \
+            for (size_t j = 0; j < classes; j++)                                       \
+                d_r[j] = d_r[j] / s[r];                                                \
+            d_r[y[r]] = d_r[y[r]] - (T)1;                                              \
+            for (size_t j = 0; j < classes; j++)                                       \
+                d_r[j] = d_r[j] * c;                                                   \
+        }                                                                              \
+    }
+
+SOFTMAX(float32, float)
+SOFTMAX(float64, double)

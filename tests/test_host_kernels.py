@@ -1,5 +1,5 @@
 """gpubp.host_kernels and gpubp.host_build: the CPU backend's compiled kernels (optimizer updates,
-ReLU's bias + activation, BP2 with BP3) give their NumPy twins' results bit for bit, and where they
+ReLU's bias + activation, BP2 with BP3, softmax-minus-y) give their NumPy twins' results bit for bit, and where they
 cannot be built the twins run, and gpubp info says why."""
 
 import contextlib
@@ -172,6 +172,75 @@ def test_a_bias_gradient_over_g_itself_goes_to_the_twin(built):
     assert same_bits(g, expected)
 
 
+def _softmax_bits(actual, expected) -> bool:
+    """(delta, loss) pairs equal as same_bits has it, the loss of the same type (a NumPy scalar)."""
+    return (same_bits(actual[0], expected[0]) and type(actual[1]) is type(expected[1])
+            and same_bits(np.asarray(actual[1]), np.asarray(expected[1])))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_the_compiled_softmax_minus_y_is_bitwise_its_twin(built, dtype):
+    """delta and the loss, with and without the output bias and sample weights, over row lengths
+    around NumPy's pairwise sum's eight running sums and 128-value blocks (its recursion at 8192
+    classes), batches past 8192 rows (NumPy's loss sum in blocks, on some versions)."""
+    rng = np.random.default_rng(17)
+    shapes = [(1, 2), (2, 3), (7, 7), (9, 8), (5, 9), (256, 10), (3, 17), (33, 129), (4, 300), (2, 8192), (9000, 3)]
+    for rows, classes in shapes:
+        z = (rng.normal(size=(rows, classes)) * rng.choice([0.1, 3.0, 30.0])).astype(dtype)
+        b, y = rng.normal(size=classes).astype(dtype), rng.integers(0, classes, rows)
+        for w in (None, rng.random(rows).astype(dtype)):
+            for bias in (None, b):
+                expected = ops.softmax_minus_y(np, z, y, w, bias)
+                with compiled_only("softmax_minus_y"):
+                    actual = host_kernels.softmax_minus_y(np, z, y, w, bias)
+                assert _softmax_bits(actual, expected), (rows, classes, w is None, bias is None)
+    assert 0 < float(actual[1]) < np.log(classes) + 5  # a real loss, not a constant
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_the_compiled_softmax_minus_y_keeps_the_twins_special_values(built, dtype):
+    """Rows with NaN, infinities, signed zeros, tied maxima and logits near the largest float:
+    the twin's deltas and loss, NaN where it has NaN."""
+    big = np.finfo(dtype).max / 2
+    z = np.array([[np.nan, 1.0, 2.0], [1.0, np.nan, np.inf], [np.inf, 1.0, -np.inf], [-np.inf, -np.inf, 0.0],
+                  [-0.0, 0.0, -0.0], [3.0, 3.0, 1.0], [big, -big, big], [1.0, 2.0, 3.0]], dtype)
+    y = np.array([0, 1, 2, 2, 1, 1, 0, 2])
+    for rows in (slice(None), slice(3, 8), slice(4, 8)):  # the finite rows alone give a finite loss
+        with np.errstate(all="ignore"):
+            expected = ops.softmax_minus_y(np, z[rows], y[rows])
+            with compiled_only("softmax_minus_y"):
+                actual = host_kernels.softmax_minus_y(np, z[rows], y[rows])
+        assert _softmax_bits(actual, expected), rows
+    assert np.isfinite(actual[1]) and np.isnan(host_kernels.softmax_minus_y(np, z, y)[1])
+
+
+def test_a_label_out_of_range_meets_the_twins_indexing(built):
+    """The C pass checks every label: one past the classes raises NumPy's IndexError as the twin
+    does, a negative one counts from the end as the twin's indexing does (gpubp checks labels
+    before they get here; no read or write lands outside z or delta)."""
+    rng = np.random.default_rng(19)
+    z = rng.normal(size=(6, 4)).astype(np.float32)
+    with pytest.raises(IndexError):
+        host_kernels.softmax_minus_y(np, z, np.array([0, 1, 2, 3, 4, 0]))
+    negative = np.array([0, 1, -1, 3, 2, 0])
+    assert _softmax_bits(host_kernels.softmax_minus_y(np, z, negative), ops.softmax_minus_y(np, z, negative))
+
+
+def test_softmax_arrays_the_loop_cannot_take_go_to_the_twin(built):
+    """int32 labels, a transposed z, more than 8192 classes and float16 run the twin, and give its
+    result; an empty batch raises the twin's error (gpubp takes no step on one)."""
+    rng = np.random.default_rng(23)
+    z = rng.normal(size=(5, 9000)).astype(np.float32)
+    y = rng.integers(0, 4, 5)
+    cases = [(z[:, :4], y.astype(np.int32)), (z[:, :4].copy().T.copy().T, y), (z, y), (z[:, :4].astype(np.float16), y)]
+    for logits, labels in cases:
+        assert _softmax_bits(host_kernels.softmax_minus_y(np, logits, labels), ops.softmax_minus_y(np, logits, labels))
+    with pytest.raises(ZeroDivisionError):  # the twin's 1 / n
+        ops.softmax_minus_y(np, z[:0], y[:0])
+    with pytest.raises(ZeroDivisionError):
+        host_kernels.softmax_minus_y(np, z[:0], y[:0])
+
+
 def test_the_other_activations_and_shapes_run_the_twins(built):
     """tanh, sigmoid, identity, bfloat16 and a strided z go to the twin, and give its result."""
     import ml_dtypes
@@ -242,13 +311,13 @@ def test_the_library_is_built_once_into_the_cache_and_named_by_its_source(built,
     host_build.compiled_kernels.cache_clear()
     assert host_build.compiled_kernels()[0] is not None
     assert [f.name for f in fresh_build.iterdir()] == [built_file.name] and built_file.stat().st_mtime_ns == stamp
-    assert host_build.describe().startswith("CPU kernels (optimizer updates, ReLU, BP2): C, compiled with ")
+    assert host_build.describe().startswith("CPU kernels (optimizer updates, ReLU, BP2, softmax): C, compiled with ")
 
 
 def test_without_a_compiler_the_twins_run_and_info_says_why(monkeypatch, fresh_build):
     monkeypatch.setattr(host_build, "compiler", lambda: None)
     assert host_build.compiled_kernels() == (None, "no C compiler (set CC, or install cc, gcc or clang)")
-    assert host_build.describe() == "CPU kernels (optimizer updates, ReLU, BP2): NumPy twins: no C compiler (set CC, or install cc, gcc or clang)"
+    assert host_build.describe() == "CPU kernels (optimizer updates, ReLU, BP2, softmax): NumPy twins: no C compiler (set CC, or install cc, gcc or clang)"
     rng = np.random.default_rng(4)
     p, g, v = _arrays(rng, (9, 5), "float64", 3)
     ref_p, ref_v = p.copy(), v.copy()

@@ -43,7 +43,7 @@ def test_the_cuda_set_runs_the_twins_only_where_it_has_no_kernel():
 
 
 def test_the_cpu_set_is_the_twins_but_for_the_compiled_kernels():
-    compiled = {"sgd_momentum_update", "adam_update", "bias_activation", "backprop_delta"}
+    compiled = {"sgd_momentum_update", "adam_update", "bias_activation", "backprop_delta", "softmax_minus_y"}
     for operation in OPERATIONS:
         expected = getattr(host_kernels if operation in compiled else ops, operation)
         assert getattr(host_kernels.CPU_KERNELS, operation) is expected, operation
