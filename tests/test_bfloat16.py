@@ -517,7 +517,10 @@ def test_cuda_bfloat16_products_into_float32_match_the_cpu_model(shape):
     matmul_as_bfloat16(*host(A, B), out=model)
     got = cp.asnumpy(flat)
     assert (got[:3] == -7.0).all()
-    assert rel(got[3:].reshape(320, 256), model) < 1e-6
+    # 1e-5: float32 sums over k = 384 in another order, by tensor cores that truncate their partial
+    # sums (a model of that, exact products truncated per k-block, gave 2.4e-7 to 6.5e-7 here), and
+    # 100x below a C rounded to bfloat16 (2^-9 relative: about 1e-3)
+    assert rel(got[3:].reshape(320, 256), model) < 1e-5
 
 
 @pytest.mark.gpu
