@@ -188,10 +188,11 @@ def fmad_arguments(name: str, arr: SimpleNamespace):
         return arr.z, arr.b, arr.z
     if name.startswith("gpubp_backprop_delta_"):
         return arr.a[name.removeprefix("gpubp_backprop_delta_")], arr.g
+    no_l2 = (f32(0.0), np.int64(0))  # the L2 gradient's factor and weight count: none folded in
     if name == "gpubp_sgd_momentum":
-        return arr.gp, f32(0.01), f32(MOMENTUM), True, arr.p, arr.v
+        return arr.gp, f32(0.01), f32(MOMENTUM), True, *no_l2, arr.p, arr.v
     if name == "gpubp_adam":
-        return arr.gp, f32(1e-3), f32(0.9), f32(0.1), f32(0.999), f32(1e-3), f32(1e-8), arr.p, arr.m, arr.v
+        return arr.gp, f32(1e-3), f32(0.9), f32(0.1), f32(0.999), f32(1e-3), f32(1e-8), *no_l2, arr.p, arr.m, arr.v
     return None
 
 

@@ -191,19 +191,21 @@ class Engine:
             if self.parallel and net.alpha:
                 self._l2.append(net.xp.zeros((), net.dtype))
             return net.xp.zeros((), net.dtype)
+        fold = self.clip_norm is None  # the L2 penalty's gradient added by the update (clipping needs it before)
         if self.parallel:
-            loss, g = self._global_gradient(batch)
+            loss, g, l2 = self._global_gradient(batch, fold)
         else:  # a graphed step gathers its batch straight into the graph's buffers
             arrays = self.graphed.inputs(batch) if self.graphed else batch.arrays()
-            loss, g = batch_loss_and_grad(net, *arrays, self.loss_scale, self.graphed)
+            loss, g, l2 = batch_loss_and_grad(net, *arrays, self.loss_scale, self.graphed, fold)
         if self.clip_norm is not None:
             clip_by_global_norm(net.xp, [g], self.clip_norm)
-        self.optimizer.update(net.flat_params, g, self.opt_state, lr)  # every parameter in one pass
+        self.optimizer.update(net.flat_params, g, self.opt_state, lr, *l2)  # every parameter in one pass
         return loss
 
-    def _global_gradient(self, batch):
-        """Data parallel: the global batch's mean gradient on every rank (one all-reduce), and
-        this rank's part of the mean loss (0-d, summed over the ranks at the epoch's end)."""
+    def _global_gradient(self, batch, fold_l2: bool):
+        """Data parallel: the global batch's mean gradient on every rank (one all-reduce), this
+        rank's part of the mean loss (0-d, summed over the ranks at the epoch's end), and the L2
+        penalty's (factor, weights) for the update to fold in, as batch_loss_and_grad's."""
         net, xp = self.net, self.net.xp
         X, y, w = batch.arrays()  # also for an empty share: a streamed feed expects every batch taken
         if batch.share:  # W_r > 0
@@ -214,9 +216,11 @@ class Engine:
         else:  # no rows (fewer than ranks), or none that weighs: this rank adds nothing, but takes part
             loss, g = xp.zeros((), net.dtype), xp.zeros(net.flat_params.shape, net.dtype)
         self.comm.allreduce_sum(g)
-        if net.alpha:
-            self._l2.append(net.add_l2(g, batch.weight))
-        return loss, g
+        if not net.alpha:
+            return loss, g, NO_L2
+        c = net.l2_scale(batch.weight)
+        self._l2.append(net.l2_loss(c) if fold_l2 else net.add_l2(g, batch.weight))
+        return loss, g, (c, net.n_weights) if fold_l2 else NO_L2
 
     # ------------------------------------------------------------------ losses and failures
 
@@ -265,14 +269,23 @@ class Engine:
                 f"batch size {suggestion} should fit (or use a smaller network)")
 
 
-def batch_loss_and_grad(net: MLP, X, y, w=None, loss_scale: float = 1.0, graphed=None):
+NO_L2 = (0.0, 0)  # the optimizer's (l2, n_weights) when there is no L2 term to fold in
+
+
+def batch_loss_and_grad(net: MLP, X, y, w=None, loss_scale: float = 1.0, graphed=None, fold_l2: bool = False):
     """Mean loss (0-d) and flat gradient (n_params,) of one batch in one process, the L2 term
     included (n = the rows, or the summed weights): X (m, d), y (m,) or (m, k), w (m,) or None,
     all on the device. ``loss_scale`` multiplies the data part of the loss only. ``graphed``: a
-    GraphedGradient that replays the data part."""
+    GraphedGradient that replays the data part. Returns (loss, g, l2): with ``fold_l2`` and an
+    L2 penalty, g lacks the penalty's gradient and l2 = (alpha / n, n_weights), for the
+    optimizer's update to add it in its pass over the parameters; else l2 = NO_L2."""
     loss, g = net.flat_loss_and_grad(X, y, w, l2=False) if graphed is None else graphed(X, y, w)
     if loss_scale != 1.0:
         loss = loss * net.dtype.type(loss_scale)
-    if net.alpha:
-        loss = loss + net.add_l2(g, X.shape[0] if w is None else w.sum())
-    return loss, g
+    if not net.alpha:
+        return loss, g, NO_L2
+    n = X.shape[0] if w is None else w.sum()
+    if not fold_l2:
+        return loss + net.add_l2(g, n), g, NO_L2
+    c = net.l2_scale(n)
+    return loss + net.l2_loss(c), g, (c, net.n_weights)

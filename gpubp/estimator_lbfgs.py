@@ -21,7 +21,7 @@ class LbfgsFit:
     def _batch_loss(self, net, Xb, Yb, wb):
         """Loss as scikit-learn reports it and the flat gradient (n_params,) as scikit-learn
         computes it, in the layout of net.flat_params (scikit-learn's packing: weights, then biases)."""
-        return batch_loss_and_grad(net, Xb, Yb, wb, self._loss_scale(net))
+        return batch_loss_and_grad(net, Xb, Yb, wb, self._loss_scale(net))[:2]
 
     def _loss_scale(self, net) -> float:
         """The factor on the data part of the reported loss: scikit-learn's squared loss averages

@@ -98,8 +98,8 @@ def _declare(library: ctypes.CDLL) -> None:
     (Attributes, not ``library[name]``: ctypes keeps the former, so the types stay set.)"""
     pointer, size = ctypes.c_void_p, ctypes.c_size_t
     for dtype, T in (("float32", ctypes.c_float), ("float64", ctypes.c_double)):
-        arguments = {"sgd_momentum": [pointer] * 3 + [size, T, T, ctypes.c_int],
-                     "adam": [pointer] * 4 + [size] + [T] * 6,
+        arguments = {"sgd_momentum": [pointer] * 3 + [size, T, T, ctypes.c_int, T, size],
+                     "adam": [pointer] * 4 + [size] + [T] * 7 + [size],
                      "bias_relu": [pointer] * 2 + [size] * 2,
                      "backprop_delta": [pointer] * 3 + [size] * 2 + [ctypes.c_int],
                      "softmax_shift": [pointer] * 5 + [size] * 2,

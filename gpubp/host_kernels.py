@@ -90,35 +90,47 @@ def softmax_minus_y(xp, z, y, sample_weight=None, b=None):
     row_loss = np.log(s)  # (n, 1)
     weighted = isinstance(scale, np.ndarray)
     getattr(library, "softmax_finish_" + suffix)(delta_at, s_at, row_loss.ctypes.data, picked_at, y_at,
-                                                 scale.ctypes.data if weighted else None, 0 if weighted else float(scale),
-                                                 n, classes)
+                                                 scale.ctypes.data if weighted else None,
+                                                 0 if weighted else float(scale), n, classes)
     return delta, row_loss.sum()
 
 
-def sgd_momentum_update(xp, p, g, v, lr: float, momentum: float, nesterov: bool) -> None:
-    """In place: v = momentum v - lr g; p += v (or the Nesterov step).
+def _l2_scalar(l2, p, n_weights: int):
+    """The L2 factor as the C loop takes it (a float; a 0-d array of p's dtype is read), or None
+    where the twin must run: weights past the end of p."""
+    return float(l2) if 0 <= n_weights <= p.size else None
+
+
+def sgd_momentum_update(xp, p, g, v, lr: float, momentum: float, nesterov: bool, l2=0.0,
+                        n_weights: int = 0) -> None:
+    """In place: v = momentum v - lr g; p += v (or the Nesterov step), g[:n_weights] read as
+    g + l2 p (the L2 penalty's gradient; g is not changed).
 
     p, g, v: NumPy arrays of one shape and dtype. Twin: ops.sgd_momentum_update.
     """
     kernel = _kernel("sgd_momentum", p, g, v) if p.shape == g.shape == v.shape else None
-    if kernel is None:
-        ops.sgd_momentum_update(np, p, g, v, lr, momentum, nesterov)
+    c = _l2_scalar(l2, p, n_weights)
+    if kernel is None or c is None:
+        ops.sgd_momentum_update(np, p, g, v, lr, momentum, nesterov, l2, n_weights)
     else:
-        kernel(p.ctypes.data, g.ctypes.data, v.ctypes.data, p.size, lr, momentum, int(nesterov))
+        kernel(p.ctypes.data, g.ctypes.data, v.ctypes.data, p.size, lr, momentum, int(nesterov), c, n_weights)
 
 
-def adam_update(xp, p, g, m, v, lr_t: float, beta1: float, beta2: float, eps: float) -> None:
-    """In place: Adam's m, v and p updates with the bias-corrected step size lr_t.
+def adam_update(xp, p, g, m, v, lr_t: float, beta1: float, beta2: float, eps: float, l2=0.0,
+                n_weights: int = 0) -> None:
+    """In place: Adam's m, v and p updates with the bias-corrected step size lr_t, g[:n_weights]
+    read as g + l2 p (the L2 penalty's gradient; g is not changed).
 
     p, g, m, v: NumPy arrays of one shape and dtype. Twin: ops.adam_update (as there, 1 - beta
     is computed in double, then rounded to p's dtype).
     """
     kernel = _kernel("adam", p, g, m, v) if p.shape == g.shape == m.shape == v.shape else None
-    if kernel is None:
-        ops.adam_update(np, p, g, m, v, lr_t, beta1, beta2, eps)
+    c = _l2_scalar(l2, p, n_weights)
+    if kernel is None or c is None:
+        ops.adam_update(np, p, g, m, v, lr_t, beta1, beta2, eps, l2, n_weights)
     else:
         kernel(p.ctypes.data, g.ctypes.data, m.ctypes.data, v.ctypes.data, p.size,
-               lr_t, beta1, 1 - beta1, beta2, 1 - beta2, eps)
+               lr_t, beta1, 1 - beta1, beta2, 1 - beta2, eps, c, n_weights)
 
 
 class CpuKernels:

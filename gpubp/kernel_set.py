@@ -51,13 +51,17 @@ class KernelSet(Protocol):
     def cross_entropy(self, xp, z, y):
         """Mean cross-entropy (0-d) of logits z (n, C) and labels y (n,): the evaluation loss."""
 
-    def sgd_momentum_update(self, xp, p, g, v, lr: float, momentum: float, nesterov: bool) -> None:
+    def sgd_momentum_update(self, xp, p, g, v, lr: float, momentum: float, nesterov: bool, l2=0.0,
+                            n_weights: int = 0) -> None:
         """In place: v = momentum v - lr g; p += v (or p += momentum v - lr g, Nesterov).
-        p, g, v: arrays of one shape and dtype."""
+        p, g, v: arrays of one shape and dtype; g is not changed. With n_weights > 0 the L2
+        penalty's gradient is folded in: g[:n_weights] is read as g + l2 * p (p, g, v flat, the
+        weights first; l2 = alpha / n, a number or a 0-d array of p's dtype)."""
 
-    def adam_update(self, xp, p, g, m, v, lr_t: float, beta1: float, beta2: float, eps: float) -> None:
+    def adam_update(self, xp, p, g, m, v, lr_t: float, beta1: float, beta2: float, eps: float, l2=0.0,
+                    n_weights: int = 0) -> None:
         """In place: Adam's m, v and p updates with the bias-corrected step size lr_t.
-        p, g, m, v: arrays of one shape and dtype."""
+        p, g, m, v: arrays of one shape and dtype; l2 and n_weights as in sgd_momentum_update."""
 
 
 OPERATIONS = tuple(name for name, member in vars(KernelSet).items()

@@ -69,14 +69,16 @@ def _specs() -> dict[str, ElementwiseSpec]:
             specs[f"gpubp_backprop_delta_{act}"] = ElementwiseSpec(
                 f"gpubp_backprop_delta_{act}", "T a", "T g",
                 f"g = gpubp::widen(g) * gpubp::derivative_from_a<{code}>(gpubp::widen(a))", "ops.backprop_delta")
+    # the updates read g + l2 p for the first n_weights elements (i: the element's flat index)
+    gradient = "gpubp::l2_gradient(g, p, l2, i < n_weights)"
     specs["gpubp_sgd_momentum"] = ElementwiseSpec(
-        "gpubp_sgd_momentum", "T g, T lr, T mu, bool nesterov", "T p, T v",
-        "gpubp::sgd_momentum(p, v, g, lr, mu, nesterov)", "ops.sgd_momentum_update")
+        "gpubp_sgd_momentum", "T g, T lr, T mu, bool nesterov, T l2, int64 n_weights", "T p, T v",
+        f"gpubp::sgd_momentum(p, v, {gradient}, lr, mu, nesterov)", "ops.sgd_momentum_update")
     specs["gpubp_adam"] = ElementwiseSpec(
         "gpubp_adam",
-        "T g, T lr_t, T beta1, T one_minus_beta1, T beta2, T one_minus_beta2, T eps",
+        "T g, T lr_t, T beta1, T one_minus_beta1, T beta2, T one_minus_beta2, T eps, T l2, int64 n_weights",
         "T p, T m, T v",
-        "gpubp::adam(p, m, v, g, lr_t, beta1, one_minus_beta1, beta2, one_minus_beta2, eps)",
+        f"gpubp::adam(p, m, v, {gradient}, lr_t, beta1, one_minus_beta1, beta2, one_minus_beta2, eps)",
         "ops.adam_update")
     return specs
 
@@ -176,17 +178,27 @@ def softmax_minus_y(xp, z, y, sample_weight=None, b=None):
     return delta, loss_rows.sum()
 
 
-def sgd_momentum_update(xp, p, g, v, lr: float, momentum: float, nesterov: bool) -> None:
-    """One pass: v = momentum v - lr g; p += v (or the Nesterov step).
-    Twin: ops.sgd_momentum_update."""
-    t = p.dtype.type
-    elementwise_kernel("gpubp_sgd_momentum")(g, t(lr), t(momentum), bool(nesterov), p, v)
+def _l2_argument(xp, l2, t):
+    """The L2 factor as a kernel argument: a 0-d device array as it is (alpha over a sum of
+    sample weights, left on the device), a number rounded to the parameters' dtype."""
+    return l2 if isinstance(l2, xp.ndarray) else t(l2)
 
 
-def adam_update(xp, p, g, m, v, lr_t: float, beta1: float, beta2: float, eps: float) -> None:
-    """One pass of Adam over p, m and v. Twin: ops.adam_update."""
+def sgd_momentum_update(xp, p, g, v, lr: float, momentum: float, nesterov: bool, l2=0.0,
+                        n_weights: int = 0) -> None:
+    """One pass: v = momentum v - lr g; p += v (or the Nesterov step), g[:n_weights] read as
+    g + l2 p. p, g, v: flat for n_weights > 0. Twin: ops.sgd_momentum_update."""
     t = p.dtype.type
-    elementwise_kernel("gpubp_adam")(g, t(lr_t), t(beta1), t(1 - beta1), t(beta2), t(1 - beta2), t(eps), p, m, v)
+    elementwise_kernel("gpubp_sgd_momentum")(g, t(lr), t(momentum), bool(nesterov), _l2_argument(xp, l2, t),
+                                             xp.int64(n_weights), p, v)
+
+
+def adam_update(xp, p, g, m, v, lr_t: float, beta1: float, beta2: float, eps: float, l2=0.0,
+                n_weights: int = 0) -> None:
+    """One pass of Adam over p, m and v, g[:n_weights] read as g + l2 p. Twin: ops.adam_update."""
+    t = p.dtype.type
+    elementwise_kernel("gpubp_adam")(g, t(lr_t), t(beta1), t(1 - beta1), t(beta2), t(1 - beta2), t(eps),
+                                     _l2_argument(xp, l2, t), xp.int64(n_weights), p, m, v)
 
 
 # the operations of the kernel set that have no CUDA kernel: CUDA_KERNELS runs their twins with cupy

@@ -43,10 +43,9 @@ class MLP:
         cross-entropy, identity with half squared error, exp with Poisson deviance (targets
         are an (n, nL) array).
     tf32 : bool
-        float32 only. True: every product uses TF32 (inputs rounded to 10 mantissa bits, sums in
-        float32; ~3e-4 relative error a product, several times the float32 rate on Ampere or
-        newer): :func:`gpubp.precision.tf32_products` on CUDA, its CPU model
-        :func:`gpubp.precision.matmul_as_tf32` on NumPy. False (default): IEEE float32.
+        float32 only. True: every product uses TF32 (inputs rounded to 10 mantissa bits, float32
+        sums, ~3e-4 relative error, several times float32's rate from Ampere on): on CUDA
+        :func:`gpubp.precision.tf32_products`, on NumPy its model :func:`gpubp.precision.matmul_as_tf32`.
 
     Attributes
     ----------
@@ -57,10 +56,8 @@ class MLP:
         Every parameter in one buffer on the backend's device: the weights, row-major, layer by
         layer, then the biases. An optimizer updates it in one pass, and a gradient
         (:meth:`flat_loss_and_grad`) has the same layout.
-    weights : list of arrays
-        ``weights[l]`` has shape (sizes[l], sizes[l+1]): a view of ``flat_params``.
-    biases : list of arrays
-        ``biases[l]`` has shape (sizes[l+1],): a view of ``flat_params``.
+    weights, biases : lists of arrays
+        ``weights[l]`` (sizes[l], sizes[l+1]) and ``biases[l]`` (sizes[l+1],): views of ``flat_params``.
     """
 
     _gemm = None  # the products' route inside direct_products
@@ -224,14 +221,20 @@ class MLP:
         return loss, g
 
     def add_l2(self, g, n):
-        """The L2 term on every weight at once: g's weights += alpha/n * W (in place); returns the
-        loss's term alpha/(2n) * sum ||W||^2 (0-d, on the device). g: (n_params,) in flat_params'
-        layout; n: the row count (int) or the total sample weight (0-d array)."""
-        W, gW = self.flat_params[:self.n_weights], g[:self.n_weights]
-        # c kept in the network's dtype: NumPy 1.x turns a float32 scalar and a Python number
-        # into float64; n stays on the device (no sync) when it is a sum of weights
-        c = self.dtype.type(self.alpha / n) if isinstance(n, (int, float)) else (self.alpha / n).astype(self.dtype)
-        gW += c * W
+        """g's weights += alpha/n * W, in place (the trainers fold this into the optimizer's
+        update); returns :meth:`l2_loss`. g: (n_params,) in flat_params' layout; n: as l2_scale's."""
+        c, gW = self.l2_scale(n), g[:self.n_weights]
+        gW += c * self.flat_params[:self.n_weights]  # (on a view: g[:k] += would copy it back onto itself)
+        return self.l2_loss(c)
+
+    def l2_scale(self, n):
+        """c = alpha / n in the network's dtype (NumPy 1.x would widen a float32 scalar times a
+        Python float), n the row count (int) or the total sample weight (0-d: so is c, no sync)."""
+        return self.dtype.type(self.alpha / n) if isinstance(n, (int, float)) else (self.alpha / n).astype(self.dtype)
+
+    def l2_loss(self, c):
+        """The loss's L2 term c/2 * sum ||W||^2 (0-d, on the device), c from :meth:`l2_scale`."""
+        W = self.flat_params[:self.n_weights]
         return self.xp.vdot(W, W) * (c * self.dtype.type(0.5))
 
     def loss_and_grads(self, X, y, sample_weight=None):

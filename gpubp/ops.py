@@ -212,12 +212,29 @@ def output_activation(xp, z, output: str):
     return z
 
 
-def sgd_momentum_update(xp, p, g, v, lr: float, momentum: float, nesterov: bool, scratch=None) -> None:
+def l2_gradient(xp, g, p, l2, n_weights: int):
+    """g with the L2 penalty's gradient on the weights: the first n_weights elements (in row-major
+    order) g + l2 * p, the rest as in g (a copy; g itself when n_weights is 0). g, p: arrays of
+    one shape, flat (n_params,) in gpubp.mlp's layout, the weights first; l2 = alpha / n, a number
+    or a 0-d array of p's dtype."""
+    if not n_weights:
+        return g
+    g = g.copy()
+    weights = g.reshape(-1)[:n_weights]  # a view (the copy is C-contiguous): += writes g
+    weights += l2 * p.reshape(-1)[:n_weights]
+    return g
+
+
+def sgd_momentum_update(xp, p, g, v, lr: float, momentum: float, nesterov: bool, l2=0.0, n_weights: int = 0,
+                        scratch=None) -> None:
     """In place: v = momentum v - lr g; p += v, or p += momentum v - lr g (Nesterov).
 
-    p, g, v: arrays of one shape and dtype. scratch: optional pair of arrays of that shape and
-    dtype for the intermediate products, so that no temporaries are allocated on each step.
+    p, g, v: arrays of one shape and dtype (g is not changed). l2, n_weights: the L2 penalty's
+    gradient folded in, g read as :func:`l2_gradient` gives it (flat arrays; none when n_weights
+    is 0). scratch: optional pair of arrays of p's shape and dtype for the intermediate products,
+    so that no temporaries are allocated on each step.
     """
+    g = l2_gradient(xp, g, p, l2, n_weights)
     s1, s2 = scratch if scratch is not None else (xp.empty_like(p), xp.empty_like(p))
     xp.multiply(g, lr, out=s1)  # lr g
     v *= momentum
@@ -230,13 +247,16 @@ def sgd_momentum_update(xp, p, g, v, lr: float, momentum: float, nesterov: bool,
         p += v
 
 
-def adam_update(xp, p, g, m, v, lr_t: float, beta1: float, beta2: float, eps: float, scratch=None) -> None:
+def adam_update(xp, p, g, m, v, lr_t: float, beta1: float, beta2: float, eps: float, l2=0.0, n_weights: int = 0,
+                scratch=None) -> None:
     """In place: m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g^2; p -= lr_t m / (sqrt(v) + eps).
 
-    lr_t carries Adam's bias correction for this step. p, g, m, v: arrays of one shape and dtype;
-    scratch: optional pair of arrays like them for the intermediate results.
+    lr_t carries Adam's bias correction for this step. p, g, m, v: arrays of one shape and dtype
+    (g is not changed); l2, n_weights: as in :func:`sgd_momentum_update`; scratch: optional pair
+    of arrays like them for the intermediate results.
     1 - beta is computed in double, then rounded to p's dtype (as the kernel does).
     """
+    g = l2_gradient(xp, g, p, l2, n_weights)
     s1, s2 = scratch if scratch is not None else (xp.empty_like(p), xp.empty_like(p))
     m *= beta1
     xp.multiply(g, 1 - beta1, out=s1)

@@ -10,7 +10,9 @@ so one optimizer object can train several networks or runs without their states 
 checkpoint stores the state as it is (:meth:`OptimizerState.arrays` and ``t``). The update
 formulas are those of scikit-learn's ``_stochastic_optimizers``; the arithmetic is the backend's
 kernel set (``sgd_momentum_update``, ``adam_update``), on the parameters' device and in their
-dtype.
+dtype. ``update(..., lr, l2, net.n_weights)``, l2 = alpha / n, also adds the L2 penalty's
+gradient l2 * W to the weights' gradient in the same pass (gpubp.engine's steps do, where no
+clipping needs the whole gradient first).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from . import ops
 from .backend import backend_for
 from .params import check, check_all
 
@@ -84,14 +87,17 @@ class SGD:
         """A fresh state for ``params`` (array, any shape): a zero velocity when there is momentum."""
         return OptimizerState({name: _zeros_like(params) for name in self.state_names})
 
-    def update(self, params, grads, state: OptimizerState, lr: float) -> None:
-        """One step: ``params`` and ``state`` updated in place from ``grads`` (the shape of params)."""
+    def update(self, params, grads, state: OptimizerState, lr: float, l2=0.0, n_weights: int = 0) -> None:
+        """One step: ``params`` and ``state`` updated in place from ``grads`` (the shape of params),
+        read with the L2 penalty's gradient ``l2 * params`` added to the first ``n_weights``
+        (flat arrays, the weights first: gpubp.mlp's layout; ``grads`` is not changed)."""
         state.t += 1
-        if not self.momentum:
-            params -= lr * grads
-            return
         b = backend_for(params)
-        b.kernels.sgd_momentum_update(b.xp, params, grads, state.arrays["velocity"], lr, self.momentum, self.nesterov)
+        if not self.momentum:
+            params -= lr * ops.l2_gradient(b.xp, grads, params, l2, n_weights)
+            return
+        b.kernels.sgd_momentum_update(b.xp, params, grads, state.arrays["velocity"], lr, self.momentum, self.nesterov,
+                                      l2, n_weights)
 
 
 class Adam:
@@ -118,13 +124,15 @@ class Adam:
         """A fresh state for ``params`` (array, any shape): zero moments ``m`` and ``v``."""
         return OptimizerState({name: _zeros_like(params) for name in self.state_names})
 
-    def update(self, params, grads, state: OptimizerState, lr: float) -> None:
-        """One step: ``params`` and ``state`` updated in place from ``grads`` (the shape of params)."""
+    def update(self, params, grads, state: OptimizerState, lr: float, l2=0.0, n_weights: int = 0) -> None:
+        """One step: ``params`` and ``state`` updated in place from ``grads`` (the shape of params),
+        with the L2 penalty's gradient folded in as in :meth:`SGD.update`."""
         state.t += 1
         b1, b2 = self.beta1, self.beta2
         lr_t = lr * math.sqrt(1 - b2**state.t) / (1 - b1**state.t)
         b = backend_for(params)
-        b.kernels.adam_update(b.xp, params, grads, state.arrays["m"], state.arrays["v"], lr_t, b1, b2, self.eps)
+        b.kernels.adam_update(b.xp, params, grads, state.arrays["m"], state.arrays["v"], lr_t, b1, b2, self.eps,
+                              l2, n_weights)
 
 
 def optimizer_from_settings(settings: dict):

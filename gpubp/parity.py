@@ -185,27 +185,34 @@ def _check_cross_entropy(case: _Case) -> None:
                ops.cross_entropy(np, z, y))
 
 
+# the updates without an L2 term, and with its gradient folded in on the first 1000 of the 64 x 33
+# parameters (l2 = alpha / n large enough that leaving it out, or adding it past them, fails)
+_L2_CASES = (("", 0.0, 0), (" l2", 0.3, 1000))
+
+
 def _check_sgd_momentum_update(case: _Case) -> None:
     p, g, v = (case.normal((64, 33)) for _ in range(3))
     for nesterov in (False, True):
-        ref = [p.copy(), v.copy()]
-        ops.sgd_momentum_update(np, ref[0], g, ref[1], 0.05, 0.9, nesterov)
-        out = [case.dev(p), case.dev(v)]
-        case.kernels.sgd_momentum_update(case.xp, out[0], case.dev(g), out[1], 0.05, 0.9, nesterov)
-        label = "sgd_nesterov_update" if nesterov else "sgd_momentum_update"
-        case.check(f"{label} p", out[0], ref[0])
-        case.check(f"{label} v", out[1], ref[1])
+        for suffix, l2, n_weights in _L2_CASES:
+            ref = [p.copy(), v.copy()]
+            ops.sgd_momentum_update(np, ref[0], g, ref[1], 0.05, 0.9, nesterov, l2, n_weights)
+            out = [case.dev(p), case.dev(v)]
+            case.kernels.sgd_momentum_update(case.xp, out[0], case.dev(g), out[1], 0.05, 0.9, nesterov, l2, n_weights)
+            label = ("sgd_nesterov_update" if nesterov else "sgd_momentum_update") + suffix
+            case.check(f"{label} p", out[0], ref[0])
+            case.check(f"{label} v", out[1], ref[1])
 
 
 def _check_adam_update(case: _Case) -> None:
     p, g, m, v = (case.normal((64, 33)) for _ in range(4))
     v = np.abs(v)
-    ref = [p.copy(), m.copy(), v.copy()]
-    ops.adam_update(np, ref[0], g, ref[1], ref[2], 2e-3, 0.9, 0.999, 1e-8)
-    out = [case.dev(p), case.dev(m), case.dev(v)]
-    case.kernels.adam_update(case.xp, out[0], case.dev(g), out[1], out[2], 2e-3, 0.9, 0.999, 1e-8)
-    for what, actual, expected in zip("pmv", out, ref):
-        case.check(f"adam_update {what}", actual, expected)
+    for suffix, l2, n_weights in _L2_CASES:
+        ref = [p.copy(), m.copy(), v.copy()]
+        ops.adam_update(np, ref[0], g, ref[1], ref[2], 2e-3, 0.9, 0.999, 1e-8, l2, n_weights)
+        out = [case.dev(p), case.dev(m), case.dev(v)]
+        case.kernels.adam_update(case.xp, out[0], case.dev(g), out[1], out[2], 2e-3, 0.9, 0.999, 1e-8, l2, n_weights)
+        for what, actual, expected in zip("pmv", out, ref):
+            case.check(f"adam_update{suffix} {what}", actual, expected)
 
 
 # The check of each operation of the kernel set against its twin in gpubp.ops, by name;

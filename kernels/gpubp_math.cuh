@@ -92,6 +92,13 @@ GPUBP_HD T row_loss(T z_label, T zmax, T sumexp, T scale) {
     return (math_log(sumexp) + zmax - z_label) * scale;
 }
 
+// The gradient an optimizer reads for a parameter p: g + l2 p for a weight (the L2 penalty's
+// gradient, l2 = alpha / n, folded into the update's pass), g for a bias. Twin: ops.l2_gradient.
+template <typename T>
+GPUBP_HD T l2_gradient(T g, T p, T l2, bool weight) {
+    return weight ? g + l2 * p : g;
+}
+
 // v = mu v - lr g; p += v, or p += mu v - lr g (Nesterov). Twin: ops.sgd_momentum_update.
 template <typename T>
 GPUBP_HD void sgd_momentum(T& p, T& v, T g, T lr, T mu, bool nesterov) {

@@ -15,11 +15,16 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* The optimizers' gradient of parameter i: g + l2 p for the first n_weights (the L2 penalty's
+ * gradient folded in: the weights come first in the flat buffers), g for the rest. */
+#define GRADIENT(i) ((i) < n_weights ? g[i] + l2 * p[i] : g[i])
+
 /* v = momentum v - lr g; then p += v, or with Nesterov p += momentum v - lr g (the new v). */
 #define SGD_MOMENTUM(NAME, T)                                                          \
-    void NAME(T *p, const T *g, T *v, size_t n, T lr, T momentum, int nesterov) {      \
+    void NAME(T *p, const T *g, T *v, size_t n, T lr, T momentum, int nesterov, T l2,  \
+              size_t n_weights) {                                                      \
         for (size_t i = 0; i < n; i++) {                                               \
-            T lr_g = g[i] * lr;                                                        \
+            T lr_g = GRADIENT(i) * lr;                                                 \
             T v_i = v[i] * momentum - lr_g;                                            \
             v[i] = v_i;                                                                \
             p[i] = p[i] + (nesterov ? v_i * momentum - lr_g : v_i);                    \
@@ -30,9 +35,9 @@
  * with c1 = 1 - b1 and c2 = 1 - b2. */
 #define ADAM(NAME, T, SQRT)                                                            \
     void NAME(T *p, const T *g, T *m, T *v, size_t n, T lr_t, T b1, T c1, T b2, T c2,  \
-              T eps) {                                                                 \
+              T eps, T l2, size_t n_weights) {                                         \
         for (size_t i = 0; i < n; i++) {                                               \
-            T g_i = g[i];                                                              \
+            T g_i = GRADIENT(i);                                                       \
             T m_i = m[i] * b1 + g_i * c1;                                              \
             T v_i = v[i] * b2 + (g_i * g_i) * c2;                                      \
             m[i] = m_i;                                                                \

@@ -77,8 +77,8 @@ def interrupted_on_rank0(comm, checkpoint: str):
     """RESUME with a SIGINT to rank 0 only, after step INTERRUPT_AFTER: every rank must stop there."""
     steps, step = [0], SGD.update
 
-    def step_then_signal(self, params, grads, state, lr):
-        step(self, params, grads, state, lr)
+    def step_then_signal(self, *args):
+        step(self, *args)
         steps[0] += 1
         if steps[0] == INTERRUPT_AFTER and comm.rank == 0:
             os.kill(os.getpid(), signal.SIGINT)

@@ -62,17 +62,18 @@ void softmax_minus_y(const T* z, const long long* y, const T* scale, T* delta, T
 }
 
 template <typename T>
-void sgd_momentum(T* p, T* v, const T* g, long long size, T lr, T mu, int nesterov) {
+void sgd_momentum(T* p, T* v, const T* g, long long size, T lr, T mu, int nesterov, T l2, long long n_weights) {
     for (long long i = 0; i < size; ++i) {
-        gpubp::sgd_momentum(p[i], v[i], g[i], lr, mu, nesterov != 0);
+        gpubp::sgd_momentum(p[i], v[i], gpubp::l2_gradient(g[i], p[i], l2, i < n_weights), lr, mu, nesterov != 0);
     }
 }
 
 template <typename T>
 void adam(T* p, T* m, T* v, const T* g, long long size, T lr_t, T beta1, T one_minus_beta1,
-          T beta2, T one_minus_beta2, T eps) {
+          T beta2, T one_minus_beta2, T eps, T l2, long long n_weights) {
     for (long long i = 0; i < size; ++i) {
-        gpubp::adam(p[i], m[i], v[i], g[i], lr_t, beta1, one_minus_beta1, beta2, one_minus_beta2, eps);
+        gpubp::adam(p[i], m[i], v[i], gpubp::l2_gradient(g[i], p[i], l2, i < n_weights), lr_t, beta1,
+                    one_minus_beta1, beta2, one_minus_beta2, eps);
     }
 }
 
@@ -91,12 +92,14 @@ void adam(T* p, T* m, T* v, const T* g, long long size, T lr_t, T beta1, T one_m
         softmax_minus_y<T>(z, y, scale, delta, loss_rows, n, C);                                  \
     }                                                                                             \
     extern "C" void sgd_momentum_##SUFFIX(T* p, T* v, const T* g, long long size, T lr, T mu,     \
-                                          int nesterov) {                                         \
-        sgd_momentum<T>(p, v, g, size, lr, mu, nesterov);                                         \
+                                          int nesterov, T l2, long long n_weights) {              \
+        sgd_momentum<T>(p, v, g, size, lr, mu, nesterov, l2, n_weights);                          \
     }                                                                                             \
     extern "C" void adam_##SUFFIX(T* p, T* m, T* v, const T* g, long long size, T lr_t, T beta1,  \
-                                  T one_minus_beta1, T beta2, T one_minus_beta2, T eps) {         \
-        adam<T>(p, m, v, g, size, lr_t, beta1, one_minus_beta1, beta2, one_minus_beta2, eps);     \
+                                  T one_minus_beta1, T beta2, T one_minus_beta2, T eps, T l2,     \
+                                  long long n_weights) {                                          \
+        adam<T>(p, m, v, g, size, lr_t, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, l2,  \
+                n_weights);                                                                       \
     }
 
 GPUBP_EXPORT(float, f32)

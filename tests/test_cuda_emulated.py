@@ -299,7 +299,7 @@ def test_gpubp_check_passes_on_the_stand_in(fake_cupy, capsys):
     assert cli.main(["check"]) == 0
     out = capsys.readouterr().out
     # dtypes x layouts x the rows of each operation of gpubp.kernel_set.OPERATIONS (gpubp.parity)
-    kernel_rows = 2 * 2 * (4 + 5 + 8 + 12 + 4 + 1 + 4 + 3)
+    kernel_rows = 2 * 2 * (4 + 5 + 8 + 12 + 4 + 1 + 8 + 6)  # (the updates with and without the L2 gradient)
     model_rows = 2 * (len(ACTIVATIONS) + 2)  # dtypes x (activations + 2 optimizers)
     assert f"{kernel_rows + model_rows} passed, 0 failed" in out
     assert "comparing cuda:0 gpubp CuPy stand-in (NumPy)" in out
@@ -499,18 +499,19 @@ def test_a_step_takes_at_most_6L_plus_3_launches_and_no_sync(fake_cupy, sizes, o
     assert launches <= 6 * L + 3, f"{launches} launches per step for L={L}"
 
 
-def test_the_l2_term_and_clipping_cost_a_fixed_number_of_launches(fake_cupy):
-    """Over the flat buffers the L2 term and clipping cost the same launches whatever L: the L2
-    term 5 (c * W, the gradient's +=, W . W, its scaling and the loss's +), clipping 7 (the
-    norm's dot, its sum and sqrt, the factor's + eps, division and minimum, the gradient's *=).
-    Folding them into the update kernel is left to do."""
-    extra = []
+@pytest.mark.parametrize("optimizer", ["adam", "momentum"])
+def test_the_l2_term_and_clipping_cost_a_fixed_number_of_launches(fake_cupy, optimizer):
+    """Over the flat buffers the L2 term and clipping cost the same launches whatever L. The L2
+    term's gradient is folded into the update kernel, so the term costs its loss alone: 3 (W . W,
+    its scaling and the loss's +). Clipping needs the whole gradient first, so with it the L2
+    gradient is added before (c * W and the +=: 2 more), and clipping costs 7 (the norm's dot,
+    its sum and sqrt, the factor's + eps, division and minimum, the gradient's *=)."""
     for sizes in ([20, 16, 4], [20, 16, 16, 16, 4]):
-        plain, _ = step_activity(fake_cupy, sizes, "adam")
-        with_l2, syncs = step_activity(fake_cupy, sizes, "adam", alpha=1e-3, clip_norm=1.0)
-        assert syncs == 0
-        extra.append(with_l2 - plain)
-    assert extra[0] == extra[1] <= 12
+        plain, _ = step_activity(fake_cupy, sizes, optimizer)
+        with_l2, syncs = step_activity(fake_cupy, sizes, optimizer, alpha=1e-3)
+        clipped, clipped_syncs = step_activity(fake_cupy, sizes, optimizer, alpha=1e-3, clip_norm=1.0)
+        assert syncs == clipped_syncs == 0
+        assert (with_l2 - plain, clipped - plain) == (3, 3 + 2 + 7), sizes
 
 
 def test_bfloat16_estimators_on_cuda_follow_the_cpu(fake_cupy):

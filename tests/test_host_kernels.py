@@ -100,6 +100,29 @@ def test_the_compiled_adam_update_is_bitwise_its_twin(built, dtype):
             assert np.array_equal(actual, expected), shape
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("optimizer", ["momentum", "nesterov", "adam"])
+def test_the_compiled_updates_fold_the_l2_gradient_in_as_the_twins_do(built, dtype, optimizer):
+    """g + l2 p on the first n_weights parameters (l2 a number or a 0-d array, as alpha over a
+    sum of sample weights is): the twins' bits, g left as it was; n_weights past the end runs the
+    twin."""
+    rng = np.random.default_rng(29)
+    for size, n_weights, l2 in [(9, 4, 0.25), (2048 * 3, 5000, np.array(1e-3, dtype)), (10, 10, 0.5), (7, 9, 0.5)]:
+        p, g, m, v = _arrays(rng, (size,), dtype, 4)
+        v, g_before = np.abs(v), g.copy()
+        expected, actual = [p.copy(), m.copy(), v.copy()], [p, m, v]
+        for arrays, module in ((expected, ops), (actual, host_kernels)):
+            context = compiled_only if module is host_kernels and n_weights <= size else contextlib.nullcontext
+            with context(f"{'adam' if optimizer == 'adam' else 'sgd_momentum'}_update"):
+                if optimizer == "adam":
+                    module.adam_update(np, arrays[0], g, arrays[1], arrays[2], 1e-3, 0.9, 0.999, 1e-8, l2, n_weights)
+                else:
+                    module.sgd_momentum_update(np, arrays[0], g, arrays[1], 0.05, 0.9, optimizer == "nesterov", l2,
+                                               n_weights)
+        assert all(same_bits(a, e) for a, e in zip(actual, expected)), (size, n_weights)
+        assert g.tobytes() == g_before.tobytes()
+
+
 SPECIAL = [np.nan, -np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-45, -1e-45, 5e-324, 1.0, -1.0]
 
 

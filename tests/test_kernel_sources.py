@@ -117,27 +117,35 @@ def test_softmax_minus_y_matches_numpy(host_lib, dtype, weighted, rng):
     np.testing.assert_allclose(delta.sum(axis=1), 0, atol=10 * np.finfo(dtype).eps)  # rows of p - Y
 
 
+# (l2, n_weights): no L2 term; the L2 penalty's gradient on the first 30 of 50 parameters (a
+# large l2, so that leaving it out, or putting it on the biases, moves p far past the tolerance)
+L2_CASES = [(0.0, 0), (0.5, 30)]
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("nesterov", [False, True])
-def test_sgd_momentum_matches_numpy(host_lib, dtype, nesterov, rng):
+@pytest.mark.parametrize("l2, n_weights", L2_CASES)
+def test_sgd_momentum_matches_numpy(host_lib, dtype, nesterov, l2, n_weights, rng):
     p, v, g = (rng.normal(size=50).astype(dtype) for _ in range(3))
-    p_ref, v_ref = p.copy(), v.copy()
-    ops.sgd_momentum_update(np, p_ref, g, v_ref, 0.05, 0.9, nesterov)
-    call(host_lib, "sgd_momentum", dtype, p, v, g, p.size, 0.05, 0.9, int(nesterov))
+    p_ref, v_ref, g_before = p.copy(), v.copy(), g.copy()
+    ops.sgd_momentum_update(np, p_ref, g, v_ref, 0.05, 0.9, nesterov, l2, n_weights)
+    assert np.array_equal(g, g_before)  # the twin reads g + l2 p without writing it
+    call(host_lib, "sgd_momentum", dtype, p, v, g, p.size, 0.05, 0.9, int(nesterov), l2, n_weights)
     assert_close(p, p_ref, RTOL[dtype], ATOL[dtype], what="p")
     assert_close(v, v_ref, RTOL[dtype], ATOL[dtype], what="v")
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_adam_matches_numpy(host_lib, dtype, rng):
+@pytest.mark.parametrize("l2, n_weights", L2_CASES)
+def test_adam_matches_numpy(host_lib, dtype, l2, n_weights, rng):
     p, m, g = (rng.normal(size=50).astype(dtype) for _ in range(3))
     v = rng.uniform(0, 2, 50).astype(dtype)
     v[:2] = 0  # a fresh second moment: the step leans on eps
     g[0] = 0
     refs = [a.copy() for a in (p, m, v)]
     lr_t, b1, b2, eps = 1e-3 * np.sqrt(1 - 0.999**3) / (1 - 0.9**3), 0.9, 0.999, 1e-8
-    ops.adam_update(np, *refs[:1], g, *refs[1:], lr_t, b1, b2, eps)
-    call(host_lib, "adam", dtype, p, m, v, g, p.size, lr_t, b1, 1 - b1, b2, 1 - b2, eps)
+    ops.adam_update(np, *refs[:1], g, *refs[1:], lr_t, b1, b2, eps, l2, n_weights)
+    call(host_lib, "adam", dtype, p, m, v, g, p.size, lr_t, b1, 1 - b1, b2, 1 - b2, eps, l2, n_weights)
     for actual, expected, what in zip((p, m, v), refs, "pmv"):
         assert_close(actual, expected, RTOL[dtype], ATOL[dtype], what=what)
 

@@ -47,8 +47,8 @@ def test_every_emulated_kernel_matches_its_numpy_twin(emulated):
     failed = [r for r in results if not r.passed]
     assert not failed, parity.format_table(failed)
     # dtypes x layouts x checks: bias_activation, backprop_delta (and its db), softmax_minus_y, output_minus_y,
-    # output_activation, cross_entropy, the SGD and the Adam updates
-    assert len(results) == 2 * 2 * (4 + 5 + 8 + 12 + 4 + 1 + 4 + 3)
+    # output_activation, cross_entropy, the SGD and the Adam updates (each also with the L2 gradient folded in)
+    assert len(results) == 2 * 2 * (4 + 5 + 8 + 12 + 4 + 1 + 8 + 6)
     assert any(r.check.startswith("softmax_minus_y weighted bias delta") for r in results)
 
 

@@ -2,6 +2,8 @@
 
 import numpy as np
 import pytest
+
+from gpubp import MLP, fit
 from sklearn.neural_network._stochastic_optimizers import AdamOptimizer, SGDOptimizer
 
 from gpubp.optim import SGD, Adam, check_lr, make_optimizer, optimizer_from_settings, restore_state
@@ -62,6 +64,24 @@ def test_adam_first_step_moves_each_weight_by_about_lr():
     p, opt = np.array([1.0, -2.0, 3.0]), Adam()
     opt.update(p, np.array([10.0, -0.01, 3.0]), opt.init(p), 0.01)
     np.testing.assert_allclose(p, [0.99, -1.99, 2.99], rtol=1e-6)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "momentum", "nesterov", "adam"])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_the_l2_gradient_folded_into_the_update_trains_as_added_to_the_gradient(optimizer, weighted, rng):
+    """fit folds alpha/n W into the optimizer's pass; with clipping (here by a bound never reached:
+    the factor is 1) it adds it to the gradient first (MLP.add_l2). Both train the same bits, and
+    report the same losses; without the L2 term the parameters differ (it is not lost)."""
+    X, y = rng.normal(size=(90, 6)).astype(np.float32), rng.integers(0, 3, 90)
+    w = rng.uniform(0.5, 2.0, 90).astype(np.float32) if weighted else None
+    runs = {}
+    for name, alpha, clip_norm in [("folded", 0.05, None), ("added", 0.05, 1e30), ("none", 0.0, None)]:
+        net = MLP([6, 8, 3], "tanh", "cpu", "float32", seed=4, alpha=alpha)
+        history = fit(net, X, y, sample_weight=w, epochs=3, batch_size=16, optimizer=optimizer, lr=0.05, seed=1,
+                      clip_norm=clip_norm)
+        runs[name] = (np.array(net.flat_params), history.train_loss)
+    assert np.array_equal(runs["folded"][0], runs["added"][0]) and runs["folded"][1] == runs["added"][1]
+    assert not np.allclose(runs["folded"][0], runs["none"][0])
 
 
 def test_optimizers_keep_float32(rng):
