@@ -1,5 +1,6 @@
 """gpubp.fit's CPU epoch against the same epoch's matrix products alone (gpubp issue 12's CPU
-targets), with the CPU backend's compiled kernels (optimizer updates, ReLU) and with the NumPy twins.
+targets), with the CPU backend's compiled kernels (optimizer updates, ReLU, BP2, softmax) and with
+the NumPy twins.
 
     PYTHONPATH=. python benchmarks/bench_cpu_step.py [--rounds 15]
 

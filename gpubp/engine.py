@@ -191,7 +191,8 @@ class Engine:
             if self.parallel and net.alpha:
                 self._l2.append(net.xp.zeros((), net.dtype))
             return net.xp.zeros((), net.dtype)
-        fold = self.clip_norm is None  # the L2 penalty's gradient added by the update (clipping needs it before)
+        # the L2 penalty's gradient added by the update's kernel (clipping needs it in the gradient first)
+        fold = self.clip_norm is None and self.optimizer.folds_l2
         if self.parallel:
             loss, g, l2 = self._global_gradient(batch, fold)
         else:  # a graphed step gathers its batch straight into the graph's buffers
@@ -219,7 +220,7 @@ class Engine:
         if not net.alpha:
             return loss, g, NO_L2
         c = net.l2_scale(batch.weight)
-        self._l2.append(net.l2_loss(c) if fold_l2 else net.add_l2(g, batch.weight))
+        self._l2.append(net.l2_loss(c) if fold_l2 else net.add_l2(g, c))
         return loss, g, (c, net.n_weights) if fold_l2 else NO_L2
 
     # ------------------------------------------------------------------ losses and failures
@@ -284,8 +285,7 @@ def batch_loss_and_grad(net: MLP, X, y, w=None, loss_scale: float = 1.0, graphed
         loss = loss * net.dtype.type(loss_scale)
     if not net.alpha:
         return loss, g, NO_L2
-    n = X.shape[0] if w is None else w.sum()
+    c = net.l2_scale(X.shape[0] if w is None else w.sum())
     if not fold_l2:
-        return loss + net.add_l2(g, n), g, NO_L2
-    c = net.l2_scale(n)
+        return loss + net.add_l2(g, c), g, NO_L2
     return loss + net.l2_loss(c), g, (c, net.n_weights)

@@ -114,8 +114,8 @@ def _declare(library: ctypes.CDLL) -> None:
 @functools.lru_cache(maxsize=None)
 def compiled_kernels() -> tuple[ctypes.CDLL | None, str]:
     """(library, how it was built), or (None, why there is none): the kernels of
-    ``kernels/host_kernels.c`` as ``{sgd_momentum,adam,bias_relu,backprop_delta,softmax_*}_{float32,float64}``, built and
-    cached on first call (see the module's docstring)."""
+    ``kernels/host_kernels.c`` as ``{sgd_momentum,adam,bias_relu,backprop_delta,softmax_*}_{float32,float64}``,
+    built and cached on first call (see the module's docstring)."""
     if os.environ.get("GPUBP_HOST_KERNELS") == "numpy":
         return None, "GPUBP_HOST_KERNELS=numpy"
     cc = compiler()
@@ -149,6 +149,7 @@ def compiled_kernels() -> tuple[ctypes.CDLL | None, str]:
 
 
 def describe() -> str:
-    """One line for ``gpubp info``: how the CPU backend runs its optimizer updates, ReLU and BP2."""
+    """One line for ``gpubp info``: how the CPU backend runs its optimizer updates, ReLU, BP2 and softmax."""
     library, how = compiled_kernels()
-    return f"CPU kernels (optimizer updates, ReLU, BP2, softmax): {'C, ' + how if library is not None else 'NumPy twins: ' + how}"
+    runs = "C, " + how if library is not None else "NumPy twins: " + how
+    return f"CPU kernels (optimizer updates, ReLU, BP2, softmax): {runs}"

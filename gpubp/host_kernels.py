@@ -75,7 +75,8 @@ def softmax_minus_y(xp, z, y, sample_weight=None, b=None):
     Twin: ops.softmax_minus_y, which also runs for other arrays (and for a label outside 0..C-1,
     so that it is treated as NumPy's indexing treats it)."""
     fits = (z.ndim == 2 and 0 < z.shape[0] and 0 < z.shape[1] <= SOFTMAX_CLASSES and y.shape == z.shape[:1]
-            and y.dtype == np.int64 and y.flags.c_contiguous and (b is None or b.shape == z.shape[1:]))
+            and y.dtype == np.int64 and y.flags.c_contiguous and (b is None or b.shape == z.shape[1:])
+            and (sample_weight is None or sample_weight.shape == z.shape[:1]))  # (C reads w[r] for each row)
     shift = _kernel("softmax_shift", z, *(() if b is None else (b,))) if fits else None
     if shift is None:
         return ops.softmax_minus_y(np, z, y, sample_weight, b)
@@ -95,10 +96,11 @@ def softmax_minus_y(xp, z, y, sample_weight=None, b=None):
     return delta, row_loss.sum()
 
 
-def _l2_scalar(l2, p, n_weights: int):
+def _l2_scalar(l2, n_weights: int):
     """The L2 factor as the C loop takes it (a float; a 0-d array of p's dtype is read), or None
-    where the twin must run: weights past the end of p."""
-    return float(l2) if 0 <= n_weights <= p.size else None
+    where the twin must run: a negative n_weights (the twin's slice counts it from the end; past
+    the end, both cover every parameter)."""
+    return float(l2) if n_weights >= 0 else None
 
 
 def sgd_momentum_update(xp, p, g, v, lr: float, momentum: float, nesterov: bool, l2=0.0,
@@ -109,7 +111,7 @@ def sgd_momentum_update(xp, p, g, v, lr: float, momentum: float, nesterov: bool,
     p, g, v: NumPy arrays of one shape and dtype. Twin: ops.sgd_momentum_update.
     """
     kernel = _kernel("sgd_momentum", p, g, v) if p.shape == g.shape == v.shape else None
-    c = _l2_scalar(l2, p, n_weights)
+    c = _l2_scalar(l2, n_weights)
     if kernel is None or c is None:
         ops.sgd_momentum_update(np, p, g, v, lr, momentum, nesterov, l2, n_weights)
     else:
@@ -125,7 +127,7 @@ def adam_update(xp, p, g, m, v, lr_t: float, beta1: float, beta2: float, eps: fl
     is computed in double, then rounded to p's dtype).
     """
     kernel = _kernel("adam", p, g, m, v) if p.shape == g.shape == m.shape == v.shape else None
-    c = _l2_scalar(l2, p, n_weights)
+    c = _l2_scalar(l2, n_weights)
     if kernel is None or c is None:
         ops.adam_update(np, p, g, m, v, lr_t, beta1, beta2, eps, l2, n_weights)
     else:

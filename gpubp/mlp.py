@@ -177,8 +177,8 @@ class MLP:
             does not bounds-check, so check on the host first), or the targets (n, sizes[-1])
         sample_weight : array (n,) on the device, optional (checked by the caller)
         l2 : bool
-            Include the L2 term (when alpha > 0). Data-parallel ranks leave it out and add it once
-            to the summed gradient with :meth:`add_l2`.
+            Include the L2 term (when alpha > 0). The trainers leave it out and add it once (to
+            the ranks' summed gradient), most often inside the optimizer's update (gpubp.engine).
 
         Returns
         -------
@@ -217,13 +217,13 @@ class MLP:
                 if bf16:
                     self._matmul(ones, delta, out=db[l - 1].reshape(1, -1))
         if self.alpha and l2:
-            loss = loss + self.add_l2(g, X.shape[0] if sample_weight is None else sample_weight.sum())
+            loss = loss + self.add_l2(g, self.l2_scale(X.shape[0] if sample_weight is None else sample_weight.sum()))
         return loss, g
 
-    def add_l2(self, g, n):
-        """g's weights += alpha/n * W, in place (the trainers fold this into the optimizer's
-        update); returns :meth:`l2_loss`. g: (n_params,) in flat_params' layout; n: as l2_scale's."""
-        c, gW = self.l2_scale(n), g[:self.n_weights]
+    def add_l2(self, g, c):
+        """g's weights += c * W, in place, c = :meth:`l2_scale` (the trainers mostly fold this into
+        the optimizer's update); returns :meth:`l2_loss`. g: (n_params,) in flat_params' layout."""
+        gW = g[:self.n_weights]
         gW += c * self.flat_params[:self.n_weights]  # (on a view: g[:k] += would copy it back onto itself)
         return self.l2_loss(c)
 

@@ -212,7 +212,7 @@ def output_activation(xp, z, output: str):
     return z
 
 
-def l2_gradient(xp, g, p, l2, n_weights: int):
+def l2_gradient(g, p, l2, n_weights: int):
     """g with the L2 penalty's gradient on the weights: the first n_weights elements (in row-major
     order) g + l2 * p, the rest as in g (a copy; g itself when n_weights is 0). g, p: arrays of
     one shape, flat (n_params,) in gpubp.mlp's layout, the weights first; l2 = alpha / n, a number
@@ -234,7 +234,7 @@ def sgd_momentum_update(xp, p, g, v, lr: float, momentum: float, nesterov: bool,
     is 0). scratch: optional pair of arrays of p's shape and dtype for the intermediate products,
     so that no temporaries are allocated on each step.
     """
-    g = l2_gradient(xp, g, p, l2, n_weights)
+    g = l2_gradient(g, p, l2, n_weights)
     s1, s2 = scratch if scratch is not None else (xp.empty_like(p), xp.empty_like(p))
     xp.multiply(g, lr, out=s1)  # lr g
     v *= momentum
@@ -256,7 +256,7 @@ def adam_update(xp, p, g, m, v, lr_t: float, beta1: float, beta2: float, eps: fl
     of arrays like them for the intermediate results.
     1 - beta is computed in double, then rounded to p's dtype (as the kernel does).
     """
-    g = l2_gradient(xp, g, p, l2, n_weights)
+    g = l2_gradient(g, p, l2, n_weights)
     s1, s2 = scratch if scratch is not None else (xp.empty_like(p), xp.empty_like(p))
     m *= beta1
     xp.multiply(g, 1 - beta1, out=s1)

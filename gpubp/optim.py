@@ -83,6 +83,12 @@ class SGD:
     def state_names(self) -> tuple[str, ...]:
         return ("velocity",) if self.momentum else ()
 
+    @property
+    def folds_l2(self) -> bool:
+        """Whether :meth:`update` adds the L2 gradient inside its kernel's one pass (with momentum);
+        plain SGD's update copies the gradient to add it, so trainers add it in place first."""
+        return bool(self.momentum)
+
     def init(self, params) -> OptimizerState:
         """A fresh state for ``params`` (array, any shape): a zero velocity when there is momentum."""
         return OptimizerState({name: _zeros_like(params) for name in self.state_names})
@@ -94,7 +100,7 @@ class SGD:
         state.t += 1
         b = backend_for(params)
         if not self.momentum:
-            params -= lr * ops.l2_gradient(b.xp, grads, params, l2, n_weights)
+            params -= lr * ops.l2_gradient(grads, params, l2, n_weights)
             return
         b.kernels.sgd_momentum_update(b.xp, params, grads, state.arrays["velocity"], lr, self.momentum, self.nesterov,
                                       l2, n_weights)
@@ -108,6 +114,7 @@ class Adam:
     """
 
     state_names = ("m", "v")
+    folds_l2 = True  # (see SGD.folds_l2)
 
     def __init__(self, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8):
         settings = check_all({"beta1": beta1, "beta2": beta2, "eps": eps})

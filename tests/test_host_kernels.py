@@ -104,15 +104,15 @@ def test_the_compiled_adam_update_is_bitwise_its_twin(built, dtype):
 @pytest.mark.parametrize("optimizer", ["momentum", "nesterov", "adam"])
 def test_the_compiled_updates_fold_the_l2_gradient_in_as_the_twins_do(built, dtype, optimizer):
     """g + l2 p on the first n_weights parameters (l2 a number or a 0-d array, as alpha over a
-    sum of sample weights is): the twins' bits, g left as it was; n_weights past the end runs the
-    twin."""
+    sum of sample weights is; n_weights past the end: all of them, as the twin's slice): the twins'
+    bits, g left as it was."""
     rng = np.random.default_rng(29)
     for size, n_weights, l2 in [(9, 4, 0.25), (2048 * 3, 5000, np.array(1e-3, dtype)), (10, 10, 0.5), (7, 9, 0.5)]:
         p, g, m, v = _arrays(rng, (size,), dtype, 4)
         v, g_before = np.abs(v), g.copy()
         expected, actual = [p.copy(), m.copy(), v.copy()], [p, m, v]
         for arrays, module in ((expected, ops), (actual, host_kernels)):
-            context = compiled_only if module is host_kernels and n_weights <= size else contextlib.nullcontext
+            context = compiled_only if module is host_kernels else contextlib.nullcontext
             with context(f"{'adam' if optimizer == 'adam' else 'sgd_momentum'}_update"):
                 if optimizer == "adam":
                     module.adam_update(np, arrays[0], g, arrays[1], arrays[2], 1e-3, 0.9, 0.999, 1e-8, l2, n_weights)
@@ -207,9 +207,12 @@ def test_the_compiled_softmax_minus_y_is_bitwise_its_twin(built, dtype):
     around NumPy's pairwise sum's eight running sums and 128-value blocks (its recursion at 8192
     classes), batches past 8192 rows (NumPy's loss sum in blocks, on some versions)."""
     rng = np.random.default_rng(17)
-    shapes = [(1, 2), (2, 3), (7, 7), (9, 8), (5, 9), (256, 10), (3, 17), (33, 129), (4, 300), (2, 8192), (9000, 3)]
+    shapes = [(1, 2), (2, 3), (7, 7), (9, 8), (5, 9), (256, 10), (3, 17), (4, 128), (4, 136), (33, 129), (3, 256),
+              (4, 300), (2, 1000), (2, 8192), (9000, 3)]
     for rows, classes in shapes:
-        z = (rng.normal(size=(rows, classes)) * rng.choice([0.1, 3.0, 30.0])).astype(dtype)
+        # logits of spread 0.1 where rows are wide: terms of one size, so that every order of the
+        # pairwise sum gives other bits (large logits leave a few terms that decide the sum)
+        z = (rng.normal(size=(rows, classes)) * (0.1 if classes > 100 else rng.choice([0.1, 3.0, 30.0]))).astype(dtype)
         b, y = rng.normal(size=classes).astype(dtype), rng.integers(0, classes, rows)
         for w in (None, rng.random(rows).astype(dtype)):
             for bias in (None, b):
@@ -251,7 +254,9 @@ def test_a_label_out_of_range_meets_the_twins_indexing(built):
 
 def test_softmax_arrays_the_loop_cannot_take_go_to_the_twin(built):
     """int32 labels, a transposed z, more than 8192 classes and float16 run the twin, and give its
-    result; an empty batch raises the twin's error (gpubp takes no step on one)."""
+    result, and so do sample weights of another length than the rows (C would read past them: the
+    twin broadcasts one weight, refuses three); an empty batch raises the twin's error (gpubp takes
+    no step on one)."""
     rng = np.random.default_rng(23)
     z = rng.normal(size=(5, 9000)).astype(np.float32)
     y = rng.integers(0, 4, 5)
@@ -262,6 +267,13 @@ def test_softmax_arrays_the_loop_cannot_take_go_to_the_twin(built):
         ops.softmax_minus_y(np, z[:0], y[:0])
     with pytest.raises(ZeroDivisionError):
         host_kernels.softmax_minus_y(np, z[:0], y[:0])
+    narrow, short = z[:, :4].copy(), np.ones(3, np.float32)  # (a contiguous z, which C would take)
+    with pytest.raises(ValueError, match="broadcast"):
+        ops.softmax_minus_y(np, narrow, y, short)
+    with pytest.raises(ValueError, match="broadcast"):
+        host_kernels.softmax_minus_y(np, narrow, y, short)
+    one = np.full(1, 2.0, np.float32)  # the twin broadcasts a single weight over the rows
+    assert _softmax_bits(host_kernels.softmax_minus_y(np, narrow, y, one), ops.softmax_minus_y(np, narrow, y, one))
 
 
 def test_the_other_activations_and_shapes_run_the_twins(built):

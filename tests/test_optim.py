@@ -2,10 +2,9 @@
 
 import numpy as np
 import pytest
-
-from gpubp import MLP, fit
 from sklearn.neural_network._stochastic_optimizers import AdamOptimizer, SGDOptimizer
 
+from gpubp import MLP, fit, ops
 from gpubp.optim import SGD, Adam, check_lr, make_optimizer, optimizer_from_settings, restore_state
 from gpubp.schedules import Schedule
 
@@ -66,7 +65,21 @@ def test_adam_first_step_moves_each_weight_by_about_lr():
     np.testing.assert_allclose(p, [0.99, -1.99, 2.99], rtol=1e-6)
 
 
-@pytest.mark.parametrize("optimizer", ["sgd", "momentum", "nesterov", "adam"])
+@pytest.mark.parametrize("optimizer", [SGD(momentum=0.0), SGD(), SGD(nesterov=True), Adam()], ids=repr)
+def test_an_update_with_the_l2_gradient_equals_one_of_the_gradient_with_it_added(optimizer, rng):
+    """update(..., l2, n_weights) reads g + l2 p on the first n_weights parameters: the bits of an
+    update of that gradient, made by hand; g itself is left as it was."""
+    p, g = rng.normal(size=40).astype(np.float32), rng.normal(size=40).astype(np.float32)
+    added = g.copy()
+    added[:25] += np.float32(0.3) * p[:25]
+    folded, by_hand = p.copy(), p.copy()
+    optimizer.update(folded, g, optimizer.init(p), 0.05, np.float32(0.3), 25)
+    optimizer.update(by_hand, added, optimizer.init(p), 0.05)
+    assert np.array_equal(folded, by_hand) and not np.array_equal(ops.l2_gradient(g, p, 0.3, 25), g)
+    assert optimizer.folds_l2 == (optimizer.settings().get("momentum", 1) > 0)  # plain SGD has no kernel to fold into
+
+
+@pytest.mark.parametrize("optimizer", ["momentum", "nesterov", "adam"])
 @pytest.mark.parametrize("weighted", [False, True])
 def test_the_l2_gradient_folded_into_the_update_trains_as_added_to_the_gradient(optimizer, weighted, rng):
     """fit folds alpha/n W into the optimizer's pass; with clipping (here by a bound never reached:
