@@ -43,8 +43,8 @@ class MLP:
         cross-entropy, identity with half squared error, exp with Poisson deviance (targets
         are an (n, nL) array).
     tf32 : bool
-        float32 only. True: every product uses TF32 (inputs rounded to 10 mantissa bits, float32
-        sums, ~3e-4 relative error, several times float32's rate from Ampere on): on CUDA
+        float32 only; False (default): IEEE float32. True: every product uses TF32 (inputs rounded
+        to 10 mantissa bits, float32 sums, ~3e-4 relative error, float32's rate several times): on CUDA
         :func:`gpubp.precision.tf32_products`, on NumPy its model :func:`gpubp.precision.matmul_as_tf32`.
 
     Attributes

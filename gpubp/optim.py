@@ -98,10 +98,10 @@ class SGD:
         read with the L2 penalty's gradient ``l2 * params`` added to the first ``n_weights``
         (flat arrays, the weights first: gpubp.mlp's layout; ``grads`` is not changed)."""
         state.t += 1
-        b = backend_for(params)
         if not self.momentum:
             params -= lr * ops.l2_gradient(grads, params, l2, n_weights)
             return
+        b = backend_for(params)
         b.kernels.sgd_momentum_update(b.xp, params, grads, state.arrays["velocity"], lr, self.momentum, self.nesterov,
                                       l2, n_weights)
 
