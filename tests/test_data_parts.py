@@ -33,6 +33,17 @@ class ThreadCountingMemmap(np.memmap):
         return got
 
 
+_HEADER_LOCK = threading.Lock()
+
+
+def counting_map(path):
+    """X of the .npy file ``path`` memory-mapped as a ThreadCountingMemmap, opened by one thread at
+    a time: np.load parses the header with ast.literal_eval, which CPython 3.11 can fail when
+    threads call it at once (SystemError "AST constructor recursion depth mismatch", seen once)."""
+    with _HEADER_LOCK:
+        return np.load(path, mmap_mode="r").view(ThreadCountingMemmap)
+
+
 def on_threads(R: int, work):
     """work(comm) on R threads as R ranks (comm: rank r of R); returns their results or errors."""
     shared, results = {"barrier": threading.Barrier(R, timeout=120)}, [None] * R  # generous: CI's 2 cores run two suites
@@ -81,7 +92,7 @@ def test_each_rank_reads_its_own_rows_and_together_they_fingerprint_as_one_proce
         ThreadCountingMemmap.reads = {}
 
         def start_up(comm):
-            part = DataPart(HostRows(np.load(path, mmap_mode="r").view(ThreadCountingMemmap)), y, w, "float32",
+            part = DataPart(HostRows(counting_map(path)), y, w, "float32",
                             (comm.rank, comm.size))
             read = ThreadCountingMemmap.reads[threading.get_ident()]
             return part.fingerprint(comm), read, (part.lo, part.hi)
@@ -191,7 +202,12 @@ def test_each_rank_scans_its_own_rows_of_a_folder_for_nan(tmp_path):
         from gpubp import npy_folder
 
         real = npy_folder._open_npy
-        npy_folder._open_npy = lambda path: real(path).view(ThreadCountingMemmap) if path.name == "X.npy" else real(path)
+
+        def opened_one_at_a_time(path):  # (see counting_map)
+            with _HEADER_LOCK:
+                return real(path).view(ThreadCountingMemmap) if path.name == "X.npy" else real(path)
+
+        npy_folder._open_npy = opened_one_at_a_time
         try:
             results = on_threads(R, start_up)
         finally:
@@ -220,7 +236,7 @@ def test_the_ranks_standardize_their_own_rows_together_as_one_process(mapped):
     for R in (2, 3, 7):
         def start_up(comm):
             ThreadCountingMemmap.reads[threading.get_ident()] = 0  # thread idents are reused
-            scaler = data_parts.scaler_in_parts(HostRows(np.load(path, mmap_mode="r").view(ThreadCountingMemmap)), comm)
+            scaler = data_parts.scaler_in_parts(HostRows(counting_map(path)), comm)
             return scaler, ThreadCountingMemmap.reads.get(threading.get_ident(), 0), own_rows(N, (comm.rank, R))
 
         results = on_threads(R, start_up)
@@ -256,7 +272,7 @@ def test_each_rank_reads_only_its_share_of_the_held_out_rows(mapped, monkeypatch
     def run(comm):
         ThreadCountingMemmap.reads[threading.get_ident()] = 0
         net = MLP([D, 4, 3], "relu", "cpu", "float64", seed=0)
-        history = fit(net, np.load(path, mmap_mode="r").view(ThreadCountingMemmap), y, comm=comm, epochs=1,
+        history = fit(net, counting_map(path), y, comm=comm, epochs=1,
                       batch_size=4096, validation_fraction=0.25, seed=0)
         return at_first_batch[threading.get_ident()], history.val_loss
 
