@@ -96,8 +96,11 @@ class SGD:
     def update(self, params, grads, state: OptimizerState, lr: float, l2=0.0, n_weights: int = 0) -> None:
         """One step: ``params`` and ``state`` updated in place from ``grads`` (the shape of params),
         read with the L2 penalty's gradient ``l2 * params`` added to the first ``n_weights``
-        (flat arrays, the weights first: gpubp.mlp's layout; ``grads`` is not changed)."""
+        (flat arrays, the weights first: gpubp.mlp's layout; ``grads`` is not changed). ``lr`` is
+        taken as a Python float, which the kernels and their twins round to the parameters' dtype
+        alike (a NumPy float64 would make the twins compute in float64)."""
         state.t += 1
+        lr = float(lr)
         if not self.momentum:
             params -= lr * ops.l2_gradient(grads, params, l2, n_weights)
             return
@@ -133,10 +136,10 @@ class Adam:
 
     def update(self, params, grads, state: OptimizerState, lr: float, l2=0.0, n_weights: int = 0) -> None:
         """One step: ``params`` and ``state`` updated in place from ``grads`` (the shape of params),
-        with the L2 penalty's gradient folded in as in :meth:`SGD.update`."""
+        with the L2 penalty's gradient folded in as in :meth:`SGD.update` (``lr`` as there)."""
         state.t += 1
         b1, b2 = self.beta1, self.beta2
-        lr_t = lr * math.sqrt(1 - b2**state.t) / (1 - b1**state.t)
+        lr_t = float(lr) * math.sqrt(1 - b2**state.t) / (1 - b1**state.t)
         b = backend_for(params)
         b.kernels.adam_update(b.xp, params, grads, state.arrays["m"], state.arrays["v"], lr_t, b1, b2, self.eps,
                               l2, n_weights)

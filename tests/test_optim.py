@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn.neural_network._stochastic_optimizers import AdamOptimizer, SGDOptimizer
 
-from gpubp import MLP, fit, ops
+from gpubp import MLP, fit, host_build, ops
 from gpubp.optim import SGD, Adam, check_lr, make_optimizer, optimizer_from_settings, restore_state
 from gpubp.schedules import Schedule
 
@@ -104,6 +104,30 @@ def test_optimizers_keep_float32(rng):
         opt.update(p, rng.normal(size=5).astype(np.float32), state, 0.1)
         assert p.dtype == np.float32
         assert state.arrays and all(s.dtype == np.float32 for s in state.arrays.values())
+
+
+@pytest.mark.parametrize("opt", [SGD(momentum=0.0), SGD(momentum=0.9), SGD(momentum=0.9, nesterov=True), Adam()],
+                         ids=repr)
+def test_a_numpy_float64_rate_updates_float32_parameters_as_a_python_float_does(opt, rng, monkeypatch):
+    """A rate of NumPy's float64 (what GridSearchCV over np.logspace passes) is rounded to the
+    parameters' dtype as a Python float is, by the compiled kernels and by the NumPy twins alike
+    (the twins alone would otherwise compute lr * g in float64 and round once)."""
+    start = [rng.normal(size=37).astype(np.float32) for _ in range(4)]  # p, then three gradients
+    results = {}
+    for kernels in ("compiled", "numpy"):
+        if kernels == "numpy":
+            monkeypatch.setenv("GPUBP_HOST_KERNELS", "numpy")
+        host_build.compiled_kernels.cache_clear()
+        for rate in (0.0123, np.float64(0.0123)):
+            p = start[0].copy()
+            state = opt.init(p)
+            for g in start[1:]:
+                opt.update(p, g, state, rate, l2=np.float32(0.01), n_weights=20)
+            results[kernels, type(rate).__name__] = p
+    host_build.compiled_kernels.cache_clear()
+    reference = results["compiled", "float"]
+    for key, p in results.items():
+        assert np.array_equal(p.view(np.uint32), reference.view(np.uint32)), key
 
 
 @pytest.mark.parametrize("opt", [SGD(momentum=0.9, nesterov=True), Adam()], ids=repr)
