@@ -265,13 +265,17 @@ class StochasticFit(LbfgsFit):
                 self.best_loss_ = self.loss_curve_[-1]
 
     def _validation_loss(self, net, Xv, yv, wv) -> float:
+        """The loss of the validation set as the training loss is reported: the data part's mean
+        over its rows (weighted by wv), taken chunk by chunk, plus the L2 term once, alpha / (2 n)
+        ||W||^2 with n the rows (or their summed weight) of the whole set."""
         Yv = self._targets(yv)
         loss_sum, n = 0.0, 0.0
         for batch in gen_batches(Xv.shape[0], PREDICT_BATCH):
             Xb = net.backend.asarray(dense(Xv[batch]), net.dtype)
             Yb = net.backend.asarray(host_targets(net, Yv[batch]))
             wb = None if wv is None else net.backend.asarray(wv[batch], net.dtype)
-            loss, _ = self._batch_loss(net, Xb, Yb, wb)
+            loss, _ = net.flat_loss_and_grad(Xb, Yb, wb, l2=False)
             weight = (batch.stop - batch.start) if wv is None else float(wv[batch].sum())
             loss_sum, n = loss_sum + float(loss) * weight, n + weight
-        return loss_sum / n
+        l2 = float(net.l2_loss(net.l2_scale(n))) if net.alpha else 0.0
+        return loss_sum * self._loss_scale(net) / n + l2

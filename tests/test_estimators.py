@@ -10,6 +10,7 @@ from sklearn import neural_network as sk
 from sklearn.base import clone
 from sklearn.datasets import load_digits, make_multilabel_classification, make_regression
 from sklearn.exceptions import ConvergenceWarning
+from sklearn.metrics import log_loss
 from sklearn.model_selection import GridSearchCV, cross_val_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -254,3 +255,22 @@ def test_changing_the_device_after_fit_moves_the_network(digits):
     np.testing.assert_array_equal(clf.predict_proba(X), before)
     clf.coefs_ = [c * 0 for c in clf.coefs_]  # new parameters are picked up
     assert np.allclose(clf.predict_proba(X), clf.predict_proba(X)[0])
+
+
+
+def test_the_validation_loss_adds_the_l2_term_once_whatever_the_chunks(digits, monkeypatch):
+    """validation_loss_curve_ is taken in chunks of PREDICT_BATCH rows; its L2 term is the whole
+    set's, alpha / (2 n) ||W||^2 with n its rows, as the training loss's, not one per chunk with
+    n the chunk's (a last chunk of one row had doubled it)."""
+    from gpubp import estimator_fit
+    X, y = digits
+    Xv, yv = X[300:321], y[300:321]  # 21 rows: chunks of 10, 10 and 1
+    monkeypatch.setattr(estimator_fit, "PREDICT_BATCH", 10)
+    clf = MLPClassifier(hidden_layer_sizes=(10,), alpha=5.0, max_iter=1, random_state=0, device="cpu",
+                        dtype="float64")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        clf.fit(X[:300], y[:300], validation_data=(Xv, yv))
+    data_part = log_loss(yv, clf.predict_proba(Xv), labels=clf.classes_)
+    expected = data_part + 5.0 / (2 * 21) * sum(float((W ** 2).sum()) for W in clf.coefs_)
+    assert clf.validation_loss_curve_[0] == pytest.approx(expected, rel=1e-12)
