@@ -32,6 +32,7 @@ _ALIASES = {
 
 # Share of the free GPU memory a training set may take before batches are sent from the host.
 _DEVICE_DATA_SHARE = 0.5
+_NORM_CHUNK = 2**30  # values per BLAS nrm2 call (its n is a 32-bit int)
 
 
 @dataclass(frozen=True)
@@ -181,6 +182,25 @@ class Backend:
         except OSError:
             pass
         return None
+
+    def norm(self, x):
+        """The Euclidean norm of array ``x`` (any shape, C-contiguous; float32 or float64), a 0-d
+        array of x's dtype on x's device (no host sync), by BLAS nrm2 (cuBLAS on "cuda", SciPy's
+        BLAS on "cpu"), which scales as it sums: a float32 norm past 1.8e19, whose sum of squares
+        overflows, comes out finite. nrm2 counts in 32-bit ints, so 2^30 values at a time, then
+        the norm of those norms."""
+        flat = x.reshape(-1)
+        if flat.size > _NORM_CHUNK:
+            return self.norm(self.xp.stack([self.norm(flat[i:i + _NORM_CHUNK])
+                                            for i in range(0, flat.size, _NORM_CHUNK)]))
+        if self.name == "cuda":
+            import cupy.cublas
+
+            return cupy.cublas.nrm2(flat)
+        from scipy.linalg import blas
+
+        nrm2 = blas.snrm2 if flat.dtype == np.float32 else blas.dnrm2
+        return flat.dtype.type(nrm2(flat))
 
     def release_memory(self) -> None:
         """Hand CuPy's cached free blocks back to the device (after running out of memory)."""

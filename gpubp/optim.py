@@ -201,9 +201,14 @@ def host_state(state: OptimizerState, to_host) -> OptimizerState:
 def clip_by_global_norm(xp, grads, max_norm: float):
     """Scale all gradients in place by min(1, max_norm / ||grads||), the norm over all of them.
 
-    Returns the norm before clipping (a 0-d array on the gradients' device; no host sync).
+    The norm is BLAS's nrm2 (:meth:`gpubp.backend.Backend.norm`), which does not overflow: a
+    float32 gradient of norm past 1.8e19 (its sum of squares overflows) is scaled to max_norm,
+    not to zero. Returns the norm before clipping (a 0-d array on the gradients' device; no host
+    sync). grads: a list of C-contiguous arrays of one dtype and device.
     """
-    norm = xp.sqrt(sum(xp.vdot(g, g) for g in grads))
+    backend = backend_for(grads[0])
+    norms = [backend.norm(g) for g in grads]
+    norm = norms[0] if len(norms) == 1 else backend.norm(xp.stack(norms))
     factor = xp.minimum(1, max_norm / (norm + 1e-12))
     for g in grads:
         g *= factor

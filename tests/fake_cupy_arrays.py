@@ -1593,6 +1593,21 @@ def _make_runtime() -> types.ModuleType:
     return runtime
 
 
+def _nrm2(x, out=None):
+    """cupy.cublas.nrm2 (cupy/cublas.py): a 1-D float32 or float64 device array's Euclidean norm
+    as a new 0-d device array (pointer mode device: no sync), cuBLAS refused while capturing. The
+    norm is taken in float64 and rounded once, as cuBLAS's scaled sum comes out without overflow."""
+    if x.ndim != 1:
+        raise ValueError(f"x must be a 1D array (actual: {x.ndim})")
+    if x.dtype.char not in "fd":
+        raise TypeError("invalid dtype")
+    if out is not None:
+        raise NotImplementedError("the stand-in models cupy.cublas.nrm2 without out")
+    refuse_cublas()
+    host = _to_host_arg(x, "cupy.cublas.nrm2")
+    return _run(lambda: np.asarray(np.linalg.norm(host.astype(np.float64)), dtype=host.dtype))
+
+
 def _make_cuda() -> tuple[types.ModuleType, dict]:
     cuda = types.ModuleType("cupy.cuda")
     runtime = _make_runtime()
@@ -1659,6 +1674,9 @@ def make_module(memory: DeviceMemory) -> tuple[types.ModuleType, dict]:
     cupy.ElementwiseKernel, cupy.ReductionKernel = ElementwiseKernel, ReductionKernel
     cupy.RawModule, cupy.RawKernel = RawModule, RawKernel
     cupy.cuda = cuda
+    cupy.cublas = types.ModuleType("cupy.cublas")  # (imported as cupy.cublas: not by import cupy)
+    cupy.cublas.nrm2 = _nrm2
+    submodules["cupy.cublas"] = cupy.cublas
     cupy.get_default_memory_pool = lambda: pool
     cupy.get_default_pinned_memory_pool = lambda: pinned
     cupy.is_available = lambda: True

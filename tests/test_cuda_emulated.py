@@ -499,13 +499,33 @@ def test_a_step_takes_at_most_6L_plus_3_launches_and_no_sync(fake_cupy, sizes, o
     assert launches <= 6 * L + 3, f"{launches} launches per step for L={L}"
 
 
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_a_clipped_fit_follows_the_cpu_and_its_norm_does_not_overflow(fake_cupy, dtype):
+    """tests/test_gpu.py's clipped fit on the stand-in: clipping's norm through cupy.cublas.nrm2
+    (1-D, a 0-d device result), every step clipped, as on the CPU; a float32 gradient whose
+    squares overflow is scaled to max_norm, not to zero."""
+    from gpubp.optim import clip_by_global_norm
+    X, y = blobs(n=200)
+    runs = {}
+    for device in ("cpu", "cuda"):
+        net = MLP([12, 16, 4], "relu", device, dtype, seed=3, alpha=0.1)
+        runs[device] = net, fit(net, X, y, epochs=3, batch_size=32, seed=4, clip_norm=0.05)
+    (cpu, h_c), (gpu, h_g) = runs["cpu"], runs["cuda"]
+    same(np.array(h_g.train_loss), np.array(h_c.train_loss), dtype, "clipped train loss")
+    same(gpu.flat_params, cpu.flat_params, dtype, "parameters after a clipped fit")
+    g = fake_cupy.full(1000, 1e19, dtype=np.float32)
+    norm = clip_by_global_norm(fake_cupy, [g], 0.5)
+    assert on_device(norm) and float(norm) == pytest.approx(1e19 * np.sqrt(1000), rel=1e-6)
+    assert float(np.linalg.norm(to_numpy(g).astype(np.float64))) == pytest.approx(0.5, rel=1e-6)
+
+
 @pytest.mark.parametrize("optimizer", ["adam", "momentum", "sgd"])
 def test_the_l2_term_and_clipping_cost_a_fixed_number_of_launches(fake_cupy, optimizer):
     """Over the flat buffers the L2 term and clipping cost the same launches whatever L. The L2
     term's gradient is folded into the update kernel, so the term costs its loss alone: 3 (W . W,
     its scaling and the loss's +). Clipping needs the whole gradient first, so with it the L2
-    gradient is added before (c * W and the +=: 2 more), and clipping costs 7 (the norm's dot,
-    its sum and sqrt, the factor's + eps, division and minimum, the gradient's *=). Plain SGD has
+    gradient is added before (c * W and the +=: 2 more), and clipping costs 5 (the norm's nrm2,
+    the factor's + eps, division and minimum, the gradient's *=). Plain SGD has
     no update kernel: it adds the L2 gradient first (5) either way."""
     for sizes in ([20, 16, 4], [20, 16, 16, 16, 4]):
         plain, _ = step_activity(fake_cupy, sizes, optimizer)
@@ -513,7 +533,7 @@ def test_the_l2_term_and_clipping_cost_a_fixed_number_of_launches(fake_cupy, opt
         clipped, clipped_syncs = step_activity(fake_cupy, sizes, optimizer, alpha=1e-3, clip_norm=1.0)
         assert syncs == clipped_syncs == 0
         folded = 3 if optimizer != "sgd" else 3 + 2
-        assert (with_l2 - plain, clipped - plain) == (folded, 3 + 2 + 7), sizes
+        assert (with_l2 - plain, clipped - plain) == (folded, 3 + 2 + 5), sizes
 
 
 def test_bfloat16_estimators_on_cuda_follow_the_cpu(fake_cupy):

@@ -75,6 +75,25 @@ def test_fit_on_the_gpu_matches_the_cpu():
     assert_close(to_numpy(P), cpu.predict_proba(X), 1e-10, 1e-14, what="predict_proba")
 
 
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_a_clipped_fit_on_the_gpu_matches_the_cpu_and_its_norm_does_not_overflow(dtype):
+    """Clipping's norm is cuBLAS's nrm2 on the card, SciPy's BLAS nrm2 on the CPU: a fit whose
+    every step is clipped agrees, and a float32 gradient whose squares overflow is scaled to
+    max_norm on the card too."""
+    from gpubp.optim import clip_by_global_norm
+    cpu, gpu = pair("relu", dtype)
+    X, y = data(n=200)
+    h_c, h_g = (fit(net, X, y, epochs=3, batch_size=32, seed=4, clip_norm=0.05) for net in (cpu, gpu))
+    np.testing.assert_allclose(h_g.train_loss, h_c.train_loss, rtol=RTOL[dtype])
+    for pc, pg in zip(cpu.params, gpu.params):
+        assert_close(to_numpy(pg), pc, RTOL[dtype], ATOL[dtype], what=f"parameters after a clipped fit ({dtype})")
+    xp = get_backend("cuda").xp
+    g = xp.full(100_000, 1e19, dtype=xp.float32)
+    norm = clip_by_global_norm(xp, [g], 0.5)
+    assert float(norm) == pytest.approx(1e19 * np.sqrt(100_000), rel=1e-5)
+    assert float(np.linalg.norm(to_numpy(g).astype(np.float64))) == pytest.approx(0.5, rel=1e-5)
+
+
 def test_device_arrays_are_accepted_and_labels_checked_on_the_host():
     xp = get_backend("cuda").xp
     _, gpu = pair("relu", "float32")

@@ -5,7 +5,7 @@ import pytest
 from sklearn.neural_network._stochastic_optimizers import AdamOptimizer, SGDOptimizer
 
 from gpubp import MLP, fit, host_build, ops
-from gpubp.optim import SGD, Adam, check_lr, make_optimizer, optimizer_from_settings, restore_state
+from gpubp.optim import SGD, Adam, check_lr, clip_by_global_norm, make_optimizer, optimizer_from_settings, restore_state
 from gpubp.schedules import Schedule
 
 
@@ -222,3 +222,15 @@ def test_bad_schedules():
         Schedule(0.1, 10, kind="step")
     with pytest.raises(ValueError, match="does not fit"):
         Schedule(0.1, 10, warmup_steps=11)
+
+
+def test_clipping_scales_a_gradient_whose_squares_overflow_to_max_norm():
+    """A float32 gradient of norm 8e21: its sum of squares overflows float32, and a norm taken as
+    sqrt(g . g) would be inf and the factor 0, zeroing the step; BLAS's nrm2 scales as it sums."""
+    g = np.full(668_000, 1e19, dtype=np.float32)
+    norm = clip_by_global_norm(np, [g], 0.5)
+    assert float(norm) == pytest.approx(1e19 * np.sqrt(668_000), rel=1e-5)
+    assert np.all(g > 0) and float(np.linalg.norm(g.astype(np.float64))) == pytest.approx(0.5, rel=1e-5)
+    parts = [np.full((300, 2), 1e19, np.float32), np.full(5, 3e19, np.float32)]  # the norm over a list too
+    clip_by_global_norm(np, parts, 2.0)
+    assert np.sqrt(sum(float((p.astype(np.float64) ** 2).sum()) for p in parts)) == pytest.approx(2.0, rel=1e-5)
