@@ -14,6 +14,7 @@ import numpy as np
 
 from . import bfloat16, cublas_direct, ops, precision, prediction
 from .initialization import flat_views, init_params
+from .params import check
 from .backend import Backend, get_backend
 from .validation import check_dtype, check_sizes
 
@@ -75,9 +76,7 @@ class MLP:
         self.dtype = bfloat16.parameter_dtype(self.compute_dtype)
         self.tf32 = precision.check_tf32(tf32, self.dtype)
         bfloat16.check_mode(self.compute_dtype, self.tf32)
-        if not np.isfinite(alpha) or alpha < 0:
-            raise ValueError(f"alpha (L2 penalty) must be a finite number >= 0, got {alpha!r}")
-        self.alpha = float(alpha)
+        self.alpha = check("alpha", alpha)  # the L2 penalty: a ParameterError (ValueError) unless a float >= 0
         self.seed = seed
         weights, biases = init_params(self.sizes, self.activation, seed)
         host = np.concatenate([a.ravel() for a in weights + biases])  # (n_params,), flat_params' layout

@@ -6,6 +6,7 @@ Both schedules warm up linearly over the first ``warmup_steps`` steps, from lr/w
 from __future__ import annotations
 
 import math
+import numbers
 
 SCHEDULES = ("constant", "cosine")
 
@@ -30,6 +31,11 @@ class Schedule:
                  final_lr: float = 0.0):
         if kind not in SCHEDULES:
             raise ValueError(f"unknown schedule {kind!r}: expected one of {', '.join(SCHEDULES)}")
+        if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not 0 < lr < math.inf:
+            raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
+        for name, steps in (("total_steps", total_steps), ("warmup_steps", warmup_steps)):
+            if isinstance(steps, bool) or not isinstance(steps, numbers.Integral):
+                raise ValueError(f"{name} must be a whole number of steps, got {steps!r}")
         if warmup_steps < 0 or warmup_steps > total_steps:
             raise ValueError(
                 f"warm-up of {warmup_steps} steps does not fit a run of {total_steps} steps"

@@ -94,7 +94,10 @@ def test_params_round_trip(rng):
         (dict(sizes=[4, 2.5, 3]), r"sizes\[1\]"),
         (dict(sizes=[4, 3], activation="softplus"), "unknown activation"),
         (dict(sizes=[4, 3], dtype="float16"), "dtype must be a float dtype among"),
-        (dict(sizes=[4, 3], alpha=-1.0), "alpha"),
+        (dict(sizes=[4, 3], alpha=-1.0), r"alpha must be a float in the range \[0.0, inf\), got -1.0"),
+        (dict(sizes=[4, 3], alpha="0.1"), r"alpha must be .*, got '0.1'"),  # (these raised TypeError from np.isfinite)
+        (dict(sizes=[4, 3], alpha=None), r"alpha must be .*, got None"),
+        (dict(sizes=[4, 3], alpha=np.array([0.1])), r"alpha must be .*, got array"),
         (dict(sizes=[4, 3], backend="tpu"), "unknown device"),
     ],
 )

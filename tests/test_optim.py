@@ -222,6 +222,14 @@ def test_bad_schedules():
         Schedule(0.1, 10, kind="step")
     with pytest.raises(ValueError, match="does not fit"):
         Schedule(0.1, 10, warmup_steps=11)
+    for lr in (-1, 0, float("nan"), float("inf"), "0.1", True):  # (a NaN or negative lr blamed final_lr; inf gave nan)
+        with pytest.raises(ValueError, match=r"lr must be a finite number > 0, got"):
+            Schedule(lr, 10)
+    with pytest.raises(ValueError, match=r"warmup_steps must be a whole number of steps, got 2.5"):
+        Schedule(0.1, 10, warmup_steps=2.5)  # (its rate rose past lr)
+    with pytest.raises(ValueError, match=r"total_steps must be a whole number of steps, got 10.0"):
+        Schedule(0.1, 10.0)
+    assert Schedule(0.1, np.int64(10), "cosine", warmup_steps=np.int64(2))(1) == pytest.approx(0.1)
 
 
 def test_clipping_scales_a_gradient_whose_squares_overflow_to_max_norm():
