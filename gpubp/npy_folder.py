@@ -2,8 +2,8 @@
 chunk by chunk, so that a data set larger than memory is never read whole.
 
 Errors are :class:`gpubp.errors.DataError` naming the file and the problem: a missing or
-unreadable file, a wrong shape or dtype, the first row with NaN or infinity, the first label out
-of range, labels and rows that do not pair up.
+unreadable file, one that is not a .npy file (an .npz archive, say), a wrong shape or dtype, the
+first row with NaN or infinity, the first label out of range, labels and rows that do not pair up.
 """
 
 from __future__ import annotations
@@ -16,15 +16,25 @@ from .errors import DataError
 from .data_parts import own_rows
 from .rows import CHUNK_BYTES, HostRows, first_nonfinite
 
+NPY_MAGIC = np.lib.format.MAGIC_PREFIX  # the first bytes of every .npy file
+ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # the first bytes of a zip archive (an .npz file), or an empty one
+
 
 def _open_npy(path: Path) -> np.ndarray:
-    """``path`` memory-mapped read-only; DataError naming it when it is missing or unreadable."""
+    """``path`` memory-mapped read-only; DataError naming it when it is missing, not a .npy file
+    (checked by its first bytes, before NumPy reads it: a zip archive is not opened) or unreadable."""
     if not path.is_file():
         raise DataError(f"{path}: no such file (a folder data set needs X.npy and y.npy)")
     try:
-        return np.load(path, mmap_mode="r", allow_pickle=False)
+        with open(path, "rb") as file:
+            magic = file.read(len(NPY_MAGIC))
+        if magic == NPY_MAGIC:
+            return np.load(path, mmap_mode="r", allow_pickle=False)
     except Exception as exc:  # a damaged header or an object array fails in many ways
         raise DataError(f"{path}: not a readable .npy file ({type(exc).__name__}: {exc})") from None
+    found = ("a zip archive (.npz, as np.savez writes)" if magic.startswith(ZIP_MAGIC)
+             else f"its first bytes are {magic!r}, not the .npy magic string {NPY_MAGIC!r}")
+    raise DataError(f"{path}: not a .npy file: {found}; write each array with np.save")
 
 
 def _check_labels(y: np.ndarray, path: Path, n: int, x_path: Path) -> np.ndarray:

@@ -245,6 +245,15 @@ def label_out_of_range_in_row_77(folder):
     np.save(folder / "y.npy", y)
 
 
+def npz_archive_as(name):
+    """``name`` (X.npy or y.npy) replaced by a zip archive of the same array, as np.savez writes."""
+    def damage(folder):
+        array = np.load(folder / name)
+        with open(folder / name, "wb") as file:
+            np.savez(file, array)
+    return damage
+
+
 BAD = {
     "wrong shape": (bad_x_rank, "X.npy", "expected a non-empty 2-D array (samples, features), got shape (150,)"),
     "NaN in row k": (nan_in_row_100, "X.npy", "NaN or infinity in row 100 (column 4)"),
@@ -253,7 +262,10 @@ BAD = {
                           "149 labels but"),
     "float labels": (lambda f: np.save(f / "y.npy", np.zeros(150)), "y.npy", "integer class indices"),
     "missing file": (lambda f: (f / "y.npy").unlink(), "y.npy", "no such file"),
-    "not a .npy file": (lambda f: (f / "X.npy").write_bytes(b"not numpy"), "X.npy", "not a readable .npy file"),
+    "not a .npy file": (lambda f: (f / "X.npy").write_bytes(b"not numpy"), "X.npy",
+                        "not a .npy file: its first bytes are b'not nu', not the .npy magic string"),
+    "X.npy an .npz archive": (npz_archive_as("X.npy"), "X.npy", "not a .npy file: a zip archive (.npz"),
+    "y.npy an .npz archive": (npz_archive_as("y.npy"), "y.npy", "not a .npy file: a zip archive (.npz"),
 }
 
 
@@ -265,6 +277,16 @@ def test_bad_folders_give_errors_naming_the_file_and_the_problem(tmp_path, small
     with pytest.raises(DataError) as caught:
         load_dataset(str(tmp_path / "d"))
     assert str(tmp_path / "d" / file) in str(caught.value) and fragment in str(caught.value), str(caught.value)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="lists open files through /proc")
+def test_an_npz_archive_as_x_npy_is_left_closed(tmp_path):
+    write_folder(tmp_path / "d")
+    npz_archive_as("X.npy")(tmp_path / "d")
+    with pytest.raises(DataError, match="not a .npy file"):
+        load_dataset(str(tmp_path / "d"))
+    open_files = [os.path.realpath(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")]
+    assert str((tmp_path / "d" / "X.npy").resolve()) not in open_files
 
 
 def test_fit_checks_a_memmap_chunk_by_chunk(tmp_path, small_chunks):
