@@ -143,8 +143,8 @@ def load_npy_folder(folder, part: tuple[int, int] = (0, 1)) -> Dataset:
 
     X is memory-mapped, never read whole (:func:`gpubp.npy_folder.open_npy_folder` checks it
     chunk by chunk): the Dataset's X is a :class:`gpubp.rows.HostRows` in the file's dtype. The
-    labels are read into memory (int64); C is their maximum + 1. ``part=(r, R)``: rank r of a
-    data-parallel job checks only its own rows of X.
+    labels are read into memory (int64); C is their maximum + 1 (<= npy_folder.MAX_CLASSES).
+    ``part=(r, R)``: rank r of a data-parallel job checks only its own rows of X.
     """
     rows, labels = open_npy_folder(folder, part)
     return Dataset(rows, labels, np.arange(int(labels.max()) + 1), str(folder))

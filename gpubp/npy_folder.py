@@ -3,7 +3,8 @@ chunk by chunk, so that a data set larger than memory is never read whole.
 
 Errors are :class:`gpubp.errors.DataError` naming the file and the problem: a missing or
 unreadable file, one that is not a .npy file (an .npz archive, say), a wrong shape or dtype, the
-first row with NaN or infinity, the first label out of range, labels and rows that do not pair up.
+first row with NaN or infinity, the first label out of range (negative, or implying more than
+:data:`MAX_CLASSES` classes), labels and rows that do not pair up.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from .errors import DataError
 from .data_parts import own_rows
 from .rows import CHUNK_BYTES, HostRows, first_nonfinite
 
+MAX_CLASSES = 2**20  # the most classes y.npy may imply (its largest label + 1): a 2**20-wide output layer
 NPY_MAGIC = np.lib.format.MAGIC_PREFIX  # the first bytes of every .npy file
 ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # the first bytes of a zip archive (an .npz file), or an empty one
 
@@ -38,7 +40,8 @@ def _open_npy(path: Path) -> np.ndarray:
 
 
 def _check_labels(y: np.ndarray, path: Path, n: int, x_path: Path) -> np.ndarray:
-    """Labels (n,) from ``path``: 1-D integer class indices >= 0, checked chunk by chunk; int64 copy."""
+    """Labels (n,) from ``path``: 1-D integer class indices 0..MAX_CLASSES-1, checked chunk by chunk in
+    the file's dtype; int64 copy."""
     if y.ndim != 1:
         raise DataError(f"{path}: y must be 1-D class indices, got shape {y.shape}")
     if not np.issubdtype(y.dtype, np.integer):
@@ -48,11 +51,15 @@ def _check_labels(y: np.ndarray, path: Path, n: int, x_path: Path) -> np.ndarray
     labels = np.empty(n, dtype=np.int64)
     step = max(1, CHUNK_BYTES // y.dtype.itemsize)
     for start in range(0, n, step):
-        labels[start : start + step] = y[start : start + step]
-        bad = np.flatnonzero(labels[start : start + step] < 0)
+        block = np.asarray(y[start : start + step])  # compared in the file's dtype: a uint64 is not wrapped
+        bad = np.flatnonzero((block < 0) | (block >= MAX_CLASSES))
         if bad.size:
-            row = start + int(bad[0])
-            raise DataError(f"{path}: label {labels[row]} in row {row} is out of range (class indices are >= 0)")
+            row, label = start + int(bad[0]), int(block[bad[0]])
+            if label < 0:
+                raise DataError(f"{path}: label {label} in row {row} is out of range (class indices are >= 0)")
+            raise DataError(f"{path}: label {label} in row {row} implies {label + 1} classes (labels are class "
+                            f"indices 0..C-1), more than the {MAX_CLASSES} allowed; number the classes 0..C-1")
+        labels[start : start + step] = block
     return labels
 
 
@@ -66,7 +73,7 @@ def open_npy_folder(folder, part: tuple[int, int] = (0, 1)) -> tuple[HostRows, n
     X : HostRows (n, d)
         The memory-mapped X.npy (any real dtype; NaN and infinity refused, row by row).
     y : int64 array (n,)
-        y.npy read into memory: integer class indices >= 0.
+        y.npy read into memory: integer class indices 0..MAX_CLASSES-1.
     """
     folder = Path(folder)
     x_path, y_path = folder / "X.npy", folder / "y.npy"

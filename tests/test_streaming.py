@@ -239,10 +239,16 @@ def nan_in_row_100(folder):
     np.save(folder / "X.npy", X)
 
 
-def label_out_of_range_in_row_77(folder):
-    y = np.load(folder / "y.npy")
-    y[77] = -1
-    np.save(folder / "y.npy", y)
+def label_in_row_77(label, dtype=np.int64):
+    """Damage: y.npy saved as ``dtype`` with ``label`` in row 77."""
+    def damage(folder):
+        y = np.load(folder / "y.npy").astype(dtype)
+        y[77] = label
+        np.save(folder / "y.npy", y)
+    return damage
+
+
+label_out_of_range_in_row_77 = label_in_row_77(-1)
 
 
 def npz_archive_as(name):
@@ -266,6 +272,13 @@ BAD = {
                         "not a .npy file: its first bytes are b'not nu', not the .npy magic string"),
     "X.npy an .npz archive": (npz_archive_as("X.npy"), "X.npy", "not a .npy file: a zip archive (.npz"),
     "y.npy an .npz archive": (npz_archive_as("y.npy"), "y.npy", "not a .npy file: a zip archive (.npz"),
+    "label 10**9": (label_in_row_77(10**9), "y.npy", "label 1000000000 in row 77 implies 1000000001 classes"),
+    "label 2**62": (label_in_row_77(2**62), "y.npy", f"label {2**62} in row 77 implies {2**62 + 1} classes"),
+    "label MAX_CLASSES": (label_in_row_77(npy_folder.MAX_CLASSES), "y.npy",
+                          f"implies {npy_folder.MAX_CLASSES + 1} classes (labels are class indices 0..C-1), more "
+                          f"than the {npy_folder.MAX_CLASSES} allowed"),
+    "uint64 label above int64": (label_in_row_77(2**64 - 1, np.uint64), "y.npy",
+                                 f"label {2**64 - 1} in row 77 implies {2**64} classes"),
 }
 
 
@@ -277,6 +290,14 @@ def test_bad_folders_give_errors_naming_the_file_and_the_problem(tmp_path, small
     with pytest.raises(DataError) as caught:
         load_dataset(str(tmp_path / "d"))
     assert str(tmp_path / "d" / file) in str(caught.value) and fragment in str(caught.value), str(caught.value)
+
+
+def test_the_largest_label_allowed_gives_max_classes_classes(tmp_path, small_chunks):
+    write_folder(tmp_path / "d")
+    label_in_row_77(npy_folder.MAX_CLASSES - 1, np.uint32)(tmp_path / "d")
+    folder, _ = load_dataset(str(tmp_path / "d"))
+    assert folder.n_classes == npy_folder.MAX_CLASSES and folder.y[77] == npy_folder.MAX_CLASSES - 1
+    assert folder.y.dtype == np.int64
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="lists open files through /proc")
