@@ -253,10 +253,8 @@ def split(data: Dataset, test_fraction: float = 0.2, seed: int | None = 0) -> tu
         )
     except ValueError as exc:
         raise DataError(f"{data.name}: cannot split {len(data)} samples stratified by class: {exc}") from None
-    return (
-        Dataset(X_tr, y_tr, data.classes, f"{data.name} (train)"),
-        Dataset(X_te, y_te, data.classes, f"{data.name} (test)"),
-    )
+    return (Dataset(X_tr, y_tr, data.classes, f"{data.name} (train)"),
+            Dataset(X_te, y_te, data.classes, f"{data.name} (test)"))
 
 
 def standardize(train: Dataset, *others: Dataset, comm=None, scaler: StandardScaler | None = None
@@ -268,25 +266,27 @@ def standardize(train: Dataset, *others: Dataset, comm=None, scaler: StandardSca
     (``partial_fit``) and the scaling is applied to each batch as it is read. With ``comm``
     (a data-parallel job), each rank reads only its own rows of such an X and the ranks combine
     their statistics (:func:`gpubp.data_parts.scaler_in_parts`). A ``scaler`` given (a resumed
-    run's) is applied as it is, not fitted.
+    run's) is applied as it is. DataError: a column whose mean or variance overflows float64.
     """
-    if scaler is not None:
-        pass  # a resumed run's own
-    elif isinstance(train.X, HostRows) and comm is not None and comm.size > 1:
-        scaler = scaler_in_parts(train.X, comm)
-    elif isinstance(train.X, HostRows):
-        scaler = StandardScaler()
-        for _, block in train.X.chunks(np.float64):
-            scaler.partial_fit(block)
-    else:
-        scaler = StandardScaler().fit(train.X)
-    scaled = [Dataset(_scaled(d.X, scaler), d.y, d.classes, d.name) for d in (train, *others)]
-    return scaler, scaled
+    if scaler is None:  # else a resumed run's own, applied as it is
+        with np.errstate(over="ignore", invalid="ignore"):  # statistics that overflow are refused below
+            if isinstance(train.X, HostRows) and comm is not None and comm.size > 1:
+                scaler = scaler_in_parts(train.X, comm)
+            elif isinstance(train.X, HostRows):
+                scaler = StandardScaler()
+                for _, block in train.X.chunks(np.float64):
+                    scaler.partial_fit(block)
+            else:
+                scaler = StandardScaler().fit(train.X)
+        overflowed = np.flatnonzero(~(np.isfinite(scaler.mean_) & np.isfinite(scaler.var_)))
+        if overflowed.size:
+            raise DataError(f"{train.name}: the values in column {overflowed[0]} of X are too large to standardize "
+                            "(their mean or variance overflows float64); rescale that column first")
+    return scaler, [Dataset(_scaled(d.X, scaler), d.y, d.classes, d.name) for d in (train, *others)]
 
 
 def fitted_scaler(mean, scale) -> StandardScaler:
-    """A StandardScaler that scales by the given ``mean`` and ``scale`` (d,) (a run's own,
-    stored in its checkpoint), fitted on nothing."""
+    """A StandardScaler scaling by ``mean`` and ``scale`` (d,) (a run's own, from its checkpoint)."""
     scaler = StandardScaler()
     scaler.mean_, scaler.scale_ = np.asarray(mean, np.float64), np.asarray(scale, np.float64)
     scaler.var_, scaler.n_features_in_ = scaler.scale_**2, scaler.mean_.shape[0]

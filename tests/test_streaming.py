@@ -8,6 +8,7 @@ out of them may run: a pipeline that uses a buffer too early, or swaps the wrong
 
 import os
 import signal
+import warnings
 
 import numpy as np
 import pytest
@@ -310,6 +311,20 @@ def test_an_npz_archive_as_x_npy_is_left_closed(tmp_path):
     assert str((tmp_path / "d" / "X.npy").resolve()) not in open_files
 
 
+def test_a_column_too_large_to_standardize_is_named_without_warnings(tmp_path, small_chunks):
+    """A float64 column of +-1e308, all finite: its mean and variance overflow, whether the rows are
+    memory-mapped or in memory; the column is named and NumPy's overflow warnings stay quiet."""
+    X, y = write_folder(tmp_path / "d", dtype=np.float64)
+    X[:, 2] = np.where(np.arange(len(X)) % 2, 1e308, -1e308)
+    np.save(tmp_path / "d" / "X.npy", X)
+    folder, _ = load_dataset(str(tmp_path / "d"))
+    for data in (folder, Dataset(X, y, folder.classes, "in memory")):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            with pytest.raises(DataError, match=r"the values in column 2 of X are too large to standardize"):
+                standardize(*split(data, 0.2, seed=0))
+
+
 def test_fit_checks_a_memmap_chunk_by_chunk(tmp_path, small_chunks):
     X, y = write_folder(tmp_path / "d")
     X[90, 1] = np.inf
@@ -332,6 +347,20 @@ def test_the_command_trains_on_a_folder_streamed_and_refuses_a_bad_one(tmp_path)
     label_out_of_range_in_row_77(tmp_path / "d")
     assert_one_line_error(run_cli("train", "--dataset", str(tmp_path / "d"), "--stream"),
                           str(tmp_path / "d" / "y.npy"), "label -1 in row 77 is out of range")
+
+
+def test_the_command_refuses_an_archive_a_huge_label_and_an_overflowing_column_in_one_line(tmp_path):
+    X, _ = write_folder(tmp_path / "d", dtype=np.float64)
+    for damage, file, fragment in [
+        (npz_archive_as("X.npy"), "X.npy", "not a .npy file: a zip archive"),
+        (label_in_row_77(10**9), "y.npy", "label 1000000000 in row 77 implies 1000000001 classes"),
+        (lambda f: np.save(f / "X.npy", np.where(np.arange(X.size).reshape(X.shape) % 2, 1e308, -1e308)), "",
+         "column 0 of X are too large to standardize"),
+    ]:
+        write_folder(tmp_path / "d", dtype=np.float64)
+        damage(tmp_path / "d")
+        assert_one_line_error(run_cli("train", "--dataset", str(tmp_path / "d"), "--quiet", "--device", "cpu"),
+                              str(tmp_path / "d" / file), fragment)
 
 
 @pytest.mark.gpu
