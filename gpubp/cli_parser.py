@@ -19,6 +19,7 @@ from .params import SETTINGS, ParameterError, check, from_text
 from .version import __version__
 
 DEFAULT_CHECKPOINT = "gpubp-checkpoint.npz"
+_NOT_GIVEN = object()  # an option's value while the command line has not set it
 
 
 class UsageError(Exception):
@@ -27,9 +28,12 @@ class UsageError(Exception):
 
 class _Parser(argparse.ArgumentParser):
     """A parser that raises UsageError and keeps ``settings``, {setting: option} for its options
-    typed by a gpubp setting (and the top one ``commands``, {name: subparser})."""
+    typed by a gpubp setting (and the top one ``commands``, {name: subparser}). The namespace it
+    returns holds ``given``, the names of the options the command line set: an option given with
+    its default value is in it, one left at its default is not."""
 
     def __init__(self, *args, **kwargs):
+        self.options: list[argparse.Action] = []  # first: argparse's __init__ adds -h by add_argument
         super().__init__(*args, **kwargs)
         self.settings: dict[str, str] = {}
         self.commands: dict[str, _Parser] = {}
@@ -38,7 +42,28 @@ class _Parser(argparse.ArgumentParser):
         action = super().add_argument(*args, **kwargs)
         if isinstance(action.type, SettingType):
             self.settings[action.type.setting] = action.option_strings[0]
+        if argparse.SUPPRESS not in (action.dest, action.default):  # not -h, --version: no value
+            self.options.append(action)
         return action
+
+    def parse_known_args(self, args=None, namespace=None):
+        # argparse leaves an attribute the namespace already has as it is instead of setting the
+        # default: what still holds _NOT_GIVEN after parsing was not on the command line
+        namespace = argparse.Namespace() if namespace is None else namespace
+        unset = [action for action in self.options if not hasattr(namespace, action.dest)]
+        for action in unset:
+            setattr(namespace, action.dest, _NOT_GIVEN)
+        namespace, extras = super().parse_known_args(args, namespace)
+        given = set(getattr(namespace, "given", ()))  # a subcommand's, copied onto its command's namespace
+        for action in unset:
+            if getattr(namespace, action.dest) is not _NOT_GIVEN:
+                given.add(action.dest)
+            elif isinstance(action.default, str) and action.type is not None:  # as argparse does
+                setattr(namespace, action.dest, action.type(action.default))
+            else:
+                setattr(namespace, action.dest, action.default)
+        namespace.given = frozenset(given)
+        return namespace, extras
 
     def error(self, message):
         raise UsageError(f"{self.prog}: {message}")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .backend import cuda_status, get_backend
 from .checkpoint import read_checkpoint
-from .cli_parser import DEFAULT_CHECKPOINT, UsageError, build_parser, report
+from .cli_parser import DEFAULT_CHECKPOINT, UsageError, report
 from .data import fitted_scaler, load_dataset, split, standardize
 from .errors import DivergenceError
 from .interrupt import TrainingInterrupted
@@ -16,42 +16,52 @@ from .mlp import MLP
 from .rows import HostRows
 from .train import fit
 
-# Options a resumed run takes from its checkpoint, with the name each has there.
+# Options a resumed run takes from its checkpoint, with the name each has there (--hidden: the
+# model's inner sizes; --tf32: the model's, where the checkpoint records it).
 _FROM_CHECKPOINT_CONFIG = {"optimizer": "optimizer", "lr": "lr", "momentum": "momentum",
                            "schedule": "schedule", "warmup_epochs": "warmup_epochs",
                            "batch_size": "batch_size", "val_fraction": "validation_fraction",
                            "patience": "patience", "seed": "seed", "clip_norm": "clip_norm"}
-_FROM_CHECKPOINT_MODEL = ("hidden", "activation", "dtype", "alpha")
+_FROM_CHECKPOINT_MODEL = ("activation", "dtype", "alpha")
 _FROM_CHECKPOINT_EXTRA = ("dataset", "test_fraction")
 
 
+def _data_set_id(spec: str) -> str:
+    """How a checkpoint names the data set ``spec``: digits, else the file's or folder's absolute path."""
+    return spec if spec == "digits" else str(Path(spec).resolve())
+
+
+def _as_option(option: str, value) -> str:
+    """``value`` as the command line gives it: "--hidden 256,128", "--tf32", "no --patience"."""
+    if value is None or value is False:
+        return f"no {option}"
+    if value is True:
+        return option
+    return f"{option} {','.join(map(str, value)) if isinstance(value, list) else value}"
+
 
 def _apply_checkpoint(args) -> None:
-    """Fill args from the checkpoint named by --resume; refuse options that would contradict it."""
-    checkpoint = read_checkpoint(args.resume)
-    defaults = vars(build_parser().parse_args(["train"]))
-    fixed = [*_FROM_CHECKPOINT_CONFIG, *_FROM_CHECKPOINT_MODEL, *_FROM_CHECKPOINT_EXTRA]
-    given = [name for name in fixed if getattr(args, name) != defaults[name]]
-    if given:
-        option = "--" + given[0].replace("_", "-")
-        raise UsageError(f"gpubp train: {option} cannot be changed when resuming: it comes from {args.resume}")
-    meta = checkpoint.meta
+    """Fill args from the checkpoint named by --resume; refuse an option given on the command line
+    with another value than the checkpoint's (given with the same value, it is accepted)."""
+    meta = read_checkpoint(args.resume).meta
     if not all(key in meta["extra"] for key in _FROM_CHECKPOINT_EXTRA):
         raise UsageError(f"gpubp train: {args.resume} was not written by gpubp train; "
                           "resume it with gpubp.fit(..., resume=PATH)")
-    for name, key in _FROM_CHECKPOINT_CONFIG.items():
-        setattr(args, name, meta["config"][key])
+    held = {name: meta["config"][key] for name, key in _FROM_CHECKPOINT_CONFIG.items()}
+    held.update({name: meta["model"][name] for name in _FROM_CHECKPOINT_MODEL}, hidden=meta["model"]["sizes"][1:-1])
+    held.update({name: meta["extra"][name] for name in _FROM_CHECKPOINT_EXTRA})
     if "tf32" in meta["model"]:  # a checkpoint that records it; otherwise --tf32 is taken as given
-        if args.tf32 != defaults["tf32"]:
-            raise UsageError(f"gpubp train: --tf32 cannot be changed when resuming: it comes from {args.resume}")
-        args.tf32 = bool(meta["model"]["tf32"])
-    args.hidden = meta["model"]["sizes"][1:-1]
-    args.activation, args.dtype, args.alpha = (meta["model"][k] for k in ("activation", "dtype", "alpha"))
-    for name in _FROM_CHECKPOINT_EXTRA:
-        setattr(args, name, meta["extra"][name])
+        held["tf32"] = bool(meta["model"]["tf32"])
+    for name, value in held.items():
+        given = getattr(args, name)
+        if name in args.given and (_data_set_id(given) if name == "dataset" else given) != value:
+            option = "--" + name.replace("_", "-")
+            raise UsageError(f"gpubp train: {option} cannot be changed when resuming: {args.resume} holds "
+                             f"{_as_option(option, value)}, given {_as_option(option, given)}")
+        setattr(args, name, value)
     if "input_mean" in meta["extra"]:  # the run's own standardization: its data and fingerprint again
         args.scaler = fitted_scaler(meta["extra"]["input_mean"], meta["extra"]["input_scale"])
-    if args.epochs == defaults["epochs"]:
+    if "epochs" not in args.given:
         args.epochs = meta["config"]["epochs"]
     if args.checkpoint is None:
         args.checkpoint = args.resume
@@ -124,7 +134,6 @@ def _train_with(args, comm) -> int:
           f"{net.n_params:,} parameters; {args.optimizer}, {args.epochs} epochs of batch {args.batch_size}",
           flush=True)
     verbose = 0 if args.quiet or not lead else (2 if sys.stderr.isatty() else 1)
-    dataset = args.dataset if args.dataset == "digits" else str(Path(args.dataset).resolve())
     checkpoint_every = args.checkpoint_every or (1 if args.checkpoint is not None else None)
     if args.resume is not None:
         say(f"resuming: {args.resume}", flush=True)
@@ -134,9 +143,9 @@ def _train_with(args, comm) -> int:
         warmup_epochs=args.warmup_epochs, validation_fraction=args.val_fraction,
         patience=args.patience, seed=args.seed, clip_norm=args.clip_norm, verbose=verbose,
         checkpoint=str(args.checkpoint or DEFAULT_CHECKPOINT), checkpoint_every=checkpoint_every,
-        resume=args.resume, stream=args.stream, cuda_graph=args.cuda_graph, checkpoint_extra={"dataset": dataset, "test_fraction": args.test_fraction,
-                                                                   "input_mean": scaler.mean_.tolist(),
-                                                                   "input_scale": scaler.scale_.tolist()},
+        resume=args.resume, stream=args.stream, cuda_graph=args.cuda_graph,
+        checkpoint_extra={"dataset": _data_set_id(args.dataset), "test_fraction": args.test_fraction,
+                          "input_mean": scaler.mean_.tolist(), "input_scale": scaler.scale_.tolist()},
         comm=comm,
     )
     if lead:

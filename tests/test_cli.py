@@ -210,3 +210,115 @@ def test_a_resumed_run_scales_its_data_as_the_checkpointed_run_did(tmp_path, mon
     monkeypatch.setattr(StandardScaler, "partial_fit", refuse)
     assert cli.main(["train", "--resume", str(ckpt), "--epochs", "2", "--quiet"]) == 0
     assert len(read_checkpoint(ckpt).meta["history"]["train_loss"]) == 2
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    """Two one-epoch checkpoints of gpubp train: "bf16" (bfloat16, hidden 32,16, momentum at lr
+    0.05, alpha 0.001) and "tf32" (float32 with --tf32, the other settings their defaults)."""
+    from gpubp import cli
+
+    folder = tmp_path_factory.mktemp("checkpoints")
+    runs = {"bf16": ["--dtype", "bfloat16", "--hidden", "32,16", "--optimizer", "momentum", "--lr", "0.05",
+                     "--alpha", "0.001"],
+            "tf32": ["--tf32"]}
+    for name, args in runs.items():
+        assert cli.main(["train", *args, "--epochs", "1", "--checkpoint", str(folder / f"{name}.npz"),
+                         "--quiet"]) == 0
+    return folder
+
+
+def resume(checkpoints, name, args, tmp_path, capsys):
+    """gpubp train --resume the checkpoint ``name`` of ``checkpoints`` with ``args`` (writing its
+    checkpoint under tmp_path); its status, stdout and stderr."""
+    from gpubp import cli
+
+    capsys.readouterr()
+    status = cli.main(["train", "--resume", str(checkpoints / f"{name}.npz"), "--checkpoint", str(tmp_path / "c.npz"),
+                       "--quiet", *args])
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+@pytest.mark.parametrize(
+    "name, args, model",
+    [
+        ("bf16", [], "64-32-16-10 relu, bfloat16, "),  # not given: the checkpoint's value
+        ("bf16", ["--dtype", "bfloat16"], "64-32-16-10 relu, bfloat16, "),
+        ("bf16", ["--hidden", "32,16", "--optimizer", "momentum", "--lr", "0.05", "--alpha", "1e-3",
+                  "--activation", "relu", "--seed", "0", "--batch-size", "32", "--val-fraction", "0.1",
+                  "--test-fraction", "0.2", "--dataset", "digits"], "64-32-16-10 relu, bfloat16, "),
+        ("tf32", ["--tf32"], "64-128-10 relu, float32 tf32, "),
+        ("tf32", ["--tf32", "--dtype", "float32", "--lr", "0.001"], "64-128-10 relu, float32 tf32, "),
+    ],
+)
+def test_resume_accepts_options_given_with_the_checkpoints_values(checkpoints, name, args, model, tmp_path, capsys):
+    """An option given on the command line with the value the checkpoint holds is accepted, even
+    where that value is not the option's default (--dtype bfloat16, --tf32) or is (--lr 0.001 for
+    adam, --dtype float32)."""
+    status, out, err = resume(checkpoints, name, [*args, "--epochs", "1"], tmp_path, capsys)
+    assert status == 0, err
+    assert model in out
+
+
+@pytest.mark.parametrize(
+    "name, args, holds, given",
+    [
+        ("bf16", ["--dtype", "float32"], "--dtype bfloat16", "--dtype float32"),
+        ("tf32", ["--dtype", "float64"], "--dtype float32", "--dtype float64"),
+        ("bf16", ["--tf32"], "no --tf32", "--tf32"),
+        ("bf16", ["--hidden", "128"], "--hidden 32,16", "--hidden 128"),
+        ("bf16", ["--lr", "0.001"], "--lr 0.05", "--lr 0.001"),
+        ("bf16", ["--optimizer", "adam"], "--optimizer momentum", "--optimizer adam"),
+        ("tf32", ["--activation", "tanh"], "--activation relu", "--activation tanh"),
+        ("tf32", ["--patience", "3"], "no --patience", "--patience 3"),
+    ],
+)
+def test_resume_refuses_an_option_given_with_another_value_naming_both(checkpoints, name, args, holds, given,
+                                                                       tmp_path, capsys):
+    """An option given with a value other than the checkpoint's is refused, even when the given
+    value is the option's default (--dtype float32, --optimizer adam, --activation relu)."""
+    status, out, err = resume(checkpoints, name, args, tmp_path, capsys)
+    assert status == 2 and "model: " not in out, out + err
+    assert len(err.strip().splitlines()) == 1, err
+    option = args[0]
+    assert f"{option} cannot be changed when resuming: {checkpoints / name}.npz holds {holds}, given {given}" in err
+
+
+def test_resume_takes_an_explicit_epochs_equal_to_its_default(checkpoints, tmp_path, capsys):
+    """--epochs 30 (the default, given) raises the one-epoch run to 30 epochs; left out, the
+    checkpoint's total stays."""
+    status, out, err = resume(checkpoints, "tf32", ["--epochs", "30"], tmp_path, capsys)
+    assert status == 0 and "adam, 30 epochs of batch 32" in out, out + err
+    status, out, err = resume(checkpoints, "tf32", [], tmp_path, capsys)
+    assert status == 0 and "adam, 1 epochs of batch 32" in out, out + err
+
+
+def test_resume_accepts_the_data_set_named_by_another_path(tmp_path, monkeypatch, capsys):
+    """A checkpoint keeps the data file's absolute path; --dataset naming that file by a relative
+    path is the same data set."""
+    from gpubp import cli
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 150)
+    np.savez(tmp_path / "d.npz", X=np.eye(3)[y] * 4 + rng.normal(size=(150, 3)), y=y)
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["train", "--dataset", "d.npz", "--epochs", "1", "--checkpoint", "c.npz", "--quiet"]) == 0
+    capsys.readouterr()
+    assert cli.main(["train", "--resume", "c.npz", "--dataset", "./d.npz", "--epochs", "1", "--quiet"]) == 0
+    assert cli.main(["train", "--resume", "c.npz", "--dataset", "digits", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"--dataset cannot be changed when resuming: c.npz holds --dataset {tmp_path.resolve() / 'd.npz'}, given " \
+           "--dataset digits" in err
+
+
+def test_the_parser_tells_an_option_given_from_one_left_at_its_default():
+    """``given`` holds the options on the command line, given with their default value or not;
+    the others hold their defaults, typed as a given value would be."""
+    from gpubp.cli_parser import build_parser
+
+    args = build_parser().parse_args(["train", "--dtype", "float32", "--tf32", "--hidden", "32,16"])
+    assert args.given == {"dtype", "tf32", "hidden"}
+    assert (args.dtype, args.tf32, args.hidden, args.epochs, args.activation, args.lr) == \
+        ("float32", True, [32, 16], 30, "relu", None)
+    assert build_parser().parse_args(["train"]).given == set()
