@@ -206,20 +206,18 @@ class BaseMLP(StochasticFit, DataParallelFit, FitCheckpoints, BaseEstimator):
 
     # ------------------------------------------------------------------ prediction
 
-    def _forward(self, X, check_input=True):
-        """Output-layer activations (n, n_outputs) on the host, computed in device batches."""
-        check_is_fitted(self)
-        if check_input:
+    def _forward(self, X, net=None):
+        """Output-layer activations (n, n_outputs) on the host, computed in device batches: of the
+        fitted network for X (n, n_features_in_) as given, or of ``net``, the network being
+        trained (its parameters and dtype, not coefs_'), for rows the fit has already checked."""
+        if net is None:
+            check_is_fitted(self)
             X = validate_data(self, X, accept_sparse=["csr", "csc"], reset=False)
-        net = self._network()
+            net = self._network()
         out = np.empty((X.shape[0], self.n_outputs_), dtype=net.dtype)
         for batch in gen_batches(X.shape[0], PREDICT_BATCH):
             out[batch] = to_numpy(net.predict_output(dense(X[batch]).astype(net.dtype, copy=False)))
         return out
-
-    def _score_net(self, net, X, y, sample_weight):
-        self._net, self._net_source = net, self.coefs_  # score the parameters being trained
-        return self._score(X, y, sample_weight)
 
     # ------------------------------------------------------------------ persistence
 

@@ -245,7 +245,7 @@ class StochasticFit(LbfgsFit):
 
     def _update_no_improvement_count(self, net, Xv, yv, wv, verbose):
         if self.early_stopping:
-            score = self._score_net(net, Xv, yv, wv)
+            score = self._score(net, Xv, yv, wv)
             self.validation_scores_.append(score)
             if verbose:
                 print("Validation score: %f" % score)

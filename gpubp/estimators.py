@@ -191,8 +191,8 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
         """Class labels (n_samples,) or a label indicator matrix for multilabel targets."""
         return self._predict(X)
 
-    def _predict(self, X, check_input=True):
-        out = self._forward(X, check_input=check_input)
+    def _predict(self, X, net=None):
+        out = self._forward(X, net)
         return self._label_binarizer.inverse_transform(out.ravel() if self.n_outputs_ == 1 else out)
 
     def predict_proba(self, X):
@@ -207,8 +207,9 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
         """log of predict_proba."""
         return np.log(self.predict_proba(X))
 
-    def _score(self, X, y, sample_weight=None):
-        return accuracy_score(y, self._predict(X, check_input=False), sample_weight=sample_weight)
+    def _score(self, net, X, y, sample_weight):
+        """Early stopping's validation score of ``net``, the network being trained."""
+        return accuracy_score(y, self._predict(X, net), sample_weight=sample_weight)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -270,15 +271,15 @@ class MLPRegressor(RegressorMixin, BaseMLP):
 
     def predict(self, X):
         """Predicted targets (n_samples,) or (n_samples, n_outputs)."""
-        out = self._forward(X)
+        return self._predict(X)
+
+    def _predict(self, X, net=None):
+        out = self._forward(X, net)
         return out.ravel() if self.n_outputs_ == 1 else out
 
-    def _predict(self, X, check_input=True):
-        out = self._forward(X, check_input=check_input)
-        return out.ravel() if self.n_outputs_ == 1 else out
-
-    def _score(self, X, y, sample_weight=None):
-        y_pred = self._predict(X, check_input=False)
+    def _score(self, net, X, y, sample_weight):
+        """Early stopping's validation score of ``net``, the network being trained."""
+        y_pred = self._predict(X, net)
         if not np.isfinite(y_pred).all():
             return np.nan
         return r2_score(y, y_pred, sample_weight=sample_weight)

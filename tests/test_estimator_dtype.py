@@ -1,0 +1,42 @@
+"""The estimators' dtype and tf32: a warm-started fit that changes them, what predict computes
+in after set_params, and data the dtype cannot hold."""
+
+import warnings
+
+import numpy as np
+import pytest
+from sklearn.exceptions import ConvergenceWarning
+
+from gpubp import MLPClassifier
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(600, 6))
+    return X, (X[:, 0] > 0).astype(int) + (X[:, 1] > 0)
+
+
+def warm_started_scores(X, y, first: str, second: str, tf32: bool = False) -> list:
+    """validation_scores_ of an early-stopping fit in ``second`` that warm-starts from one of 3
+    iterations in ``first``."""
+    clf = MLPClassifier((8,), max_iter=3, random_state=0, device="cpu", early_stopping=True, n_iter_no_change=100,
+                        learning_rate_init=0.01, dtype=first)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        clf.fit(X, y)
+        n_first = len(clf.validation_scores_)
+        clf.set_params(warm_start=True, dtype=second, tf32=tf32, max_iter=15).fit(X, y)
+    return clf.validation_scores_[n_first:]
+
+
+@pytest.mark.parametrize("first, second, tf32", [("float64", "float32", False), ("float32", "float64", False),
+                                                 ("bfloat16", "float64", False), ("float64", "float32", True)])
+def test_a_warm_started_fit_in_another_dtype_scores_the_parameters_it_trains(data, first, second, tf32):
+    """Early stopping scored the network made from coefs_ of the previous fit (their dtype, never
+    updated): one constant score, and tf32=True refused it as float64."""
+    X, y = data
+    scores = warm_started_scores(X, y, first, second, tf32)
+    same_dtype = warm_started_scores(X, y, second, second, tf32)
+    assert len(set(scores)) > 3  # the score follows the training
+    np.testing.assert_allclose(scores, same_dtype, atol=0.05)
