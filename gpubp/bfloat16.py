@@ -87,11 +87,10 @@ def parameter_dtype(mode) -> np.dtype:
 
 
 def network_dtype(requested, data_dtype) -> np.dtype:
-    """The dtype to make an estimator's network with: bfloat16 when ``requested`` (its ``dtype``
-    parameter, or None) is bfloat16, else ``data_dtype`` (float32 or float64, the data's)."""
-    if requested is not None and np.dtype(requested) == BFLOAT16:
-        return BFLOAT16
-    return np.dtype(data_dtype)
+    """The dtype to make an estimator's network with: ``requested`` (its ``dtype`` parameter:
+    float32, float64 or bfloat16) when given, else ``data_dtype`` (None: the data's dtype in a
+    fit, coefs_' in a prediction)."""
+    return np.dtype(data_dtype if requested is None else requested)
 
 
 def round_to_bfloat16(x) -> np.ndarray:

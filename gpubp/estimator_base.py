@@ -185,7 +185,7 @@ class BaseMLP(StochasticFit, DataParallelFit, FitCheckpoints, BaseEstimator):
 
     def _network(self, dtype=None):
         """The MLP on the device holding coefs_ and intercepts_ (made again when they changed)."""
-        dtype = network_dtype(self.dtype, dtype or self.coefs_[0].dtype)  # bfloat16 when asked
+        dtype = network_dtype(self.dtype, dtype or self.coefs_[0].dtype)  # the dtype parameter, if set
         net, backend = getattr(self, "_net", None), get_backend(self.device)
         stale = net is None or net.compute_dtype != dtype or net.backend is not backend or net.tf32 != bool(self.tf32)
         if stale or getattr(self, "_net_source", None) is not self.coefs_:

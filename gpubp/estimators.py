@@ -3,8 +3,11 @@
 Change one import: ``from gpubp import MLPClassifier``. The constructor takes every parameter of
 scikit-learn's classes (1.9) with the same names, defaults and meaning, plus ``device``
 ("auto" | "cpu" | "cuda"), ``dtype`` (None keeps scikit-learn's rule: float32 input stays
-float32, anything else becomes float64) and ``tf32`` (False; True runs the products of float32
-training and prediction in TF32, see :class:`gpubp.MLP`). Fitted attributes are NumPy arrays whatever the device.
+float32, anything else becomes float64; "float32" or "float64" casts the input; "bfloat16" runs
+the products in bfloat16 over float32 parameters, see :mod:`gpubp.bfloat16`) and ``tf32`` (False;
+True runs the products of float32 training and prediction in TF32, see :class:`gpubp.MLP`).
+Prediction follows the current dtype, tf32 and device. Fitted attributes are NumPy arrays whatever
+the device.
 
 The arithmetic is scikit-learn's: the initial weights and biases come from the same
 ``check_random_state(random_state)`` stream with the same Glorot bounds, the validation split,
@@ -93,8 +96,13 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
     Parameters are scikit-learn's (hidden_layer_sizes ... max_fun) plus:
 
     device : {"auto", "cpu", "cuda"}, default "auto"
-    dtype : {None, "float32", "float64"}, default None
-        None: float32 input stays float32, other input becomes float64.
+    dtype : {None, "float32", "float64", "bfloat16"}, default None
+        The arithmetic of fit and predict. None: float32 input stays float32, other input becomes
+        float64. "bfloat16": bfloat16 products and saved activations over float32 parameters,
+        gradients and optimizer state (coefs_ are float32). predict runs in the current dtype and
+        tf32, as on the current device: set_params(dtype=...) on a fitted estimator changes the
+        arithmetic of predict at once, not coefs_, which keep the dtype of the last fit; None
+        predicts in coefs_' dtype.
     class_weight : None, "balanced" or dict, default None
         Multiplies the sample weights by the weight of each sample's class.
     tf32 : bool, default False

@@ -40,3 +40,22 @@ def test_a_warm_started_fit_in_another_dtype_scores_the_parameters_it_trains(dat
     same_dtype = warm_started_scores(X, y, second, second, tf32)
     assert len(set(scores)) > 3  # the score follows the training
     np.testing.assert_allclose(scores, same_dtype, atol=0.05)
+
+
+def test_predict_follows_the_current_dtype_and_tf32(data):
+    """float32 and float64 are honoured after set_params as bfloat16 and tf32 were; coefs_ keep
+    the dtype of the fit; None predicts in coefs_' dtype."""
+    X, y = data
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        clf = MLPClassifier((8,), max_iter=5, random_state=0, device="cpu", dtype="float64").fit(X, y)
+    fitted = clf.predict_proba(X)
+    float32 = clf.set_params(dtype="float32").predict_proba(X)
+    assert float32.dtype == np.float32 and clf.coefs_[0].dtype == np.float64
+    np.testing.assert_allclose(float32, fitted, atol=1e-5)
+    tf32 = clf.set_params(tf32=True).predict_proba(X)  # refused as float64 before
+    assert tf32.dtype == np.float32 and not np.array_equal(tf32, float32)
+    bfloat16 = clf.set_params(dtype="bfloat16", tf32=False).predict_proba(X)
+    assert bfloat16.dtype == np.float32 and not np.array_equal(bfloat16, float32)
+    np.testing.assert_array_equal(clf.set_params(dtype=None).predict_proba(X), fitted)
+    np.testing.assert_array_equal(clf.set_params(dtype="float64").predict_proba(X), fitted)
