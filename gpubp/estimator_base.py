@@ -22,7 +22,7 @@ from .mlp import MLP
 from .optim import host_state
 from .params import accepts
 from .estimator_checkpoint import FitCheckpoints, json_params, jsonable
-from .estimator_data import PREDICT_BATCH, dense
+from .estimator_data import PREDICT_BATCH, cast_in_range, dense
 from .estimator_fit import STOCHASTIC, StochasticFit
 from .estimator_parallel import DataParallelFit
 
@@ -123,8 +123,8 @@ class BaseMLP(StochasticFit, DataParallelFit, FitCheckpoints, BaseEstimator):
         self._check_checkpointing(incremental)
         first_pass = not hasattr(self, "coefs_") or (not self.warm_start and not incremental)
         X, y = self._validate_input(X, y, incremental, reset=first_pass)
-        if self.dtype is not None:
-            X = X.astype(parameter_dtype(self.dtype))  # bfloat16: float32 data and parameters
+        if self.dtype is not None:  # bfloat16: float32 data and parameters
+            X = cast_in_range(X, parameter_dtype(self.dtype), np.dtype(self.dtype))
         if self.tf32 and X.dtype != np.float32:
             raise ValueError(f"tf32=True needs float32 (TF32 rounds float32 inputs), but this fit runs in "
                              f"{X.dtype.name}: pass dtype='float32' or float32 X")
@@ -216,7 +216,8 @@ class BaseMLP(StochasticFit, DataParallelFit, FitCheckpoints, BaseEstimator):
             net = self._network()
         out = np.empty((X.shape[0], self.n_outputs_), dtype=net.dtype)
         for batch in gen_batches(X.shape[0], PREDICT_BATCH):
-            out[batch] = to_numpy(net.predict_output(dense(X[batch]).astype(net.dtype, copy=False)))
+            rows = cast_in_range(dense(X[batch]), net.dtype, net.compute_dtype, first_row=batch.start)
+            out[batch] = to_numpy(net.predict_output(rows))
         return out
 
     # ------------------------------------------------------------------ persistence

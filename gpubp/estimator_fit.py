@@ -28,9 +28,10 @@ from sklearn.utils.validation import validate_data
 
 from .backend import backend_for
 from .batches import batch_feed
+from .bfloat16 import network_dtype
 from .engine import Engine
 from .estimator_checkpoint import data_fingerprint
-from .estimator_data import PREDICT_BATCH, check_batch_weights, dense, host_targets
+from .estimator_data import PREDICT_BATCH, cast_in_range, check_batch_weights, dense, host_targets
 from .estimator_lbfgs import LbfgsFit
 from .optim import SGD, Adam, restore_state
 from .rows import HostRows
@@ -211,7 +212,8 @@ class StochasticFit(LbfgsFit):
         None three times; ``split`` is the held-out split as (training rows, validation rows)."""
         if validation_data is not None:
             Xv, yv = validation_data
-            Xv = validate_data(self, Xv, accept_sparse=["csr", "csc"], dtype=X.dtype, reset=False)
+            Xv = validate_data(self, Xv, accept_sparse=["csr", "csc"], dtype=(np.float64, np.float32), reset=False)
+            Xv = cast_in_range(Xv, X.dtype, network_dtype(self.dtype, X.dtype), "X_val")
             return X, Y, sample_weight, Xv, np.asarray(yv), None, None
         if not self.early_stopping:
             return X, Y, sample_weight, None, None, None, None

@@ -99,10 +99,10 @@ class MLPClassifier(ClassifierMixin, BaseMLP):
     dtype : {None, "float32", "float64", "bfloat16"}, default None
         The arithmetic of fit and predict. None: float32 input stays float32, other input becomes
         float64. "bfloat16": bfloat16 products and saved activations over float32 parameters,
-        gradients and optimizer state (coefs_ are float32). predict runs in the current dtype and
-        tf32, as on the current device: set_params(dtype=...) on a fitted estimator changes the
-        arithmetic of predict at once, not coefs_, which keep the dtype of the last fit; None
-        predicts in coefs_' dtype.
+        gradients and optimizer state (coefs_ are float32). X is cast to it; a value it cannot hold
+        is a ValueError. predict runs in the current dtype and tf32, as on the current device:
+        set_params(dtype=...) on a fitted estimator changes the arithmetic of predict at once, not
+        coefs_, which keep the dtype of the last fit; None predicts in coefs_' dtype.
     class_weight : None, "balanced" or dict, default None
         Multiplies the sample weights by the weight of each sample's class.
     tf32 : bool, default False

@@ -5,9 +5,10 @@ import warnings
 
 import numpy as np
 import pytest
+from scipy import sparse
 from sklearn.exceptions import ConvergenceWarning
 
-from gpubp import MLPClassifier
+from gpubp import MLPClassifier, MLPRegressor
 
 
 @pytest.fixture(scope="module")
@@ -59,3 +60,33 @@ def test_predict_follows_the_current_dtype_and_tf32(data):
     assert bfloat16.dtype == np.float32 and not np.array_equal(bfloat16, float32)
     np.testing.assert_array_equal(clf.set_params(dtype=None).predict_proba(X), fitted)
     np.testing.assert_array_equal(clf.set_params(dtype="float64").predict_proba(X), fitted)
+
+
+@pytest.mark.parametrize("dtype, value, data_dtype", [("float32", 1e39, np.float64), ("bfloat16", 1e39, np.float64),
+                                                      ("bfloat16", 3.4e38, np.float32)])
+@pytest.mark.parametrize("Estimator", [MLPClassifier, MLPRegressor])
+def test_a_value_the_dtype_cannot_hold_is_a_value_error_naming_it(data, dtype, value, data_dtype, Estimator):
+    """Finite in X's dtype (scikit-learn's check passes it), infinite once cast: fit ended with
+    'non-finite parameter weights' and predict returned NaN."""
+    X, y = data
+    X = X.astype(data_dtype)
+    big = X.copy()
+    big[5, 1] = value
+    named = rf"X holds {value:g} at row 5, column 1, beyond the range of {dtype}"
+
+    def new():
+        return Estimator(hidden_layer_sizes=(8,), max_iter=2, random_state=0, device="cpu", dtype=dtype)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        for rows in (big, sparse.csr_matrix(big)):
+            with pytest.raises(ValueError, match=named.replace("+", r"\+")):
+                new().fit(rows, y)
+        with pytest.raises(ValueError, match="X_val holds"):
+            new().fit(X, y, validation_data=(big, y))
+        fitted = new().fit(X, y)
+        wide = Estimator(hidden_layer_sizes=(8,), max_iter=2, random_state=0, device="cpu", dtype="float64")
+        assert np.isfinite(wide.fit(big.astype(np.float64), y).loss_)  # float64 holds it
+    for rows in (big, sparse.csc_matrix(big)):
+        with pytest.raises(ValueError, match=named.replace("+", r"\+")):
+            fitted.predict(rows)
