@@ -39,7 +39,7 @@ import numpy as np
 
 from . import rows as host_rows
 from .communicator import Communicator, SingleProcess
-from .rows import HostRows, first_nonfinite_in, nonfinite_error
+from .rows import HostRows, check_block
 
 BLOCK_ROWS = 4096  # rows per hashed block: part of the fingerprint's format, whatever the ranks
 PREFIX = "v2:"  # the fingerprint computed in blocks; the sequential form has no prefix
@@ -63,18 +63,18 @@ def digest_of(a: np.ndarray) -> str:
     return hashlib.sha256(f"{a.dtype.str}|{a.shape}|".encode() + a.tobytes()).hexdigest()
 
 
-def hash_rows(rows: HostRows, positions: np.ndarray, dtype, check: bool, name: str = "X") -> bytes | None:
+def hash_rows(rows: HostRows, positions: np.ndarray, dtype, check: bool, name: str = "X",
+              x_dtype=None) -> bytes | None:
     """SHA-256 of the rows at ``positions`` (int array (m,), ascending) converted to ``dtype``
     (None: not hashed, only checked), read chunk by chunk; with ``check``, ValueError naming the
-    first row with NaN or infinity."""
+    first NaN, infinity or value outside ``x_dtype``'s range (:func:`gpubp.rows.check_block`)."""
     digest = hashlib.sha256()
     step = max(1, host_rows.CHUNK_BYTES // max(1, rows.shape[1] * rows.X.dtype.itemsize))
     for i in range(0, positions.shape[0], step):
         idx = positions[i : i + step]
         block = rows.take(idx)
-        bad = first_nonfinite_in(block) if check else None
-        if bad is not None:
-            raise nonfinite_error(rows, name, int(idx[bad[0]]), bad[1])
+        if check:
+            check_block(rows, block, idx, x_dtype, name)
         if dtype is not None:
             digest.update(np.ascontiguousarray(block, dtype=dtype).tobytes())
     return None if dtype is None else digest.digest()
@@ -101,15 +101,19 @@ class DataPart:
         checkpoint); only a HostRows's rows are read, to check them.
     name : str
         What error messages call X.
+    x_dtype : numpy dtype, optional
+        The dtype a HostRows X's values must fit in (the network's compute dtype); ``dtype`` when None.
     """
 
-    def __init__(self, X, y, w, dtype, part: tuple[int, int] = (0, 1), hashed: bool = True, name: str = "X"):
+    def __init__(self, X, y, w, dtype, part: tuple[int, int] = (0, 1), hashed: bool = True, name: str = "X",
+                 x_dtype=None):
         rows = X if isinstance(X, HostRows) else HostRows(np.asarray(X))
         self.dtype, self.hashed = np.dtype(dtype), hashed
         self.lo, self.hi = own_rows(rows.shape[0], part)
         check, hash_dtype = isinstance(X, HostRows), self.dtype if hashed else None
         self.blocks = [] if not (check or hashed) else [  # digests (None when not hashed) of this rank's blocks
-            hash_rows(rows, np.arange(start, min(start + BLOCK_ROWS, self.hi)), hash_dtype, check, name)
+            hash_rows(rows, np.arange(start, min(start + BLOCK_ROWS, self.hi)), hash_dtype, check, name,
+                      self.dtype if x_dtype is None else x_dtype)
             for start in range(self.lo, self.hi, BLOCK_ROWS)]
         if hashed:
             sample = hash_rows(rows, np.arange(0, rows.shape[0], BLOCK_ROWS), self.dtype, False)

@@ -17,48 +17,47 @@ from __future__ import annotations
 import numpy as np
 
 from .backend import is_out_of_memory
-from .rows import HostRows, check_rows, first_nonfinite_in, nonfinite_error
-from .validation import check_positive_int, check_sample_weight, check_targets, check_X, check_y
+from .rows import HostRows, check_block, check_rows
+from .validation import check_fits, check_positive_int, check_sample_weight, check_targets, check_X, check_y
 
 
-def check_input(xp, X, n_features: int):
-    """X (n, n_features) checked: 2-D, n >= 1 rows of n_features, finite. Host data comes back as
-    validation.check_X gives it; an array of ``xp`` on the device is checked there and returned;
-    a HostRows has its dtype and shape checked here and each batch's rows when read
-    (:func:`batch_rows`)."""
+def check_input(xp, X, n_features: int, dtype=None):
+    """X (n, n_features) checked: 2-D, n >= 1 rows of n_features, finite and, with ``dtype`` (the
+    network's compute dtype), fitting in it. Host data comes back as validation.check_X gives it;
+    an array of ``xp`` on the device is checked there and returned; a HostRows has its dtype and
+    shape checked here and each batch's rows when read (:func:`batch_rows`)."""
     if isinstance(X, HostRows):
         return check_rows(X, n_features, scan=False)
     if xp is not np and isinstance(X, xp.ndarray):
         if X.ndim != 2 or X.shape[1] != n_features or X.shape[0] == 0:
             raise ValueError(f"X must have shape (n >= 1, {n_features}), got {X.shape}")
-        if not bool(xp.isfinite(X).all()):
-            raise ValueError("X contains NaN or infinity; clean or impute the data first")
+        check_fits(X, "X", dtype, xp)
         return X
-    return check_X(X, n_features)
+    return check_X(X, n_features, dtype=dtype)
 
 
 def checked_batch(net, X, y, sample_weight=None) -> tuple:
     """(X (n, sizes[0]), y, sample_weight (n,) or None) checked and on ``net``'s device in its
     dtype: y as class indices (n,) for a softmax output, else targets (n, sizes[-1])."""
-    X = net.backend.asarray(check_input(net.xp, X, net.sizes[0]), net.dtype)
+    X = net.backend.asarray(check_input(net.xp, X, net.sizes[0], net.compute_dtype), net.dtype)
     if net.output == "softmax":
         y = net.backend.asarray(check_y(y, X.shape[0], net.n_classes))
     else:
-        y = net.backend.asarray(check_targets(y, X.shape[0], net.sizes[-1], net.output), net.dtype)
+        y = net.backend.asarray(check_targets(y, X.shape[0], net.sizes[-1], net.output, dtype=net.dtype), net.dtype)
     if sample_weight is not None:
-        sample_weight = net.backend.asarray(check_sample_weight(sample_weight, X.shape[0]), net.dtype)
+        sample_weight = net.backend.asarray(check_sample_weight(sample_weight, X.shape[0], net.dtype), net.dtype)
     return X, y, sample_weight
 
 
-def batch_rows(X, start: int, stop: int):
+def batch_rows(X, start: int, stop: int, dtype=None):
     """Rows start:stop of a checked X (n, d): a slice of an array, or read from a HostRows and
-    checked for NaN and infinity (ValueError naming the row of X)."""
+    checked for NaN, infinity and values outside ``dtype``'s range (ValueError naming the row of
+    X: :func:`gpubp.rows.check_block`)."""
     if not isinstance(X, HostRows):
         return X[start:stop]
-    rows = X.take(np.arange(start, stop))  # (stop - start, d)
-    bad = first_nonfinite_in(rows)
-    if bad is not None:
-        raise nonfinite_error(X, "X", start + bad[0], bad[1])
+    positions = np.arange(start, stop)
+    rows = X.take(positions)  # (stop - start, d)
+    check_block(X, rows, positions, dtype)
     return rows
 
 
@@ -86,7 +85,7 @@ def _try_batch(net, X, start: int, stop: int, fn):
     """(True, fn(zL, start, stop)) for rows start:stop, or (False, None) when they ran out of
     memory (a single row that does not fit raises)."""
     try:
-        return True, fn(net.logits(batch_rows(X, start, stop)), start, stop)
+        return True, fn(net.logits(batch_rows(X, start, stop, net.compute_dtype)), start, stop)
     except Exception as exc:
         if not is_out_of_memory(exc) or stop - start == 1:
             raise
@@ -109,7 +108,7 @@ def predict_output(net, X, batch_size: int = 4096):
         Probabilities for softmax and logistic outputs, predictions for identity and exp outputs.
     """
     check_positive_int(batch_size, "batch_size")
-    X = check_input(net.xp, X, net.sizes[0])
+    X = check_input(net.xp, X, net.sizes[0], net.compute_dtype)
     xp, kernels = net.xp, net.backend.kernels
     A = xp.empty((X.shape[0], net.sizes[-1]), dtype=net.dtype)  # (n, nL)
     for start, stop, a in map_batches(net, X, batch_size,
@@ -163,9 +162,9 @@ def evaluate(net, X, y, batch_size: int = 4096, check: bool = True) -> tuple[flo
     softmax = net.output == "softmax"
     if check:
         check_positive_int(batch_size, "batch_size")
-        X = check_input(net.xp, X, net.sizes[0])
+        X = check_input(net.xp, X, net.sizes[0], net.compute_dtype)
         y = (check_y(y, X.shape[0], net.n_classes) if softmax
-             else check_targets(y, X.shape[0], net.sizes[-1], net.output).astype(net.dtype))
+             else check_targets(y, X.shape[0], net.sizes[-1], net.output, dtype=net.dtype).astype(net.dtype))
     xp, kernels = net.xp, net.backend.kernels
 
     def sums(zL, start, stop):  # the batch's summed loss and hits, on the device

@@ -21,6 +21,8 @@ import numpy as np
 from scipy import sparse
 from sklearn.model_selection import train_test_split as sk_train_test_split
 
+from .validation import first_unfit, out_of_range
+
 CHUNK_BYTES = 32 * 2**20  # input bytes read per chunk by the checks, statistics and fingerprint
 
 
@@ -104,39 +106,36 @@ class HostRows:
             yield start, self.take(np.arange(start, min(start + step, self.shape[0])), dtype)
 
 
-def first_nonfinite_in(block: np.ndarray) -> tuple[int, int] | None:
-    """(row, column) of the first NaN or infinity in a host block (m, d) read from a HostRows;
-    None if none (or not a floating dtype)."""
-    if not np.issubdtype(block.dtype, np.inexact):
-        return None
-    bad = ~np.isfinite(block)
-    if not bad.any():
-        return None
-    row, col = np.argwhere(bad)[0]
-    return int(row), int(col)
-
-
 def first_nonfinite(rows: HostRows) -> tuple[int, int] | None:
     """(row, column) of the first NaN or infinity in ``rows``, read chunk by chunk; None if none."""
-    if not np.issubdtype(rows.dtype, np.inexact):
+    if not np.issubdtype(rows.dtype, np.floating):  # integers: nothing to read
         return None
     for start, block in rows.chunks():
-        bad = first_nonfinite_in(block)
+        bad = first_unfit(block)
         if bad is not None:
             return start + bad[0], bad[1]
     return None
 
 
-def nonfinite_error(rows: HostRows, name: str, row: int, column: int) -> ValueError:
-    """The error for a NaN or infinity first found at (``row``, ``column``) of ``rows``."""
-    return ValueError(f"{name} ({rows.name}) contains NaN or infinity (first at row {row}, "
-                      f"column {column}); clean or impute the data first")
+def check_block(rows: HostRows, block: np.ndarray, positions: np.ndarray, dtype=None, name: str = "X") -> None:
+    """ValueError naming the first NaN or infinity in ``block`` (m, d), the rows of ``rows`` at
+    ``positions`` (int array (m,)) as read, or with ``dtype`` the first value that cast to dtype (the
+    network's compute dtype) would become infinite."""
+    bad = first_unfit(block, dtype)
+    if bad is None:
+        return
+    row, column, value = int(positions[bad[0]]), bad[1], block[bad]
+    if np.isfinite(value):
+        raise out_of_range(name, (row, column), value, dtype, f" (in {rows.name})")
+    raise ValueError(f"{name} ({rows.name}) contains NaN or infinity (first at row {row}, column {column}); "
+                     "clean or impute the data first")
 
 
-def check_rows(rows: HostRows, n_features: int, name: str = "X", scan: bool = True) -> HostRows:
-    """``rows`` checked as :func:`gpubp.validation.check_X` checks an array, chunk by chunk.
-    With ``scan=False`` only the dtype and shape are checked and no row is read (the caller
-    checks the rows it reads: :class:`gpubp.data_parts.DataPart`)."""
+def check_rows(rows: HostRows, n_features: int, name: str = "X", scan: bool = True, dtype=None) -> HostRows:
+    """``rows`` checked as :func:`gpubp.validation.check_X` checks an array (every value fitting
+    in ``dtype`` when given), chunk by chunk. With ``scan=False`` only the dtype and shape are
+    checked and no row is read (the caller checks the rows it reads with :func:`check_block`:
+    :class:`gpubp.data_parts.DataPart`, :func:`gpubp.prediction.batch_rows`)."""
     real = np.issubdtype(rows.dtype, np.number) or rows.dtype == bool
     if not real or np.issubdtype(rows.dtype, np.complexfloating):
         raise ValueError(f"{name} ({rows.name}) must hold real numbers, got dtype {rows.dtype}")
@@ -145,9 +144,8 @@ def check_rows(rows: HostRows, n_features: int, name: str = "X", scan: bool = Tr
     if rows.shape[1] != n_features:
         raise ValueError(f"{name} ({rows.name}) has {rows.shape[1]} features per row but the network "
                          f"expects {n_features} (shape {rows.shape})")
-    bad = first_nonfinite(rows) if scan else None
-    if bad is not None:
-        raise nonfinite_error(rows, name, *bad)
+    for start, block in rows.chunks() if scan and np.issubdtype(rows.dtype, np.floating) else ():
+        check_block(rows, block, np.arange(start, start + block.shape[0]), dtype, name)
     return rows
 
 

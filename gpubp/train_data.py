@@ -22,15 +22,16 @@ def check_training_data(net: MLP, X, y, sample_weight, validation_data, part: tu
     the ranks then compute together. Each rank does this alone (no collective)."""
     if isinstance(X, np.memmap):
         X = HostRows(X, name=str(X.filename))
-    X = check_rows(X, net.sizes[0], scan=False) if isinstance(X, HostRows) else check_X(X, net.sizes[0])
+    X = (check_rows(X, net.sizes[0], scan=False) if isinstance(X, HostRows)
+         else check_X(X, net.sizes[0], dtype=net.compute_dtype))
     y = labels(net, y, X.shape[0])
-    w = None if sample_weight is None else check_sample_weight(sample_weight, X.shape[0])
-    mine = DataPart(X, y, w, net.dtype, part, hashed)
+    w = None if sample_weight is None else check_sample_weight(sample_weight, X.shape[0], net.dtype)
+    mine = DataPart(X, y, w, net.dtype, part, hashed, x_dtype=net.compute_dtype)
     if validation_data is None:
         return X, y, w, None, mine
     if not (isinstance(validation_data, (tuple, list)) and len(validation_data) == 2):
         raise ValueError("validation_data must be a pair (X_val, y_val)")
-    Xv = check_X(validation_data[0], net.sizes[0], name="X_val")
+    Xv = check_X(validation_data[0], net.sizes[0], name="X_val", dtype=net.compute_dtype)
     return X, y, w, (Xv, labels(net, validation_data[1], Xv.shape[0], "y_val")), mine
 
 
@@ -39,7 +40,7 @@ def labels(net: MLP, y, n: int, name: str = "y") -> np.ndarray:
     (n, sizes[-1]) in the network's dtype."""
     if net.output == "softmax":
         return check_y(y, n, net.n_classes, name=name)
-    return check_targets(y, n, net.sizes[-1], net.output, name=name).astype(net.dtype)
+    return check_targets(y, n, net.sizes[-1], net.output, name=name, dtype=net.dtype).astype(net.dtype)
 
 
 def hold_out(X, y: np.ndarray, w, fraction: float, split_seed: int):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ml_dtypes
 import numpy as np
 
 from .backend import to_numpy
@@ -38,8 +39,53 @@ def check_sizes(sizes, min_outputs: int = 2) -> list[int]:
     return [int(w) for w in sizes]
 
 
-def check_X(X, n_features: int | None = None, name: str = "X") -> np.ndarray:
-    """Host array (n, n_features) of finite numbers, n >= 1; ValueError naming what is wrong."""
+def largest_finite(dtype) -> float:
+    """The largest finite value of a float dtype (bfloat16 too): a value of larger magnitude
+    becomes infinite when cast to it."""
+    return float(ml_dtypes.finfo(dtype).max)
+
+
+def first_unfit(X, dtype=None, xp=np) -> tuple[int, ...] | None:
+    """Index of the first element of X (an array of ``xp``, any shape) that is NaN or infinite
+    or, with ``dtype``, finite but of larger magnitude than ``dtype``'s largest finite value (cast
+    to dtype it would become infinite); None if none. Integers and bools fit every float dtype.
+    Where every value fits, X is read by two reductions (its min and max) and not copied."""
+    if not np.issubdtype(X.dtype, np.floating):
+        return None
+    limit = np.inf  # a dtype at least as wide as X's holds every finite value of X
+    if dtype is not None and largest_finite(dtype) < largest_finite(X.dtype):
+        limit = largest_finite(dtype)
+    lo, hi = X.min(), X.max()
+    if bool(xp.isfinite(lo) & xp.isfinite(hi)) and -limit <= lo and hi <= limit:
+        return None
+    bad = ~xp.isfinite(X) | (xp.abs(X) > limit)
+    return tuple(int(i) for i in xp.argwhere(bad)[0])
+
+
+def out_of_range(name: str, index: tuple, value, dtype, source: str = "") -> ValueError:
+    """The error for a finite value of ``name`` at ``index`` that ``dtype`` cannot hold (``source``:
+    where it was read, e.g. " (in X.npy)")."""
+    dtype = np.dtype(dtype)
+    return ValueError(f"{name}[{', '.join(map(str, index))}] = {value!s}{source} is outside {dtype.name}'s range "
+                      f"(largest finite value {largest_finite(dtype):g}) and would become infinite in the network; "
+                      f"rescale {name}")
+
+
+def check_fits(X, name: str, dtype=None, xp=np) -> None:
+    """ValueError naming the first NaN or infinity of X (an array of ``xp``), or with ``dtype`` the
+    first value that cast to dtype would become infinite."""
+    bad = first_unfit(X, dtype, xp)
+    if bad is None:
+        return
+    if bool(xp.isfinite(X[bad])):
+        raise out_of_range(name, bad, X[bad], dtype)
+    where = f"row {bad[0]}, column {bad[1]}: " if len(bad) == 2 else f"index {bad[0]}: "
+    raise ValueError(f"{name} contains NaN or infinity (first at {where}{X[bad]}); clean or impute the data first")
+
+
+def check_X(X, n_features: int | None = None, name: str = "X", dtype=None) -> np.ndarray:
+    """Host array (n, n_features) of finite numbers, n >= 1, that fit in ``dtype`` when given
+    (the network's compute dtype); ValueError naming what is wrong."""
     try:
         X = to_numpy(X)
     except (TypeError, ValueError) as exc:
@@ -57,12 +103,7 @@ def check_X(X, n_features: int | None = None, name: str = "X") -> np.ndarray:
             f"{name} has {X.shape[1]} features per row but the network expects {n_features} "
             f"(shape {X.shape})"
         )
-    if not np.isfinite(X).all():
-        bad = np.argwhere(~np.isfinite(X))[0]
-        raise ValueError(
-            f"{name} contains NaN or infinity (first at row {bad[0]}, column {bad[1]}: "
-            f"{X[tuple(bad)]}); clean or impute the data first"
-        )
+    check_fits(X, name, dtype)
     return X
 
 
@@ -98,8 +139,9 @@ def check_y(y, n_samples: int, n_classes: int, name: str = "y") -> np.ndarray:
     return y
 
 
-def check_sample_weight(sample_weight, n_samples: int) -> np.ndarray:
-    """Host float64 weights (n_samples,), finite, >= 0 and not all zero."""
+def check_sample_weight(sample_weight, n_samples: int, dtype=None) -> np.ndarray:
+    """Host float64 weights (n_samples,), finite, >= 0 and not all zero; with ``dtype`` (the
+    network's), also none infinite and not all zero once cast to it."""
     try:
         w = np.asarray(to_numpy(sample_weight), dtype=np.float64)
     except (TypeError, ValueError) as exc:
@@ -110,12 +152,19 @@ def check_sample_weight(sample_weight, n_samples: int) -> np.ndarray:
         raise ValueError("sample_weight must be finite and >= 0")
     if not w.sum() > 0:
         raise ValueError("sample_weight sums to 0: at least one sample needs a positive weight")
+    if dtype is not None:
+        check_fits(w, "sample_weight", dtype)
+        if not w.max().astype(dtype) > 0:
+            raise ValueError(f"sample_weight sums to 0 in {np.dtype(dtype).name}, the network's dtype: its largest "
+                             f"weight, {w.max():g}, rounds to 0; at least one sample needs a positive weight: "
+                             "rescale sample_weight")
     return w
 
 
-def check_targets(Y, n_samples: int, n_outputs: int, output: str, name: str = "y") -> np.ndarray:
+def check_targets(Y, n_samples: int, n_outputs: int, output: str, name: str = "y", dtype=None) -> np.ndarray:
     """Host float64 targets (n_samples, n_outputs) for a logistic, identity or exp output layer:
-    finite; 0..1 for "logistic"; >= 0 for "exp" (Poisson)."""
+    finite (and, with ``dtype``, fitting in it: the network's dtype); 0..1 for "logistic"; >= 0
+    for "exp" (Poisson)."""
     try:
         Y = np.asarray(to_numpy(Y), dtype=np.float64)
     except (TypeError, ValueError) as exc:
@@ -124,8 +173,7 @@ def check_targets(Y, n_samples: int, n_outputs: int, output: str, name: str = "y
         Y = Y[:, None]
     if Y.shape != (n_samples, n_outputs):
         raise ValueError(f"{name} must have shape ({n_samples}, {n_outputs}), got {Y.shape}")
-    if not np.isfinite(Y).all():
-        raise ValueError(f"{name} contains NaN or infinity")
+    check_fits(Y, name, dtype)
     if output == "logistic" and ((Y < 0) | (Y > 1)).any():
         raise ValueError(f"{name} for a logistic output must lie in [0, 1]")
     if output == "exp" and (Y < 0).any():
