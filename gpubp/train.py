@@ -65,7 +65,8 @@ def fit(net: MLP, X, y, *, sample_weight=None, validation_data=None, callbacks: 
         (scikit-learn's convention); held out with their rows by ``validation_fraction``. The
         validation loss and accuracy are not weighted.
     validation_data : (X_val, y_val), optional
-        Held-out set scored after every epoch; overrides ``validation_fraction``.
+        Held-out set scored after every epoch (a memory-mapped or HostRows X_val, and the rows
+        ``validation_fraction`` holds out of one, batch by batch); overrides ``validation_fraction``.
     callbacks : sequence of callables ``cb(epoch, logs) -> bool | None``
         Called after every epoch with ``logs`` holding that epoch's ``train_loss``, ``val_loss``,
         ``val_accuracy``, ``lr`` and ``seconds``; returning True stops training.
@@ -202,7 +203,7 @@ class Trainer(RunCheckpoints):
             self._n_val, (lo, hi) = validation[1].shape[0], share(validation[1].shape[0], part)
             validation = (rows_of(validation[0], lo, hi), validation[1][lo:hi])
         feed = batch_feed(backend, X, y, cfg.batch_size, net.dtype, cfg.stream, part, w, net.compute_dtype)
-        if validation is not None and backend.fits(validation[0].nbytes):
+        if validation is not None and not isinstance(validation[0], HostRows) and backend.fits(validation[0].nbytes):
             validation = (backend.asarray(validation[0], net.dtype), backend.asarray(validation[1]))  # y's dtype kept
         self._validation, self._n_rows = validation, feed.n
         steps_per_epoch = math.ceil(feed.n / cfg.batch_size)

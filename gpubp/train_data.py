@@ -20,8 +20,7 @@ def check_training_data(net: MLP, X, y, sample_weight, validation_data, part: tu
     Rank r of R, ``part=(r, R)``, reads only its own blocks of a HostRows X to check them (and,
     when ``hashed``, to hash them): :class:`gpubp.data_parts.DataPart`, whose ``fingerprint``
     the ranks then compute together. Each rank does this alone (no collective)."""
-    if isinstance(X, np.memmap):
-        X = HostRows(X, name=str(X.filename))
+    X = as_rows(X)
     X = (check_rows(X, net.sizes[0], scan=False) if isinstance(X, HostRows)
          else check_X(X, net.sizes[0], dtype=net.compute_dtype))
     y = labels(net, y, X.shape[0])
@@ -31,8 +30,15 @@ def check_training_data(net: MLP, X, y, sample_weight, validation_data, part: tu
         return X, y, w, None, mine
     if not (isinstance(validation_data, (tuple, list)) and len(validation_data) == 2):
         raise ValueError("validation_data must be a pair (X_val, y_val)")
-    Xv = check_X(validation_data[0], net.sizes[0], name="X_val", dtype=net.compute_dtype)
+    Xv = as_rows(validation_data[0])  # a HostRows is read whole here to check it, chunk by chunk
+    Xv = (check_rows(Xv, net.sizes[0], "X_val", dtype=net.compute_dtype) if isinstance(Xv, HostRows)
+          else check_X(Xv, net.sizes[0], name="X_val", dtype=net.compute_dtype))
     return X, y, w, (Xv, labels(net, validation_data[1], Xv.shape[0], "y_val")), mine
+
+
+def as_rows(X):
+    """A memory-mapped array as a HostRows (read batch by batch); anything else as it is."""
+    return HostRows(X, name=str(X.filename)) if isinstance(X, np.memmap) else X
 
 
 def labels(net: MLP, y, n: int, name: str = "y") -> np.ndarray:
@@ -66,6 +72,7 @@ def hold_out(X, y: np.ndarray, w, fraction: float, split_seed: int):
     return X, y[train], None if w is None else w[train], (Xv, y[held])
 
 
-def rows_of(X, lo: int, hi: int) -> np.ndarray:
-    """Rows ``lo .. hi`` of X (an array, or a HostRows read now) as an array (hi - lo, d)."""
-    return X.take(np.arange(lo, hi)) if isinstance(X, HostRows) else X[lo:hi]
+def rows_of(X, lo: int, hi: int):
+    """Rows ``lo .. hi`` of X (n, d): a slice (hi - lo, d) of an array, or of a HostRows a HostRows
+    (read batch by batch when scored: :mod:`gpubp.prediction`)."""
+    return X.subset(np.arange(lo, hi)) if isinstance(X, HostRows) else X[lo:hi]

@@ -252,8 +252,9 @@ def test_the_ranks_standardize_their_own_rows_together_as_one_process(mapped):
 
 def test_each_rank_reads_only_its_share_of_the_held_out_rows(mapped, monkeypatch):
     """gpubp.fit(validation_fraction=...) on a memory-mapped X, data parallel: before the first
-    batch each rank has read its own rows, the sample, and its share of the held-out rows (which
-    it alone scores), not every held-out row; both ranks get the same validation loss."""
+    batch each rank has read its own rows and the sample, and no held-out row; scoring the
+    validation set, it reads its share of the held-out rows (which it alone scores), not every
+    held-out row; both ranks get the same validation loss."""
     import gpubp.train
     from gpubp import MLP, fit
     from gpubp.batches import share
@@ -262,24 +263,33 @@ def test_each_rank_reads_only_its_share_of_the_held_out_rows(mapped, monkeypatch
 
     _, path, y = mapped
     at_first_batch, real_feed = {}, gpubp.train.batch_feed
+    validating, real_validate = {}, gpubp.train.Trainer._validate
 
     def feed(*args, **kwargs):  # start-up is over
         at_first_batch[threading.get_ident()] = ThreadCountingMemmap.reads[threading.get_ident()]
         return real_feed(*args, **kwargs)
 
+    def validate(self, validation):  # the rows read while scoring the validation set
+        before = ThreadCountingMemmap.reads[threading.get_ident()]
+        scores = real_validate(self, validation)
+        validating[threading.get_ident()] = ThreadCountingMemmap.reads[threading.get_ident()] - before
+        return scores
+
     monkeypatch.setattr(gpubp.train, "batch_feed", feed)
+    monkeypatch.setattr(gpubp.train.Trainer, "_validate", validate)
 
     def run(comm):
         ThreadCountingMemmap.reads[threading.get_ident()] = 0
         net = MLP([D, 4, 3], "relu", "cpu", "float64", seed=0)
         history = fit(net, counting_map(path), y, comm=comm, epochs=1,
                       batch_size=4096, validation_fraction=0.25, seed=0)
-        return at_first_batch[threading.get_ident()], history.val_loss
+        return at_first_batch[threading.get_ident()], validating[threading.get_ident()], history.val_loss
 
     results = on_two_ranks(run)
     n_val, blocks = int(np.ceil(0.25 * N)), -(-N // BLOCK_ROWS)
-    for r, (read, _) in enumerate(results):
+    for r, (read, scored, _) in enumerate(results):
         lo, hi = own_rows(N, (r, 2))
         v_lo, v_hi = share(n_val, (r, 2))
-        assert read == (hi - lo) + blocks + (v_hi - v_lo), (r, read)
-    assert results[0][1] == results[1][1]
+        assert read == (hi - lo) + blocks, (r, read)
+        assert scored == v_hi - v_lo, (r, scored)
+    assert results[0][2] == results[1][2]
