@@ -4,6 +4,7 @@ with :func:`gpubp.fit` (on one process or every rank of an MPI job), report and 
 from __future__ import annotations
 
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 from .backend import cuda_status, get_backend
@@ -15,6 +16,7 @@ from .interrupt import TrainingInterrupted
 from .mlp import MLP
 from .rows import HostRows
 from .train import fit
+from .train_data import HoldOutError
 
 # Options a resumed run takes from its checkpoint, with the name each has there (--hidden: the
 # model's inner sizes; --tf32: the model's, where the checkpoint records it).
@@ -118,7 +120,8 @@ def _train_with(args, comm) -> int:
         say(f"distributed: {comm.size} rank(s), {type(comm).__name__}; global batch {args.batch_size}", flush=True)
 
     train_set, test_set = load_dataset(args.dataset, (0, 1) if comm is None else (comm.rank, comm.size))
-    if test_set is None:
+    split_here = test_set is None  # then the training set is what --test-fraction leaves
+    if split_here:
         if args.test_fraction == 0:
             raise UsageError("gpubp train: --test-fraction must be > 0 when the data set has no test part")
         train_set, test_set = split(train_set, args.test_fraction, seed=args.seed)
@@ -137,20 +140,34 @@ def _train_with(args, comm) -> int:
     checkpoint_every = args.checkpoint_every or (1 if args.checkpoint is not None else None)
     if args.resume is not None:
         say(f"resuming: {args.resume}", flush=True)
-    history = fit(
-        net, train_set.X, train_set.y, epochs=args.epochs, batch_size=args.batch_size,
-        optimizer=args.optimizer, lr=args.lr, momentum=args.momentum, schedule=args.schedule,
-        warmup_epochs=args.warmup_epochs, validation_fraction=args.val_fraction,
-        patience=args.patience, seed=args.seed, clip_norm=args.clip_norm, verbose=verbose,
-        checkpoint=str(args.checkpoint or DEFAULT_CHECKPOINT), checkpoint_every=checkpoint_every,
-        resume=args.resume, stream=args.stream, cuda_graph=args.cuda_graph,
-        checkpoint_extra={"dataset": _data_set_id(args.dataset), "test_fraction": args.test_fraction,
-                          "input_mean": scaler.mean_.tolist(), "input_scale": scaler.scale_.tolist()},
-        comm=comm,
-    )
+    with _held_out_in_options_words(args, split_here):
+        history = fit(
+            net, train_set.X, train_set.y, epochs=args.epochs, batch_size=args.batch_size,
+            optimizer=args.optimizer, lr=args.lr, momentum=args.momentum, schedule=args.schedule,
+            warmup_epochs=args.warmup_epochs, validation_fraction=args.val_fraction,
+            patience=args.patience, seed=args.seed, clip_norm=args.clip_norm, verbose=verbose,
+            checkpoint=str(args.checkpoint or DEFAULT_CHECKPOINT), checkpoint_every=checkpoint_every,
+            resume=args.resume, stream=args.stream, cuda_graph=args.cuda_graph,
+            checkpoint_extra={"dataset": _data_set_id(args.dataset), "test_fraction": args.test_fraction,
+                              "input_mean": scaler.mean_.tolist(), "input_scale": scaler.scale_.tolist()},
+            comm=comm,
+        )
     if lead:
         _report_run(args, net, history, test_set, scaler, train_set.classes)
     return 0
+
+
+@contextmanager
+def _held_out_in_options_words(args, split_here: bool):
+    """fit's refusal to hold out validation_fraction, said with the options the user set."""
+    try:
+        yield
+    except HoldOutError as exc:
+        left = f" that --test-fraction {args.test_fraction} leaves" if split_here else ""
+        raise UsageError(f"gpubp train: cannot hold out --val-fraction {args.val_fraction} of the {exc.n} training "
+                         f"samples{left}: {exc.detail}; choose another "
+                         + ("--test-fraction or " if split_here else "") + "--val-fraction, or set --val-fraction 0"
+                         ) from None
 
 
 def _report_run(args, net, history, test_set, scaler, classes) -> None:

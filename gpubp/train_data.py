@@ -49,6 +49,15 @@ def labels(net: MLP, y, n: int, name: str = "y") -> np.ndarray:
     return check_targets(y, n, net.sizes[-1], net.output, name=name, dtype=net.dtype).astype(net.dtype)
 
 
+class HoldOutError(ValueError):
+    """validation_fraction cannot be held out of the training rows; ``detail`` says why (the
+    command line says it in its options' words)."""
+
+    def __init__(self, fraction: float, n: int, detail: str):
+        super().__init__(f"cannot hold out validation_fraction={fraction} of the {n} training samples: {detail}")
+        self.fraction, self.n, self.detail = fraction, n, detail
+
+
 def hold_out(X, y: np.ndarray, w, fraction: float, split_seed: int):
     """(X, y, w, (X_val, y_val)): ``fraction`` of the checked rows held out for validation,
     stratified by class (class indices y) and seeded by ``split_seed``, the weights staying with
@@ -58,13 +67,13 @@ def hold_out(X, y: np.ndarray, w, fraction: float, split_seed: int):
     if stratify is not None:
         counts = np.bincount(y)
         if counts[counts > 0].min() < 2:
-            raise ValueError("validation_fraction needs at least 2 samples of every class for a stratified "
-                             f"split; class counts are {counts.tolist()}")
+            raise HoldOutError(fraction, len(y), "a stratified split needs at least 2 samples of every class; "
+                               f"class counts are {counts.tolist()}")
     try:  # the partition depends only on the row count, the classes and the seed
         train, held = train_test_split(np.arange(len(X)), test_size=fraction, stratify=stratify,
                                        random_state=split_seed)
     except ValueError as exc:
-        raise ValueError(f"cannot hold out validation_fraction={fraction}: {exc}") from None
+        raise HoldOutError(fraction, len(y), str(exc)) from None
     if w is not None and not w[train].sum() > 0:
         raise ValueError(f"sample_weight of the training rows sums to 0 once validation_fraction={fraction} is "
                          "held out: every weight fell in the validation set")

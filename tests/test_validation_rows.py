@@ -1,6 +1,6 @@
 """The validation set of a memory-mapped X (held out by validation_fraction, or given as a
 memory-map or HostRows) is scored batch by batch from the file, never loaded whole, with the
-history of the same run in memory."""
+history of the same run in memory; and a hold-out the command line cannot make names its options."""
 
 import tracemalloc
 
@@ -8,6 +8,8 @@ import numpy as np
 
 from gpubp import MLP, fit
 from gpubp.rows import HostRows
+
+from .test_cli import assert_one_line_error, gpubp as run_cli
 
 SETTINGS = dict(epochs=3, batch_size=500, lr=0.01, seed=3, patience=1)
 
@@ -49,3 +51,9 @@ def test_a_memory_mapped_or_host_rows_validation_set_scores_as_the_array(tmp_pat
     assert history_of(np.load(tmp_path / "X.npy", mmap_mode="r"), y,
                       validation_data=(HostRows(mapped, name="Xv.npy"), yv), **SETTINGS) == expected
 
+
+def test_a_validation_split_the_test_split_leaves_too_small_names_both_options():
+    result = run_cli("train", "--test-fraction", "0.99", "--epochs", "1", "--quiet")
+    assert_one_line_error(result, "--val-fraction 0.1", "17 training samples that --test-fraction 0.99 leaves",
+                          "class counts are")
+    assert "validation_fraction" not in result.stderr
