@@ -3,9 +3,10 @@ batch weights."""
 
 from __future__ import annotations
 
-import ml_dtypes
 import numpy as np
 from scipy import sparse
+
+from .validation import first_unfit, out_of_range
 
 PREDICT_BATCH = 4096  # rows per device batch in prediction and validation
 
@@ -28,24 +29,17 @@ def cast_in_range(X, dtype, compute_dtype, name: str = "X", first_row: int = 0):
 
     scikit-learn's check has found X finite in its own dtype; a value too large for ``dtype``, or
     for ``compute_dtype`` (a bfloat16 network rounds X to bfloat16 as it enters a product), would
-    become infinite in the network and NaN in its output. That is a ValueError naming the value,
-    its row (counted from ``first_row``: prediction casts X batch by batch) and column."""
-    with np.errstate(over="ignore"):  # the overflow is reported below, with the value
-        cast = X.astype(dtype, copy=False)
-        values = cast.data if sparse.issparse(cast) else cast
-        overflow = ~np.isfinite(values.astype(compute_dtype, copy=False))
-    if overflow.any():
+    become infinite in the network and NaN in its output: the ValueError of
+    :func:`gpubp.validation.out_of_range` names it, its row (counted from ``first_row``: prediction
+    casts X batch by batch) and column."""
+    values = X.data if sparse.issparse(X) else X  # (a sparse matrix's stored values, in its order)
+    bad = first_unfit(values, compute_dtype)
+    if bad is not None:
         if sparse.issparse(X):
-            coo, k = X.tocoo(), np.flatnonzero(overflow)[0]  # tocoo keeps the order of .data
-            row, column, value = coo.row[k], coo.col[k], coo.data[k]
-        else:
-            row, column = np.argwhere(overflow)[0]
-            value = X[row, column]
-        raise ValueError(f"{name} holds {float(value):g} at row {first_row + row}, column {column}, beyond the range "
-                         f"of {compute_dtype.name} (largest {float(ml_dtypes.finfo(compute_dtype).max):g}), the dtype "
-                         "this estimator computes in: "
-                         f"scale {name} (e.g. with StandardScaler) or use a wider dtype")
-    return cast
+            coo = X.tocoo()  # (keeps the order of .data)
+            bad = (coo.row[bad[0]], coo.col[bad[0]])
+        raise out_of_range(name, (first_row + bad[0], bad[1]), X[bad], compute_dtype)
+    return X.astype(dtype, copy=False)
 
 
 def check_batch_weights(sample_weight, sample_idx, batch_size: int) -> None:

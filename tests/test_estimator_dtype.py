@@ -72,7 +72,7 @@ def test_a_value_the_dtype_cannot_hold_is_a_value_error_naming_it(data, dtype, v
     X = X.astype(data_dtype)
     big = X.copy()
     big[5, 1] = value
-    named = rf"X holds {value:g} at row 5, column 1, beyond the range of {dtype}"
+    named = rf"X\[5, 1\] = {value:g} is outside {dtype}'s range"
 
     def new():
         return Estimator(hidden_layer_sizes=(8,), max_iter=2, random_state=0, device="cpu", dtype=dtype)
@@ -82,7 +82,7 @@ def test_a_value_the_dtype_cannot_hold_is_a_value_error_naming_it(data, dtype, v
         for rows in (big, sparse.csr_matrix(big)):
             with pytest.raises(ValueError, match=named.replace("+", r"\+")):
                 new().fit(rows, y)
-        with pytest.raises(ValueError, match="X_val holds"):
+        with pytest.raises(ValueError, match=r"X_val\[5, 1\] = "):
             new().fit(X, y, validation_data=(big, y))
         fitted = new().fit(X, y)
         wide = Estimator(hidden_layer_sizes=(8,), max_iter=2, random_state=0, device="cpu", dtype="float64")
