@@ -130,6 +130,8 @@ class BaseMLP(StochasticFit, DataParallelFit, FitCheckpoints, BaseEstimator):
                              f"{X.dtype.name}: pass dtype='float32' or float32 X")
         sample_weight = self._sample_weight(sample_weight, X.shape[0], X.dtype)
         Y = y.reshape(-1, 1) if y.ndim == 1 else y
+        if not is_classifier(self):  # regression targets, taken in the parameters' dtype
+            Y = cast_in_range(Y, X.dtype, X.dtype, "y")
         self.n_outputs_ = Y.shape[1]
         self._random_state = check_random_state(self.random_state)
         return X, Y, sample_weight, first_pass, hidden
@@ -151,7 +153,11 @@ class BaseMLP(StochasticFit, DataParallelFit, FitCheckpoints, BaseEstimator):
                 raise ValueError(f"sample_weight.shape == {sample_weight.shape}, expected {(n_samples,)}!")
         if np.all(sample_weight == 0):
             raise ValueError("Sample weights must contain at least one non-zero number.")
-        return sample_weight.astype(dtype, copy=False)
+        cast = cast_in_range(sample_weight, dtype, dtype, "sample_weight")
+        if np.all(cast == 0):
+            raise ValueError(f"Sample weights must contain at least one non-zero number in {np.dtype(dtype).name}, "
+                             "the dtype of this fit: every weight rounds to 0 there; scale them up")
+        return cast
 
     def _initialize(self, layer_units, dtype):
         """Fresh parameters from scikit-learn's stream and bounds, and empty training records."""

@@ -25,7 +25,7 @@ def dense(X):
 
 
 def cast_in_range(X, dtype, compute_dtype, name: str = "X", first_row: int = 0):
-    """X (n, d), dense or sparse, cast to ``dtype`` (the network's parameters' dtype).
+    """X (n, d) (dense or sparse) or (n,), cast to ``dtype`` (the network's parameters' dtype).
 
     scikit-learn's check has found X finite in its own dtype; a value too large for ``dtype``, or
     for ``compute_dtype`` (a bfloat16 network rounds X to bfloat16 as it enters a product), would
@@ -38,7 +38,7 @@ def cast_in_range(X, dtype, compute_dtype, name: str = "X", first_row: int = 0):
         if sparse.issparse(X):
             coo = X.tocoo()  # (keeps the order of .data)
             bad = (coo.row[bad[0]], coo.col[bad[0]])
-        raise out_of_range(name, (first_row + bad[0], bad[1]), X[bad], compute_dtype)
+        raise out_of_range(name, (first_row + bad[0], *bad[1:]), X[bad], compute_dtype)
     return X.astype(dtype, copy=False)
 
 

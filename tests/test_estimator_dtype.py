@@ -90,3 +90,24 @@ def test_a_value_the_dtype_cannot_hold_is_a_value_error_naming_it(data, dtype, v
     for rows in (big, sparse.csc_matrix(big)):
         with pytest.raises(ValueError, match=named.replace("+", r"\+")):
             fitted.predict(rows)
+
+
+def test_targets_and_weights_the_dtype_cannot_hold_are_value_errors_naming_them(data):
+    """A regressor's targets and the sample weights are taken in the parameters' dtype: 1e39 or
+    1e300 became inf in float32 and the fit diverged; weights of 1e-46 all became 0."""
+    X, y = data
+    target = y.astype(np.float64)
+    target[5] = 1e39
+
+    def new(Estimator):
+        return Estimator(hidden_layer_sizes=(8,), max_iter=2, random_state=0, device="cpu", dtype="float32")
+
+    with pytest.raises(ValueError, match=r"y\[5, 0\] = 1e\+39 is outside float32's range"):
+        new(MLPRegressor).fit(X, target)
+    weights = np.ones(len(y))
+    weights[3] = 1e300
+    for Estimator in (MLPClassifier, MLPRegressor):
+        with pytest.raises(ValueError, match=r"sample_weight\[3\] = 1e\+300 is outside float32's range"):
+            new(Estimator).fit(X, y, sample_weight=weights)
+        with pytest.raises(ValueError, match=r"non-zero number in float32, the dtype of this fit: every weight rounds"):
+            new(Estimator).fit(X, y, sample_weight=np.full(len(y), 1e-46))
