@@ -130,8 +130,8 @@ class BaseMLP(StochasticFit, DataParallelFit, FitCheckpoints, BaseEstimator):
                              f"{X.dtype.name}: pass dtype='float32' or float32 X")
         sample_weight = self._sample_weight(sample_weight, X.shape[0], X.dtype)
         Y = y.reshape(-1, 1) if y.ndim == 1 else y
-        if not is_classifier(self):  # regression targets, taken in the parameters' dtype
-            Y = cast_in_range(Y, X.dtype, X.dtype, "y")
+        if not is_classifier(self):  # regression targets: numbers the parameters' dtype holds
+            Y = _float_targets(self, Y, X.dtype)
         self.n_outputs_ = Y.shape[1]
         self._random_state = check_random_state(self.random_state)
         return X, Y, sample_weight, first_pass, hidden
@@ -190,16 +190,22 @@ class BaseMLP(StochasticFit, DataParallelFit, FitCheckpoints, BaseEstimator):
                 self.best_validation_score_ = None
 
     def _network(self, dtype=None):
-        """The MLP on the device holding coefs_ and intercepts_ (made again when they changed)."""
+        """The MLP on the device holding coefs_ and intercepts_, made again when the activation,
+        output, dtype, tf32 or device changed, or an array of coefs_ or intercepts_ was replaced
+        (change them by assigning new arrays: an array changed in place may go unseen)."""
         dtype = network_dtype(self.dtype, dtype or self.coefs_[0].dtype)  # the dtype parameter, if set
         net, backend = getattr(self, "_net", None), get_backend(self.device)
-        stale = net is None or net.compute_dtype != dtype or net.backend is not backend or net.tf32 != bool(self.tf32)
-        if stale or getattr(self, "_net_source", None) is not self.coefs_:
+        activation = _ACTIVATION_NAMES[self.activation]
+        stale = (net is None or net.compute_dtype != dtype or net.backend is not backend or net.tf32 != bool(self.tf32)
+                 or net.activation != activation or net.output != self.out_activation_)
+        source = getattr(self, "_net_source", ())
+        params = self.coefs_ + self.intercepts_
+        if stale or len(source) != len(params) or any(a is not b for a, b in zip(source, params)):
             sizes = [self.coefs_[0].shape[0]] + [c.shape[1] for c in self.coefs_]
-            net = MLP(sizes, _ACTIVATION_NAMES[self.activation], backend, dtype.name, alpha=self.alpha,
-                      output=self.out_activation_, tf32=bool(self.tf32))
-            net.set_params(list(self.coefs_) + list(self.intercepts_))
-            self._net, self._net_source = net, self.coefs_
+            net = MLP(sizes, activation, backend, dtype.name, alpha=self.alpha, output=self.out_activation_,
+                      tf32=bool(self.tf32))
+            net.set_params(params)
+            self._net, self._net_source = net, tuple(params)
         net.alpha = float(self.alpha)
         return net
 
@@ -208,7 +214,7 @@ class BaseMLP(StochasticFit, DataParallelFit, FitCheckpoints, BaseEstimator):
         L = len(net.weights)
         host = [to_numpy(p) for p in net.params]
         self.coefs_, self.intercepts_ = host[:L], host[L:]
-        self._net_source = self.coefs_
+        self._net_source = tuple(host)
 
     # ------------------------------------------------------------------ prediction
 
@@ -270,8 +276,9 @@ class BaseMLP(StochasticFit, DataParallelFit, FitCheckpoints, BaseEstimator):
 
 def _float_targets(owner, Y, dtype):
     """Targets (n, n_outputs) in the training dtype. Text targets are refused with a TypeError,
-    where scikit-learn fails with one at its first arithmetic on them."""
+    where scikit-learn fails with one at its first arithmetic on them; a value the dtype cannot
+    hold, with a ValueError naming it (estimator_data.cast_in_range)."""
     if Y.dtype.kind not in "biuf":
         raise TypeError(f"{type(owner).__name__} needs numeric targets; got y of dtype {Y.dtype}.")
-    return Y.astype(dtype, copy=False)
+    return cast_in_range(Y, dtype, dtype, "y")
 

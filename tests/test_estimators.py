@@ -274,3 +274,38 @@ def test_the_validation_loss_adds_the_l2_term_once_whatever_the_chunks(digits, m
     data_part = log_loss(yv, clf.predict_proba(Xv), labels=clf.classes_)
     expected = data_part + 5.0 / (2 * 21) * sum(float((W ** 2).sum()) for W in clf.coefs_)
     assert clf.validation_loss_curve_[0] == pytest.approx(expected, rel=1e-12)
+
+
+def test_predict_follows_a_changed_activation_and_replaced_parameters(digits):
+    """As scikit-learn's: predict reads the activation and coefs_/intercepts_ as they are now. The
+    cached network was made again only when coefs_ became another list, so set_params(activation=)
+    and new intercepts_ or a coefs_ item assigned went unseen."""
+    X, y = digits
+    X, y = X[:200], y[:200]
+    clf = MLPClassifier((10,), max_iter=3, random_state=0, device="cpu", dtype="float64")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        clf.fit(X, y)
+
+    def forward(f):  # softmax(f(X W0 + b0) W1 + b1), (n, 10)
+        z = f(X @ clf.coefs_[0] + clf.intercepts_[0]) @ clf.coefs_[1] + clf.intercepts_[1]
+        e = np.exp(z - z.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+
+    np.testing.assert_allclose(clf.predict_proba(X), forward(lambda a: np.maximum(a, 0)), rtol=1e-10)
+    clf.set_params(activation="tanh")
+    np.testing.assert_allclose(clf.predict_proba(X), forward(np.tanh), rtol=1e-10)
+    clf.intercepts_ = [b + 0.5 for b in clf.intercepts_]
+    np.testing.assert_allclose(clf.predict_proba(X), forward(np.tanh), rtol=1e-10)
+    clf.coefs_[1] = clf.coefs_[1] * 2.0
+    np.testing.assert_allclose(clf.predict_proba(X), forward(np.tanh), rtol=1e-10)
+
+
+def test_a_regressor_refuses_text_targets_as_scikit_learn_does():
+    """Numeric strings were parsed and trained on (the range check cast them first); scikit-learn
+    fails with a TypeError (UFuncTypeError) at its first arithmetic on them."""
+    X, y = make_regression(n_samples=40, n_features=3, random_state=0)
+    for fit in (MLPRegressor(max_iter=2, random_state=0, device="cpu").fit,
+                MLPRegressor(random_state=0, device="cpu").partial_fit):
+        with pytest.raises(TypeError, match="needs numeric targets"):
+            fit(X, y.astype(str))
