@@ -130,8 +130,6 @@ class BaseMLP(StochasticFit, DataParallelFit, FitCheckpoints, BaseEstimator):
                              f"{X.dtype.name}: pass dtype='float32' or float32 X")
         sample_weight = self._sample_weight(sample_weight, X.shape[0], X.dtype)
         Y = y.reshape(-1, 1) if y.ndim == 1 else y
-        if not is_classifier(self):  # regression targets: numbers the parameters' dtype holds
-            Y = _float_targets(self, Y, X.dtype)
         self.n_outputs_ = Y.shape[1]
         self._random_state = check_random_state(self.random_state)
         return X, Y, sample_weight, first_pass, hidden
@@ -202,7 +200,7 @@ class BaseMLP(StochasticFit, DataParallelFit, FitCheckpoints, BaseEstimator):
         params = self.coefs_ + self.intercepts_
         if stale or len(source) != len(params) or any(a is not b for a, b in zip(source, params)):
             sizes = [self.coefs_[0].shape[0]] + [c.shape[1] for c in self.coefs_]
-            net = MLP(sizes, activation, backend, dtype.name, alpha=self.alpha, output=self.out_activation_,
+            net = MLP(sizes, activation, backend, dtype.name, alpha=float(self.alpha), output=self.out_activation_,
                       tf32=bool(self.tf32))
             net.set_params(params)
             self._net, self._net_source = net, tuple(params)
