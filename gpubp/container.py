@@ -13,9 +13,10 @@ holding
   ``extra_<name>``, a checkpoint's ``opt_*``, ``best_*``, ``order``);
 - ``checksum``: SHA-256 over every other entry's name, dtype, shape and bytes.
 
-Files are written atomically (:func:`atomic_write`): a crash or kill leaves the previous file
-whole. :func:`read` says in a :class:`gpubp.DataError` what is wrong with a missing, truncated,
-corrupted, foreign or newer file, or one of another kind (and how to load that kind).
+Files are written atomically (:func:`gpubp.atomic_file.atomic_write`): a crash or kill leaves
+the previous file whole, and a failed write raises an OSError naming the file. :func:`read` says
+in a :class:`gpubp.DataError` what is wrong with a missing, truncated, corrupted, foreign or newer
+file, or one of another kind (and how to load that kind).
 
 Files written before this container (gpubp 0.1) are still read:
 
@@ -29,16 +30,14 @@ Files written before this container (gpubp 0.1) are still read:
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .atomic_file import atomic_write
 from .bfloat16 import parameter_dtype
 from .errors import DataError
 from .version import __version__
@@ -95,7 +94,8 @@ def write(path, kind: str, meta: dict, arrays: dict) -> Path:
     Parameters
     ----------
     path : str or Path
-        Its folder must exist.
+        Its folder must exist (a symlink: its target's), and no folder be there
+        (:func:`gpubp.atomic_file.atomic_write`).
     kind : {"model", "checkpoint", "estimator", "estimator_checkpoint"}
     meta : dict
         JSON-able; must hold the ``model`` block (:func:`model_block`). ``format``, ``version``,
@@ -107,9 +107,6 @@ def write(path, kind: str, meta: dict, arrays: dict) -> Path:
         raise ValueError(f"unknown kind {kind!r}: expected one of {', '.join(KINDS)}")
     if not isinstance(meta.get("model"), dict):
         raise ValueError("meta needs the network's model block (gpubp.container.model_block(net))")
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise ValueError(f"cannot save to {path}: folder {path.parent} does not exist")
     entries = {name: np.asarray(a) for name, a in arrays.items()}
     for name, a in entries.items():
         if name in ("meta", "checksum"):
@@ -232,48 +229,3 @@ def _check_params(contents: Contents) -> None:
         if a.shape != shape or a.dtype != dtype:
             raise DataError(f"{path}: parameter {i} is {a.dtype} {a.shape}, the model "
                             f"{'-'.join(map(str, sizes))} {dtype.name} needs {dtype.name} {shape}")
-
-
-def atomic_write(path, write) -> Path:
-    """Call ``write(file)`` on a temporary file beside ``path``, fsync it, rename it to ``path``,
-    fsync the folder.
-
-    A crash or kill at any moment leaves either the old file or the new one at ``path``. A
-    temporary file that a killed writer left beside ``path`` is removed on the next write.
-    """
-    path = Path(path)
-    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
-        stale.unlink(missing_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_folder(path.parent)
-    return path
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _fsync_folder(folder: Path) -> None:
-    """Make a rename in ``folder`` durable (where the platform allows opening folders)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

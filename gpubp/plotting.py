@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .container import atomic_write
+from .atomic_file import atomic_write
 from .history import History
 
 

@@ -21,7 +21,8 @@ import pytest
 from .conftest import REPO
 
 LAYERS = [
-    ("base: errors, version, constraints, signals", {"errors", "version", "interrupt", "constraints"}),
+    ("base: errors, version, constraints, signals, atomic files",
+     {"errors", "version", "interrupt", "atomic_file", "constraints"}),
     ("math: NumPy twins, precision and rate models", {"ops", "precision", "bfloat16", "schedules", "kernel_set"}),
     ("settings", {"params"}),
     ("kernel sets", {"host_build", "host_kernels", "kernels"}),

@@ -1,7 +1,13 @@
 """save_model / load_model: round trip, atomic writes, refusal of bad files, and model files
 of gpubp 0.1 (before the one container) still load."""
 
+import errno
+import os
 import re
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -81,3 +87,100 @@ def test_a_model_file_of_gpubp_0_1_loads(tmp_path, rng, tf32):
     X = rng.normal(size=(6, 5)).astype(np.float32)
     np.testing.assert_array_equal(loaded.predict_proba(X), net.predict_proba(X))
     np.testing.assert_array_equal(extra["input_mean"], np.arange(5.0))
+
+
+def test_a_folder_at_the_path_is_refused_before_anything_is_written(tmp_path):
+    net = MLP([3, 2], backend="cpu", seed=0)
+    (tmp_path / "adir").mkdir()
+    with pytest.raises(ValueError, match=f"{re.escape(str(tmp_path / 'adir'))}: it is a folder"):
+        save_model(net, tmp_path / "adir")
+    assert [p.name for p in tmp_path.iterdir()] == ["adir"]
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux's /proc")
+def test_a_folder_that_takes_no_files_gives_an_os_error_naming_the_file():
+    with pytest.raises(OSError, match="could not write /proc/m.npz: "):
+        save_model(MLP([3, 2], backend="cpu", seed=0), "/proc/m.npz")
+
+
+def test_a_failed_rename_names_the_file_and_keeps_the_old_one(tmp_path, monkeypatch):
+    path = tmp_path / "m.npz"
+    path.write_bytes(b"old model")
+
+    def busy(src, dst):
+        raise OSError(errno.EBUSY, os.strerror(errno.EBUSY), src, None, dst)
+
+    monkeypatch.setattr(os, "replace", busy)
+    with pytest.raises(OSError, match=f"could not write {re.escape(str(path))}: Device or resource busy") as caught:
+        container.atomic_write(path, lambda f: f.write(b"new model"))
+    assert caught.value.errno == errno.EBUSY
+    assert path.read_bytes() == b"old model" and [p.name for p in tmp_path.iterdir()] == ["m.npz"]
+
+
+def test_saving_through_a_symlink_replaces_its_target_and_keeps_the_link(tmp_path):
+    (tmp_path / "real").mkdir()
+    target, link = tmp_path / "real" / "m.npz", tmp_path / "link.npz"
+    save_model(MLP([3, 2], backend="cpu", seed=0), target)
+    link.symlink_to(target)
+    save_model(MLP([3, 4, 2], backend="cpu", seed=0), link)
+    assert link.is_symlink() and load_model(target, backend="cpu")[0].sizes == [3, 4, 2]
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["link.npz", "m.npz", "real"]  # no temporary file
+
+
+def test_a_second_writer_of_the_same_path_in_this_process_keeps_the_first_ones_file(tmp_path):
+    path = tmp_path / "c.npz"
+
+    def first(f):
+        f.write(b"first")
+        container.atomic_write(path, lambda g: g.write(b"second"))  # e.g. another thread, meanwhile
+
+    container.atomic_write(path, first)
+    assert path.read_bytes() == b"first" and [p.name for p in tmp_path.iterdir()] == ["c.npz"]
+
+
+WRITER = """
+import os, sys
+from gpubp.container import atomic_write
+
+def write(f):
+    f.write(b"other")
+    f.flush()
+    print("writing", flush=True)
+    if sys.argv[2] == "die":
+        os._exit(3)  # killed mid-write: no clean-up
+    sys.stdin.readline()
+
+atomic_write(sys.argv[1], write)
+"""
+
+
+def _other_writer(path, how):
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(path), how], env=env, text=True,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert writer.stdout.readline() == "writing\n"
+    return writer
+
+
+def test_a_live_writer_in_another_process_keeps_its_temporary_file(tmp_path):
+    path = tmp_path / "c.npz"
+    writer = _other_writer(path, "wait")
+    try:
+        container.atomic_write(path, lambda f: f.write(b"mine"))
+        assert path.read_bytes() == b"mine" and len(list(tmp_path.iterdir())) == 2  # the other's temporary
+    finally:
+        writer.communicate("\n", timeout=60)
+    assert writer.returncode == 0, "the other writer lost its temporary file"
+    assert path.read_bytes() == b"other" and [p.name for p in tmp_path.iterdir()] == ["c.npz"]
+
+
+def test_temporary_files_of_dead_writers_are_removed_by_the_next_write(tmp_path):
+    path = tmp_path / "c.npz"
+    writer = _other_writer(path, "die")
+    assert writer.wait(timeout=60) == 3 and len(list(tmp_path.iterdir())) == 1
+    old, recent = tmp_path / ".c.npz.k2j4h5gf.tmp", tmp_path / ".c.npz.x8s9d7fa.tmp"  # no host or pid: named as before
+    old.write_bytes(b"x")
+    recent.write_bytes(b"x")
+    os.utime(old, (time.time() - 2 * 86400,) * 2)
+    container.atomic_write(path, lambda f: f.write(b"mine"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [recent.name, "c.npz"]
