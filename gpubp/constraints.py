@@ -12,10 +12,11 @@ import math
 import numbers
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import ml_dtypes
 import numpy as np
+
+from .atomic_file import unwritable
 
 NOT_READ = object()  # from_text: the text does not read as a value of this constraint
 
@@ -118,16 +119,17 @@ class NoneValue:
 
 @dataclass(frozen=True)
 class FilePath:
-    """A str or os.PathLike naming a file whose folder exists (normalized to str)."""
+    """A str or os.PathLike naming a file that can be written: its folder exists and takes new
+    files, and no folder is at the path (:func:`gpubp.atomic_file.unwritable`; normalized to str)."""
 
     def accepts(self, value) -> bool:
-        return isinstance(value, (str, os.PathLike)) and str(value) != "" and Path(value).parent.is_dir()
+        return isinstance(value, (str, os.PathLike)) and unwritable(value) is None
 
     def normalize(self, value):
         return str(value)
 
     def describe(self) -> str:
-        return "a file path in an existing folder"
+        return "a file path in an existing folder that takes new files (not a folder)"
 
     def from_text(self, text: str):
         return text

@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 from scipy import sparse
 
+from .atomic_file import unwritable
 from .backend import to_numpy
 from .communicator import SingleProcess, failing_together
 from .container import model_block, read, write
@@ -98,8 +99,9 @@ class FitCheckpoints:
         if self.solver not in ("sgd", "adam"):
             raise ValueError(f"checkpoint needs solver 'sgd' or 'adam': scipy's {self.solver} run cannot be resumed "
                              "midway; set checkpoint=None")
-        if not Path(self.checkpoint).parent.is_dir():
-            raise ValueError(f"checkpoint={str(self.checkpoint)!r}: folder {Path(self.checkpoint).parent} does not exist")
+        problem = unwritable(self.checkpoint)
+        if problem is not None:
+            raise ValueError(f"checkpoint={str(self.checkpoint)!r}: {problem}")
 
     def _read_resumable(self, net, digests: dict, fresh: bool, comm):
         """The checkpoint to resume (its Contents), checked against this fit, or None: resume off,

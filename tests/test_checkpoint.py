@@ -303,6 +303,15 @@ def test_resume_refuses_what_does_not_match(tmp_path, change, message):
         fit(change.get("net", new_net()), X2, y2, resume=ckpt, **{**settings, **change.get("settings", {})})
 
 
+def test_a_checkpoint_path_that_cannot_be_written_is_refused_before_training(tmp_path):
+    epochs = []
+    unwritable = [str(tmp_path)] + (["/proc/c.npz"] if os.path.isdir("/proc/self") else [])  # a folder; no files there
+    for path in unwritable:
+        with pytest.raises(ValueError, match=f"checkpoint must be a file path in an existing folder .*got '{path}'"):
+            fit(new_net(), *problem(), epochs=2, checkpoint=path, callbacks=[lambda e, logs: epochs.append(e)])
+    assert epochs == [] and list(tmp_path.iterdir()) == []
+
+
 def test_checkpoint_settings_are_checked():
     with pytest.raises(ValueError, match="checkpoint must be a file path in an existing folder"):
         fit(new_net(), *problem(), checkpoint="/no/such/folder/c.npz")

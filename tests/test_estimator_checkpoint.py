@@ -166,6 +166,20 @@ def test_what_cannot_checkpoint_is_refused(tmp_path):
     assert not path.exists()
 
 
+def test_a_folder_as_checkpoint_or_save_path_is_refused_before_fitting(tmp_path):
+    X, y = problem()
+    est = MLPClassifier((4,), max_iter=2, checkpoint=tmp_path, device="cpu")
+    with pytest.raises(ValueError, match=f"checkpoint='{tmp_path}': it is a folder"):
+        est.fit(X, y)
+    assert not hasattr(est, "coefs_")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # not converged
+        est.set_params(checkpoint=None).fit(X, y)
+    with pytest.raises(ValueError, match=f"{tmp_path}: it is a folder"):
+        est.save(tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_checkpoint_of_another_kind_is_refused_with_how_to_read_it(tmp_path):
     X, y = problem()
     fit(MLP([6, 10, 3], backend="cpu", seed=0), X, y, epochs=1, checkpoint=tmp_path / "run.npz", checkpoint_every=1, seed=0)
