@@ -15,8 +15,9 @@ holding
 
 Files are written atomically (:func:`gpubp.atomic_file.atomic_write`): a crash or kill leaves
 the previous file whole, and a failed write raises an OSError naming the file. :func:`read` says
-in a :class:`gpubp.DataError` what is wrong with a missing, truncated, corrupted, foreign or newer
-file, or one of another kind (and how to load that kind).
+in a :class:`gpubp.DataError` what is wrong with a missing, truncated, corrupted or newer file, a
+foreign one (an .npz that is not gpubp's, or no .npz at all), or one of another kind (and how to
+load that kind).
 
 Files written before this container (gpubp 0.1) are still read:
 
@@ -47,6 +48,7 @@ VERSION = 4  # after the checkpoint formats 1 and 2; 4 names a checkpoint's opti
 _READABLE = (3, VERSION)  # 3 named it opt_<name>_0: an older gpubp must not take opt_<name> for no state
 KINDS = ("model", "checkpoint", "estimator", "estimator_checkpoint")
 _LEGACY_FORMAT, _LEGACY_VERSIONS = "gpubp-checkpoint", (1, 2)
+_ZIP_STARTS = (b"PK\x03\x04", b"PK\x05\x06")  # an archive's first entry, or an empty archive's end
 _NOUNS = {"model": "gpubp model file", "checkpoint": "checkpoint", "estimator": "saved estimator",
           "estimator_checkpoint": "checkpoint of an estimator's fit"}
 _HOW = {"model": "load it with gpubp.load_model",
@@ -133,6 +135,7 @@ def read(path, kind: str) -> Contents:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"no {_NOUNS[kind]} at {path}")
+    _check_archive(path, kind)
     try:
         with np.load(path, allow_pickle=False) as f:
             entries = {name: f[name] for name in f.files}
@@ -150,6 +153,19 @@ def read(path, kind: str) -> Contents:
     contents = Contents(path, found, meta, entries)
     _check_params(contents)
     return contents
+
+
+def _check_archive(path: Path, kind: str) -> None:
+    """DataError unless the file at ``path`` starts as a zip archive (an .npz) does; a shorter
+    file is left to np.load, which finds it truncated."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(_ZIP_STARTS[0]))
+    except OSError as exc:
+        raise DataError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    if not any(start.startswith(head) for start in _ZIP_STARTS):
+        raise DataError(f"{path}: not a gpubp file (not an .npz archive: it starts with {head!r}); "
+                        f"expected a {_NOUNS[kind]}")
 
 
 def _checksum(entries: dict) -> str:

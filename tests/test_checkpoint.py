@@ -199,7 +199,7 @@ def test_bad_checkpoint_files(tmp_path):
     cases = {
         "truncated.npz": (raw[: len(raw) // 2], "truncated or corrupted"),
         "empty.npz": (b"", "truncated or corrupted"),
-        "text.npz": (b"hello, not a checkpoint", "truncated or corrupted"),
+        "text.npz": (b"hello, not a checkpoint", "not a gpubp file .*; expected a checkpoint"),
     }
     flipped = bytearray(raw)
     flipped[len(raw) // 3] ^= 0xFF  # inside a stored array: zip CRC or our checksum catches it

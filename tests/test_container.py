@@ -123,8 +123,17 @@ def test_a_newer_or_unknown_file_is_refused(files, tmp_path):
     with pytest.raises(DataError, match="not a gpubp file"):
         read_checkpoint(tmp_path / "other.npz")
     np.save(tmp_path / "plain.npy", np.zeros(3))
-    with pytest.raises(DataError, match="truncated or corrupted, not readable as a checkpoint"):
+    with pytest.raises(DataError, match=r"not a gpubp file \(not an \.npz archive: it starts with b'\\x93NUM'\)"):
         read_checkpoint(tmp_path / "plain.npy")
+
+
+@pytest.mark.parametrize("kind", sorted(LOADERS))
+def test_a_file_that_is_no_npz_archive_is_refused_as_not_gpubps(tmp_path, kind):
+    png = tmp_path / "picture.png"
+    png.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(200))
+    with pytest.raises(DataError, match=rf"^{re.escape(str(png))}: not a gpubp file \(not an \.npz archive") as caught:
+        LOADERS[kind](png)
+    assert "pickle" not in str(caught.value)
 
 
 def test_writing_refuses_objects_reserved_names_and_a_missing_model_block(tmp_path):
