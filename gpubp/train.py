@@ -72,7 +72,7 @@ def fit(net: MLP, X, y, *, sample_weight=None, validation_data=None, callbacks: 
         ``val_accuracy``, ``lr`` and ``seconds``; returning True stops training.
     resume : path, optional
         A checkpoint to continue from, with its network, data and settings (``epochs``, ``verbose``
-        and the checkpoint settings may change); parameters, optimizer and history continue.
+        and the checkpoint settings may change); a run early stopping ended is not trained further.
     checkpoint_extra : dict, optional
         JSON-able values stored in each checkpoint's ``meta["extra"]``.
     comm : gpubp.distributed.Communicator, optional
@@ -206,12 +206,12 @@ class Trainer(RunCheckpoints):
         if validation is not None and not isinstance(validation[0], HostRows) and backend.fits(validation[0].nbytes):
             validation = (backend.asarray(validation[0], net.dtype), backend.asarray(validation[1]))  # y's dtype kept
         self._validation, self._n_rows = validation, feed.n
-        steps_per_epoch = math.ceil(feed.n / cfg.batch_size)
-        self._schedule = Schedule(cfg.lr, cfg.epochs * steps_per_epoch, cfg.schedule,
-                                  cfg.warmup_epochs * steps_per_epoch)
+        steps = math.ceil(feed.n / cfg.batch_size)  # per epoch
+        self._schedule = Schedule(cfg.lr, cfg.epochs * steps, cfg.schedule, cfg.warmup_epochs * steps)
         self._rng = np.random.default_rng()
         self._rng.bit_generator.state = self.run_state["rng_state"]
-        self.engine.run(feed, self, bar=cfg.verbose >= 2 and self.comm.rank == 0)
+        if not self._finished(checkpoint):
+            self.engine.run(feed, self, bar=cfg.verbose >= 2 and self.comm.rank == 0)
         if self.best_params is not None and self.history.best_epoch != self.history.epochs:
             net.set_params(self.best_params)
         return self.history

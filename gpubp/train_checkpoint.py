@@ -3,7 +3,8 @@
 A checkpoint holds the parameters, the optimizer's state, the engine's :class:`Progress`, the
 face's own run state (the shuffling generator, the validation split's seed, early stopping's
 best score and patience), the best epoch's parameters, the history and the data's fingerprint,
-so a resumed run ends exactly where an uninterrupted one would.
+so a resumed run ends exactly where an uninterrupted one would (one that early stopping ended
+is not trained further).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from .version import __version__
 from .checkpoint import Checkpoint, write_checkpoint
@@ -42,6 +44,18 @@ class RunCheckpoints:
         if self.config.epochs < meta["state"]["epoch"]:
             raise ValueError(f"{checkpoint.path} has trained {meta['state']['epoch']} epochs, "
                              f"more than epochs={self.config.epochs}")
+
+    def _finished(self, checkpoint: Checkpoint | None) -> bool:
+        """Whether the resumed ``checkpoint`` holds a run that early stopping ended, which the
+        uninterrupted run would not have trained further (said when verbose); a run a callback
+        stopped goes on, as the run stopped by a signal does."""
+        history = self.history
+        if checkpoint is None or not history.stopped_early:
+            return False
+        if self.config.verbose and self.comm.rank == 0:
+            tqdm.write(f"early stopping ended {checkpoint.path} after epoch {history.epochs} (best epoch "
+                       f"{history.best_epoch}): nothing more to train")
+        return True
 
     def save(self, path) -> Path:
         """Write the run's checkpoint to ``path`` (atomically); data parallel, rank 0 writes it and

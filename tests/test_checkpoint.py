@@ -319,3 +319,22 @@ def test_checkpoint_settings_are_checked():
         fit(new_net(), *problem(), checkpoint_every=2)
     with pytest.raises(ValueError, match=r"clip_norm must be a float in the range \(0.0, inf\)"):
         fit(new_net(), *problem(), clip_norm=0)
+
+
+@pytest.mark.parametrize("restore_best", [True, False])
+def test_a_run_early_stopping_ended_resumes_to_itself_untrained(tmp_path, capsys, restore_best):
+    X, y = problem()
+    settings = {**SETTINGS, "epochs": 60, "patience": 1, "restore_best": restore_best}
+    ckpt = tmp_path / "run.npz"
+    whole = new_net()
+    h_whole = fit(whole, X, y, checkpoint=ckpt, checkpoint_every=1, **settings)
+    assert h_whole.stopped_early and h_whole.epochs < 60
+    written = ckpt.read_bytes()
+    for _ in range(2):  # each resume, not only the first, ends where the uninterrupted run did
+        resumed = new_net()
+        h_resumed = fit(resumed, X, y, resume=ckpt, checkpoint=ckpt, checkpoint_every=1, verbose=1, **settings)
+        assert_same_run(whole, h_whole, resumed, h_resumed)
+        assert h_resumed.stopped_early and h_resumed.best_epoch == h_whole.best_epoch
+        assert ckpt.read_bytes() == written  # nothing trained, so nothing rewritten
+        out = capsys.readouterr().out
+        assert f"early stopping ended {ckpt} after epoch {h_whole.epochs}" in out and "epoch 1/" not in out
