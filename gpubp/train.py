@@ -37,7 +37,7 @@ from .data_parts import same_data
 from .rows import HostRows
 from .optim import make_optimizer
 from .schedules import Schedule
-from .train_checkpoint import RunCheckpoints
+from .train_checkpoint import RunCheckpoints, checked_extra
 from .train_data import check_training_data, hold_out, rows_of
 
 Callback = Callable[[int, dict], "bool | None"]
@@ -74,7 +74,7 @@ def fit(net: MLP, X, y, *, sample_weight=None, validation_data=None, callbacks: 
         A checkpoint to continue from, with its network, data and settings (``epochs``, ``verbose``
         and the checkpoint settings may change); a run early stopping ended is not trained further.
     checkpoint_extra : dict, optional
-        JSON-able values stored in each checkpoint's ``meta["extra"]``.
+        JSON-able values stored in each checkpoint's ``meta["extra"]`` (else a ValueError at once).
     comm : gpubp.distributed.Communicator, optional
         Data-parallel over its ranks (``gpubp.distributed.world()`` under ``mpirun``): every rank
         calls ``fit`` alike; ``batch_size`` is the global batch; the result is one process's up to
@@ -158,7 +158,7 @@ class Trainer(RunCheckpoints):
         self.engine = Engine(net, optimizer, comm, config.clip_norm, cuda_graph=config.cuda_graph)
         self.comm, self.parallel = self.engine.comm, self.engine.parallel
         self.net, self.config, self.callbacks = net, config, tuple(callbacks)
-        self.extra = dict(checkpoint_extra or {})
+        self.extra = checked_extra(checkpoint_extra)
         self.epochs = config.epochs  # the Plan's last epoch
         self.run_state = {"rng_state": None, "split_seed": 0, "best_score": math.inf, "waited": 0}
         self.best_params: list | None = None  # best epoch's parameters (device), for restore_best

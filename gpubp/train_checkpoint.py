@@ -4,11 +4,12 @@ A checkpoint holds the parameters, the optimizer's state, the engine's :class:`P
 face's own run state (the shuffling generator, the validation split's seed, early stopping's
 best score and patience), the best epoch's parameters, the history and the data's fingerprint,
 so a resumed run ends exactly where an uninterrupted one would (one that early stopping ended
-is not trained further).
+is not trained further). ``checkpoint_extra`` is checked when ``fit`` starts, not when written.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,23 @@ from .optim import optimizer_from_settings, restore_state
 _CHANGEABLE_ON_RESUME = ("epochs", "verbose", "checkpoint", "checkpoint_every", "stream", "cuda_graph")
 # The face's own run state, stored in a checkpoint beside the engine's Progress.
 _RUN_STATE = ("rng_state", "split_seed", "best_score", "waited")
+
+
+def checked_extra(extra) -> dict:
+    """``fit``'s ``checkpoint_extra`` as a checkpoint stores it (a dict that ``json.dumps``, as
+    the checkpoint's writer calls it, takes); ValueError naming a key whose entry it cannot write."""
+    if extra is None:
+        return {}
+    if not isinstance(extra, dict):
+        raise ValueError(f"checkpoint_extra must be a dict of JSON-able values, got {type(extra).__name__}")
+    for key, value in extra.items():
+        try:
+            json.dumps({key: value})
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"checkpoint_extra[{key!r}] (of type {type(value).__name__}) cannot be stored in a "
+                             f"checkpoint's JSON ({exc}): give numbers, strings, None, lists and dicts with "
+                             "string keys (an array: arr.tolist(); a NumPy number: float(x))") from None
+    return dict(extra)
 
 
 class RunCheckpoints:

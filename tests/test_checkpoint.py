@@ -3,6 +3,7 @@ divergence, bad files, mismatched resumes, clipping and running out of memory.""
 
 import json
 import os
+import re
 import signal
 import weakref
 
@@ -338,3 +339,26 @@ def test_a_run_early_stopping_ended_resumes_to_itself_untrained(tmp_path, capsys
         assert ckpt.read_bytes() == written  # nothing trained, so nothing rewritten
         out = capsys.readouterr().out
         assert f"early stopping ended {ckpt} after epoch {h_whole.epochs}" in out and "epoch 1/" not in out
+
+
+@pytest.mark.parametrize("extra, words", [
+    ({"ok": 1, "mean": np.zeros(3)}, "checkpoint_extra['mean'] (of type ndarray)"),
+    ({"scale": np.float32(1)}, "checkpoint_extra['scale'] (of type float32)"),
+    ({"tags": {1, 2}}, "checkpoint_extra['tags'] (of type set)"),
+    ({"nested": {"a": [1, object()]}}, "checkpoint_extra['nested'] (of type dict)"),
+    ({(1, 2): 3}, "checkpoint_extra[(1, 2)] (of type int)"),
+    ([("a", 1)], "checkpoint_extra must be a dict"),
+])
+def test_checkpoint_extra_that_a_checkpoint_cannot_hold_is_refused_before_training(tmp_path, extra, words):
+    epochs, ckpt = [], tmp_path / "c.npz"
+    with pytest.raises(ValueError, match=re.escape(words)):
+        fit(new_net(), *problem(), epochs=2, checkpoint=ckpt, checkpoint_every=1, checkpoint_extra=extra,
+            callbacks=[lambda epoch, logs: epochs.append(epoch)])
+    assert epochs == [] and not ckpt.exists()
+
+
+def test_checkpoint_extra_holds_what_json_holds(tmp_path):
+    extra = {"mean": [0.5, float("nan")], "note": "run 3", 7: None, "cfg": {"depth": 2, "on": True}}
+    fit(new_net(), *problem(), epochs=1, checkpoint=tmp_path / "c.npz", checkpoint_every=1, checkpoint_extra=extra)
+    stored = read_checkpoint(tmp_path / "c.npz").meta["extra"]
+    assert json.dumps(stored) == json.dumps(extra)  # NaN and a key 7 (stored as "7") as json writes them
