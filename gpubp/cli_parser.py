@@ -9,6 +9,7 @@ range (0.0, inf), got -1``.
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
@@ -168,7 +169,7 @@ def report(exc: BaseException) -> int | None:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 1
     if isinstance(exc, TrainingInterrupted):
-        resume = f"; resume with: gpubp train --resume {exc.checkpoint}" if exc.checkpoint else ""
+        resume = f"; resume with: gpubp train --resume {shlex.quote(str(exc.checkpoint))}" if exc.checkpoint else ""
         print(f"{exc}{resume}", file=sys.stderr, flush=True)
         return exc.exit_status
     if isinstance(exc, KeyboardInterrupt):

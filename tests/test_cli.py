@@ -322,3 +322,15 @@ def test_the_parser_tells_an_option_given_from_one_left_at_its_default():
     assert (args.dtype, args.tf32, args.hidden, args.epochs, args.activation, args.lr) == \
         ("float32", True, [32, 16], 30, "relu", None)
     assert build_parser().parse_args(["train"]).given == set()
+
+
+def test_the_resume_hint_quotes_the_checkpoint_path(capsys):
+    """The hint printed on interruption pastes into a shell as it is: a path with a space is quoted."""
+    import signal
+
+    from gpubp.cli_parser import report
+    from gpubp.interrupt import TrainingInterrupted
+
+    assert report(TrainingInterrupted(signal.SIGINT, "run ☃.npz", 2, 90)) == 130
+    err = capsys.readouterr().err
+    assert err.endswith("; resume with: gpubp train --resume 'run ☃.npz'\n"), err
