@@ -142,7 +142,7 @@ def build_parser() -> _Parser:
     train.add_argument("--quiet", action="store_true", help="no per-epoch lines")
     _add(train, "--clip-norm", "clip_norm", help="clip gradients to this global L2 norm")
     _add(train, "--checkpoint", "checkpoint",
-         help=f"checkpoint file (default {DEFAULT_CHECKPOINT}, written only when interrupted)")
+         help=f"checkpoint file (default {DEFAULT_CHECKPOINT} or, where taken, the first free -2, -3...; on interrupt)")
     _add(train, "--checkpoint-every", "checkpoint_every",
          help="write the checkpoint every N epochs (default 1 with --checkpoint)")
     train.add_argument("--resume", type=Path,

@@ -3,6 +3,8 @@ with :func:`gpubp.fit` (on one process or every rank of an MPI job), report and 
 
 from __future__ import annotations
 
+import itertools
+import os
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -83,6 +85,15 @@ def _check_outputs(args) -> None:
             raise UsageError(f"gpubp train: --plot: {exc}") from None
 
 
+def _interruption_checkpoint() -> Path:
+    """Where a run without --checkpoint writes the checkpoint an interruption leaves:
+    gpubp-checkpoint.npz in the current folder, or the first free gpubp-checkpoint-N.npz
+    (N = 2, 3, ...) when that name is taken, an earlier interrupted run's checkpoint not replaced."""
+    default = Path(DEFAULT_CHECKPOINT)
+    names = itertools.chain([default], (default.with_stem(f"{default.stem}-{n}") for n in itertools.count(2)))
+    return next(path for path in names if not os.path.lexists(path))
+
+
 def train(args) -> int:
     """gpubp train, on one process or (--distributed) on every rank of an MPI job. A rank that
     fails alone (bad data on its node) ends the whole job with the error's exit status instead
@@ -140,13 +151,14 @@ def _train_with(args, comm) -> int:
     checkpoint_every = args.checkpoint_every or (1 if args.checkpoint is not None else None)
     if args.resume is not None:
         say(f"resuming: {args.resume}", flush=True)
+    checkpoint = args.checkpoint or _interruption_checkpoint()
     with _held_out_in_options_words(args, split_here):
         history = fit(
             net, train_set.X, train_set.y, epochs=args.epochs, batch_size=args.batch_size,
             optimizer=args.optimizer, lr=args.lr, momentum=args.momentum, schedule=args.schedule,
             warmup_epochs=args.warmup_epochs, validation_fraction=args.val_fraction,
             patience=args.patience, seed=args.seed, clip_norm=args.clip_norm, verbose=verbose,
-            checkpoint=str(args.checkpoint or DEFAULT_CHECKPOINT), checkpoint_every=checkpoint_every,
+            checkpoint=str(checkpoint), checkpoint_every=checkpoint_every,
             resume=args.resume, stream=args.stream, cuda_graph=args.cuda_graph,
             checkpoint_extra={"dataset": _data_set_id(args.dataset), "test_fraction": args.test_fraction,
                               "input_mean": scaler.mean_.tolist(), "input_scale": scaler.scale_.tolist()},

@@ -133,3 +133,20 @@ def test_sigkill_at_20_moments_never_loses_the_newest_checkpoint(start, tmp_path
     assert ckpt.exists() and during_write >= 5, during_write
     finish(ckpt, tmp_path)
     assert not any(p.name.endswith(".tmp") for p in tmp_path.iterdir())  # the next write cleaned up
+
+
+@pytest.mark.timeout(300)
+def test_default_checkpoint_on_interrupt_keeps_an_earlier_one(start, tmp_path):
+    """An earlier interrupted run's gpubp-checkpoint.npz is not replaced: this run writes the
+    first free name, gpubp-checkpoint-2.npz, and says so in its resume hint."""
+    earlier = tmp_path / "gpubp-checkpoint.npz"
+    earlier.write_bytes(b"an earlier run's checkpoint")
+    proc = start("train", "--device", "cpu", "--epochs", EPOCHS, cwd=tmp_path)
+    wait_for_epoch(proc, 1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "checkpoint written to gpubp-checkpoint-2.npz" in err
+    assert "resume with: gpubp train --resume gpubp-checkpoint-2.npz" in err
+    assert earlier.read_bytes() == b"an earlier run's checkpoint"
+    assert read_checkpoint(tmp_path / "gpubp-checkpoint-2.npz").meta["state"]["step"] > 0
