@@ -27,6 +27,19 @@ class UsageError(Exception):
     """A bad command line; :func:`report` prints it as one line and the command exits 2."""
 
 
+class WriteError(Exception):
+    """A file the command could not write, with the OS's reason (a full disk, say); :func:`report`
+    prints it as one line and the command exits 1."""
+
+
+def output_path(text: str) -> Path:
+    """argparse ``type`` of a file the command writes: any path but the empty one (which Path
+    reads as the current folder)."""
+    if not text:
+        raise argparse.ArgumentTypeError("an empty path: name a file")
+    return Path(text)
+
+
 class _Parser(argparse.ArgumentParser):
     """A parser that raises UsageError and keeps ``settings``, {setting: option} for its options
     typed by a gpubp setting (and the top one ``commands``, {name: subparser}). The namespace it
@@ -137,8 +150,8 @@ def build_parser() -> _Parser:
     train.add_argument("--distributed", action="store_true",
                        help="data-parallel over the ranks an MPI launcher started (mpirun -n R gpubp train "
                             "--distributed ...): --batch-size is the global batch; rank 0 prints and writes")
-    train.add_argument("--out", type=Path, help="save the trained model to this .npz file")
-    train.add_argument("--plot", type=Path, help="write loss and accuracy curves to this PNG file")
+    train.add_argument("--out", type=output_path, help="save the trained model to this .npz file")
+    train.add_argument("--plot", type=output_path, help="write loss and accuracy curves to this PNG file")
     train.add_argument("--quiet", action="store_true", help="no per-epoch lines")
     _add(train, "--clip-norm", "clip_norm", help="clip gradients to this global L2 norm")
     _add(train, "--checkpoint", "checkpoint",
@@ -165,7 +178,7 @@ def report(exc: BaseException) -> int | None:
     if isinstance(exc, (UsageError, DataError, BackendUnavailableError, ValueError, RankFailedError)):
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 2
-    if isinstance(exc, (DivergenceError, DeviceMemoryError)):
+    if isinstance(exc, (DivergenceError, DeviceMemoryError, WriteError)):
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 1
     if isinstance(exc, TrainingInterrupted):

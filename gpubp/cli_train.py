@@ -6,12 +6,13 @@ from __future__ import annotations
 import itertools
 import os
 import sys
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
 from .backend import cuda_status, get_backend
 from .checkpoint import read_checkpoint
-from .cli_parser import DEFAULT_CHECKPOINT, UsageError, report
+from .cli_parser import DEFAULT_CHECKPOINT, UsageError, WriteError, report
 from .data import fitted_scaler, load_dataset, split, standardize
 from .errors import DivergenceError
 from .interrupt import TrainingInterrupted
@@ -72,10 +73,22 @@ def _apply_checkpoint(args) -> None:
 
 
 def _check_outputs(args) -> None:
-    """Fail before training when an output cannot be written."""
-    for option, path in (("--out", args.out), ("--plot", args.plot)):  # --checkpoint: by its type
-        if path is not None and not path.parent.is_dir():
-            raise UsageError(f"gpubp train: {option} {path}: folder {path.parent} does not exist")
+    """Fail before training when an output cannot be written, or would replace another output or
+    a file the run reads (--dataset, --resume; a resumed run writes its checkpoint where it read it)."""
+    outputs = [(option, Path(path)) for option, path in (
+        ("--out", args.out), ("--plot", args.plot),
+        ("--checkpoint", args.checkpoint if "checkpoint" in args.given else None)) if path is not None]
+    inputs = [(option, Path(path)) for option, path in (
+        ("--dataset", None if args.dataset == "digits" else args.dataset), ("--resume", args.resume))
+        if path is not None]
+    for i, (option, path) in enumerate(outputs):
+        _check_writable(option, path)
+        for other, other_path in outputs[:i]:
+            _check_distinct(other, other_path, option, path)
+    for option, path in outputs:
+        for other, other_path in inputs:
+            if (option, other) != ("--checkpoint", "--resume"):
+                _check_distinct(option, path, other, other_path)
     if args.plot is not None:
         from .plotting import require_matplotlib
 
@@ -85,6 +98,34 @@ def _check_outputs(args) -> None:
             raise UsageError(f"gpubp train: --plot: {exc}") from None
 
 
+_EXAMPLE_NAMES = {"--out": "model.npz", "--plot": "curves.png", "--checkpoint": "run.npz"}
+
+
+def _check_writable(option: str, path: Path) -> None:
+    """Refuse a folder at ``path``, and a folder to hold it that is missing, a file, or cannot
+    take a new file (a file is made and removed there to see)."""
+    if path.is_dir():
+        raise UsageError(f"gpubp train: {option} {path}: is a folder: name a file in it, "
+                         f"e.g. {path / _EXAMPLE_NAMES[option]}")
+    folder = path.parent
+    if not folder.exists():
+        raise UsageError(f"gpubp train: {option} {path}: folder {folder} does not exist")
+    if not folder.is_dir():
+        raise UsageError(f"gpubp train: {option} {path}: {folder} is a file, not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise UsageError(f"gpubp train: {option} {path}: cannot create a file in {folder}: "
+                         f"{exc.strerror or exc}") from None
+
+
+def _check_distinct(option: str, path: Path, other: str, other_path: Path) -> None:
+    """Refuse two options that name one file (compared as absolute paths, links followed)."""
+    if path.resolve() == other_path.resolve():
+        raise UsageError(f"gpubp train: {option} and {other} name the same file ({path}): give each its own path")
+
+
 def _interruption_checkpoint() -> Path:
     """Where a run without --checkpoint writes the checkpoint an interruption leaves:
     gpubp-checkpoint.npz in the current folder, or the first free gpubp-checkpoint-N.npz
@@ -92,6 +133,16 @@ def _interruption_checkpoint() -> Path:
     default = Path(DEFAULT_CHECKPOINT)
     names = itertools.chain([default], (default.with_stem(f"{default.stem}-{n}") for n in itertools.count(2)))
     return next(path for path in names if not os.path.lexists(path))
+
+
+@contextmanager
+def _writing(what: str, path):
+    """An OSError in the block (a full disk, a folder removed) as a WriteError naming ``what``,
+    ``path`` and the OS's reason."""
+    try:
+        yield
+    except OSError as exc:
+        raise WriteError(f"gpubp train: cannot write {what} to {path}: {exc.strerror or exc}") from None
 
 
 def train(args) -> int:
@@ -152,7 +203,7 @@ def _train_with(args, comm) -> int:
     if args.resume is not None:
         say(f"resuming: {args.resume}", flush=True)
     checkpoint = args.checkpoint or _interruption_checkpoint()
-    with _held_out_in_options_words(args, split_here):
+    with _held_out_in_options_words(args, split_here), _writing("the checkpoint", checkpoint):
         history = fit(
             net, train_set.X, train_set.y, epochs=args.epochs, batch_size=args.batch_size,
             optimizer=args.optimizer, lr=args.lr, momentum=args.momentum, schedule=args.schedule,
@@ -193,11 +244,13 @@ def _report_run(args, net, history, test_set, scaler, classes) -> None:
     if args.out is not None:
         from .saving import save_model
 
-        save_model(net, args.out, extra={"classes": classes, "input_mean": scaler.mean_,
-                                         "input_scale": scaler.scale_})
+        with _writing("the model", args.out):
+            save_model(net, args.out, extra={"classes": classes, "input_mean": scaler.mean_,
+                                             "input_scale": scaler.scale_})
         print(f"saved model: {args.out}")
     if args.plot is not None:
         from .plotting import plot_history
 
-        plot_history(history, args.plot, title=f"{args.dataset}: {'-'.join(map(str, net.sizes))}")
+        with _writing("the plot", args.plot):
+            plot_history(history, args.plot, title=f"{args.dataset}: {'-'.join(map(str, net.sizes))}")
         print(f"saved plot: {args.plot}")

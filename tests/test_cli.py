@@ -324,6 +324,102 @@ def test_the_parser_tells_an_option_given_from_one_left_at_its_default():
     assert build_parser().parse_args(["train"]).given == set()
 
 
+def train_in_process(capsys, *args):
+    """``gpubp train ARGS`` run by gpubp.cli.main here: its status, stdout and stderr."""
+    from gpubp import cli
+
+    capsys.readouterr()
+    status = cli.main(["train", *args])
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+@pytest.mark.parametrize(
+    "make, option, name, fragment",
+    [
+        (lambda d: (d / "adir").mkdir(), "--out", "adir", "--out {p}: is a folder: name a file in it"),
+        (lambda d: (d / "adir").mkdir(), "--plot", "adir", "--plot {p}: is a folder: name a file in it"),
+        (lambda d: (d / "adir").mkdir(), "--checkpoint", "adir", "--checkpoint {p}: is a folder: name a file in it"),
+        (lambda d: (d / "afile").write_text("x"), "--out", "afile/m.npz", "{d}/afile is a file, not a folder"),
+        (lambda d: None, "--out", "", "argument --out: an empty path: name a file"),
+        (lambda d: None, "--plot", "", "argument --plot: an empty path: name a file"),
+    ],
+)
+def test_an_output_that_cannot_be_written_is_refused_before_training(tmp_path, capsys, make, option, name, fragment):
+    """A folder, an empty path or a path under a file is refused with one line and status 2
+    before any training (it was an IsADirectoryError or EBUSY traceback after it, the model lost)."""
+    make(tmp_path)
+    path = str(tmp_path / name) if name else ""
+    status, out, err = train_in_process(capsys, "--epochs", "1", "--hidden", "8", "--quiet", option, path)
+    assert status == 2 and out == "", out + err
+    assert len(err.strip().splitlines()) == 1, err
+    assert fragment.format(p=path, d=tmp_path) in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted({"adir", "afile"} & {name.split("/")[0]})
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux's /proc")
+def test_an_output_in_a_folder_that_takes_no_files_is_refused_before_training(capsys):
+    status, out, err = train_in_process(capsys, "--epochs", "1", "--quiet", "--out", "/proc/m.npz")
+    assert status == 2 and out == "", out + err
+    assert err.startswith("error: gpubp train: --out /proc/m.npz: cannot create a file in /proc: "), err
+    assert len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize(
+    "args, first, second",
+    [
+        (["--out", "same.npz", "--plot", "same.npz"], "--out", "--plot"),
+        (["--out", "run.npz", "--checkpoint", "./run.npz"], "--out", "--checkpoint"),
+        (["--plot", "run.npz", "--checkpoint", "run.npz"], "--plot", "--checkpoint"),
+        (["--dataset", "d.npz", "--out", "d.npz"], "--out", "--dataset"),
+        (["--dataset", "d.npz", "--checkpoint", "d.npz"], "--checkpoint", "--dataset"),
+    ],
+)
+def test_two_options_naming_the_same_file_are_refused_before_training(tmp_path, monkeypatch, capsys, args, first,
+                                                                       second):
+    """--out same.npz --plot same.npz replaced the model with a PNG, --checkpoint run.npz --out
+    run.npz the checkpoint with a model (and --resume failed); refused, naming both options."""
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 150)
+    np.savez("d.npz", X=np.eye(3)[y] * 4 + rng.normal(size=(150, 3)), y=y)
+    status, out, err = train_in_process(capsys, "--epochs", "1", "--quiet", *args)
+    assert status == 2 and out == "", out + err
+    assert len(err.strip().splitlines()) == 1, err
+    assert f"{first} and {second} name the same file" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.npz"]
+
+
+def test_a_resumed_run_refuses_to_write_its_model_over_its_checkpoint(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert train_in_process(capsys, "--epochs", "1", "--hidden", "8", "--checkpoint", "c.npz", "--quiet")[0] == 0
+    status, out, err = train_in_process(capsys, "--resume", "c.npz", "--epochs", "2", "--out", "c.npz")
+    assert status == 2 and "model: " not in out, out + err
+    assert "--out and --resume name the same file" in err
+    from gpubp.checkpoint import read_checkpoint
+
+    assert read_checkpoint("c.npz").meta["state"]["epoch"] == 1
+
+
+@pytest.mark.parametrize("option, writer, what",
+                         [("--out", "gpubp.saving.save_model", "the model"),
+                          ("--plot", "gpubp.plotting.plot_history", "the plot"),
+                          ("--checkpoint", "gpubp.train_checkpoint.write_checkpoint", "the checkpoint")])
+def test_a_full_disk_ends_with_one_line_naming_the_file(tmp_path, monkeypatch, capsys, option, writer, what):
+    """An OSError while writing an output (ENOSPC here) ends with one line naming the file and the
+    OS's reason, status 1, instead of a traceback."""
+    import errno
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(writer, full)
+    path = tmp_path / "f.npz"
+    status, out, err = train_in_process(capsys, "--epochs", "1", "--hidden", "8", "--quiet", option, str(path))
+    assert status == 1, out + err
+    assert err == f"error: gpubp train: cannot write {what} to {path}: No space left on device\n"
+
+
 def test_the_resume_hint_quotes_the_checkpoint_path(capsys):
     """The hint printed on interruption pastes into a shell as it is: a path with a space is quoted."""
     import signal
