@@ -94,11 +94,12 @@ def _path_problem(path) -> str | None:
     """What rules out a file at ``path`` before trying: empty, no folder, a folder there."""
     if str(path) == "":
         return "the path is empty"
-    if not Path(path).parent.is_dir():
-        return f"folder {Path(path).parent} does not exist"
+    folder = Path(path).parent
+    if not folder.is_dir():
+        return f"{folder} is a file, not a folder" if folder.exists() else f"folder {folder} does not exist"
     file = target(path)
     if file.is_dir():
-        return "it is a folder"
+        return "it is a folder: name a file in it"
     if not file.parent.is_dir():
         return f"it links to {file}, whose folder {file.parent} does not exist"
     return None

@@ -6,10 +6,10 @@ from __future__ import annotations
 import itertools
 import os
 import sys
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
+from .atomic_file import unwritable
 from .backend import cuda_status, get_backend
 from .checkpoint import read_checkpoint
 from .cli_parser import DEFAULT_CHECKPOINT, UsageError, WriteError, report
@@ -98,26 +98,12 @@ def _check_outputs(args) -> None:
             raise UsageError(f"gpubp train: --plot: {exc}") from None
 
 
-_EXAMPLE_NAMES = {"--out": "model.npz", "--plot": "curves.png", "--checkpoint": "run.npz"}
-
-
 def _check_writable(option: str, path: Path) -> None:
-    """Refuse a folder at ``path``, and a folder to hold it that is missing, a file, or cannot
-    take a new file (a file is made and removed there to see)."""
-    if path.is_dir():
-        raise UsageError(f"gpubp train: {option} {path}: is a folder: name a file in it, "
-                         f"e.g. {path / _EXAMPLE_NAMES[option]}")
-    folder = path.parent
-    if not folder.exists():
-        raise UsageError(f"gpubp train: {option} {path}: folder {folder} does not exist")
-    if not folder.is_dir():
-        raise UsageError(f"gpubp train: {option} {path}: {folder} is a file, not a folder")
-    try:
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as exc:
-        raise UsageError(f"gpubp train: {option} {path}: cannot create a file in {folder}: "
-                         f"{exc.strerror or exc}") from None
+    """Refuse a path no file can be written at (gpubp.atomic_file.unwritable: a folder there, its
+    folder missing or a file, or a folder that takes no new file)."""
+    problem = unwritable(path)
+    if problem is not None:
+        raise UsageError(f"gpubp train: {option} {path}: {problem}")
 
 
 def _check_distinct(option: str, path: Path, other: str, other_path: Path) -> None:

@@ -337,9 +337,10 @@ def train_in_process(capsys, *args):
 @pytest.mark.parametrize(
     "make, option, name, fragment",
     [
-        (lambda d: (d / "adir").mkdir(), "--out", "adir", "--out {p}: is a folder: name a file in it"),
-        (lambda d: (d / "adir").mkdir(), "--plot", "adir", "--plot {p}: is a folder: name a file in it"),
-        (lambda d: (d / "adir").mkdir(), "--checkpoint", "adir", "--checkpoint {p}: is a folder: name a file in it"),
+        (lambda d: (d / "adir").mkdir(), "--out", "adir", "--out {p}: it is a folder: name a file in it"),
+        (lambda d: (d / "adir").mkdir(), "--plot", "adir", "--plot {p}: it is a folder: name a file in it"),
+        (lambda d: (d / "adir").mkdir(), "--checkpoint", "adir",  # (judged by its setting's type, when parsed)
+         "argument --checkpoint: checkpoint must be a file path in an existing folder that takes new files (not a folder)"),
         (lambda d: (d / "afile").write_text("x"), "--out", "afile/m.npz", "{d}/afile is a file, not a folder"),
         (lambda d: None, "--out", "", "argument --out: an empty path: name a file"),
         (lambda d: None, "--plot", "", "argument --plot: an empty path: name a file"),
@@ -361,7 +362,7 @@ def test_an_output_that_cannot_be_written_is_refused_before_training(tmp_path, c
 def test_an_output_in_a_folder_that_takes_no_files_is_refused_before_training(capsys):
     status, out, err = train_in_process(capsys, "--epochs", "1", "--quiet", "--out", "/proc/m.npz")
     assert status == 2 and out == "", out + err
-    assert err.startswith("error: gpubp train: --out /proc/m.npz: cannot create a file in /proc: "), err
+    assert err.startswith("error: gpubp train: --out /proc/m.npz: no file can be created in folder /proc ("), err
     assert len(err.strip().splitlines()) == 1, err
 
 
