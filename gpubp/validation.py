@@ -48,9 +48,10 @@ def largest_finite(dtype) -> float:
 def first_unfit(X, dtype=None, xp=np) -> tuple[int, ...] | None:
     """Index of the first element of X (an array of ``xp``, any shape) that is NaN or infinite
     or, with ``dtype``, finite but of larger magnitude than ``dtype``'s largest finite value (cast
-    to dtype it would become infinite); None if none. Integers and bools fit every float dtype.
-    Where every value fits, X is read by two reductions (its min and max) and not copied."""
-    if not np.issubdtype(X.dtype, np.floating):
+    to dtype it would become infinite, or within half a unit round down to that value: refused
+    all the same); None if none, or X is empty. Integers and bools fit every float dtype. Where
+    every value fits, X is read by two reductions (its min and max) and not copied."""
+    if not np.issubdtype(X.dtype, np.floating) or X.size == 0:
         return None
     limit = np.inf  # a dtype at least as wide as X's holds every finite value of X
     if dtype is not None and largest_finite(dtype) < largest_finite(X.dtype):

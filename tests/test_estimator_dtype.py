@@ -111,3 +111,14 @@ def test_targets_and_weights_the_dtype_cannot_hold_are_value_errors_naming_them(
             new(Estimator).fit(X, y, sample_weight=weights)
         with pytest.raises(ValueError, match=r"non-zero number in float32, the dtype of this fit: every weight rounds"):
             new(Estimator).fit(X, y, sample_weight=np.full(len(y), 1e-46))
+
+
+def test_a_sparse_x_that_stores_no_value_fits_and_validates():
+    """The range check reads a sparse X's stored values: none at all (an all-zero matrix) is in
+    range (the check took the min of an empty array and raised)."""
+    y = np.arange(20) % 2
+    clf = MLPClassifier(hidden_layer_sizes=(4,), max_iter=2, random_state=0, device="cpu", dtype="float32")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        clf.fit(sparse.csr_matrix((20, 3)), y, validation_data=(sparse.csr_matrix((6, 3)), np.arange(6) % 2))
+    assert clf.predict(sparse.csr_matrix((4, 3))).shape == (4,)
