@@ -184,12 +184,12 @@ class Backend:
         return None
 
     def norm(self, x):
-        """The Euclidean norm of array ``x`` (any shape, C-contiguous; float32 or float64), a 0-d
+        """The Euclidean norm of array ``x`` (any shape and strides; float32 or float64), a 0-d
         array of x's dtype on x's device (no host sync), by BLAS nrm2 (cuBLAS on "cuda", SciPy's
         BLAS on "cpu"), which scales as it sums: a float32 norm past 1.8e19, whose sum of squares
         overflows, comes out finite. nrm2 counts in 32-bit ints, so 2^30 values at a time, then
         the norm of those norms."""
-        flat = x.reshape(-1)
+        flat = self.xp.ascontiguousarray(x).reshape(-1)  # (cuBLAS's nrm2 as CuPy calls it reads with stride 1)
         if flat.size > _NORM_CHUNK:
             return self.norm(self.xp.stack([self.norm(flat[i:i + _NORM_CHUNK])
                                             for i in range(0, flat.size, _NORM_CHUNK)]))

@@ -1601,6 +1601,8 @@ def _nrm2(x, out=None):
         raise ValueError(f"x must be a 1D array (actual: {x.ndim})")
     if x.dtype.char not in "fd":
         raise TypeError("invalid dtype")
+    if not x.flags.c_contiguous:  # CuPy passes incx=1 whatever x's strides: a strided x gives a wrong norm
+        raise NotImplementedError("the stand-in refuses a strided x: cupy.cublas.nrm2 would read it with stride 1")
     if out is not None:
         raise NotImplementedError("the stand-in models cupy.cublas.nrm2 without out")
     refuse_cublas()

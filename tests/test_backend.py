@@ -195,3 +195,14 @@ def test_the_norm_is_blas_nrm2_in_chunks_of_a_32_bit_count(dtype, monkeypatch):
     assert float(whole) == pytest.approx(float(np.linalg.norm(x.astype(np.float64))), rel=1e-6)
     monkeypatch.setattr(backend_module, "_NORM_CHUNK", 50)  # 407 values: 9 chunks
     assert float(cpu.norm(x)) == pytest.approx(float(whole), rel=1e-6)
+
+
+def test_the_norm_of_a_strided_view_is_its_own(fake_cupy):
+    """cupy.cublas.nrm2 reads its x with stride 1 (CuPy passes incx=1), so a strided view must be
+    made contiguous first; the stand-in refuses a strided x, as a card would silently misread it."""
+    host = np.arange(1.0, 21.0, dtype=np.float32)
+    cuda = get_backend("cuda")
+    view = cuda.asarray(host)[::2]
+    assert float(cuda.norm(view)) == pytest.approx(float(np.linalg.norm(host[::2])), rel=1e-6)
+    with pytest.raises(NotImplementedError, match="strided"):
+        sys.modules["cupy.cublas"].nrm2(view)
