@@ -3,16 +3,14 @@ models, checkpoints, saved estimators, plots), and :func:`unwritable` says, befo
 why a path given as a setting could not be written.
 
 A write goes to a temporary file ``.<name>.<host>.<pid>.<random>.tmp`` in the folder of the file
-it replaces (the target of a symlink at the path: the link stays), which is flushed, fsynced and
-renamed over that file, so a crash or kill at any moment leaves either the old file or the new
-one. Each write first removes the temporary files of the same name that are stale:
-
-- one of this host whose writer (the pid in its name) is no longer running;
-- any other (another host's, on a shared file system, or one named without host and pid) when
-  it has not been modified for :data:`STALE_AFTER_S` seconds.
-
-So temporary files left by killed writers do not pile up, and two live writers of one path (two
-processes, or two threads of one) never remove each other's: both succeed, the last rename wins.
+it replaces (the target of a symlink at the path: the link stays), created with the permissions
+the umask gives a new file, then flushed, fsynced and renamed over that file, so a crash or kill
+at any moment leaves either the old file or the new one. Each write first removes the temporary
+files of the same name (``.<name>.<host>.<pid>.<random>.tmp``, or ``.<name>.<random>.tmp`` as
+they were named before) that have not been modified for :data:`STALE_AFTER_S` seconds: those of
+killed writers do not pile up, and a live writer's, which it is writing, is never taken (whether
+its pid runs cannot tell: another machine, or another container of the same host name, shares
+the folder), so two live writers of one path both succeed, and the last rename wins.
 """
 
 from __future__ import annotations
@@ -20,14 +18,15 @@ from __future__ import annotations
 import glob
 import os
 import re
+import secrets
 import socket
 import tempfile
 import time
 from pathlib import Path
 
-STALE_AFTER_S = 24 * 3600  # a temporary file whose writer cannot be asked: no write takes a day
+STALE_AFTER_S = 3600  # a temporary file no write has touched for an hour: its writer is gone
 _HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"  # no dots: the name splits at them
-_WRITER = re.compile(r"(?P<host>[A-Za-z0-9-]+)\.(?P<pid>\d+)\.[a-z0-9_]+\.tmp")  # after ".<name>."
+_TEMPORARY = re.compile(r"([A-Za-z0-9-]+\.\d+\.)?[a-z0-9_]{8}\.tmp")  # after ".<name>.": ours, new or old
 
 
 def target(path) -> Path:
@@ -70,13 +69,13 @@ def atomic_write(path, write) -> Path:
     path = Path(path)
     file = target(path)
     _remove_stale(file)
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=_prefix(file), suffix=".tmp", dir=file.parent)
+    tmp = file.parent / f"{_prefix(file)}{secrets.token_hex(4)}.tmp"
+    try:  # O_EXCL: a name no one else holds; 0o666 less the umask, as any new file
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     except OSError as exc:
         raise _naming(exc, path) from exc
     try:
         with os.fdopen(fd, "wb") as f:
-            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
             write(f)
             f.flush()
             os.fsync(f.fileno())
@@ -119,32 +118,11 @@ def _remove_stale(file: Path) -> None:
     """Remove the stale temporary files of writes to ``file`` (see the module's docstring)."""
     start = f".{file.name}."
     for temp in file.parent.glob(f"{glob.escape(start)}*.tmp"):
-        writer = _WRITER.fullmatch(temp.name[len(start):])
         try:
-            if writer and writer["host"] == _HOST and os.name == "posix":
-                stale = not _running(int(writer["pid"]))
-            else:
-                stale = time.time() - temp.stat().st_mtime > STALE_AFTER_S
-            if stale:
+            if _TEMPORARY.fullmatch(temp.name[len(start):]) and time.time() - temp.stat().st_mtime > STALE_AFTER_S:
                 temp.unlink(missing_ok=True)
         except OSError:
             pass  # gone meanwhile, or not ours to remove: no reason to fail this write
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)  # signal 0: only asks whether the process exists
-    except (ProcessLookupError, OverflowError):  # none by that number
-        return False
-    except PermissionError:  # another user's
-        return True
-    return True
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _fsync_folder(folder: Path) -> None:

@@ -3,6 +3,7 @@ of gpubp 0.1 (before the one container) still load."""
 
 import errno
 import os
+import stat
 import re
 import subprocess
 import sys
@@ -174,13 +175,33 @@ def test_a_live_writer_in_another_process_keeps_its_temporary_file(tmp_path):
     assert path.read_bytes() == b"other" and [p.name for p in tmp_path.iterdir()] == ["c.npz"]
 
 
-def test_temporary_files_of_dead_writers_are_removed_by_the_next_write(tmp_path):
+def test_temporary_files_untouched_for_an_hour_are_removed_by_the_next_write(tmp_path):
+    """A killed writer's temporary file goes once an hour has passed without a write to it (the
+    next write removes it); a recent one stays (whether its writer runs cannot be told from its
+    pid: another container of the same host name may write there), and so does a file that only
+    looks like one (.c.npz.bak.tmp is not a name gpubp gives)."""
     path = tmp_path / "c.npz"
     writer = _other_writer(path, "die")
-    assert writer.wait(timeout=60) == 3 and len(list(tmp_path.iterdir())) == 1
+    assert writer.wait(timeout=60) == 3
+    (killed,) = tmp_path.iterdir()
     old, recent = tmp_path / ".c.npz.k2j4h5gf.tmp", tmp_path / ".c.npz.x8s9d7fa.tmp"  # no host or pid: named as before
-    old.write_bytes(b"x")
-    recent.write_bytes(b"x")
-    os.utime(old, (time.time() - 2 * 86400,) * 2)
+    other = tmp_path / ".c.npz.bak.tmp"
+    for temp in (old, recent, other):
+        temp.write_bytes(b"x")
     container.atomic_write(path, lambda f: f.write(b"mine"))
-    assert sorted(p.name for p in tmp_path.iterdir()) == [recent.name, "c.npz"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([killed.name, old.name, recent.name, other.name, "c.npz"])
+    for temp in (killed, old, other):
+        os.utime(temp, (time.time() - 2 * 3600,) * 2)
+    container.atomic_write(path, lambda f: f.write(b"again"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([recent.name, other.name, "c.npz"])
+
+
+def test_a_written_file_has_the_permissions_the_umask_gives(tmp_path):
+    """The temporary file is created with mode 0o666 less the umask (the kernel applies it), as any
+    new file: no umask is changed to read it (a process-wide race under threads)."""
+    old = os.umask(0o027)
+    try:
+        container.atomic_write(tmp_path / "m.npz", lambda f: f.write(b"x"))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "m.npz").stat().st_mode) == 0o640
