@@ -124,10 +124,12 @@ def _interruption_checkpoint() -> Path:
 @contextmanager
 def _writing(what: str, path):
     """An OSError in the block (a full disk, a folder removed) as a WriteError naming ``what``,
-    ``path`` and the OS's reason."""
+    ``path`` and the OS's reason; one that names another file (the data, read) says that file."""
     try:
         yield
     except OSError as exc:
+        if exc.filename is not None and Path(exc.filename).resolve() != Path(path).resolve():
+            raise WriteError(f"gpubp train: {exc.filename}: {exc.strerror or exc}") from None
         raise WriteError(f"gpubp train: cannot write {what} to {path}: {exc.strerror or exc}") from None
 
 

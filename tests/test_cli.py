@@ -421,6 +421,22 @@ def test_a_full_disk_ends_with_one_line_naming_the_file(tmp_path, monkeypatch, c
     assert err == f"error: gpubp train: cannot write {what} to {path}: No space left on device\n"
 
 
+def test_an_os_error_naming_another_file_during_training_names_that_file(tmp_path, monkeypatch, capsys):
+    """Training writes only the checkpoint, but an OSError that names another file (the data set,
+    read) is that file's, not reported as the checkpoint's."""
+    import errno
+
+    from gpubp import cli_train
+
+    def failing_fit(*args, **kwargs):
+        raise OSError(errno.EIO, os.strerror(errno.EIO), "/data/X.npy")
+
+    monkeypatch.setattr(cli_train, "fit", failing_fit)
+    status, out, err = train_in_process(capsys, "--epochs", "1", "--hidden", "8", "--quiet",
+                                        "--checkpoint", str(tmp_path / "c.npz"))
+    assert status == 1 and err == f"error: gpubp train: /data/X.npy: {os.strerror(errno.EIO)}\n", err
+
+
 def test_the_resume_hint_quotes_the_checkpoint_path(capsys):
     """The hint printed on interruption pastes into a shell as it is: a path with a space is quoted."""
     import signal
