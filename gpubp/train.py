@@ -38,6 +38,7 @@ from .rows import HostRows
 from .optim import make_optimizer
 from .schedules import Schedule
 from .train_checkpoint import RunCheckpoints, checked_extra
+from .validation import check_callbacks
 from .train_data import check_training_data, hold_out, rows_of
 
 Callback = Callable[[int, dict], "bool | None"]
@@ -148,9 +149,7 @@ class Trainer(RunCheckpoints):
                  checkpoint_extra: dict | None = None, comm: Communicator | None = None):
         if not isinstance(net, MLP):
             raise ValueError(f"net must be a gpubp.MLP, got {type(net).__name__}")
-        for cb in callbacks:
-            if not callable(cb):
-                raise ValueError(f"callbacks must be callables cb(epoch, logs), got {cb!r}")
+        callbacks = check_callbacks(callbacks)
         if comm is not None and not isinstance(comm, Communicator):
             raise ValueError(f"comm must be a gpubp.distributed communicator, got {comm!r}")
         optimizer = (make_optimizer(config.optimizer, config.momentum) if isinstance(config.optimizer, str)

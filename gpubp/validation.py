@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import ml_dtypes
 import numpy as np
 
-from .backend import to_numpy
+from .backend import backend_for, to_numpy
 from .constraints import Interval
 from .params import ParameterError, check
 
@@ -121,7 +123,8 @@ def check_y(y, n_samples: int, n_classes: int, name: str = "y") -> np.ndarray:
             f"{name} must be 1-D class indices of shape ({n_samples},), got shape {y.shape}"
         )
     if y.shape[0] != n_samples:
-        raise ValueError(f"X has {n_samples} rows but {name} has {y.shape[0]} labels")
+        rows = "X_val" if name == "y_val" else "X"  # (the rows these labels go with)
+        raise ValueError(f"{rows} has {n_samples} rows but {name} has {y.shape[0]} labels")
     if np.issubdtype(y.dtype, np.floating):
         if not np.isfinite(y).all() or not np.array_equal(y, np.round(y)):
             raise ValueError(f"{name} must hold integer class indices, got non-integer values")
@@ -180,3 +183,33 @@ def check_targets(Y, n_samples: int, n_outputs: int, output: str, name: str = "y
     if output == "exp" and (Y < 0).any():
         raise ValueError(f"{name} for a Poisson (exp) output must be >= 0")
     return Y
+
+
+def check_callbacks(callbacks) -> tuple:
+    """``callbacks`` (any iterable of callables cb(epoch, logs), a generator too) as a tuple,
+    read once; ValueError for a single callable, None or anything not callable."""
+    if callable(callbacks) or not isinstance(callbacks, Iterable):
+        raise ValueError(f"callbacks must be a sequence of callables cb(epoch, logs), got {callbacks!r}")
+    callbacks = tuple(callbacks)  # (a generator is read here once; checked by iterating, it was left empty)
+    for cb in callbacks:
+        if not callable(cb):
+            raise ValueError(f"callbacks must be callables cb(epoch, logs), got {cb!r}")
+    return callbacks
+
+
+def check_parameters(values, shapes: list, dtype) -> list:
+    """``values`` (weights then biases: host or device arrays, or nested lists) checked against
+    the network's ``shapes`` and ``dtype`` before any is written: their count and shapes, real
+    numbers, finite, and none too large for ``dtype``; returns them as arrays (device ones stay
+    on the device). ValueError naming the first that is not."""
+    values = list(values)
+    if len(values) != len(shapes):
+        raise ValueError(f"expected {len(shapes)} arrays (weights then biases), got {len(values)}")
+    arrays = [v if hasattr(v, "shape") and hasattr(v, "dtype") else np.asarray(v) for v in values]
+    for i, (v, shape) in enumerate(zip(arrays, shapes)):
+        if tuple(v.shape) != tuple(shape):
+            raise ValueError(f"parameter {i} of shape {tuple(shape)} cannot take an array of shape {tuple(v.shape)}")
+        if v.dtype.kind not in "biuf" and v.dtype != dtype:
+            raise ValueError(f"parameter {i} must hold real numbers, got dtype {v.dtype}")
+        check_fits(v, f"parameter {i}", dtype, backend_for(v).xp)
+    return arrays

@@ -117,6 +117,21 @@ def test_callback_sees_the_logs_and_can_stop(rng):
     assert calls[0] == (1, ["lr", "seconds", "train_loss", "val_accuracy", "val_loss"])
 
 
+@pytest.mark.parametrize("once", [lambda cbs: (cb for cb in cbs), iter], ids=["generator", "iterator"])
+def test_callbacks_given_as_a_generator_are_called(rng, once):
+    """The check of each callback read a generator to its end, and fit then kept an empty tuple:
+    no callback ran, and one that stops did not stop."""
+    X, y = small_problem(rng)
+    seen = []
+
+    def stop_at_two(epoch, logs):
+        seen.append(epoch)
+        return epoch == 2
+
+    _, history = train_once(X, y, seed=0, callbacks=once([stop_at_two]))
+    assert seen == [1, 2] and history.epochs == 2
+
+
 def test_verbose_prints_a_line_per_epoch(rng, capsys):
     X, y = small_problem(rng)
     train_once(X, y, seed=0, verbose=1, validation_fraction=0.25)
@@ -149,6 +164,9 @@ def test_divergence_is_reported_not_hidden(rng):
         (dict(validation_data=(np.zeros((2, 5)), [0, 1])), "X_val has 5 features"),
         (dict(validation_data=np.zeros((2, 6))), "pair"),
         (dict(callbacks=[1]), "callables"),
+        (dict(callbacks=None), r"callbacks must be a sequence of callables .*, got None"),
+        (dict(callbacks=lambda epoch, logs: None), r"callbacks must be a sequence of callables"),
+        (dict(validation_data=(np.zeros((2, 6)), [0, 1, 2])), "X_val has 2 rows but y_val has 3 labels"),
     ],
 )
 def test_bad_settings_are_rejected_up_front(settings, message, rng):
