@@ -16,7 +16,7 @@ from . import bfloat16, cublas_direct, ops, precision, prediction
 from .initialization import flat_views, init_params
 from .params import check
 from .backend import Backend, get_backend
-from .validation import check_dtype, check_sizes
+from .validation import check_dtype, check_parameters, check_sizes
 
 
 class MLP:
@@ -77,7 +77,7 @@ class MLP:
         self.tf32 = precision.check_tf32(tf32, self.dtype)
         bfloat16.check_mode(self.compute_dtype, self.tf32)
         self.alpha = check("alpha", alpha)  # the L2 penalty: a ParameterError (ValueError) unless a float >= 0
-        self.seed = seed
+        self.seed = check("seed", seed)  # a ParameterError unless an int >= 0 or None
         weights, biases = init_params(self.sizes, self.activation, seed)
         host = np.concatenate([a.ravel() for a in weights + biases])  # (n_params,), flat_params' layout
         self.flat_params = self.backend.asarray(host, self.dtype)
@@ -109,6 +109,8 @@ class MLP:
 
     def unflatten(self, flat) -> tuple[list, list]:
         """Views of a flat (n_params,) array as (weights, biases) shaped like the network's."""
+        if tuple(flat.shape) != self.flat_params.shape:  # (a longer one's tail was ignored)
+            raise ValueError(f"unflatten takes an array of shape {self.flat_params.shape}, got {tuple(flat.shape)}")
         return flat_views(flat, self.sizes)
 
     # ------------------------------------------------------------------ forward and backward
@@ -289,11 +291,9 @@ class MLP:
         return [p.copy() for p in self.params]
 
     def set_params(self, values) -> None:
-        """Overwrite weights then biases in place from ``values`` (host or device arrays)."""
-        values = list(values)  # host or device arrays, shaped like params
-        if len(values) != len(self.params):
-            raise ValueError(f"expected {len(self.params)} arrays (weights then biases), got {len(values)}")
-        for p, v in zip(self.params, values):
-            if tuple(v.shape) != p.shape:
-                raise ValueError(f"parameter of shape {p.shape} cannot take an array of shape {v.shape}")
+        """Overwrite weights then biases in place from ``values`` (host or device arrays, or
+        nested lists), all checked first (shapes; real, finite, in the dtype's range), so a bad
+        one changes nothing (gpubp.validation.check_parameters)."""
+        arrays = check_parameters(values, [p.shape for p in self.params], self.dtype)
+        for p, v in zip(self.params, arrays):
             p[...] = self.backend.asarray(v, self.dtype)

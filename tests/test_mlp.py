@@ -99,6 +99,9 @@ def test_params_round_trip(rng):
         (dict(sizes=[4, 3], alpha=None), r"alpha must be .*, got None"),
         (dict(sizes=[4, 3], alpha=np.array([0.1])), r"alpha must be .*, got array"),
         (dict(sizes=[4, 3], backend="tpu"), "unknown device"),
+        (dict(sizes=[4, 3], seed=-1), r"seed must be an int in the range \[0, inf\) or None, got -1"),  # (NumPy's, deep)
+        (dict(sizes=[4, 3], seed=1.5), r"seed must be .*, got 1.5"),
+        (dict(sizes=[4, 3], seed=True), r"seed must be .*, got True"),
     ],
 )
 def test_bad_construction(kwargs, message):
@@ -217,3 +220,32 @@ def test_the_step_and_the_predictions_run_through_the_backends_kernel_set(rng, o
         calls.clear()
         assert net.evaluate(X, y, batch_size=12) == ref.evaluate(X, y)
         assert calls == ["bias_activation", "cross_entropy"]
+
+
+@pytest.mark.parametrize("spoil, message", [
+    (lambda ps: ps[:2] + [np.zeros(5)] + ps[3:], r"parameter 2 of shape \(4,\) cannot take an array of shape \(5,\)"),
+    (lambda ps: ps[:3] + [np.full(2, np.nan)], "parameter 3 contains NaN or infinity"),
+    (lambda ps: ps[:3] + [np.full(2, 1e300)], r"parameter 3\[0\] = 1e\+300 is outside float32's range"),
+    (lambda ps: ps[:3] + [np.ones(2, complex)], "parameter 3 must hold real numbers, got dtype complex128"),
+    (lambda ps: ps[:3], "expected 4 arrays"),
+])
+def test_set_params_checks_every_array_before_it_writes_any(spoil, message):
+    """A bad array among good ones changed nothing (the arrays before it had been written), and
+    NaN, complex or too-large values went in (inf in float32) with a warning at most."""
+    net = MLP([3, 4, 2], backend="cpu", seed=0)
+    fresh = [p + 1.0 for p in net.get_params()]
+    before = net.get_params()
+    with pytest.raises(ValueError, match=message):
+        net.set_params(spoil(fresh))
+    for p, b in zip(net.params, before):
+        np.testing.assert_array_equal(p, b)
+    net.set_params([p.tolist() for p in fresh])  # nested lists are arrays too
+    for p, f in zip(net.params, fresh):
+        np.testing.assert_array_equal(p, f.astype(np.float32))
+
+
+def test_unflatten_takes_only_an_array_of_the_parameters_shape():
+    net = MLP([3, 4, 2], backend="cpu", seed=0)
+    for wrong in (np.zeros(net.n_params + 1), np.zeros((net.n_params, 1)), np.zeros(net.n_params - 1)):
+        with pytest.raises(ValueError, match=rf"unflatten takes an array of shape \({net.n_params},\), got"):
+            net.unflatten(wrong)
