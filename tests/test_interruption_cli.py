@@ -114,7 +114,7 @@ def test_sigkill_at_20_moments_never_loses_the_newest_checkpoint(start, tmp_path
     for i in range(20):
         args = ["train", "--resume", "run.npz", "--device", "cpu", "--quiet"] if ckpt.exists() else \
             [*LONG_RUN, "--checkpoint", "run.npz", "--checkpoint-every", "1", "--quiet"]
-        left_before = temporaries()  # from an earlier kill; the next write removes them
+        left_before = temporaries()  # from earlier kills (a write removes them once an hour old)
         proc = start(*args, cwd=tmp_path)
         if i % 2:  # wait for a new checkpoint write to be under way, then kill
             deadline = time.monotonic() + 30
@@ -131,6 +131,11 @@ def test_sigkill_at_20_moments_never_loses_the_newest_checkpoint(start, tmp_path
         if ckpt.exists():
             read_checkpoint(ckpt)  # whole and loadable, whatever the moment
     assert ckpt.exists() and during_write >= 5, during_write
+    finish(ckpt, tmp_path)
+    left = [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]  # of killed writers: at most one a kill
+    assert len(left) <= 21, left
+    for temp in left:  # a write removes those untouched for an hour (gpubp.atomic_file), never a live writer's
+        os.utime(temp, (time.time() - 2 * 3600,) * 2)
     finish(ckpt, tmp_path)
     assert not any(p.name.endswith(".tmp") for p in tmp_path.iterdir())  # the next write cleaned up
 
