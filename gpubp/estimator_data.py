@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import sparse
 
-from .validation import first_unfit, out_of_range
+from .validation import first_unfit, largest_finite, out_of_range
 
 PREDICT_BATCH = 4096  # rows per device batch in prediction and validation
 
@@ -27,13 +27,15 @@ def dense(X):
 def cast_in_range(X, dtype, compute_dtype, name: str = "X", first_row: int = 0):
     """X (n, d) (dense or sparse) or (n,), cast to ``dtype`` (the network's parameters' dtype).
 
-    scikit-learn's check has found X finite in its own dtype; a value too large for ``dtype``, or
-    for ``compute_dtype`` (a bfloat16 network rounds X to bfloat16 as it enters a product), would
+    scikit-learn's check has found X finite in its own dtype, so X is read again only for a
+    narrower ``compute_dtype`` (a float64 network predicting float64 X reads nothing more): a
+    value too large for it (a bfloat16 network rounds X to bfloat16 as it enters a product) would
     become infinite in the network and NaN in its output: the ValueError of
     :func:`gpubp.validation.out_of_range` names it, its row (counted from ``first_row``: prediction
     casts X batch by batch) and column."""
     values = X.data if sparse.issparse(X) else X  # (a sparse matrix's stored values, in its order)
-    bad = first_unfit(values, compute_dtype)
+    narrower = values.dtype.kind == "f" and largest_finite(compute_dtype) < largest_finite(values.dtype)
+    bad = first_unfit(values, compute_dtype) if narrower else None  # (else no value can overflow; finite: checked)
     if bad is not None:
         if sparse.issparse(X):
             coo = X.tocoo()  # (keeps the order of .data)
