@@ -100,8 +100,10 @@ class HostRows:
         return (block.astype(np.float64) - self.mean) / self.scale
 
     def chunks(self, dtype=None) -> Iterator[tuple[int, np.ndarray]]:
-        """``(start, block)`` for consecutive blocks of rows (about CHUNK_BYTES of input each)."""
-        step = max(1, CHUNK_BYTES // max(1, self.shape[1] * self.X.dtype.itemsize))
+        """``(start, block)`` for consecutive blocks of rows, each about CHUNK_BYTES in the wider of
+        the file's dtype and the block's (a uint8 file read as float64 takes 8x fewer rows a block)."""
+        itemsize = max(self.X.dtype.itemsize, np.dtype(dtype or self.dtype).itemsize)
+        step = max(1, CHUNK_BYTES // max(1, self.shape[1] * itemsize))
         for start in range(0, self.shape[0], step):
             yield start, self.take(np.arange(start, min(start + step, self.shape[0])), dtype)
 

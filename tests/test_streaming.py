@@ -160,6 +160,23 @@ def test_the_chunked_fingerprint_equals_the_in_memory_one(tmp_path, small_chunks
     assert rows.fingerprint(part, y[:3], "float32") == rows.fingerprint(X[[5, 2, 9]], y[:3], "float32")
 
 
+def test_a_chunk_holds_at_most_chunk_bytes_in_the_dtype_it_is_read_in(tmp_path, monkeypatch):
+    # a uint8 folder read as float64 (standardizing it) took CHUNK_BYTES of uint8 rows a block,
+    # eight times CHUNK_BYTES once converted; every block stays within CHUNK_BYTES read either way
+    monkeypatch.setattr(rows, "CHUNK_BYTES", 7 * 8 * 10)
+    X = np.random.default_rng(0).integers(0, 256, (95, 7)).astype(np.uint8)
+    (tmp_path / "d").mkdir()
+    np.save(tmp_path / "d" / "X.npy", X)
+    np.save(tmp_path / "d" / "y.npy", np.arange(95) % 3)
+    folder, _ = load_dataset(str(tmp_path / "d"))
+    for dtype in (None, np.float32, np.float64):  # 80, 20 and 10 rows a block
+        blocks = list(folder.X.chunks(dtype))
+        assert max(block.nbytes for _, block in blocks) == rows.CHUNK_BYTES
+        np.testing.assert_array_equal(np.concatenate([block for _, block in blocks]), X.astype(dtype or X.dtype))
+    scaled = folder.X.scaled(np.zeros(7), np.ones(7))  # read as float64 whatever the file holds
+    assert max(block.nbytes for _, block in scaled.chunks()) == rows.CHUNK_BYTES
+
+
 def test_split_and_standardize_of_a_folder_read_rows_not_the_file(tmp_path, small_chunks):
     X, y = write_folder(tmp_path / "d", dtype=np.float64)
     folder, _ = load_dataset(str(tmp_path / "d"))
