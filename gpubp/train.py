@@ -8,11 +8,11 @@ policies: a seeded host generator draws each epoch's permutation, a :class:`Sche
 step's rate, early stopping watches the validation (or training) loss with ``patience`` and
 ``min_delta``, and a stop signal writes a checkpoint and raises :class:`TrainingInterrupted`.
 
-Data parallel (``comm``, :mod:`gpubp.distributed`): every rank holds the whole data set, rank
-0's parameters and shuffling generator (broadcast at the start), so the same global order; the
-engine splits each global batch and sums the gradients. Validation is split over the ranks and
-its sums reduced, so every rank stops at the same step. Only rank 0 prints and writes checkpoints,
-which hold the global run state and resume under any number of ranks.
+Data parallel (``comm``, :mod:`gpubp.distributed`): every rank holds the whole data set, rank 0's parameters and
+shuffling generator (broadcast at the start), so the same global order; the engine splits each global batch and
+sums the gradients. Validation is split over the ranks and its sums reduced, so every rank stops at the same step.
+Only rank 0 prints and writes checkpoints, which hold the global run state and resume under any number of ranks.
+A Trainer runs once: a second ``run`` is a RuntimeError (``fit`` again, or with ``resume``, trains further).
 """
 
 from __future__ import annotations
@@ -172,6 +172,8 @@ class Trainer(RunCheckpoints):
         """Train for the configured epochs (or until stopped) and return the history. Data
         parallel, a rank whose data, checkpoint or settings fail the checks makes every rank
         raise (the others a RankFailedError naming it) before any step."""
+        if self.engine.progress.step:  # this Trainer's state is a run's, not a start
+            raise RuntimeError("this Trainer has trained already; call gpubp.fit again, or with resume=checkpoint")
         net, cfg, backend = self.net, self.config, self.net.backend
         part, hashed = (self.comm.rank, self.comm.size), (cfg.checkpoint, resume) != (None, None) or self.parallel
         with failing_together(self.comm):
@@ -274,8 +276,7 @@ class Trainer(RunCheckpoints):
         are reduced in rank order (the same figures on every rank)."""
         if not self.parallel:
             return self.net.evaluate(*validation, batch_size=4096, check=False)
-        m = validation[1].shape[0]
-        loss, hits = (0.0, 0)
+        m, loss, hits = validation[1].shape[0], 0.0, 0
         if m:
             loss, accuracy = self.net.evaluate(*validation, batch_size=4096, check=False)
             loss, hits = loss * m, round((accuracy or 0.0) * m)

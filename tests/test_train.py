@@ -61,6 +61,22 @@ def test_same_seed_gives_identical_parameters(rng):
     assert not np.array_equal(a.weights[0], c.weights[0])
 
 
+def test_a_trainer_runs_once_and_a_failed_check_can_be_run_again(rng):
+    from gpubp import Trainer, TrainConfig
+    X, y = small_problem(rng)
+    net = MLP([6, 5, 3], seed=0)
+    trainer = Trainer(net, TrainConfig(epochs=2, batch_size=32, seed=0))
+    with pytest.raises(ValueError, match="y"):  # no step taken: the same Trainer may run again
+        trainer.run(X, y[:-1])
+    history = trainer.run(X, y)
+    assert history.epochs == 2
+    trained = [p.copy() for p in net.params]
+    with pytest.raises(RuntimeError, match="trained already"):  # it used to train nothing, silently
+        trainer.run(X, y)
+    for before, after in zip(trained, net.params):
+        np.testing.assert_array_equal(before, after)
+
+
 def test_float32_stays_float32(rng, monkeypatch):
     X, y = small_problem(rng)
     seen = []
