@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import os
 
 import numpy as np
 
@@ -40,15 +41,13 @@ def load_cublas():
     RuntimeError where it cannot be found (not Linux, or CuPy has not loaded cuBLAS)."""
     import cupy
 
-    cupy.cuda.device.get_cublas_handle()  # loads libcublas
+    handle = cupy.cuda.device.get_cublas_handle()  # loads libcublas
+    major = cupy.cuda.cublas.getVersion(handle) // 10000  # CUBLAS_VERSION: major * 10000 + ...
     try:
         with open("/proc/self/maps") as maps:
-            path = next((line.split()[-1] for line in maps if "libcublas.so" in line), None)
+            path = cublas_path(maps, major)
     except OSError:
-        path = None
-    if path is None:
-        raise RuntimeError("cuda_graph needs the libcublas that CuPy loaded, and it was not found in "
-                           "/proc/self/maps (Linux only); train without cuda_graph")
+        path = cublas_path((), major)
     lib = ctypes.CDLL(path)
     p, i = ctypes.c_void_p, ctypes.c_int
     for gemm in (lib.cublasSgemm_v2, lib.cublasDgemm_v2):
@@ -56,6 +55,24 @@ def load_cublas():
     lib.cublasSetStream_v2.argtypes, lib.cublasSetStream_v2.restype = [p, p], i
     lib.cublasSetWorkspace_v2.argtypes, lib.cublasSetWorkspace_v2.restype = [p, p, ctypes.c_size_t], i
     return lib
+
+
+def cublas_path(maps, major: int) -> str:
+    """The file of the one libcublas.so.<major> among ``maps`` (the lines of /proc/self/maps): the
+    copy CuPy's handle belongs to. Another CUDA major's copy (a PyTorch built for another CUDA)
+    is passed over; two files of CuPy's major, or none, are a RuntimeError, as a handle given to
+    another copy's functions would crash the process."""
+    paths = set()
+    for line in maps:
+        fields = line.rstrip("\n").split(maxsplit=5)  # address perms offset dev inode path (which may hold spaces)
+        name = os.path.basename(fields[5]) if len(fields) == 6 else ""
+        if name == f"libcublas.so.{major}" or name.startswith(f"libcublas.so.{major}."):
+            paths.add(fields[5])
+    if len(paths) == 1:
+        return paths.pop()
+    found = f"found {len(paths)} ({', '.join(sorted(paths))})" if paths else "it was not found in /proc/self/maps (Linux only)"
+    raise RuntimeError(f"cuda_graph needs the libcublas that CuPy loaded (libcublas.so.{major}), and {found}; "
+                       "train without cuda_graph")
 
 
 def operand(shape: tuple, strides: tuple, itemsize: int) -> tuple[int, int]:
@@ -113,9 +130,13 @@ def gemm(a, b, out=None):
         raise ValueError(f"gemm: out is {c.dtype} {c.shape}, the product {a.dtype} {(a.shape[0], b.shape[1])}")
     transa, transb, m, n, k, lda, ldb, ldc = gemm_arguments(a, b, c)
     lib, handle = load_cublas(), cupy.cuda.device.get_cublas_handle()
+    workspace = _workspace(handle)
     one, zero = _SCALARS[a.dtype]
     call = lib.cublasSgemm_v2 if a.dtype == np.float32 else lib.cublasDgemm_v2
     status = lib.cublasSetStream_v2(handle, cupy.cuda.get_current_stream().ptr)
+    # cublasSetStream puts the handle back on cuBLAS's own workspace pool (its guide says so, and
+    # CuPy calls it before each of its products), where a captured gemm could allocate: ours again
+    status = status or lib.cublasSetWorkspace_v2(handle, workspace.data.ptr, workspace.nbytes)
     status = status or call(handle, transa, transb, m, n, k, one.ctypes.data, b.data.ptr, lda,
                             a.data.ptr, ldb, zero.ctypes.data, c.data.ptr, ldc)
     if status:
@@ -123,26 +144,22 @@ def gemm(a, b, out=None):
     return c
 
 
-def ensure_workspace(nbytes: int = WORKSPACE_BYTES) -> None:
-    """Give the current device's cuBLAS handle (CuPy's) a workspace of ``nbytes``, once, so that
-    cuBLAS allocates nothing while a graph is captured. The buffer is kept for the life of the
-    process: the handle uses it in every later call, CuPy's eager products too, so freeing it
-    would let cuBLAS write into memory the pool has given to other arrays."""
+def ensure_workspace() -> None:
+    """Make the workspace of the current device's cuBLAS handle (CuPy's) before a graph is
+    captured (made inside a capture, it would be an allocation, which a capture forbids);
+    :func:`gemm` sets it on the handle at each call."""
     import cupy
 
-    _workspace(load_cublas(), cupy.cuda.device.get_cublas_handle(), nbytes)
+    _workspace(cupy.cuda.device.get_cublas_handle())
 
 
 @functools.lru_cache(maxsize=None)
-def _workspace(lib, handle: int, nbytes: int):
-    """The workspace buffer of ``handle`` (made once; the cache keeps it alive)."""
+def _workspace(handle: int):
+    """The workspace buffer of ``handle``, WORKSPACE_BYTES, made once and kept for the life of
+    the process: the captured gemms of every graph write into it at each replay."""
     import cupy
 
-    workspace = cupy.empty(nbytes, np.uint8)
-    status = lib.cublasSetWorkspace_v2(handle, workspace.data.ptr, nbytes)
-    if status:
-        raise RuntimeError(f"cublasSetWorkspace failed with status {status}")
-    return workspace
+    return cupy.empty(WORKSPACE_BYTES, np.uint8)
 
 
 # cudaDataType_t (library_types.h), cublasComputeType_t and cublasGemmAlgo_t (cublas_api.h)

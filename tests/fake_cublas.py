@@ -15,7 +15,8 @@ A gemm runs on the stream last set on the handle: while that stream captures it 
 (tests/fake_cupy_arrays.py ``run_on``) and runs at each launch of the graph. Stricter than
 cuBLAS, on purpose: a gemm captured on a handle that was given no workspace
 (cublasSetWorkspace) is refused with CUBLAS_STATUS_NOT_SUPPORTED, as cuBLAS may allocate its
-workspace then, which a capture forbids (cuBLAS's guide, "CUDA Graphs Support").
+workspace then, which a capture forbids (cuBLAS's guide, "CUDA Graphs Support"); and, as in
+cuBLAS, cublasSetStream puts the handle back on that pool, so a workspace is set after it.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class FakeCublas:
         if handle != self.handle:
             return INVALID_VALUE
         self.stream = int(stream or 0)
+        self.workspace = None  # as cuBLAS's guide says: back to its own pool, whatever was set
         return SUCCESS
 
     def cublasSetWorkspace_v2(self, handle, ptr, nbytes) -> int:

@@ -1623,6 +1623,7 @@ def _make_cuda() -> tuple[types.ModuleType, dict]:
     cublas = types.ModuleType("cupy.cuda.cublas")  # gemmEx (cublas_direct.matmul_into_float32) and the math mode
     cublas.gemmEx, cublas.CUBLASError = cupy_gemm_ex, CUBLASError
     cublas.getMathMode = lambda handle: _ACTIVITY.math_modes.get(handle, 0)
+    cublas.getVersion = lambda handle: 130200  # cublasGetVersion: cuBLAS 13.2.0
     cublas.setMathMode = lambda handle, mode: _ACTIVITY.math_modes.__setitem__(handle, int(mode))
     compiler = types.ModuleType("cupy.cuda.compiler")
     compiler.CompileException = fake_nvrtc.CompileException

@@ -2,10 +2,12 @@
 the CPU by an emulator of gemm over the arrays' memory (the products themselves run on a card, and
 through the stand-in's FakeCublas in tests/test_cuda_graph.py)."""
 
+import re
+
 import numpy as np
 import pytest
 
-from gpubp.cublas_direct import CUBLAS_OP_N, gemm_arguments
+from gpubp.cublas_direct import CUBLAS_OP_N, cublas_path, gemm_arguments
 
 
 def column_major(memory, rows, cols, ld, op):
@@ -76,3 +78,34 @@ def test_layouts_without_a_unit_stride_are_refused():
         gemm_arguments(a, np.ones((4, 3), np.float32), np.ones((4, 3), np.float32))
     with pytest.raises(ValueError, match="output must be row-major"):
         gemm_arguments(np.ones((4, 2), np.float32), np.ones((2, 3), np.float32), np.ones((3, 4), np.float32).T)
+
+
+MAPS = [  # /proc/self/maps lines: address perms offset dev inode path
+    "7f1c00000000-7f1c00200000 r-xp 00000000 08:01 131 /opt/torch/lib/libcublas.so.12\n",
+    "7f1d00000000-7f1d00200000 r-xp 00000000 08:01 132 /site packages/nvidia/cu13/lib/libcublas.so.13\n",
+    "7f1d00200000-7f1d00300000 r--p 00200000 08:01 132 /site packages/nvidia/cu13/lib/libcublas.so.13\n",
+    "7f1e00000000-7f1e00100000 r-xp 00000000 08:01 133 /usr/lib/libcublasLt.so.13\n",
+    "7f1f00000000-7f1f00001000 rw-p 00000000 00:00 0 \n",
+]
+
+
+def test_the_libcublas_of_cupys_major_is_the_one_taken():
+    # the first libcublas mapped was taken: here PyTorch's CUDA 12 copy, given a handle CuPy's
+    # CUDA 13 copy made (a crash); the path may hold spaces
+    assert cublas_path(MAPS, 13) == "/site packages/nvidia/cu13/lib/libcublas.so.13"
+    assert cublas_path(MAPS, 12) == "/opt/torch/lib/libcublas.so.12"
+    full_version = ["7f2000000000-7f2000100000 r-xp 00000000 08:01 9 /usr/local/cuda/lib64/libcublas.so.13.1.0.3\n"]
+    assert cublas_path(full_version, 13) == "/usr/local/cuda/lib64/libcublas.so.13.1.0.3"
+    with pytest.raises(RuntimeError):  # libcublas.so.13... is not libcublas.so.1
+        cublas_path(full_version, 1)
+
+
+@pytest.mark.parametrize("maps, found", [
+    (MAPS[:1], "it was not found in /proc/self/maps"),  # only another major's copy
+    ((), "it was not found in /proc/self/maps"),
+    (MAPS + ["7f2100000000-7f2100100000 r-xp 00000000 08:01 7 /other/libcublas.so.13\n"],
+     "found 2 (/other/libcublas.so.13, /site packages/nvidia/cu13/lib/libcublas.so.13)"),
+])
+def test_no_or_two_libcublas_of_cupys_major_are_refused(maps, found):
+    with pytest.raises(RuntimeError, match=re.escape(f"the libcublas that CuPy loaded (libcublas.so.13), and {found}")):
+        cublas_path(maps, 13)

@@ -62,9 +62,9 @@ def test_a_graphed_fit_ends_as_the_eager_fit(graph_cupy, name):
 
 
 def test_the_cublas_workspace_outlives_the_graphs(graph_cupy):
-    """cuBLAS goes on using the handle's workspace in every later call, eager ones too: after a
-    graphed fit and its graphs are gone it must still be a live device buffer (freed, the pool
-    would hand its memory to other arrays for cuBLAS to overwrite)."""
+    """The workspace the captured gemms write into at each replay is kept for the process: after
+    a graphed fit and its graphs are gone it is still a live device buffer (freed, the pool would
+    hand its memory to other arrays, for the next graph's gemms to overwrite)."""
     import gc
 
     train(True, CASES["nesterov, clipping, validation"][0], False, 96)
@@ -303,7 +303,7 @@ def test_info_says_whether_graphs_can_run_and_why_not(fake_cupy, monkeypatch):
 
 def test_the_direct_gemm_refuses_bad_operands_and_reports_a_failed_status(graph_cupy, monkeypatch):
     """gpubp.cublas_direct.gemm's checks (dtypes, chaining shapes, out), and a status cuBLAS returns
-    raised with the shapes; the workspace's failure too."""
+    raised with the shapes, setting the workspace's too."""
     cp = graph_cupy
     a, b = cp.ones((3, 4), np.float32), cp.ones((4, 2), np.float32)
     with pytest.raises(TypeError, match="two float32 or two float64"):
@@ -318,8 +318,8 @@ def test_the_direct_gemm_refuses_bad_operands_and_reports_a_failed_status(graph_
     with pytest.raises(RuntimeError, match=r"cuBLAS gemm failed with status 13 \(\(3, 4\) @ \(4, 2\)\)"):
         cublas_direct.gemm(a, b)
     monkeypatch.setattr(lib, "cublasSetWorkspace_v2", lambda *args: 7)
-    with pytest.raises(RuntimeError, match="cublasSetWorkspace failed with status 7"):
-        cublas_direct.ensure_workspace(4096)  # a size not set before (the cache keys on it)
+    with pytest.raises(RuntimeError, match=r"cuBLAS gemm failed with status 7 \(\(3, 4\) @ \(4, 2\)\)"):
+        cublas_direct.gemm(a, b)
 
 
 def test_a_capture_that_fails_leaves_capture_mode_and_the_next_steps_run(graph_cupy, monkeypatch):

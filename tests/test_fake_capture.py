@@ -124,7 +124,7 @@ def test_host_scalars_are_baked_in_at_capture(fake_cupy, monkeypatch):
     """Rule 5: a fill value and gemm's alpha read from host memory when captured, not at launch."""
     cp, lib = fake_cupy, FakeCublas(fake_cupy)
     monkeypatch.setattr(cublas_direct, "load_cublas", lambda: lib)
-    cublas_direct.ensure_workspace(1 << 12)
+    cublas_direct.ensure_workspace()
     value, alpha = np.array(2.0), np.ones(1)
     monkeypatch.setitem(cublas_direct._SCALARS, np.dtype(np.float64), (alpha, np.zeros(1)))
     a, b = cp.zeros(3), cp.ones((2, 2))
@@ -388,9 +388,10 @@ def test_fake_cublas_refuses_what_cublas_refuses(cublas):
 def test_a_captured_gemm_runs_at_each_launch(cublas):
     cp, lib = cublas
     a, b = cp.asarray(np.eye(3, dtype=np.float32) * 2), cp.asarray(np.ones((3, 3), np.float32))
-    cublas_direct.ensure_workspace(1 << 16)
-    assert lib.workspace[1] == 1 << 16
-    graph, c, stream = capture(cp, lambda: cublas_direct.gemm(a, b))
+    cublas_direct.ensure_workspace()
+    assert lib.cublasSetStream_v2(lib.handle, 0) == 0 and lib.workspace is None  # as an eager CuPy product leaves it
+    graph, c, stream = capture(cp, lambda: cublas_direct.gemm(a, b))  # so gemm sets it after its SetStream
+    assert lib.workspace[1] == cublas_direct.WORKSPACE_BYTES
     assert np.isnan(c.get()).all()
     graph.launch(stream)
     np.testing.assert_array_equal(c.get(), 2)
