@@ -133,12 +133,22 @@ def matmul_as_bfloat16(a, b, out=None) -> np.ndarray:
     return out
 
 
-def check_mode(dtype, tf32: bool) -> None:
+CUPY_NUMPY = "2.1.2"  # CuPy 14 registers bfloat16 only under this NumPy or newer (cupy/_core/_scalar.pyx)
+
+
+def check_mode(dtype, tf32: bool, xp) -> None:
     """ValueError when tf32 is asked with bfloat16 (TF32 rounds float32 products; the products of
-    a bfloat16 network are already bfloat16)."""
-    if tf32 and np.dtype(dtype) == BFLOAT16:
+    a bfloat16 network are already bfloat16), and for bfloat16 on CuPy (``xp``) under a NumPy
+    older than CUPY_NUMPY, where CuPy would refuse the network's first array."""
+    if np.dtype(dtype) != BFLOAT16:
+        return
+    if tf32:
         raise ValueError("tf32=True cannot be combined with dtype bfloat16 (its products are bfloat16 "
                          "already): pass tf32=False, or dtype='float32' for TF32")
+    if xp is not np and np.lib.NumpyVersion(np.__version__) < CUPY_NUMPY:
+        raise ValueError(f"dtype bfloat16 on a GPU needs NumPy >= {CUPY_NUMPY} (CuPy registers bfloat16 "
+                         f"only from there), and NumPy {np.__version__} is installed: "
+                         f"pip install 'numpy>={CUPY_NUMPY}', or train in float32")
 
 
 def _has_math_mode(xp) -> bool:

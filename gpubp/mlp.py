@@ -75,7 +75,7 @@ class MLP:
         self.compute_dtype = check_dtype(dtype)
         self.dtype = bfloat16.parameter_dtype(self.compute_dtype)
         self.tf32 = precision.check_tf32(tf32, self.dtype)
-        bfloat16.check_mode(self.compute_dtype, self.tf32)
+        bfloat16.check_mode(self.compute_dtype, self.tf32, self.xp)
         self.alpha = check("alpha", alpha)  # the L2 penalty: a ParameterError (ValueError) unless a float >= 0
         self.seed = check("seed", seed)  # a ParameterError unless an int >= 0 or None
         weights, biases = init_params(self.sizes, self.activation, seed)

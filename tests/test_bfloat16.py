@@ -67,6 +67,18 @@ def test_tf32_with_bfloat16_is_refused():
         MLP(SIZES, "tanh", "cpu", "bfloat16", tf32=True)
 
 
+def test_bfloat16_on_the_gpu_under_a_numpy_cupy_has_no_bfloat16_for_is_refused(fake_cupy, monkeypatch):
+    # CuPy 14 registers bfloat16 only under NumPy >= 2.1.2 (cupy/_core/_scalar.pyx); under an older
+    # one its first bfloat16 array raises "Unsupported dtype bfloat16" mid-training
+    monkeypatch.setattr(np, "__version__", "2.1.1")
+    with pytest.raises(ValueError, match=r"bfloat16 on a GPU needs NumPy >= 2\.1\.2 .* NumPy 2\.1\.1 is installed"):
+        MLP(SIZES, "tanh", "cuda", "bfloat16")
+    MLP(SIZES, "tanh", "cpu", "bfloat16")  # the CPU model runs on ml_dtypes alone
+    MLP(SIZES, "tanh", "cuda", "float32")
+    monkeypatch.setattr(np, "__version__", "2.1.2")
+    MLP(SIZES, "tanh", "cuda", "bfloat16")
+
+
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 def test_bfloat16_gradients_are_within_the_bound_of_float64(digits, activation):
     X, y = batch(digits, 256)
