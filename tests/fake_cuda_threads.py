@@ -173,6 +173,9 @@ class RawKernel:
                                 f"{getattr(arg, 'dtype', type(arg).__name__)}"
                                 f"{'' if getattr(arg, 'flags', None) is None or arg.flags.c_contiguous else ' (strided)'}")
             return arg.ctypes.data_as(ctypes.c_void_p)
+        if isinstance(arg, np.ndarray):  # a device array's host view (a host one came as its one value)
+            raise TypeError(f"{self.name}: {pname} is passed by value, got a device array (CuPy would pass "
+                            "the bytes of its CArray, its address first): pass a NumPy scalar")
         if np.asarray(arg).dtype != expected:  # CuPy would pass the bytes of the other type
             raise TypeError(f"{self.name}: {pname} must be a {expected} scalar, got {np.asarray(arg).dtype}")
         return _SCALAR[ctype](np.asarray(arg).item())

@@ -988,6 +988,12 @@ def _into_shape_of(out, result, where: str):
 # ----------------------------------------------------------------------------- kernels
 
 def _kernel_args(args, where: str):
+    """The arguments of an Elementwise or ReductionKernel as host views; anything but a device
+    array, a host array (refused by _to_host_arg) or a Python or NumPy scalar raises TypeError, as
+    CuPy's CScalar does (_kernel.pyx _preprocess_arg): a list is not taken as its one value."""
+    for a in args:
+        if not isinstance(a, (ndarray, np.ndarray, bool, int, float, complex, np.generic)):
+            raise TypeError(f"Unsupported type {type(a)} ({where} takes device arrays and scalars)")
     return [_to_host_arg(a, where) for a in args]
 
 

@@ -76,6 +76,17 @@ def test_device_arrays_behave_as_cupy_arrays(fake_cupy):
 
 
 HOST = np.ones(3)
+def softmax_rows(cp, scale):
+    """gpubp's RawModule kernel softmax_minus_y_rows (float32) on 2 rows of 3 classes, launched with
+    ``scale`` for its float row scale, the other arguments as gpubp.kernels passes them."""
+    z, y = cp.zeros((2, 3), np.float32), cp.zeros(2, np.int64)
+    module = cp.RawModule(code=kernels.read_source("gpubp_math.cuh") + kernels.read_source("softmax_rows.cu"),
+                          options=kernels.COMPILE_OPTIONS)
+    kernel = module.get_function("gpubp_softmax_minus_y_rows_f32")
+    kernel((1,), (64,), (z, z, np.int32(0), y, scale, z, z, np.int32(0), cp.empty((2, 3), np.float32),
+                         cp.empty(2, np.float32), np.int64(2), np.int64(3)))
+
+
 STRICT = {  # what CuPy refuses, with the exception it raises
     "ufunc with a host operand": (lambda cp, x: x + HOST, TypeError),
     "host operand first": (lambda cp, x: HOST * x, TypeError),
@@ -101,6 +112,10 @@ STRICT = {  # what CuPy refuses, with the exception it raises
         lambda cp, x: cp.ElementwiseKernel("T a", "T b", "b = a", "copy_kernel")(x, HOST.copy()), TypeError),
     "reduction kernel on host": (
         lambda cp, x: cp.ReductionKernel("T a", "T s", "a", "a + b", "s = a", "0", "sum_kernel")(HOST), TypeError),
+    "elementwise kernel given a list for a scalar": (  # CScalar: "Unsupported type <class 'list'>"
+        lambda cp, x: cp.ElementwiseKernel("T a, T s", "T b", "b = a * s", "scale_kernel")(x, [2.0], x), TypeError),
+    "raw kernel given a device array for a by-value scalar": (  # CuPy would pass its CArray's bytes
+        lambda cp, x: softmax_rows(cp, scale=cp.ones((), np.float32)), TypeError),
     "missing cupy name": (lambda cp, x: cp.insert, AttributeError),
     "take into an out of another dtype": (
         lambda cp, x: cp.take(x, cp.arange(2), axis=0, out=cp.zeros(2, np.float32)), TypeError),
