@@ -17,20 +17,22 @@ preflight (30 s)  env.json         card, driver, CUDA driver and runtime, NVRTC,
                                    tiny ElementwiseKernel compiled and run (float32 and float16)
 parity (40 s)     parity.json      every kernel against its NumPy twin and the model against the
                                    CPU, float32 and float64 (gpubp.parity): every row
-tests (110 s)     tests.json,      pytest -m "gpu and not slow": 40 s per test where pytest-timeout
-                  pytest-gpu.xml   is installed, 95 s for the whole run; counts, failed tests
+tests (130 s)     tests.json,      pytest -m "gpu and not slow": 40 s per test where pytest-timeout
+                  pytest-gpu.xml   is installed, 115 s for the whole run; counts, failed tests
 timings (80 s)    timings.json     kernels against a copy and against their plain CuPy chains; the
                                    cost of --fmad=false; a training step against PyTorch eager,
                                    with the kernels each launches and their time on the card
-estimator (50 s)  estimator.json   gpubp.MLPClassifier on cuda against scikit-learn's on the CPU
-precision (50 s)  precision.json   gpubp.precision's TF32 products against IEEE and float64
+estimator (40 s)  estimator.json   gpubp.MLPClassifier on cuda against scikit-learn's on the CPU
+precision (40 s)  precision.json   gpubp.precision's TF32 products against IEEE and float64
                                    (benchmarks/precision_stage.py)
                   summary.md       all of it, rewritten after every stage
 
 The budgets add up to 360 s, inside the 7 minutes a command is given. On the first run (H100,
 2026-11-26) the stages took 8, 15, 36, 23 and 12 s; the budgets keep two to four times that.
-On 2026-11-27 (run 6) the gpu tests took 49 s for 41 tests; more came after it, so the tests
-stage took budget from parity and timings (15 and 41 s in run 2).
+On 2026-11-27 (run 6) the gpu tests took 49 s for 41 tests; more came after it (56 now), so the
+tests stage took budget from parity and timings (15 and 41 s in run 2), then from the estimator
+and precision stages (9 and 7 s in run 1 of 2026-11-27).
+The runner itself never touches the card: it asks gpubp's CUDA probe in a child (PROBE_S).
 Each child pays a few seconds of imports and CUDA start-up; CuPy compiles every kernel once per
 dtype on a fresh machine (parity pays for most of it) and the disk cache serves the later stages.
 A stage that saves as it goes (all but tests) keeps what it saved past a timeout or an error.
@@ -67,13 +69,13 @@ from benchmarks.device_stages import (  # noqa: E402
     estimator_stage, parity_stage, preflight, tests_stage, timings_stage)
 from benchmarks.precision_stage import precision_stage  # noqa: E402
 from benchmarks.results_md import RESULTS, write_results  # noqa: E402
-from benchmarks.timed_command import child_env, run_child, run_isolated, write_json  # noqa: E402
+from benchmarks.timed_command import child_env, run_child, run_command, run_isolated, tail, write_json  # noqa: E402
 
 MAX_OUT_FILES = 8  # what the device machine sends back
 
 # name -> (function(save) -> section, budget in seconds); estimates, see the module docstring
-STAGES = {"preflight": (preflight, 30), "parity": (parity_stage, 40), "tests": (tests_stage, 110),
-          "timings": (timings_stage, 80), "estimator": (estimator_stage, 50), "precision": (precision_stage, 50)}
+STAGES = {"preflight": (preflight, 30), "parity": (parity_stage, 40), "tests": (tests_stage, 130),
+          "timings": (timings_stage, 80), "estimator": (estimator_stage, 40), "precision": (precision_stage, 40)}
 
 
 # ------------------------------------------------------------------ running the stages
@@ -127,7 +129,7 @@ def collect(folders: list[Path]) -> dict:
     report = {"date": None, "stages": {}, "sections": {}}
     for folder in folders:
         env = json.loads((folder / "env.json").read_text())
-        if not env.get("result", {}).get("gpu"):
+        if not (env.get("result") or {}).get("gpu"):  # (null: the preflight raised before its first save)
             raise SystemExit(f"{folder / 'env.json'} is not a preflight that found a GPU")
         report["date"] = report["date"] or env["result"]["date"]
         for name in STAGES:
@@ -161,6 +163,24 @@ def no_gpu(reason: str, out: Path | None) -> int:
     return 3
 
 
+PROBE_S = 60  # CuPy's import, one kernel compiled by NVRTC and one cuBLAS product, on a cold machine
+PROBE = "import json; from gpubp.backend import cuda_status; s = cuda_status(); print(json.dumps([s.usable, s.reason]))"
+
+
+def probe_in_child(env: dict) -> tuple[bool, str]:
+    """(usable, reason) of gpubp's CUDA probe, run in a child under PROBE_S seconds: the runner
+    itself never touches the card, so a hang there (the driver, NVRTC, cuBLAS) is a reason, not a
+    stuck run with nothing in $OUT, and no CUDA context is held through the stages."""
+    code, output = run_command([sys.executable, "-c", PROBE], PROBE_S, env)
+    if code is None:
+        return False, f"gpubp's CUDA probe did not finish in {PROBE_S} s (a hang in the driver, NVRTC or cuBLAS)"
+    try:
+        usable, reason = json.loads(output.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return False, f"gpubp's CUDA probe failed (exit status {code}): {tail(output, 5)}"
+    return bool(usable), reason
+
+
 def parse_args(argv, stages: dict) -> argparse.Namespace:
     """Command-line options; --stage and --result are the child's."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -191,11 +211,9 @@ def main(argv=None, stages: dict | None = None, script: str | Path | None = None
         print("\n".join(stage_rows(report)))
         return exit_status(report)
     out = Path(os.environ["OUT"]) if os.environ.get("OUT") else None
-    from gpubp.backend import cuda_status
-
-    status = cuda_status()
-    if not status.usable:
-        return no_gpu(status.reason, out)
+    usable, reason = probe_in_child(child_env(out))
+    if not usable:
+        return no_gpu(reason, out)
     chosen = {n: v for n, v in stages.items() if args.only is None or n == "preflight" or n in args.only}
     report = run_stages(chosen, Path(script or __file__), out, RESULTS)
     print("\n".join([""] + stage_rows(report)))

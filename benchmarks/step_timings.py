@@ -30,21 +30,37 @@ BF16_CASES = [([784, 512, 512, 10], 256), ([784, 512, 512, 10], 1024), ([784, 51
 LR = 1e-3
 
 
-def step_timings(cp) -> list[dict]:
-    """A training step (forward, backward, SGD-momentum) of each STEP_CASES, gpubp against PyTorch eager."""
+def step_timings(cp, save=lambda rows: None) -> list[dict]:
+    """A training step (forward, backward, SGD-momentum) of each STEP_CASES, gpubp against PyTorch
+    eager; ``save(rows)`` after each case. Every case is timed before any is profiled: once a
+    profile has run, CUPTI stays attached to the process and slows its launches (PyTorch's Kineto
+    tears it down only with TEARDOWN_CUPTI=1), which would weigh on every later case's times."""
     try:
         import torch
     except Exception as exc:
         return [{"case": "all", "skipped": f"PyTorch not importable: {type(exc).__name__}: {exc}"}]
-    rows = []
+    rows, profiles = [], []
     try:
         for precision in PRECISIONS:
             set_fp32_precision(torch, "tf32" if precision == "tf32" else "ieee")
-            cases = BF16_CASES if precision == "bfloat16" else STEP_CASES
-            rows += [step_case(cp, torch, sizes, batch, precision) for sizes, batch in cases]
+            for sizes, batch in BF16_CASES if precision == "bfloat16" else STEP_CASES:
+                row, steps = step_case(cp, torch, sizes, batch, precision)
+                rows.append(row)
+                profiles += [(row, precision, steps)] if steps else []
+                save(rows)
+        for row, precision, (gpubp_step, torch_step) in profiles:
+            set_fp32_precision(torch, "tf32" if precision == "tf32" else "ieee")
+            row.update(launch_fields(kernels_per_step(torch, gpubp_step), kernels_per_step(torch, torch_step)))
+            save(rows)
     finally:
         set_fp32_precision(torch, "ieee")
     return rows
+
+
+def launch_fields(gpubp_launches, torch_launches) -> dict:
+    """A step row's kernel fields from the two sides' kernels_per_step lists (or reasons)."""
+    return dict(gpubp_kernels=count(gpubp_launches), gpubp_kernel_us=gpubp_launches, torch_kernels=count(torch_launches),
+                gpubp_busy_ms=busy_ms(gpubp_launches), torch_busy_ms=busy_ms(torch_launches))
 
 
 def set_fp32_precision(torch, value: str) -> None:
@@ -68,10 +84,10 @@ def torch_twin(torch, net, cp):
     return torch.nn.Sequential(*layers[:-1])
 
 
-def step_case(cp, torch, sizes: list[int], batch: int, precision: str = "ieee") -> dict:
-    """Loss and gradients compared first, then the median CUDA-event time of a step on each side,
-    and the kernels each step launches with their time on the card (PyTorch's profiler, which sees
-    CuPy's too).
+def step_case(cp, torch, sizes: list[int], batch: int, precision: str = "ieee") -> tuple[dict, tuple | None]:
+    """Loss and gradients compared first, then the median CUDA-event time of a step on each side:
+    (the row, the two step functions for step_timings to profile later, or None where the two
+    sides disagree).
 
     The gpubp step is what ``gpubp.fit`` runs per step on checked data (``flat_loss_and_grad``
     and one update of the flat parameter buffer): no host synchronization, as in PyTorch's step.
@@ -96,7 +112,7 @@ def step_case(cp, torch, sizes: list[int], batch: int, precision: str = "ieee") 
     errors = step_errors(cp, torch, net, model, Xd, y, Xt, yt, autocast)
     row = {"case": label, "max_rel_error": max(errors), "agree": max(errors) < STEP_RTOL[precision]}
     if not row["agree"]:
-        return row
+        return row, None
     gpubp_step = gpubp_sgd_step(net, Xd.astype(net.compute_dtype, copy=False), yd)  # X as fit keeps it
     torch_opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
 
@@ -111,13 +127,10 @@ def step_case(cp, torch, sizes: list[int], batch: int, precision: str = "ieee") 
     gpubp_ms = event_median_ms(cupy_events(cp), gpubp_step, repeat=repeat)
     torch_ms = event_median_ms(torch_events(torch), torch_step, repeat=repeat)
     flops = train_flops(sizes, batch)  # one step
-    gpubp_launches, torch_launches = kernels_per_step(torch, gpubp_step), kernels_per_step(torch, torch_step)
     row.update(gpubp_ms=gpubp_ms, torch_ms=torch_ms, ratio=gpubp_ms / torch_ms, gpubp_tflops=flops / gpubp_ms / 1e9,
                target=f"<= {STEP_TARGET}x torch eager", met=gpubp_ms / torch_ms <= STEP_TARGET,
-               gpubp_kernels=count(gpubp_launches), gpubp_kernel_us=gpubp_launches, torch_kernels=count(torch_launches),
-               gpubp_busy_ms=busy_ms(gpubp_launches), torch_busy_ms=busy_ms(torch_launches),
                launch_budget=6 * (len(sizes) - 1) + 3)
-    return row
+    return row, (gpubp_step, torch_step)
 
 
 def kernels_per_step(torch, step) -> list[list] | str:

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -225,7 +226,6 @@ def fake_profiled_torch(events):
     """A stand-in for the parts of torch that step_timings.kernel_times uses: a profiler whose one
     profile holds ``events`` ((device type, name, start us, end us)), and no-op synchronization."""
     from contextlib import contextmanager
-    from types import SimpleNamespace
 
     def event(device, name, start, end):
         return SimpleNamespace(device_type=device, name=name,
@@ -239,6 +239,34 @@ def fake_profiled_torch(events):
     return SimpleNamespace(profiler=SimpleNamespace(profile=profile, ProfilerActivity=SimpleNamespace(CUDA="cuda activity")),
                            cuda=SimpleNamespace(synchronize=lambda: None),
                            autograd=SimpleNamespace(DeviceType=SimpleNamespace(CUDA="cuda", CPU="cpu")))
+
+
+def test_every_step_case_is_timed_before_any_is_profiled(monkeypatch):
+    # a profile leaves CUPTI attached and slows the process's later launches: profiling each case
+    # right after its timing weighed on every later case's times
+    events, saved = [], []
+    torch = SimpleNamespace(backends=SimpleNamespace(cuda=SimpleNamespace(matmul=SimpleNamespace()),
+                                                     cudnn=SimpleNamespace()))
+    monkeypatch.setitem(sys.modules, "torch", torch)
+
+    def step_case(cp, torch, sizes, batch, precision):
+        events.append(("time", precision, torch.backends.cuda.matmul.fp32_precision))
+        agree = batch != 4096 or precision != "tf32"  # one case disagrees: timed, never profiled
+        return {"case": f"{sizes} {batch} {precision}", "agree": agree}, (("gpubp", precision), ("torch", precision)) if agree else None
+
+    def kernels_per_step(torch, step):
+        events.append(("profile", step[1], torch.backends.cuda.matmul.fp32_precision))
+        return [["k", 1.0]]
+
+    monkeypatch.setattr(step_timings, "step_case", step_case)
+    monkeypatch.setattr(step_timings, "kernels_per_step", kernels_per_step)
+    rows = step_timings.step_timings(None, lambda rows: saved.append(len(rows)))
+    kinds = [e[0] for e in events]
+    assert kinds.index("profile") == kinds.count("time") == len(rows) and "time" not in kinds[kinds.index("profile"):]
+    assert all(e[2] == ("tf32" if e[1] == "tf32" else "ieee") for e in events)  # each profiled in its own precision
+    assert [r.get("gpubp_kernels") for r in rows if not r["agree"]] == [None] * 3  # the three tf32 cases at b4096
+    assert all(r["gpubp_kernels"] == r["torch_kernels"] == 1 for r in rows if r["agree"])
+    assert saved[:len(rows)] == list(range(1, len(rows) + 1)) and torch.backends.cuda.matmul.fp32_precision == "ieee"
 
 
 def test_step_kernels_keep_their_card_time_and_the_report_names_the_heaviest():
@@ -388,29 +416,30 @@ def test_fmad_arguments_bind_to_every_elementwise_kernel():
 
 
 PYTEST_OUTPUT = """tests/test_gpu.py::test_a PASSED                                     [ 25%]
-tests/test_gpu.py::test_b FAILED                                     [ 50%]
+tests/test_gpu.py::test_b[a @ b] FAILED                             [ 50%]
 tests/test_gpu.py::test_c[float32] SKIPPED (no reason)               [ 75%]
 tests/test_kernels_gpu.py::test_d PASSED                             [ 80%]
 tests/test_kernels_gpu.py::test_d ERROR                              [ 80%]
 =========================== short test summary info ============================
-FAILED tests/test_gpu.py::test_b - AssertionError: worst element (3,)
+FAILED tests/test_gpu.py::test_b[a @ b] - AssertionError: worst element (3,)
 ERROR tests/test_kernels_gpu.py::test_d - RuntimeError: teardown
-tests/test_kernels_gpu.py::test_e """
+tests/test_kernels_gpu.py::test_e[a.T @ b] """
 
 
 def test_pytest_output_gives_counts_failures_and_the_test_left_running():
     parsed = device_stages.parse_pytest(PYTEST_OUTPUT)
     assert (parsed["passed"], parsed["failed"], parsed["skipped"]) == (1, 2, 1)
-    assert parsed["failed_tests"] == ["tests/test_gpu.py::test_b: AssertionError: worst element (3,)",
+    assert parsed["failed_tests"] == ["tests/test_gpu.py::test_b[a @ b]: AssertionError: worst element (3,)",
                                       "tests/test_kernels_gpu.py::test_d: RuntimeError: teardown"]
-    assert parsed["running"] == "tests/test_kernels_gpu.py::test_e"
+    assert parsed["running"] == "tests/test_kernels_gpu.py::test_e[a.T @ b]"  # (ids with spaces: products' shapes)
     assert device_stages.parse_pytest(PYTEST_OUTPUT.rsplit("\n", 1)[0])["running"] is None
+    assert device_stages.parse_pytest(PYTEST_OUTPUT.splitlines()[1])["running"] is None  # a test that ended
 
 
 def test_gpu_tests_fail_on_a_timeout_an_exit_status_or_when_all_were_skipped():
     parsed = {**device_stages.parse_pytest(PYTEST_OUTPUT), "verdict": "1 passed, 2 failed, 1 skipped"}
     assert device_stages.pytest_failures(parsed, None) == [
-        f"pytest stopped after {device_stages.PYTEST_LIMIT_S} s while running tests/test_kernels_gpu.py::test_e "
+        f"pytest stopped after {device_stages.PYTEST_LIMIT_S} s while running tests/test_kernels_gpu.py::test_e[a.T @ b] "
         "(1 passed, 2 failed, 1 skipped)"]
     assert device_stages.pytest_failures(parsed, 1)[0] == "pytest exit status 1 (1 passed, 2 failed, 1 skipped)"
     assert device_stages.pytest_failures(parsed, 1)[1:] == parsed["failed_tests"]
@@ -540,6 +569,27 @@ def test_collect_rebuilds_the_report_and_a_rerun_replaces_its_stages(tmp_path):
     assert dc.exit_status(report) == 0
     assert dc.exit_status(dc.collect([first])) == 1
     assert device_report.stage_rows(report)[0].endswith("| run |")
+
+
+def test_the_runner_probes_the_card_in_a_child_under_a_time_limit(monkeypatch, tmp_path):
+    # the runner probed in its own process, unguarded: a hang there hung the whole command
+    # with nothing in $OUT; now it is a reason, written to env.json, exit status 3
+    monkeypatch.setattr(dc, "PROBE_S", 2)
+    monkeypatch.setattr(dc, "PROBE", "import time; time.sleep(60)")
+    monkeypatch.setenv("OUT", str(tmp_path))
+    assert dc.main([]) == 3
+    reason = json.loads((tmp_path / "env.json").read_text())["reason"]
+    assert reason == "gpubp's CUDA probe did not finish in 2 s (a hang in the driver, NVRTC or cuBLAS)"
+    monkeypatch.setattr(dc, "PROBE", "raise SystemExit('the driver said no')")
+    assert dc.probe_in_child(os.environ.copy()) == (False, "gpubp's CUDA probe failed (exit status 1): the driver said no")
+    monkeypatch.setattr(dc, "PROBE", """print('[true, "usable"]')""")
+    assert dc.probe_in_child(os.environ.copy()) == (True, "usable")
+
+
+def test_collect_refuses_a_preflight_that_saved_nothing(tmp_path):
+    (tmp_path / "env.json").write_text(json.dumps({"stage": "preflight", "status": "error", "result": None}))
+    with pytest.raises(SystemExit, match="not a preflight that found a GPU"):
+        dc.collect([tmp_path])
 
 
 def test_collect_refuses_a_run_that_found_no_gpu(tmp_path):

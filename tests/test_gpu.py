@@ -118,23 +118,23 @@ def test_a_checkpoint_written_on_the_gpu_resumes_on_the_cpu(tmp_path):
 
 
 def test_a_step_that_does_not_fit_on_the_card_raises_device_memory_error_with_a_batch_size_that_fits():
-    """CuPy's real out-of-memory error (the stand-in's is tested on the CPU): a 131072-row batch
-    of a 200000-wide layer needs 105 GB for z alone, more than any card has; DeviceMemoryError
-    names the allocation and a batch size, and that batch size trains."""
+    """CuPy's real out-of-memory error (the stand-in's is tested on the CPU): a 262144-row batch
+    of a 200000-wide layer needs 210 GB for z alone, more than any card has (an H200 has 141);
+    DeviceMemoryError names the allocation and a batch size, and that batch size trains."""
     import re
 
     from gpubp import DeviceMemoryError
 
     rng = np.random.default_rng(0)
-    X, y = rng.normal(size=(131072, 20)).astype(np.float32), rng.integers(0, 10, 131072)
+    X, y = rng.normal(size=(262144, 20)).astype(np.float32), rng.integers(0, 10, 262144)
     net = MLP([20, 200_000, 10], "relu", backend="cuda", dtype="float32", seed=0)
     with pytest.raises(DeviceMemoryError) as caught:
-        fit(net, X, y, epochs=1, batch_size=131072, seed=0)
+        fit(net, X, y, epochs=1, batch_size=262144, seed=0)
     message = str(caught.value)
-    assert "out of cuda memory in epoch 1 (step 1) at batch size 131072" in message, message
+    assert "out of cuda memory in epoch 1 (step 1) at batch size 262144" in message, message
     assert re.search(r"asked for [0-9][0-9,.]* ?(bytes|[KMGT]i?B)", message), message
     suggested = int(re.search(r"batch size (\d+) should fit", message).group(1))
-    assert 1 < suggested < 131072
+    assert 1 < suggested < 262144
     history = fit(MLP([20, 200_000, 10], "relu", backend="cuda", dtype="float32", seed=0), X[:4 * suggested],
                   y[:4 * suggested], epochs=1, batch_size=suggested, seed=0)
     assert history.epochs == 1 and np.isfinite(history.train_loss[-1])
