@@ -47,18 +47,25 @@ def largest_finite(dtype) -> float:
     return float(ml_dtypes.finfo(dtype).max)
 
 
+def is_float(dtype) -> bool:
+    """Whether ``dtype`` is a real float type: NumPy's or ml_dtypes' bfloat16 (not a NumPy
+    floating subtype, its kind is "V")."""
+    return np.issubdtype(dtype, np.floating) or dtype == ml_dtypes.bfloat16
+
+
 def first_unfit(X, dtype=None, xp=np) -> tuple[int, ...] | None:
     """Index of the first element of X (an array of ``xp``, any shape) that is NaN or infinite
     or, with ``dtype``, finite but of larger magnitude than ``dtype``'s largest finite value (cast
     to dtype it would become infinite, or within half a unit round down to that value: refused
     all the same); None if none, or X is empty. Integers and bools fit every float dtype. Where
     every value fits, X is read by two reductions (its min and max) and not copied."""
-    if not np.issubdtype(X.dtype, np.floating) or X.size == 0:
+    if not is_float(X.dtype) or X.size == 0:
         return None
     limit = np.inf  # a dtype at least as wide as X's holds every finite value of X
     if dtype is not None and largest_finite(dtype) < largest_finite(X.dtype):
         limit = largest_finite(dtype)
-    lo, hi = X.min(), X.max()
+    with np.errstate(invalid="ignore"):  # (ml_dtypes' min and max warn of a NaN, NumPy's floats' do not)
+        lo, hi = X.min(), X.max()
     if bool(xp.isfinite(lo) & xp.isfinite(hi)) and -limit <= lo and hi <= limit:
         return None
     bad = ~xp.isfinite(X) | (xp.abs(X) > limit)
@@ -93,7 +100,7 @@ def check_X(X, n_features: int | None = None, name: str = "X", dtype=None) -> np
         X = to_numpy(X)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{name} is not a numeric array: {exc}") from None
-    if X.dtype == object or not (np.issubdtype(X.dtype, np.number) or X.dtype == bool):
+    if X.dtype == object or not (np.issubdtype(X.dtype, np.number) or X.dtype == bool or is_float(X.dtype)):
         raise ValueError(f"{name} must hold numbers, got dtype {X.dtype} (ragged rows or text?)")
     if np.issubdtype(X.dtype, np.complexfloating):
         raise ValueError(f"{name} must hold real numbers, got dtype {X.dtype}")

@@ -79,6 +79,33 @@ def test_bfloat16_on_the_gpu_under_a_numpy_cupy_has_no_bfloat16_for_is_refused(f
     MLP(SIZES, "tanh", "cuda", "bfloat16")
 
 
+def test_bfloat16_data_train_as_their_float32_values_and_a_nan_in_them_is_named():
+    # bfloat16 data (ml_dtypes, kind "V", not a NumPy floating type) were refused on the host as
+    # "must hold numbers", and passed unchecked on the card, a NaN in them giving NaN predictions
+    from gpubp import fit
+
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(60, 4)).astype(BFLOAT16), np.arange(60) % 3
+    nets = [MLP([4, 6, 3], "relu", "cpu", "bfloat16", seed=0) for _ in range(2)]
+    fit(nets[0], X, y, epochs=2, batch_size=16, seed=0)
+    fit(nets[1], X.astype(np.float32), y, epochs=2, batch_size=16, seed=0)
+    for a, b in zip(nets[0].params, nets[1].params):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(nets[0].predict_proba(X), nets[0].predict_proba(X.astype(np.float32)))
+    X[7, 2] = np.nan
+    for call in (lambda: nets[0].predict(X), lambda: fit(nets[0], X, y, epochs=1)):
+        with pytest.raises(ValueError, match=r"X contains NaN or infinity \(first at row 7, column 2: nan\)"):
+            call()
+
+
+def test_a_nan_in_bfloat16_data_on_the_device_is_named(fake_cupy):
+    net = MLP([4, 6, 3], "relu", "cuda", "bfloat16", seed=0)
+    X = np.random.default_rng(0).normal(size=(9, 4)).astype(BFLOAT16)
+    X[4, 1] = np.inf
+    with pytest.raises(ValueError, match=r"X contains NaN or infinity \(first at row 4, column 1: inf\)"):
+        net.predict_proba(fake_cupy.asarray(X))
+
+
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 def test_bfloat16_gradients_are_within_the_bound_of_float64(digits, activation):
     X, y = batch(digits, 256)
