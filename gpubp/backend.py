@@ -221,9 +221,15 @@ def to_numpy(a) -> np.ndarray:
     return a.get() if is_device_array(a) else np.asarray(a)
 
 
+CUDA_ERROR_MEMORY_ALLOCATION = 2  # cudaErrorMemoryAllocation
+
+
 def is_out_of_memory(exc: BaseException) -> bool:
-    """Whether an exception means an allocation failed (NumPy's MemoryError, CuPy's OutOfMemoryError)."""
-    return isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"
+    """Whether an exception means an allocation failed: NumPy's MemoryError, CuPy's OutOfMemoryError
+    (device memory), or CuPy's CUDARuntimeError of cudaErrorMemoryAllocation (pinned host memory,
+    which CuPy's pinned pool lets out as it is)."""
+    return isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError" or (
+        type(exc).__name__ == "CUDARuntimeError" and getattr(exc, "status", None) == CUDA_ERROR_MEMORY_ALLOCATION)
 
 
 def backend_for(a) -> Backend:

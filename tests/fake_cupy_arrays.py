@@ -751,9 +751,8 @@ class ndarray(np.ndarray):
         _ACTIVITY.sync()
         return int(_host_view(self))
 
-    def __index__(self):
-        _ACTIVITY.sync()
-        return _host_view(self).__index__()
+    def __index__(self):  # CuPy's ndarray has no __index__: range(d), seq[d] of a device integer fail
+        raise TypeError("'cupy.ndarray' object cannot be interpreted as an integer")
 
     def __bool__(self):
         _ACTIVITY.sync()
@@ -1084,8 +1083,14 @@ class PinnedMemoryPointer(bytearray):
 
 
 def alloc_pinned_memory(size: int) -> PinnedMemoryPointer:
-    """cupy.cuda.alloc_pinned_memory: ``size`` bytes of pinned memory (counted in ``cupy.pinned``)."""
+    """cupy.cuda.alloc_pinned_memory: ``size`` bytes of pinned memory (counted in ``cupy.pinned``);
+    past ``cupy.streams.pinned_capacity`` bytes in all, the CUDARuntimeError that CuPy's pinned
+    pool lets out (cupy/cuda/pinned_memory.pyx: cudaHostAlloc's cudaErrorMemoryAllocation)."""
+    capacity = _STREAMS.pinned_capacity
+    if capacity is not None and sum(map(len, _STREAMS.pinned_live.values())) + int(size) > capacity:
+        raise CUDARuntimeError(2, "cudaErrorMemoryAllocation: out of memory")
     pointer = PinnedMemoryPointer(size)
+    _STREAMS.pinned_live[pointer.ptr] = pointer
     _STREAMS.pinned.append(int(size))
     return pointer
 
@@ -1108,6 +1113,8 @@ class _StreamState:
         self.current: list = []
         self.in_flight: list = []  # (stream, op number, source view, bytes when queued)
         self.pinned: list[int] = []
+        self.pinned_capacity: int | None = None  # bytes of page-locked memory the host gives (None: no limit)
+        self.pinned_live = weakref.WeakValueDictionary()  # ptr -> pinned buffer still referenced (counted against it)
         self.deferred = weakref.WeakSet()  # the non_blocking streams
         self.by_ptr = weakref.WeakValueDictionary()  # stream handle -> Stream (FakeCublas's SetStream)
 
@@ -1692,6 +1699,7 @@ def make_module(memory: DeviceMemory) -> tuple[types.ModuleType, dict]:
     cupy.memory = memory  # the stand-in's own handle on the card's memory (CuPy has no such name)
     cupy.activity = _ACTIVITY  # and on its launches and syncs (likewise)
     cupy.pinned = _STREAMS.pinned  # and on the sizes of its pinned allocations (nor this one)
+    cupy.streams = _STREAMS  # and on its streams and pinned_capacity (nor this one)
     return cupy, {"cupy": cupy, **submodules}
 
 

@@ -116,6 +116,7 @@ STRICT = {  # what CuPy refuses, with the exception it raises
         lambda cp, x: cp.ElementwiseKernel("T a, T s", "T b", "b = a * s", "scale_kernel")(x, [2.0], x), TypeError),
     "raw kernel given a device array for a by-value scalar": (  # CuPy would pass its CArray's bytes
         lambda cp, x: softmax_rows(cp, scale=cp.ones((), np.float32)), TypeError),
+    "a device integer as an index": (lambda cp, x: range(cp.asarray(3)), TypeError),  # no __index__ in CuPy
     "missing cupy name": (lambda cp, x: cp.insert, AttributeError),
     "take into an out of another dtype": (
         lambda cp, x: cp.take(x, cp.arange(2), axis=0, out=cp.zeros(2, np.float32)), TypeError),
@@ -460,6 +461,18 @@ def test_fit_out_of_memory_advises_a_batch_size_that_fits(fake_cupy, monkeypatch
     assert 1 < suggested < 1024
     history = fit(MLP([20, 200, 10], "relu", "cuda", "float64", seed=0), X, y, epochs=1, batch_size=suggested, seed=0)
     assert history.epochs == 1
+
+
+def test_a_streamed_fit_out_of_pinned_host_memory_says_so_and_a_smaller_batch_trains(fake_cupy):
+    """CuPy's pinned pool lets cudaHostAlloc's failure out as a CUDARuntimeError, not an
+    OutOfMemoryError: it was raised as it is, with no batch size to try."""
+    X, y = blobs(n=512, d=20, classes=10)
+    fake_cupy.streams.pinned_capacity = 2 * 128 * 20 * 4 + 4096  # two 128-row float32 buffers and their labels
+    with pytest.raises(DeviceMemoryError, match="out of cuda memory in epoch 1 \\(step 1\\) at batch size 256"):
+        fit(MLP([20, 16, 10], "relu", "cuda", "float32", seed=0), X, y, epochs=1, batch_size=256, stream=True, seed=0)
+    history = fit(MLP([20, 16, 10], "relu", "cuda", "float32", seed=0), X, y, epochs=1, batch_size=128, stream=True,
+                  seed=0)
+    assert history.epochs == 1 and fake_cupy.pinned
 
 
 def test_predict_splits_a_batch_that_runs_out_of_memory(fake_cupy):
