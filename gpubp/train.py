@@ -12,7 +12,6 @@ Data parallel (``comm``, :mod:`gpubp.distributed`): every rank holds the whole d
 shuffling generator (broadcast at the start), so the same global order; the engine splits each global batch and
 sums the gradients. Validation is split over the ranks and its sums reduced, so every rank stops at the same step.
 Only rank 0 prints and writes checkpoints, which hold the global run state and resume under any number of ranks.
-A Trainer runs once: a second ``run`` is a RuntimeError (``fit`` again, or with ``resume``, trains further).
 """
 
 from __future__ import annotations
@@ -164,15 +163,15 @@ class Trainer(RunCheckpoints):
         self.history = History(device=net.backend.device, ranks=self.comm.size)
         self.last_checkpoint, self._fingerprint = None, None  # paths and fingerprints: str or None
         self._validation, self._n_val = None, 0  # data parallel: rows of the whole validation set
-        self._schedule, self._rng, self._n_rows = None, None, 0
+        self._schedule, self._rng, self._n_rows, self._started = None, None, 0, False
 
     # ------------------------------------------------------------------ setting up
 
     def run(self, X, y, validation_data=None, resume=None, sample_weight=None) -> History:
-        """Train for the configured epochs (or until stopped) and return the history. Data
-        parallel, a rank whose data, checkpoint or settings fail the checks makes every rank
-        raise (the others a RankFailedError naming it) before any step."""
-        if self.engine.progress.step:  # this Trainer's state is a run's, not a start
+        """Train for the configured epochs (or until stopped) and return the history, once (a second call is a
+        RuntimeError: fit again, or with resume=). Data parallel, a rank whose data, checkpoint or settings fail
+        the checks makes every rank raise (the others a RankFailedError naming it) before any step."""
+        if self._started:  # its state is a run's (a stopped one resumes from its checkpoint, resume=)
             raise RuntimeError("this Trainer has trained already; call gpubp.fit again, or with resume=checkpoint")
         net, cfg, backend = self.net, self.config, self.net.backend
         part, hashed = (self.comm.rank, self.comm.size), (cfg.checkpoint, resume) != (None, None) or self.parallel
@@ -211,6 +210,7 @@ class Trainer(RunCheckpoints):
         self._schedule = Schedule(cfg.lr, cfg.epochs * steps, cfg.schedule, cfg.warmup_epochs * steps)
         self._rng = np.random.default_rng()
         self._rng.bit_generator.state = self.run_state["rng_state"]
+        self._started = True  # (a run refused by the checks above may be run again)
         if not self._finished(checkpoint):
             self.engine.run(feed, self, bar=cfg.verbose >= 2 and self.comm.rank == 0)
         if self.best_params is not None and self.history.best_epoch != self.history.epochs:

@@ -61,11 +61,13 @@ def test_same_seed_gives_identical_parameters(rng):
     assert not np.array_equal(a.weights[0], c.weights[0])
 
 
-def test_a_trainer_runs_once_and_a_failed_check_can_be_run_again(rng):
+def test_a_trainer_runs_once_and_a_failed_check_can_be_run_again(rng, tmp_path):
+    import gpubp.train
     from gpubp import Trainer, TrainConfig
     X, y = small_problem(rng)
     net = MLP([6, 5, 3], seed=0)
-    trainer = Trainer(net, TrainConfig(epochs=2, batch_size=32, seed=0))
+    trainer = Trainer(net, TrainConfig(epochs=2, batch_size=32, seed=0, checkpoint=str(tmp_path / "c.npz"),
+                                       checkpoint_every=1))
     with pytest.raises(ValueError, match="y"):  # no step taken: the same Trainer may run again
         trainer.run(X, y[:-1])
     history = trainer.run(X, y)
@@ -75,6 +77,25 @@ def test_a_trainer_runs_once_and_a_failed_check_can_be_run_again(rng):
         trainer.run(X, y)
     for before, after in zip(trained, net.params):
         np.testing.assert_array_equal(before, after)
+    # failing after its checkpoint was read (here no memory for the feed), it runs again; stopped
+    # mid-way, it does not
+    resumed = Trainer(MLP([6, 5, 3], seed=0), TrainConfig(epochs=3, batch_size=32, seed=0))
+    real_feed = gpubp.train.batch_feed
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(gpubp.train, "batch_feed", lambda *args: (_ for _ in ()).throw(MemoryError("no room")))
+        with pytest.raises(MemoryError):
+            resumed.run(X, y, resume=str(tmp_path / "c.npz"))
+    assert gpubp.train.batch_feed is real_feed
+    assert resumed.run(X, y, resume=str(tmp_path / "c.npz")).epochs == 3
+
+    def stop(epoch, logs):
+        raise KeyboardInterrupt
+
+    stopped = Trainer(MLP([6, 5, 3], seed=0), TrainConfig(epochs=3, batch_size=32, seed=0), callbacks=(stop,))
+    with pytest.raises(KeyboardInterrupt):
+        stopped.run(X, y)
+    with pytest.raises(RuntimeError, match="trained already"):  # its state is a stopped run's: resume= goes on
+        stopped.run(X, y)
 
 
 def test_float32_stays_float32(rng, monkeypatch):
