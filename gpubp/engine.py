@@ -257,6 +257,10 @@ class Engine:
         """What DeviceMemoryError says: the size asked (from the allocator's message ``failure``),
         the memory free now and a batch size that should fit."""
         net, backend, state = self.net, self.net.backend, self.progress
+        if "cudaErrorMemoryAllocation" in failure:  # cudaHostAlloc: the streamed batches' page-locked buffers
+            return (f"out of pinned (page-locked) host memory in epoch {state.epoch + 1} (step {state.step + 1}) "
+                    f"at batch size {batch_size}, for the streamed batches' buffers; batch size "
+                    f"{max(batch_size // 2, 1)} needs half of it (or free host memory)")
         free = backend.free_memory()
         asked = re.search(r"allocat(?:e|ing) ([0-9][0-9.,]*(?: ?[KMGT]i?B| bytes)?)", failure)
         per_row = net.compute_dtype.itemsize * sum(net.sizes) * 3  # activations, deltas, temporaries (bfloat16: 2 B)

@@ -468,7 +468,8 @@ def test_a_streamed_fit_out_of_pinned_host_memory_says_so_and_a_smaller_batch_tr
     OutOfMemoryError: it was raised as it is, with no batch size to try."""
     X, y = blobs(n=512, d=20, classes=10)
     fake_cupy.streams.pinned_capacity = 2 * 128 * 20 * 4 + 4096  # two 128-row float32 buffers and their labels
-    with pytest.raises(DeviceMemoryError, match="out of cuda memory in epoch 1 \\(step 1\\) at batch size 256"):
+    with pytest.raises(DeviceMemoryError, match="out of pinned \\(page-locked\\) host memory in epoch 1 \\(step 1\\) at "
+                       "batch size 256, for the streamed batches' buffers; batch size 128 needs half of it"):
         fit(MLP([20, 16, 10], "relu", "cuda", "float32", seed=0), X, y, epochs=1, batch_size=256, stream=True, seed=0)
     history = fit(MLP([20, 16, 10], "relu", "cuda", "float32", seed=0), X, y, epochs=1, batch_size=128, stream=True,
                   seed=0)
