@@ -133,14 +133,17 @@ def gemm(a, b, out=None):
     workspace = _workspace(handle)
     one, zero = _SCALARS[a.dtype]
     call = lib.cublasSgemm_v2 if a.dtype == np.float32 else lib.cublasDgemm_v2
-    status = lib.cublasSetStream_v2(handle, cupy.cuda.get_current_stream().ptr)
+    stream = cupy.cuda.get_current_stream().ptr
     # cublasSetStream puts the handle back on cuBLAS's own workspace pool (its guide says so, and
     # CuPy calls it before each of its products), where a captured gemm could allocate: ours again
-    status = status or lib.cublasSetWorkspace_v2(handle, workspace.data.ptr, workspace.nbytes)
-    status = status or call(handle, transa, transb, m, n, k, one.ctypes.data, b.data.ptr, lda,
-                            a.data.ptr, ldb, zero.ctypes.data, c.data.ptr, ldc)
-    if status:
-        raise RuntimeError(f"cuBLAS gemm failed with status {status} ({a.shape} @ {b.shape})")
+    calls = (("cublasSetStream", lambda: lib.cublasSetStream_v2(handle, stream)),
+             ("cublasSetWorkspace", lambda: lib.cublasSetWorkspace_v2(handle, workspace.data.ptr, workspace.nbytes)),
+             ("gemm", lambda: call(handle, transa, transb, m, n, k, one.ctypes.data, b.data.ptr, lda,
+                                   a.data.ptr, ldb, zero.ctypes.data, c.data.ptr, ldc)))
+    for name, make_call in calls:
+        status = make_call()
+        if status:
+            raise RuntimeError(f"cuBLAS {name} failed with status {status} ({a.shape} @ {b.shape})")
     return c
 
 

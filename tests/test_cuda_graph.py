@@ -318,7 +318,7 @@ def test_the_direct_gemm_refuses_bad_operands_and_reports_a_failed_status(graph_
     with pytest.raises(RuntimeError, match=r"cuBLAS gemm failed with status 13 \(\(3, 4\) @ \(4, 2\)\)"):
         cublas_direct.gemm(a, b)
     monkeypatch.setattr(lib, "cublasSetWorkspace_v2", lambda *args: 7)
-    with pytest.raises(RuntimeError, match=r"cuBLAS gemm failed with status 7 \(\(3, 4\) @ \(4, 2\)\)"):
+    with pytest.raises(RuntimeError, match=r"cuBLAS cublasSetWorkspace failed with status 7 \(\(3, 4\) @ \(4, 2\)\)"):
         cublas_direct.gemm(a, b)
 
 
