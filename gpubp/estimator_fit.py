@@ -41,6 +41,11 @@ NON_FINITE = ("Solver produced non-finite parameter weights. The input data may 
               "be preprocessed.")
 
 
+class AgreedStop(KeyboardInterrupt):
+    """A data-parallel fit's stop signal, agreed by every rank after the same step: fit ends as on
+    scikit-learn's KeyboardInterrupt. Any other KeyboardInterrupt there is one rank's alone."""
+
+
 class _LearningRate:
     """scikit-learn's learning-rate bookkeeping for SGD (constant, invscaling, adaptive) and Adam."""
 
@@ -130,7 +135,7 @@ class _SklearnEpochs:
         return False
 
     def interrupted(self, signum: int, epoch: int) -> None:  # data parallel only: the engine caught the signal
-        raise KeyboardInterrupt
+        raise AgreedStop  # every rank, after the same step
 
     def diverged(self, epoch: int, step: int, what: str) -> Exception | None:
         """scikit-learn's error for non-finite parameters, at once; a non-finite loss alone goes on."""
@@ -172,7 +177,9 @@ class StochasticFit(LbfgsFit):
             if not finished:
                 engine.run(feed, plan, bar=plan.talks and bool(self.verbose) and self.verbose >= 2,
                            signals=comm is not None)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as stop:
+            if comm is not None and not isinstance(stop, AgreedStop):
+                raise  # one rank's own (a second signal): caught, the others would wait for it for ever
             if plan.talks:
                 warnings.warn("Training interrupted by user.")
         if self.early_stopping:

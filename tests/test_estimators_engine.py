@@ -87,3 +87,43 @@ def test_a_comm_that_is_not_a_gpubp_communicator_is_refused():
     X, y = problem()
     with pytest.raises(ValueError, match="comm must be a gpubp.distributed communicator, got <object"):
         MLPClassifier((4,), device="cpu").fit(X, y, comm=object())
+
+
+@pytest.mark.parametrize("agreed", [True, False])
+def test_only_a_stop_every_rank_agreed_ends_a_data_parallel_fit_quietly(monkeypatch, agreed):
+    """A stop signal agreed by every rank after the same step ends fit as scikit-learn's
+    KeyboardInterrupt does (a warning, the model kept); a KeyboardInterrupt of one rank alone (a
+    second signal mid-step) was caught the same way, and that rank went on while the others waited
+    in the step's collective for ever: it now leaves fit (and the rank, through world()'s abort)."""
+    import os
+    import signal
+
+    from gpubp import estimator_fit
+    from gpubp.distributed import SingleProcess
+
+    class TwoAlikeRanks(SingleProcess):  # rank 0 of 2 whose peer holds and does what it does
+        rank, size = 0, 2
+
+        def allgather_object(self, obj):
+            return [obj, obj]
+
+    real_step, steps = estimator_fit.Engine.step, []
+
+    def step(self, *args, **kwargs):  # a SIGINT during the second step; a second one too unless agreed
+        steps.append(1)
+        if len(steps) == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+            if not agreed:
+                os.kill(os.getpid(), signal.SIGINT)
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(estimator_fit.Engine, "step", step)
+    X, y = problem()
+    clf = MLPClassifier((4,), device="cpu", max_iter=3, batch_size=8)
+    if agreed:
+        with pytest.warns(UserWarning, match="Training interrupted by user"):
+            clf.fit(X, y, comm=TwoAlikeRanks())
+        assert len(steps) == 2 and clf.coefs_[0].shape == (X.shape[1], 4)  # stopped after that step
+    else:
+        with pytest.raises(KeyboardInterrupt, match="second SIGINT"):
+            clf.fit(X, y, comm=TwoAlikeRanks())
