@@ -5,6 +5,7 @@ functions only."""
 from __future__ import annotations
 
 import importlib
+import socket
 import warnings
 from importlib import metadata
 from typing import Any
@@ -21,13 +22,46 @@ NCCL_WHEELS = {"cupy-cuda12x": ("nvidia-nccl-cu12", "cuda12"), "cupy-cuda13x": (
 
 def gpu_for_local_rank(local_rank: int, device_count: int) -> int:
     """The GPU of a rank: its local rank, or 0 where each rank sees one GPU (a scheduler's
-    CUDA_VISIBLE_DEVICES); BackendUnavailableError where a machine has more ranks than GPUs."""
+    CUDA_VISIBLE_DEVICES; :func:`check_one_rank_per_gpu` catches ranks that then share one);
+    BackendUnavailableError where a machine has more ranks than GPUs."""
     if local_rank < device_count:
         return local_rank
     if device_count == 1:
         return 0
     raise BackendUnavailableError(f"local rank {local_rank} has no GPU of its own ({device_count} "
                                   "visible on this machine): start at most one rank per GPU")
+
+
+def node_name() -> str:
+    """The name of this machine (``socket.gethostname()``): ranks with the same name share its GPUs."""
+    return socket.gethostname()
+
+
+def check_one_rank_per_gpu(places: list[tuple[str, str]]) -> None:
+    """Refuse ranks that share a GPU, which NCCL does not allow (ncclCommInitRank fails every rank
+    with NCCL_ERROR_INVALID_USAGE, saying why only in its log).
+
+    Parameters
+    ----------
+    places : list of (str, str), one per rank in rank order
+        Each rank's (:func:`node_name`, PCI bus id of its GPU); every rank passes the same list,
+        so every rank comes to the same verdict.
+
+    Raises
+    ------
+    BackendUnavailableError
+        Where two ranks or more have the same place: names them, the bus id and the machine.
+    """
+    ranks_at: dict[tuple[str, str], list[int]] = {}
+    for rank, place in enumerate(places):
+        ranks_at.setdefault(tuple(place), []).append(rank)
+    shared = [(ranks, place) for place, ranks in ranks_at.items() if len(ranks) > 1]
+    if shared:
+        said = "; ".join(f"ranks {', '.join(map(str, ranks))} share the GPU at PCI bus id {bus} on machine {node!r}"
+                         for ranks, (node, bus) in shared)
+        raise BackendUnavailableError(
+            f"{said}: NCCL needs one GPU per rank. Start at most as many ranks per machine as it has GPUs "
+            "(mpirun -n, or --map-by ppr:<GPUs>:node), or give each rank its own GPU (CUDA_VISIBLE_DEVICES)")
 
 
 class NCCLCommunicator(Communicator):
@@ -44,7 +78,8 @@ class NCCLCommunicator(Communicator):
     Raises
     ------
     BackendUnavailableError
-        Without CuPy, or where CuPy cannot load NCCL (``cupy.cuda.nccl.available``).
+        Without CuPy, where CuPy cannot load NCCL (``cupy.cuda.nccl.available``), or on every
+        rank where two ranks share a GPU (:func:`check_one_rank_per_gpu`).
     """
 
     def __init__(self, bootstrap: Communicator, device: int | None = None):
@@ -61,6 +96,7 @@ class NCCLCommunicator(Communicator):
             device = gpu_for_local_rank(self.local_rank, cupy.cuda.runtime.getDeviceCount())
         self.device = int(device)
         cupy.cuda.Device(self.device).use()
+        check_one_rank_per_gpu(bootstrap.allgather_object((node_name(), cupy.cuda.Device(self.device).pci_bus_id)))
         # CuPy 14 (cupy_backends/cuda/libs/nccl.pyx): get_unique_id() returns the 128-byte
         # ncclUniqueId as bytes (a tuple before 14), NcclCommunicator(ndev, commId, rank) takes it back.
         uid = bootstrap.bcast_object(nccl.get_unique_id() if self.rank == 0 else None, root=0)

@@ -1573,6 +1573,11 @@ class Device:
     def compute_capability(self) -> str:
         return "90"
 
+    @property
+    def pci_bus_id(self) -> str:
+        """runtime.deviceGetPCIBusId's "domain:bus:device.function" of the one card."""
+        return "0000:41:00.0"
+
 
 def _check_device(i: int) -> None:
     if int(i) != 0:

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gpubp import distributed
+from gpubp import distributed, nccl_communicator
 from gpubp.distributed import Communicator, NCCLCommunicator, SingleProcess, first_difference
 from gpubp.errors import BackendUnavailableError
 
@@ -289,12 +289,22 @@ class ThreadRanks(Communicator):
         self.shared["barrier"].wait()
 
 
-def fake_nccl(device_ranges: dict) -> types.ModuleType:
+class NcclError(RuntimeError):
+    """cupy_backends/cuda/libs/nccl.pyx's error: '<ncclResult_t name>: <ncclGetErrorString>'."""
+
+    def __init__(self, status: int):
+        self.status = status
+        super().__init__({5: "NCCL_ERROR_INVALID_USAGE: invalid usage (run with NCCL_DEBUG=WARN for details)"}[status])
+
+
+def fake_nccl(device_ranges: dict, place) -> types.ModuleType:
     """``cupy.cuda.nccl`` as CuPy 14 has it: get_unique_id() gives 128 bytes, NcclCommunicator
     waits for all ranks, allReduce reads and writes through raw pointers, which must lie in a
-    device buffer whose ``.data.ptr`` was taken (``device_ranges``: ptr -> bytes)."""
+    device buffer whose ``.data.ptr`` was taken (``device_ranges``: ptr -> bytes). Like NCCL,
+    NcclCommunicator fails every rank with NCCL_ERROR_INVALID_USAGE where two ranks have the same
+    ``place()`` (machine, PCI bus id of the current device): "Duplicate GPU detected"."""
     nccl = types.ModuleType("cupy.cuda.nccl")
-    nccl.available, nccl.calls, groups = True, [], {}
+    nccl.available, nccl.calls, nccl.NcclError, groups = True, [], NcclError, {}
     for code, name in [(0, "INT8"), (1, "UINT8"), (2, "INT32"), (3, "UINT32"), (4, "INT64"), (5, "UINT64"),
                        (6, "FLOAT16"), (7, "FLOAT32"), (8, "FLOAT64")]:
         setattr(nccl, f"NCCL_{name}", code)
@@ -311,9 +321,12 @@ def fake_nccl(device_ranges: dict) -> types.ModuleType:
     class NcclCommunicator:
         def __init__(self, ndev, commId, rank):
             assert isinstance(commId, bytes) and len(commId) == 128 and 0 <= rank < ndev
-            self.group = groups.setdefault(commId, {"barrier": threading.Barrier(ndev, timeout=10)})
+            self.group = groups.setdefault(commId, {"barrier": threading.Barrier(ndev, timeout=10), "places": {}})
             self.rank = rank
+            self.group["places"][rank] = place()
             self.group["barrier"].wait()  # ncclCommInitRank returns when every rank has joined
+            if len(set(self.group["places"].values())) < ndev:
+                raise NcclError(5)  # ncclInvalidUsage; "Duplicate GPU detected" goes to NCCL's log only
 
         def allReduce(self, sendbuf, recvbuf, count, datatype, op, stream):
             nccl.calls.append((self.rank, sendbuf, recvbuf, count, datatype, op, stream))
@@ -330,7 +343,8 @@ def fake_nccl(device_ranges: dict) -> types.ModuleType:
 
 @pytest.fixture
 def cupy_with_nccl(fake_cupy, monkeypatch):
-    """The CuPy stand-in with a fake NCCL, device arrays with ``.data.ptr``, a stream with ``.ptr``."""
+    """The CuPy stand-in with a fake NCCL, device arrays with ``.data.ptr``, a stream with ``.ptr``;
+    nccl_communicator.node_name gives the machine that :func:`on_two_threads` gave the thread."""
     device_ranges = {}
 
     def data(a):
@@ -338,7 +352,8 @@ def cupy_with_nccl(fake_cupy, monkeypatch):
         device_ranges[ptr] = a.nbytes
         return types.SimpleNamespace(ptr=ptr)
 
-    nccl = fake_nccl(device_ranges)
+    monkeypatch.setattr(nccl_communicator, "node_name", lambda: getattr(THREAD, "node", "main"), raising=False)
+    nccl = fake_nccl(device_ranges, lambda: (nccl_communicator.node_name(), fake_cupy.cuda.Device().pci_bus_id))
     monkeypatch.setattr(fake_cupy.ndarray, "data", property(data))
     monkeypatch.setattr(fake_cupy.cuda.get_current_stream(), "ptr", 0x5EED, raising=False)
     monkeypatch.setattr(fake_cupy.cuda, "nccl", nccl, raising=False)
@@ -346,11 +361,16 @@ def cupy_with_nccl(fake_cupy, monkeypatch):
     return fake_cupy, nccl
 
 
-def on_two_threads(work):
-    """work(rank, bootstrap) on two threads as two ranks; returns their results."""
+THREAD = threading.local()  # .node: the machine of the rank a thread plays
+
+
+def on_two_threads(work, nodes=("node0", "node1")):
+    """work(rank, bootstrap) on two threads as two ranks, rank r on machine nodes[r] (each with
+    its one GPU, local rank 0); returns their results, or raises the first error of a rank."""
     shared, results, errors = {"barrier": threading.Barrier(2, timeout=10)}, [None, None], []
 
     def rank(r):
+        THREAD.node = nodes[r]
         try:
             results[r] = work(r, ThreadRanks(shared, r, 2))
         except BaseException as exc:  # noqa: BLE001 - reported below
@@ -490,6 +510,47 @@ def test_nccl_refuses_host_arrays_and_odd_buffers(cupy_with_nccl):
         comm.allreduce_sum(cupy.zeros(4, dtype=np.complex128))
     b = cupy.asarray(np.arange(3.0))
     assert comm.allreduce_sum(b).get().tolist() == [0, 1, 2] and len(nccl.calls) == 1
+
+
+ONE_GPU_TWO_RANKS = ("ranks 0, 1 share the GPU at PCI bus id 0000:41:00.0 on machine 'node0': NCCL needs one GPU "
+                     "per rank. Start at most as many ranks per machine as it has GPUs (mpirun -n, or --map-by "
+                     "ppr:<GPUs>:node), or give each rank its own GPU (CUDA_VISIBLE_DEVICES)")
+
+
+def test_two_ranks_on_one_gpu_are_refused_on_every_rank_before_nccl(cupy_with_nccl, monkeypatch):
+    """mpirun -n 2 on a machine with one GPU: gpu_for_local_rank gives both ranks GPU 0, where NCCL
+    would fail both with an INVALID_USAGE that does not say why; both raise the clear error, and
+    no NcclCommunicator is made."""
+    cupy, nccl = cupy_with_nccl
+    made, make = [], nccl.NcclCommunicator
+    monkeypatch.setattr(nccl, "NcclCommunicator", lambda *args: made.append(args) or make(*args))
+
+    def work(r, bootstrap):
+        with pytest.raises(BackendUnavailableError) as refused:
+            NCCLCommunicator(bootstrap)
+        return str(refused.value)
+
+    assert on_two_threads(work, nodes=("node0", "node0")) == [ONE_GPU_TWO_RANKS] * 2
+    assert not made
+
+
+def test_the_nccl_stand_in_refuses_two_ranks_on_one_gpu_as_nccl_does(cupy_with_nccl, monkeypatch):
+    """Without gpubp's check, the fake NCCL fails every rank as ncclCommInitRank does."""
+    monkeypatch.setattr(nccl_communicator, "check_one_rank_per_gpu", lambda places: None)
+
+    def work(r, bootstrap):
+        with pytest.raises(NcclError, match="^NCCL_ERROR_INVALID_USAGE: invalid usage"):
+            NCCLCommunicator(bootstrap)
+
+    on_two_threads(work, nodes=("node0", "node0"))
+
+
+def test_one_rank_per_gpu_names_every_shared_gpu():
+    check = nccl_communicator.check_one_rank_per_gpu
+    check([("a", "0000:41:00.0"), ("a", "0000:42:00.0"), ("b", "0000:41:00.0")])  # one rank per GPU
+    with pytest.raises(BackendUnavailableError, match=r"^ranks 0, 2 share the GPU at PCI bus id 0000:41:00.0 on "
+                       r"machine 'a'; ranks 1, 3 share the GPU at PCI bus id 0000:42:00.0 on machine 'a': NCCL"):
+        check([("a", "0000:41:00.0"), ("a", "0000:42:00.0"), ("a", "0000:41:00.0"), ("a", "0000:42:00.0")])
 
 
 def test_nccl_unavailable_and_gpu_choice(monkeypatch):
