@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import sys
 
-from .backend import Backend, get_backend
+from .backend import Backend, cuda_status, get_backend
 from .communicator import Communicator, SingleProcess, first_difference, reduce_in_rank_order
 from .errors import BackendUnavailableError
 from .mpi_communicator import (LAUNCHER_LOCAL_RANK_VARIABLES, LAUNCHER_SIZE_VARIABLES, MPI_HINT, MPICommunicator,
@@ -27,7 +27,7 @@ from .mpi_communicator import (LAUNCHER_LOCAL_RANK_VARIABLES, LAUNCHER_SIZE_VARI
 from .nccl_communicator import NCCLCommunicator, describe_nccl, gpu_for_local_rank
 
 __all__ = ["Communicator", "SingleProcess", "MPICommunicator", "NCCLCommunicator", "world", "describe",
-           "abort_on_uncaught_exception", "launcher_size", "gpu_for_local_rank", "first_difference",
+           "abort_on_uncaught_exception", "check_same_backend", "launcher_size", "gpu_for_local_rank", "first_difference",
            "reduce_in_rank_order", "import_mpi", "LAUNCHER_SIZE_VARIABLES", "LAUNCHER_LOCAL_RANK_VARIABLES"]
 
 
@@ -60,6 +60,37 @@ def _use_local_gpu(local_rank: int) -> None:
         pass
 
 
+def check_same_backend(comm: Communicator, name: str, reason: str | None = None) -> None:
+    """Refuse ranks that chose different backends (under "auto", a rank whose GPU is not usable
+    takes the CPU): they would go on to different collectives (NCCL's set-up, MPI's) and wait for
+    each other for ever. A collective of ``comm``: every rank calls it and comes to the same verdict.
+
+    Parameters
+    ----------
+    comm : Communicator
+        The bootstrap communicator of every rank.
+    name : str
+        This rank's backend, "cpu" or "cuda".
+    reason : str, optional
+        Why this rank took the CPU where it was not asked to (``cuda_status().reason``).
+
+    Raises
+    ------
+    BackendUnavailableError
+        On every rank where their ``name`` differ: which ranks chose what, and why.
+    """
+    choices = comm.allgather_object((name, reason))
+    if len({chosen for chosen, _ in choices}) < 2:
+        return
+    ranks_for: dict[tuple, list[int]] = {}
+    for rank, choice in enumerate(choices):
+        ranks_for.setdefault(tuple(choice), []).append(rank)
+    said = "; ".join(f"rank{'s' * (len(ranks) > 1)} {', '.join(map(str, ranks))} chose {chosen}"
+                     + (f" ({why})" if why else "") for (chosen, why), ranks in ranks_for.items())
+    raise BackendUnavailableError(f"the ranks chose different backends: {said}. Every rank must compute on the "
+                                  "same kind of device: give every rank a usable GPU, or ask for world('cpu')")
+
+
 def world(backend: str | Backend = "auto") -> Communicator:
     """The communicator for the way this process was started.
 
@@ -80,7 +111,8 @@ def world(backend: str | Backend = "auto") -> Communicator:
     Raises
     ------
     BackendUnavailableError
-        Launched under MPI with several ranks but mpi4py is missing; "cuda" without a GPU or NCCL.
+        Launched under MPI with several ranks but mpi4py is missing; "cuda" without a GPU or NCCL;
+        ranks that chose different backends (:func:`check_same_backend`); ranks sharing a GPU.
     """
     size = launcher_size()
     if size is None:
@@ -94,10 +126,15 @@ def world(backend: str | Backend = "auto") -> Communicator:
     if bootstrap.size > 1:
         abort_on_uncaught_exception(bootstrap)
     name = backend.name if isinstance(backend, Backend) else str(backend).lower()
+    reason = None
     if name not in ("cpu", "numpy"):  # gpubp.backend's names for the host
         if not isinstance(backend, Backend):
             _use_local_gpu(bootstrap.local_rank)
         name = get_backend(backend).name
+        reason = cuda_status().reason if name == "cpu" else None
+    name = "cpu" if name == "numpy" else name
+    if bootstrap.size > 1:
+        check_same_backend(bootstrap, name, reason)
     return bootstrap if name == "cpu" else NCCLCommunicator(bootstrap)
 
 

@@ -553,6 +553,58 @@ def test_one_rank_per_gpu_names_every_shared_gpu():
         check([("a", "0000:41:00.0"), ("a", "0000:42:00.0"), ("a", "0000:41:00.0"), ("a", "0000:42:00.0")])
 
 
+NO_GPU = "no CUDA device answers: cudaErrorNoDevice"
+
+
+@pytest.fixture
+def world_on_threads(monkeypatch):
+    """world() under a launcher of two ranks played by threads (:func:`on_two_threads`): the
+    thread's ThreadRanks (THREAD.bootstrap) is its MPI communicator, THREAD.usable says whether
+    its GPU is usable ("auto" takes the CPU where not, NO_GPU saying why), and NCCLCommunicator's
+    set-up broadcasts NCCL's id over the bootstrap, so a rank that does not join it is waited for."""
+    monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "2")
+    monkeypatch.setattr(distributed, "abort_on_uncaught_exception", lambda comm: None)
+    monkeypatch.setattr(distributed, "_use_local_gpu", lambda local_rank: None)
+    monkeypatch.setattr(distributed, "MPICommunicator", lambda: THREAD.bootstrap)
+    status = lambda: types.SimpleNamespace(usable=THREAD.usable, reason="GPU 0 works" if THREAD.usable else NO_GPU)
+    monkeypatch.setattr(distributed, "cuda_status", status, raising=False)
+    monkeypatch.setattr(distributed, "get_backend", lambda b: types.SimpleNamespace(name="cuda" if status().usable else "cpu"))
+    monkeypatch.setattr(distributed, "NCCLCommunicator", lambda boot: ("nccl", boot.bcast_object("id")))
+
+    def world(usable, backend="auto"):
+        def rank(r, bootstrap):
+            THREAD.bootstrap, THREAD.usable = bootstrap, usable[r]
+            try:
+                comm = distributed.world(backend)
+            except BackendUnavailableError as exc:
+                return str(exc)
+            return comm if isinstance(comm, tuple) else type(comm).__name__
+
+        return on_two_threads(rank)
+    return world
+
+
+def test_world_refuses_ranks_that_chose_different_backends_on_every_rank(world_on_threads):
+    """Under "auto", rank 1's GPU fails its probe: rank 1 would take the CPU and go on to MPI's
+    collectives while rank 0 waits in NCCL's set-up. Both raise, saying who chose what and why."""
+    said = (f"the ranks chose different backends: rank 0 chose cuda; rank 1 chose cpu ({NO_GPU}). Every rank "
+            "must compute on the same kind of device: give every rank a usable GPU, or ask for world('cpu')")
+    assert world_on_threads([True, False]) == [said, said]
+    assert world_on_threads([True, True]) == [("nccl", "id")] * 2
+    assert world_on_threads([False, False]) == ["ThreadRanks"] * 2
+    assert world_on_threads([True, True], "numpy") == ["ThreadRanks"] * 2  # gpubp.backend's alias of "cpu"
+
+
+def test_check_same_backend_groups_the_ranks_by_choice():
+    choices = [("cuda", None), ("cpu", NO_GPU), ("cuda", None), ("cpu", "CuPy is not installed")]
+    comm = types.SimpleNamespace(allgather_object=lambda mine: choices)
+    with pytest.raises(BackendUnavailableError, match=r"^the ranks chose different backends: ranks 0, 2 chose "
+                       rf"cuda; rank 1 chose cpu \({NO_GPU}\); rank 3 chose cpu \(CuPy is not installed\)\. Every"):
+        distributed.check_same_backend(comm, "cuda")
+    choices[1::2] = [("cuda", None)] * 2
+    distributed.check_same_backend(comm, "cuda")
+
+
 def test_nccl_unavailable_and_gpu_choice(monkeypatch):
     monkeypatch.setitem(sys.modules, "cupy", None)
     with pytest.raises(BackendUnavailableError, match="NCCL needs CuPy"):
