@@ -107,6 +107,11 @@ class _SklearnEpochs:
             est._write_fit_checkpoint(self.net, self, finished=halt)
         return halt
 
+    def _agreed(self, value: float) -> float:
+        """Data parallel, rank 0's ``value`` on every rank: each rank scores the whole validation set,
+        and cards that round differently (another SM count, a MIG slice) must not decide apart."""
+        return value if self.comm is None else self.comm.bcast_object(value)
+
     def _end_iteration(self, train_loss: float) -> bool:
         """scikit-learn's end of an iteration: records, messages, stopping rule, warning."""
         est = self.estimator
@@ -118,8 +123,8 @@ class _SklearnEpochs:
         if verbose:
             print("Iteration %d, loss = %.8f" % (est.n_iter_, est.loss_))
         if self.validation is not None:
-            est.validation_loss_curve_.append(est._validation_loss(self.net, *self.validation))
-        est._update_no_improvement_count(self.net, *(self.validation or (None, None, None)), verbose)
+            est.validation_loss_curve_.append(self._agreed(est._validation_loss(self.net, *self.validation)))
+        est._update_no_improvement_count(self.net, *(self.validation or (None, None, None)), verbose, self._agreed)
         est._lr.iteration_ends(est.t_)
         if est._no_improvement_count > est.n_iter_no_change:
             what = "Validation score" if est.early_stopping else "Training loss"
@@ -252,9 +257,9 @@ class StochasticFit(LbfgsFit):
             net.set_params(self._best_params)
         self._best_params, self._best_is_live = net.params, True
 
-    def _update_no_improvement_count(self, net, Xv, yv, wv, verbose):
+    def _update_no_improvement_count(self, net, Xv, yv, wv, verbose, agreed=lambda score: score):
         if self.early_stopping:
-            score = self._score(net, Xv, yv, wv)
+            score = agreed(self._score(net, Xv, yv, wv))
             self.validation_scores_.append(score)
             if verbose:
                 print("Validation score: %f" % score)

@@ -127,3 +127,27 @@ def test_only_a_stop_every_rank_agreed_ends_a_data_parallel_fit_quietly(monkeypa
     else:
         with pytest.raises(KeyboardInterrupt, match="second SIGINT"):
             clf.fit(X, y, comm=TwoAlikeRanks())
+
+
+def test_data_parallel_early_stopping_decides_on_rank_0s_validation_figures():
+    """Each rank scores the whole validation set; cards that round differently (another SM
+    count, a MIG slice) would score it apart and stop, or divide the learning rate, apart: every
+    rank now takes rank 0's figures (here a rank 1 whose rank 0 scored 0.125 each time)."""
+    from gpubp.distributed import SingleProcess
+
+    class RankOneOfTwo(SingleProcess):
+        rank, size = 1, 2
+
+        def allgather_object(self, obj):
+            return [obj, obj]
+
+        def bcast_object(self, obj, root=0):  # rank 0's validation figures: 0.125
+            return 0.125 if isinstance(obj, float) else obj
+
+    X, y = problem()
+    clf = MLPClassifier((4,), device="cpu", max_iter=4, early_stopping=True, n_iter_no_change=10, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        clf.fit(X, y, comm=RankOneOfTwo())
+    assert clf.validation_scores_ == [0.125] * clf.n_iter_ and clf.best_validation_score_ == 0.125
+    assert clf.validation_loss_curve_ == [0.125] * clf.n_iter_
