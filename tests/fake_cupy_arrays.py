@@ -148,8 +148,10 @@ Looser than CuPy (the stand-in cannot see these; a card can):
   and NumPy's C-level conversions, are not caught;
 - ``ndarray`` methods written in C (``take``, ``put``, ``searchsorted``, ``choose`` ...) take
   host arrays as arguments without complaint (``dot``, ``fill``, ``set``, ``__setitem__`` check);
-- results are computed by NumPy: the order of summation, cuBLAS, TF32 and CUDA's libm are not
-  modelled (the kernels are: tests/fake_cupy.py), nor several devices, ``cupy.random``,
+- results are computed by NumPy: the order of summation, cuBLAS and CUDA's libm are not
+  modelled (TF32 is: a float32 product computes as gpubp.precision.matmul_as_tf32 when CuPy's
+  float32 compute type, ``cupy._core.set_compute_type``, or for a batched product the handle's
+  math mode asks TF32, tests/fake_cupy_core.py; a product with a bfloat16 operand never does) (the kernels are: tests/fake_cupy.py), nor several devices, ``cupy.random``,
   ``cupy.linalg`` or ``cupyx``; ``ndarray.data.ptr`` is the host address of the array's memory;
 - streams are modelled for copies (:class:`Stream`): computations run at once, after the copies
   queued on the current stream, so a copy on a side stream that overwrites a device buffer a
@@ -171,7 +173,9 @@ import weakref
 
 import numpy as np
 
-from . import fake_cupy, fake_nvrtc
+from gpubp import precision
+
+from . import fake_cupy, fake_cupy_core, fake_nvrtc
 
 __version__ = "14.0.0+gpubp.stand.in"
 _IMPLICIT = ("Implicit conversion to a NumPy array is not allowed. "
@@ -503,12 +507,34 @@ class Activity:
 
 
 _ACTIVITY = Activity()  # the stand-in installed now (install() replaces it)
+_CORE = fake_cupy_core.make_core(lambda: "90")[0]  # its cupy._core, compute types (install() replaces it)
 # functions CuPy runs through cuBLAS (cupy/_core/_routines_linalg.pyx, cupy/linalg/_product.py)
 _CUBLAS_FUNCTIONS = frozenset({"dot", "vdot", "inner", "outer", "matmul", "tensordot", "einsum", "kron"})
+# of those, the ones whose float32 2-D products reach tensordot_core_v11 (TF32 by compute type)
+_GEMM_FUNCTIONS = frozenset({"dot", "matmul"})
 # cupy functions that only allocate or make a view: no launch
 _NO_LAUNCH = frozenset({"empty", "empty_like", "reshape", "ravel", "transpose", "swapaxes", "expand_dims",
                         "squeeze", "broadcast_to", "atleast_1d", "atleast_2d", "ndim", "shape", "size",
                         "result_type", "can_cast", "promote_types", "may_share_memory", "shares_memory"})
+
+
+def _is_tf32(operands) -> bool:
+    """Whether CuPy would run the product of these device operands as TF32 now (the float32
+    compute type, or the handle's math mode for a batched product: fake_cupy_core)."""
+    return len(operands) >= 2 and fake_cupy_core.product_is_tf32(
+        _CORE, _ACTIVITY.math_modes.get(CUBLAS_HANDLE, 0), operands[0], operands[1])
+
+
+def _product(function, tf32: bool):
+    """``function`` (a product of host operands a, b, ...), computed as TF32 when ``tf32``: a and b
+    rounded to TF32 when it runs, sums in float32 (gpubp.precision.matmul_as_tf32's model)."""
+    if not tf32:
+        return function
+
+    def tf32_product(a, b, *args, **kwargs):
+        return function(precision.round_to_tf32(a), precision.round_to_tf32(b), *args, **kwargs)
+
+    return tf32_product
 
 
 # ----------------------------------------------------------------------------- arrays
@@ -633,6 +659,8 @@ class ndarray(np.ndarray):
         where = f"numpy.{func.__name__}"
         if func.__name__ in _CUBLAS_FUNCTIONS:
             refuse_cublas()
+        if func.__name__ in _GEMM_FUNCTIONS:
+            func = _product(func, _is_tf32(args))
         host_args = _to_host_arg(args, where)
         host_kwargs = {k: _to_host_arg(v, where) for k, v in kwargs.items()}
         if func.__name__ in _NO_LAUNCH:
@@ -695,8 +723,9 @@ class ndarray(np.ndarray):
         refuse_cublas()
         if fake_cupy.BFLOAT16 in (self.dtype, getattr(b, "dtype", None)):
             return _apply_ufunc(np.matmul, "__call__", (self, b), {} if out is None else {"out": (out,)})
+        dot = _product(np.dot, _is_tf32((self, b)))
         _ACTIVITY.launch()
-        return _device(np.dot(*_to_host_arg((self, b), "ndarray.dot"),
+        return _device(dot(*_to_host_arg((self, b), "ndarray.dot"),
                               out=None if out is None else _to_host_arg(out, "ndarray.dot")))
 
     def argmax(self, axis=None, out=None, *, keepdims=False):
@@ -815,6 +844,8 @@ def _apply_ufunc(ufunc, method, inputs, kwargs):
     host_kwargs = {k: _to_host_arg(v, where) for k, v in kwargs.items()}
     if ufunc is np.matmul and any(getattr(x, "dtype", None) == fake_cupy.BFLOAT16 for x in inputs):
         result = _bfloat16_matmul(*_to_host_arg(inputs, where), **host_kwargs)
+    elif ufunc is np.matmul and method == "__call__":  # read at the call, as tensordot_core_v11 does
+        result = _product(np.matmul, _is_tf32(inputs))(*_to_host_arg(inputs, where), **host_kwargs)
     else:
         result = getattr(ufunc, method)(*_to_host_arg(inputs, where), **host_kwargs)
     if out is not None:  # results written into the caller's device arrays: return those
@@ -956,14 +987,15 @@ def _wrap_function(name: str, function):
         where = f"cupy.{name}"
         if name in _CUBLAS_FUNCTIONS:
             refuse_cublas()
+        compute = _product(function, _is_tf32(args)) if name in _GEMM_FUNCTIONS else function
         host_args = _to_host_arg(args, where)
         host_kwargs = {k: _to_host_arg(v, where) for k, v in kwargs.items()}
         out = kwargs.get("out")
         if out is not None and name not in _NO_LAUNCH:  # CuPy writes into out and returns out itself
             del host_kwargs["out"]
-            return _run(lambda: _into_shape_of(out, function(*host_args, **host_kwargs), where), out=(out,))
+            return _run(lambda: _into_shape_of(out, compute(*host_args, **host_kwargs), where), out=(out,))
         if name not in _NO_LAUNCH:
-            return _run(lambda: function(*host_args, **host_kwargs))
+            return _run(lambda: compute(*host_args, **host_kwargs))
         result = function(*host_args, **host_kwargs)
         if name in ("empty", "empty_like") and _capturing() is not None:
             return _poisoned(result)  # memory the graph has not written yet: garbage
@@ -1636,6 +1668,7 @@ def _make_cuda() -> tuple[types.ModuleType, dict]:
     memory.MemoryPool, memory.using_allocator = UserMemoryPool, using_allocator
     device = types.ModuleType("cupy.cuda.device")
     device.get_cublas_handle = lambda: CUBLAS_HANDLE
+    device.get_compute_capability = lambda: Device().compute_capability  # "90", a str as in CuPy
     from .fake_cublas import cupy_gemm_ex  # (fake_cublas imports this module)
 
     cublas = types.ModuleType("cupy.cuda.cublas")  # gemmEx (cublas_direct.matmul_into_float32) and the math mode
@@ -1680,8 +1713,9 @@ class _CupyModule(types.ModuleType):
 
 def make_module(memory: DeviceMemory) -> tuple[types.ModuleType, dict]:
     """A fresh ``cupy`` module over ``memory``, and its submodules by their sys.modules names."""
-    global _MEMORY, _ACTIVITY, _STREAMS
+    global _MEMORY, _ACTIVITY, _STREAMS, _CORE
     _MEMORY, _ACTIVITY, _STREAMS = memory, Activity(), _StreamState()
+    _CORE, linalg = fake_cupy_core.make_core(lambda: Device().compute_capability)
     _ALLOCATORS.clear()
     cupy = _CupyModule("cupy", __doc__)
     cuda, submodules = _make_cuda()
@@ -1695,6 +1729,8 @@ def make_module(memory: DeviceMemory) -> tuple[types.ModuleType, dict]:
     cupy.ElementwiseKernel, cupy.ReductionKernel = ElementwiseKernel, ReductionKernel
     cupy.RawModule, cupy.RawKernel = RawModule, RawKernel
     cupy.cuda = cuda
+    cupy._core = _CORE  # the compute types (set_compute_type): tests/fake_cupy_core.py
+    submodules["cupy._core"], submodules["cupy._core._routines_linalg"] = _CORE, linalg
     cupy.cublas = types.ModuleType("cupy.cublas")  # (imported as cupy.cublas: not by import cupy)
     cupy.cublas.nrm2 = _nrm2
     submodules["cupy.cublas"] = cupy.cublas
