@@ -26,14 +26,18 @@ import ctypes
 import ml_dtypes
 import numpy as np
 
-from . import fake_cupy_arrays
+from gpubp import precision
+
+from . import fake_cupy_arrays, fake_cupy_core
 
 SUCCESS, INVALID_VALUE, NOT_SUPPORTED = 0, 7, 15
 
 
 class FakeCublas:
     """cublasSetStream_v2, cublasSetWorkspace_v2, cublasSgemm_v2 and cublasDgemm_v2 (ctypes-style
-    positional arguments, int status) on the handle of the installed stand-in ``cupy``."""
+    positional arguments, int status) on the handle of the installed stand-in ``cupy``. Sgemm
+    runs as TF32 when the handle's math mode (the stand-in's ``cupy.cuda.cublas.setMathMode``,
+    read at the call) is CUBLAS_TF32_TENSOR_OP_MATH, as cuBLAS's typed routines do."""
 
     def __init__(self, cupy):
         self.handle = cupy.cuda.device.get_cublas_handle()
@@ -67,8 +71,10 @@ class FakeCublas:
         stream = fake_cupy_arrays.stream_by_ptr(self.stream)
         if stream is not None and stream.capture is not None and self.workspace is None:
             return NOT_SUPPORTED
+        mode = fake_cupy_arrays.activity().math_modes.get(handle, 0)  # read at the call: a graph keeps it
+        tf32 = dtype == np.float32 and fake_cupy_core.math_mode_is_tf32(mode)
         gemm = column_major_gemm(transa, transb, m, n, k, (alpha, beta, dtype), (A, lda, dtype), (B, ldb, dtype),
-                                 (C, ldc, dtype))
+                                 (C, ldc, dtype), tf32=tf32)
         if isinstance(gemm, int):
             return gemm
         self.gemms += 1
@@ -81,11 +87,13 @@ CUDA_TYPES = {0: np.dtype(np.float32), 1: np.dtype(np.float64), 14: np.dtype(ml_
 COMPUTE_32F, GEMM_DEFAULT = 68, -1
 
 
-def column_major_gemm(transa, transb, m, n, k, scalars: tuple, A: tuple, B: tuple, C: tuple):
+def column_major_gemm(transa, transb, m, n, k, scalars: tuple, A: tuple, B: tuple, C: tuple, tf32=False):
     """The operation C (m, n) = alpha op(A) (m, k) @ op(B) (k, n) + beta C over the stand-in's
     memory, column-major, each matrix given as (pointer, leading dimension, dtype) and the scalars
     as (alpha pointer, beta pointer, their dtype, on the host); or cuBLAS's refusal, a status. The
-    sums are float32 for bfloat16 operands (CUBLAS_COMPUTE_32F), and C is rounded once to its dtype."""
+    sums are float32 for bfloat16 operands (CUBLAS_COMPUTE_32F), and C is rounded once to its dtype.
+    ``tf32`` (float32 operands in TF32 math mode): op(A) and op(B) rounded to TF32 when the gemm
+    runs, sums in float32 (gpubp.precision.matmul_as_tf32)."""
     if transa not in (0, 1) or transb not in (0, 1) or min(m, n, k) < 0:
         return INVALID_VALUE
     (A, lda, a_dtype), (B, ldb, b_dtype), (C, ldc, c_dtype) = A, B, C
@@ -107,7 +115,8 @@ def column_major_gemm(transa, transb, m, n, k, scalars: tuple, A: tuple, B: tupl
     wide = np.result_type(np.float32, a_dtype, b_dtype)
 
     def gemm():
-        product = alpha_value * (op_a.astype(wide, copy=False) @ op_b.astype(wide, copy=False))
+        x, y = op_a.astype(wide, copy=False), op_b.astype(wide, copy=False)
+        product = alpha_value * (precision.matmul_as_tf32(x, y) if tf32 else x @ y)
         c[...] = product + beta_value * c.astype(wide) if beta_value else product
 
     return gemm
