@@ -61,6 +61,25 @@ def test_a_graphed_fit_ends_as_the_eager_fit(graph_cupy, name):
         np.testing.assert_allclose(graphed_history.val_loss, eager_history.val_loss, rtol=1e-12)
 
 
+def test_a_graphed_tf32_fit_ends_as_the_eager_tf32_fit(graph_cupy):
+    """TF32 on the stand-in: the eager products by CuPy's compute type, the graphed ones by
+    FakeCublas's sgemm under the handle's math mode (tests/fake_cupy_core.py), both
+    matmul_as_tf32 of the same operands, so the fits agree bit for bit (float32, as measured);
+    a graph whose sgemm ignored the math mode would end as the IEEE graphed fit does, 2e-5 away."""
+    X, y = blobs(n=96, d=12)
+
+    def fit_params(tf32, cuda_graph):
+        net = MLP([12, 16, 8, 4], "tanh", "cuda", "float32", seed=0, alpha=1e-3, tf32=tf32)
+        history = fit(net, X, y, epochs=3, batch_size=32, seed=1, optimizer="adam", cuda_graph=cuda_graph)
+        return history.train_loss, to_numpy(net.flat_params)
+
+    (loss_e, eager), (loss_g, graphed) = fit_params(True, False), fit_params(True, True)
+    np.testing.assert_array_equal(graphed, eager)
+    assert loss_g == loss_e
+    _, ieee = fit_params(False, True)
+    assert np.abs(ieee - eager).max() > 5e-6, np.abs(ieee - eager).max()
+
+
 def test_the_cublas_workspace_outlives_the_graphs(graph_cupy):
     """The workspace the captured gemms write into at each replay is kept for the process: after
     a graphed fit and its graphs are gone it is still a live device buffer (freed, the pool would
