@@ -28,6 +28,7 @@ from sklearn.utils.validation import validate_data
 
 from .backend import backend_for
 from .batches import batch_feed
+from .communicator import failing_together
 from .bfloat16 import network_dtype
 from .engine import Engine
 from .estimator_checkpoint import data_fingerprint
@@ -107,10 +108,14 @@ class _SklearnEpochs:
             est._write_fit_checkpoint(self.net, self, finished=halt)
         return halt
 
-    def _agreed(self, value: float) -> float:
-        """Data parallel, rank 0's ``value`` on every rank: each rank scores the whole validation set,
-        and cards that round differently (another SM count, a MIG slice) must not decide apart."""
-        return value if self.comm is None else self.comm.bcast_object(value)
+    def _agreed(self, compute):
+        """``compute()``; data parallel, rank 0's, given to every rank (cards that round differently must
+        not decide apart); when it raises there, every rank raises (none is left waiting for it)."""
+        if self.comm is None:
+            return compute()
+        with failing_together(self.comm, "scoring the validation set"):
+            value = compute() if self.comm.rank == 0 else None
+        return self.comm.bcast_object(value)
 
     def _end_iteration(self, train_loss: float) -> bool:
         """scikit-learn's end of an iteration: records, messages, stopping rule, warning."""
@@ -123,7 +128,7 @@ class _SklearnEpochs:
         if verbose:
             print("Iteration %d, loss = %.8f" % (est.n_iter_, est.loss_))
         if self.validation is not None:
-            est.validation_loss_curve_.append(self._agreed(est._validation_loss(self.net, *self.validation)))
+            est.validation_loss_curve_.append(self._agreed(lambda: est._validation_loss(self.net, *self.validation)))
         est._update_no_improvement_count(self.net, *(self.validation or (None, None, None)), verbose, self._agreed)
         est._lr.iteration_ends(est.t_)
         if est._no_improvement_count > est.n_iter_no_change:
@@ -257,9 +262,9 @@ class StochasticFit(LbfgsFit):
             net.set_params(self._best_params)
         self._best_params, self._best_is_live = net.params, True
 
-    def _update_no_improvement_count(self, net, Xv, yv, wv, verbose, agreed=lambda score: score):
+    def _update_no_improvement_count(self, net, Xv, yv, wv, verbose, agreed=lambda compute: compute()):
         if self.early_stopping:
-            score = agreed(self._score(net, Xv, yv, wv))
+            score = agreed(lambda: self._score(net, Xv, yv, wv))
             self.validation_scores_.append(score)
             if verbose:
                 print("Validation score: %f" % score)

@@ -130,9 +130,10 @@ def test_only_a_stop_every_rank_agreed_ends_a_data_parallel_fit_quietly(monkeypa
 
 
 def test_data_parallel_early_stopping_decides_on_rank_0s_validation_figures():
-    """Each rank scores the whole validation set; cards that round differently (another SM
-    count, a MIG slice) would score it apart and stop, or divide the learning rate, apart: every
-    rank now takes rank 0's figures (here a rank 1 whose rank 0 scored 0.125 each time)."""
+    """Each rank scored the whole validation set; cards that round differently (another SM
+    count, a MIG slice) would score it apart and stop, or divide the learning rate, apart: rank 0
+    now scores it and every rank takes its figures (here a rank 1 whose rank 0 scored 0.125 each
+    time), and a rank 1 does not score it at all."""
     from gpubp.distributed import SingleProcess
 
     class RankOneOfTwo(SingleProcess):
@@ -142,7 +143,7 @@ def test_data_parallel_early_stopping_decides_on_rank_0s_validation_figures():
             return [obj, obj]
 
         def bcast_object(self, obj, root=0):  # rank 0's validation figures: 0.125
-            return 0.125 if isinstance(obj, float) else obj
+            return 0.125 if obj is None else obj
 
     X, y = problem()
     clf = MLPClassifier((4,), device="cpu", max_iter=4, early_stopping=True, n_iter_no_change=10, random_state=0)
