@@ -33,8 +33,14 @@ def gpu_for_local_rank(local_rank: int, device_count: int) -> int:
 
 
 def node_name() -> str:
-    """The name of this machine (``socket.gethostname()``): ranks with the same name share its GPUs."""
-    return socket.gethostname()
+    """This machine: ``socket.gethostname()``, and its boot id where Linux gives one (containers on
+    two hosts may share a host name; NCCL tells hosts apart the same way). Ranks with the same
+    node_name share its GPUs."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as boot:
+            return f"{socket.gethostname()} (boot {boot.read().strip()[:8]})"
+    except OSError:
+        return socket.gethostname()
 
 
 def check_one_rank_per_gpu(places: list[tuple[str, str]]) -> None:

@@ -706,3 +706,27 @@ def test_nccl_one_rank_on_a_gpu():
         cupy.cuda.get_current_stream().synchronize()
         assert bool((b == cupy.arange(1 << 20, dtype=dtype)).all())
     assert comm.comm.size() == 1 and comm.comm.rank_id() == 0 and comm.comm.device_id() == comm.device
+
+
+def test_a_machine_is_its_host_name_and_its_boot_id(monkeypatch, tmp_path):
+    # by host name alone, containers on two hosts given one host name, each rank on its host's
+    # GPU at the same bus id, were refused as two ranks on one GPU (NCCL hashes the boot id in too)
+    import builtins
+    import socket
+
+    boot = tmp_path / "boot_id"
+    real_open = builtins.open
+    monkeypatch.setattr(socket, "gethostname", lambda: "worker")
+
+    def opening(path, *args, **kwargs):  # Linux's boot id read from tmp_path
+        return real_open(boot if path == "/proc/sys/kernel/random/boot_id" else path, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", opening)
+    names = []
+    for boot_id in ("0f1e2d3c-aaaa-bbbb-cccc-000000000001", "9a8b7c6d-aaaa-bbbb-cccc-000000000002"):
+        boot.write_text(boot_id + "\n")
+        names.append(nccl_communicator.node_name())
+    assert names == ["worker (boot 0f1e2d3c)", "worker (boot 9a8b7c6d)"]
+    nccl_communicator.check_one_rank_per_gpu([(name, "0000:41:00.0") for name in names])  # two hosts: no refusal
+    boot.unlink()
+    assert nccl_communicator.node_name() == "worker"  # no boot id (not Linux): the host name
