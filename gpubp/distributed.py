@@ -20,7 +20,7 @@ import os
 import sys
 
 from .backend import Backend, cuda_status, get_backend
-from .communicator import Communicator, SingleProcess, first_difference, reduce_in_rank_order
+from .communicator import Communicator, SingleProcess, failing_together, first_difference, reduce_in_rank_order
 from .errors import BackendUnavailableError
 from .mpi_communicator import (LAUNCHER_LOCAL_RANK_VARIABLES, LAUNCHER_SIZE_VARIABLES, MPI_HINT, MPICommunicator,
                                from_launcher, import_mpi)
@@ -127,11 +127,12 @@ def world(backend: str | Backend = "auto") -> Communicator:
         abort_on_uncaught_exception(bootstrap)
     name = backend.name if isinstance(backend, Backend) else str(backend).lower()
     reason = None
-    if name not in ("cpu", "numpy"):  # gpubp.backend's names for the host
-        if not isinstance(backend, Backend):
-            _use_local_gpu(bootstrap.local_rank)
-        name = get_backend(backend).name
-        reason = cuda_status().reason if name == "cpu" else None
+    with failing_together(bootstrap, "choosing its device"):  # ("cuda" without a GPU on one rank stops every rank)
+        if name not in ("cpu", "numpy"):  # gpubp.backend's names for the host
+            if not isinstance(backend, Backend):
+                _use_local_gpu(bootstrap.local_rank)
+            name = get_backend(backend).name
+            reason = cuda_status().reason if name == "cpu" else None
     name = "cpu" if name == "numpy" else name
     if bootstrap.size > 1:
         check_same_backend(bootstrap, name, reason)

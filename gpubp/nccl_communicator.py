@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from .backend import is_device_array
-from .communicator import Communicator, check_buffer
+from .communicator import Communicator, check_buffer, failing_together
 from .errors import BackendUnavailableError
 
 # CuPy's wheel for a CUDA major -> the NCCL wheel CuPy loads (the extras gpubp[cuda12], gpubp[cuda13] bring it)
@@ -85,24 +85,17 @@ class NCCLCommunicator(Communicator):
     ------
     BackendUnavailableError
         Without CuPy, where CuPy cannot load NCCL (``cupy.cuda.nccl.available``), or on every
-        rank where two ranks share a GPU (:func:`check_one_rank_per_gpu`).
+        rank where two ranks share a GPU (:func:`check_one_rank_per_gpu`). Where one rank fails
+        to set up, the others raise RankFailedError naming it (none waits for it in NCCL's set-up).
     """
 
     def __init__(self, bootstrap: Communicator, device: int | None = None):
-        try:
-            import cupy
-            from cupy.cuda import nccl
-        except ImportError as exc:
-            raise BackendUnavailableError(f"NCCL needs CuPy ({exc}): install gpubp[cuda12] or gpubp[cuda13]") from exc
-        if not getattr(nccl, "available", False):
-            raise BackendUnavailableError(f"CuPy {cupy.__version__} cannot load NCCL: {why_nccl_not_loaded(cupy)}")
-        self.bootstrap, self.cupy, self.nccl = bootstrap, cupy, nccl
+        self.bootstrap = bootstrap
         self.rank, self.size, self.local_rank = bootstrap.rank, bootstrap.size, bootstrap.local_rank
-        if device is None:
-            device = gpu_for_local_rank(self.local_rank, cupy.cuda.runtime.getDeviceCount())
-        self.device = int(device)
-        cupy.cuda.Device(self.device).use()
-        check_one_rank_per_gpu(bootstrap.allgather_object((node_name(), cupy.cuda.Device(self.device).pci_bus_id)))
+        with failing_together(bootstrap, "setting up NCCL"):  # a rank without CuPy, NCCL or a GPU stops every rank
+            place = self._take_gpu(device)
+        check_one_rank_per_gpu(bootstrap.allgather_object(place))
+        nccl = self.nccl
         # CuPy 14 (cupy_backends/cuda/libs/nccl.pyx): get_unique_id() returns the 128-byte
         # ncclUniqueId as bytes (a tuple before 14), NcclCommunicator(ndev, commId, rank) takes it back.
         uid = bootstrap.bcast_object(nccl.get_unique_id() if self.rank == 0 else None, root=0)
@@ -111,6 +104,23 @@ class NCCLCommunicator(Communicator):
         self.datatypes = {np.dtype(np.float16): nccl.NCCL_FLOAT16, np.dtype(np.float32): nccl.NCCL_FLOAT32,
                           np.dtype(np.float64): nccl.NCCL_FLOAT64, np.dtype(np.int32): nccl.NCCL_INT32,
                           np.dtype(np.int64): nccl.NCCL_INT64}
+
+    def _take_gpu(self, device: int | None) -> tuple[str, str]:
+        """CuPy and its NCCL loaded, this rank's GPU made CuPy's current device; its place,
+        (:func:`node_name`, PCI bus id)."""
+        try:
+            import cupy
+            from cupy.cuda import nccl
+        except ImportError as exc:
+            raise BackendUnavailableError(f"NCCL needs CuPy ({exc}): install gpubp[cuda12] or gpubp[cuda13]") from exc
+        if not getattr(nccl, "available", False):
+            raise BackendUnavailableError(f"CuPy {cupy.__version__} cannot load NCCL: {why_nccl_not_loaded(cupy)}")
+        self.cupy, self.nccl = cupy, nccl
+        if device is None:
+            device = gpu_for_local_rank(self.local_rank, cupy.cuda.runtime.getDeviceCount())
+        self.device = int(device)
+        cupy.cuda.Device(self.device).use()
+        return node_name(), cupy.cuda.Device(self.device).pci_bus_id
 
     def allreduce_sum(self, buffer):
         """Sum a device ``buffer`` (shape (m,), on this rank's GPU; float16/32/64, int32/64) over

@@ -7,6 +7,7 @@ import importlib.metadata
 import importlib.util
 import json
 import math
+import re
 import os
 import shutil
 import signal
@@ -545,6 +546,30 @@ def test_the_nccl_stand_in_refuses_two_ranks_on_one_gpu_as_nccl_does(cupy_with_n
     on_two_threads(work, nodes=("node0", "node0"))
 
 
+def test_a_rank_that_fails_to_take_its_gpu_stops_every_rank_at_once(cupy_with_nccl, monkeypatch):
+    """Three ranks on a two-GPU machine: the third has no GPU of its own (gpu_for_local_rank
+    raises on it alone) and used to leave the others waiting in the next collective of NCCL's
+    set-up; now it raises its error and every other rank a RankFailedError naming it."""
+    from gpubp.errors import RankFailedError
+
+    def gpu(local_rank, count):
+        if THREAD.node == "node1":  # rank 1 plays the rank without a GPU
+            raise BackendUnavailableError("local rank 2 has no GPU of its own (2 visible on this machine)")
+        return 0
+
+    monkeypatch.setattr(nccl_communicator, "gpu_for_local_rank", gpu)
+
+    def work(r, bootstrap):
+        started = time.monotonic()
+        with pytest.raises((BackendUnavailableError, RankFailedError)) as failed:
+            NCCLCommunicator(bootstrap)
+        return type(failed.value).__name__, str(failed.value), time.monotonic() - started < 5
+
+    (kind0, said0, quick0), (kind1, said1, quick1) = on_two_threads(work)
+    assert (kind0, kind1) == ("RankFailedError", "BackendUnavailableError") and quick0 and quick1
+    assert said0 == f"rank 1 of 2 failed setting up NCCL: BackendUnavailableError: {said1}"
+
+
 def test_one_rank_per_gpu_names_every_shared_gpu():
     check = nccl_communicator.check_one_rank_per_gpu
     check([("a", "0000:41:00.0"), ("a", "0000:42:00.0"), ("b", "0000:41:00.0")])  # one rank per GPU
@@ -593,6 +618,24 @@ def test_world_refuses_ranks_that_chose_different_backends_on_every_rank(world_o
     assert world_on_threads([True, True]) == [("nccl", "id")] * 2
     assert world_on_threads([False, False]) == ["ThreadRanks"] * 2
     assert world_on_threads([True, True], "numpy") == ["ThreadRanks"] * 2  # gpubp.backend's alias of "cpu"
+
+
+def test_world_cuda_without_a_gpu_on_one_rank_stops_every_rank_at_once(world_on_threads, monkeypatch):
+    """world("cuda") where rank 1 has no usable GPU: get_backend raises there alone, and rank 0
+    used to wait for it in the next collective; now rank 0 raises a RankFailedError naming it."""
+    from gpubp.errors import RankFailedError
+
+    def get_backend(backend):
+        if not THREAD.usable:
+            raise BackendUnavailableError(f"cuda was asked for but {NO_GPU}")
+        return types.SimpleNamespace(name="cuda")
+
+    monkeypatch.setattr(distributed, "get_backend", get_backend)
+    started = time.monotonic()
+    with pytest.raises(RankFailedError, match=rf"^rank 1 of 2 failed choosing its device: BackendUnavailableError: "
+                                              rf"cuda was asked for but {re.escape(NO_GPU)}"):
+        world_on_threads([True, False], "cuda")  # (on_two_threads raises rank 0's error)
+    assert time.monotonic() - started < 5
 
 
 def test_check_same_backend_groups_the_ranks_by_choice():
