@@ -224,12 +224,18 @@ def to_numpy(a) -> np.ndarray:
 CUDA_ERROR_MEMORY_ALLOCATION = 2  # cudaErrorMemoryAllocation
 
 
+def memory_failure(exc: BaseException) -> str | None:
+    """Which memory an exception says ran out: "pinned" for CuPy's CUDARuntimeError of
+    cudaErrorMemoryAllocation (cudaHostAlloc's page-locked host memory, which CuPy's pinned pool
+    lets out as it is), "device" for NumPy's MemoryError and CuPy's OutOfMemoryError; else None."""
+    if type(exc).__name__ == "CUDARuntimeError" and getattr(exc, "status", None) == CUDA_ERROR_MEMORY_ALLOCATION:
+        return "pinned"
+    return "device" if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError" else None
+
+
 def is_out_of_memory(exc: BaseException) -> bool:
-    """Whether an exception means an allocation failed: NumPy's MemoryError, CuPy's OutOfMemoryError
-    (device memory), or CuPy's CUDARuntimeError of cudaErrorMemoryAllocation (pinned host memory,
-    which CuPy's pinned pool lets out as it is)."""
-    return isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError" or (
-        type(exc).__name__ == "CUDARuntimeError" and getattr(exc, "status", None) == CUDA_ERROR_MEMORY_ALLOCATION)
+    """Whether an exception means an allocation failed (:func:`memory_failure`)."""
+    return memory_failure(exc) is not None
 
 
 def backend_for(a) -> Backend:

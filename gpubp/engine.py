@@ -34,7 +34,7 @@ from typing import Protocol
 import numpy as np
 from tqdm.auto import tqdm
 
-from .backend import is_out_of_memory, to_numpy
+from .backend import memory_failure, to_numpy
 from .communicator import Communicator, SingleProcess
 from .cuda_graph import GraphedGradient, check_graphable
 from .errors import DeviceMemoryError
@@ -175,13 +175,14 @@ class Engine:
         try:
             return self._update(batch, lr)
         except Exception as exc:
-            if not is_out_of_memory(exc):
+            memory = memory_failure(exc)
+            if memory is None:
                 raise
             failure = str(exc)
         # out of the handler, the traceback and the failed step's arrays are gone: release them,
         # then measure what is free (measured inside, the advice would count them as used)
         self.net.backend.release_memory()
-        raise DeviceMemoryError(self._memory_advice(failure, batch_size))
+        raise DeviceMemoryError(self._memory_advice(failure, batch_size, memory))
 
     def _update(self, batch, lr: float):
         """Loss and gradient of a batch's rows, clipped if asked, and the optimizer's update."""
@@ -253,11 +254,11 @@ class Engine:
         if error is not None:
             raise error
 
-    def _memory_advice(self, failure: str, batch_size: int) -> str:
+    def _memory_advice(self, failure: str, batch_size: int, memory: str) -> str:
         """What DeviceMemoryError says: the size asked (from the allocator's message ``failure``),
-        the memory free now and a batch size that should fit."""
+        the memory free now and a batch size that should fit (``memory``: backend.memory_failure's)."""
         net, backend, state = self.net, self.net.backend, self.progress
-        if "cudaErrorMemoryAllocation" in failure:  # cudaHostAlloc: the streamed batches' page-locked buffers
+        if memory == "pinned":  # cudaHostAlloc: the streamed batches' page-locked buffers
             return (f"out of pinned (page-locked) host memory in epoch {state.epoch + 1} (step {state.step + 1}) "
                     f"at batch size {batch_size}, for the streamed batches' buffers; batch size "
                     f"{max(batch_size // 2, 1)} needs half of it (or free host memory)")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import sparse
 
-from .validation import first_unfit, largest_finite, out_of_range
+from .validation import first_unfit, is_float, narrower, out_of_range
 
 PREDICT_BATCH = 4096  # rows per device batch in prediction and validation
 
@@ -34,8 +34,8 @@ def cast_in_range(X, dtype, compute_dtype, name: str = "X", first_row: int = 0):
     :func:`gpubp.validation.out_of_range` names it, its row (counted from ``first_row``: prediction
     casts X batch by batch) and column."""
     values = X.data if sparse.issparse(X) else X  # (a sparse matrix's stored values, in its order)
-    narrower = values.dtype.kind == "f" and largest_finite(compute_dtype) < largest_finite(values.dtype)
-    bad = first_unfit(values, compute_dtype) if narrower else None  # (else no value can overflow; finite: checked)
+    read = is_float(values.dtype) and narrower(compute_dtype, values.dtype)  # (else none can overflow; finite: checked)
+    bad = first_unfit(values, compute_dtype) if read else None
     if bad is not None:
         if sparse.issparse(X):
             coo = X.tocoo()  # (keeps the order of .data)

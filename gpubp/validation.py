@@ -47,6 +47,12 @@ def largest_finite(dtype) -> float:
     return float(ml_dtypes.finfo(dtype).max)
 
 
+def narrower(dtype, than) -> bool:
+    """Whether float ``dtype``'s largest finite value is below float ``than``'s: a finite value of
+    ``than`` may become infinite cast to ``dtype`` (float64 to float32, float32 to bfloat16)."""
+    return largest_finite(dtype) < largest_finite(than)
+
+
 def is_float(dtype) -> bool:
     """Whether ``dtype`` is a real float type: NumPy's or ml_dtypes' bfloat16 (not a NumPy
     floating subtype, its kind is "V")."""
@@ -62,7 +68,7 @@ def first_unfit(X, dtype=None, xp=np) -> tuple[int, ...] | None:
     if not is_float(X.dtype) or X.size == 0:
         return None
     limit = np.inf  # a dtype at least as wide as X's holds every finite value of X
-    if dtype is not None and largest_finite(dtype) < largest_finite(X.dtype):
+    if dtype is not None and narrower(dtype, X.dtype):
         limit = largest_finite(dtype)
     with np.errstate(invalid="ignore"):  # (ml_dtypes' min and max warn of a NaN, NumPy's floats' do not)
         lo, hi = X.min(), X.max()
