@@ -471,9 +471,10 @@ def test_a_streamed_fit_out_of_pinned_host_memory_says_so_and_a_smaller_batch_tr
     with pytest.raises(DeviceMemoryError, match="out of pinned \\(page-locked\\) host memory in epoch 1 \\(step 1\\) at "
                        "batch size 256, for the streamed batches' buffers; batch size 128 needs half of it"):
         fit(MLP([20, 16, 10], "relu", "cuda", "float32", seed=0), X, y, epochs=1, batch_size=256, stream=True, seed=0)
+    fake_cupy.pinned.clear()
     history = fit(MLP([20, 16, 10], "relu", "cuda", "float32", seed=0), X, y, epochs=1, batch_size=128, stream=True,
                   seed=0)
-    assert history.epochs == 1 and fake_cupy.pinned
+    assert history.epochs == 1 and sorted(fake_cupy.pinned) == [128 * 8] * 2 + [128 * 20 * 4] * 2  # y and X, twice
 
 
 def test_predict_splits_a_batch_that_runs_out_of_memory(fake_cupy):

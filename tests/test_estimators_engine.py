@@ -8,6 +8,7 @@ import pytest
 from scipy import sparse
 
 from gpubp import MLP, DeviceMemoryError, MLPClassifier, MLPRegressor
+from gpubp.distributed import SingleProcess
 
 
 def problem(n=80, seed=0):
@@ -89,6 +90,17 @@ def test_a_comm_that_is_not_a_gpubp_communicator_is_refused():
         MLPClassifier((4,), device="cpu").fit(X, y, comm=object())
 
 
+class AlikeRanks(SingleProcess):
+    """Rank ``rank`` of 2 whose peer holds and does what it does (its gathers give this rank's
+    object twice): an estimator's data-parallel fit in one process."""
+
+    def __init__(self, rank: int):
+        self.rank, self.size = rank, 2
+
+    def allgather_object(self, obj):
+        return [obj, obj]
+
+
 @pytest.mark.parametrize("agreed", [True, False])
 def test_only_a_stop_every_rank_agreed_ends_a_data_parallel_fit_quietly(monkeypatch, agreed):
     """A stop signal agreed by every rank after the same step ends fit as scikit-learn's
@@ -99,13 +111,6 @@ def test_only_a_stop_every_rank_agreed_ends_a_data_parallel_fit_quietly(monkeypa
     import signal
 
     from gpubp import estimator_fit
-    from gpubp.distributed import SingleProcess
-
-    class TwoAlikeRanks(SingleProcess):  # rank 0 of 2 whose peer holds and does what it does
-        rank, size = 0, 2
-
-        def allgather_object(self, obj):
-            return [obj, obj]
 
     real_step, steps = estimator_fit.Engine.step, []
 
@@ -122,11 +127,11 @@ def test_only_a_stop_every_rank_agreed_ends_a_data_parallel_fit_quietly(monkeypa
     clf = MLPClassifier((4,), device="cpu", max_iter=3, batch_size=8)
     if agreed:
         with pytest.warns(UserWarning, match="Training interrupted by user"):
-            clf.fit(X, y, comm=TwoAlikeRanks())
+            clf.fit(X, y, comm=AlikeRanks(rank=0))
         assert len(steps) == 2 and clf.coefs_[0].shape == (X.shape[1], 4)  # stopped after that step
     else:
         with pytest.raises(KeyboardInterrupt, match="second SIGINT"):
-            clf.fit(X, y, comm=TwoAlikeRanks())
+            clf.fit(X, y, comm=AlikeRanks(rank=0))
 
 
 def test_data_parallel_early_stopping_decides_on_rank_0s_validation_figures():
@@ -134,14 +139,8 @@ def test_data_parallel_early_stopping_decides_on_rank_0s_validation_figures():
     count, a MIG slice) would score it apart and stop, or divide the learning rate, apart: rank 0
     now scores it and every rank takes its figures (here a rank 1 whose rank 0 scored 0.125 each
     time), and a rank 1 does not score it at all."""
-    from gpubp.distributed import SingleProcess
 
-    class RankOneOfTwo(SingleProcess):
-        rank, size = 1, 2
-
-        def allgather_object(self, obj):
-            return [obj, obj]
-
+    class RankOneOfTwo(AlikeRanks):
         def bcast_object(self, obj, root=0):  # rank 0's validation figures: 0.125
             return 0.125 if obj is None else obj
 
@@ -149,6 +148,6 @@ def test_data_parallel_early_stopping_decides_on_rank_0s_validation_figures():
     clf = MLPClassifier((4,), device="cpu", max_iter=4, early_stopping=True, n_iter_no_change=10, random_state=0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        clf.fit(X, y, comm=RankOneOfTwo())
+        clf.fit(X, y, comm=RankOneOfTwo(rank=1))
     assert clf.validation_scores_ == [0.125] * clf.n_iter_ and clf.best_validation_score_ == 0.125
     assert clf.validation_loss_curve_ == [0.125] * clf.n_iter_
