@@ -12,9 +12,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 
-from .backend import get_backend
+from .backend import get_backend, to_numpy
 from .container import model_block, read, write
 from .errors import DataError
 from .mlp import MLP
@@ -29,10 +28,11 @@ def save_model(net: MLP, path, extra: dict | None = None) -> Path:
     path : str or Path
         Its folder must exist.
     extra : dict of name -> array, optional
-        Numbers or strings; saved as ``extra_<name>`` and returned by :func:`load_model`.
+        Numbers or strings, on the host or the device; saved as ``extra_<name>`` and returned by
+        :func:`load_model` as NumPy arrays.
     """
     arrays = {f"param_{i}": net.backend.to_host(p) for i, p in enumerate(net.params)}
-    arrays.update({f"extra_{name}": np.asarray(value) for name, value in (extra or {}).items()})
+    arrays.update({f"extra_{name}": to_numpy(value) for name, value in (extra or {}).items()})
     return write(path, "model", {"model": model_block(net)}, arrays)
 
 

@@ -299,11 +299,12 @@ def test_save_model_from_device_arrays_loads_anywhere(fake_cupy, tmp_path):
     X, y = blobs(n=80)
     gpu = MLP([12, 24, 4], "tanh", "cuda", "float32", seed=6, alpha=0.01)
     fit(gpu, X, y, epochs=2, batch_size=16, seed=0)
-    gpubp.save_model(gpu, tmp_path / "m.npz", extra={"classes": np.arange(4)})
+    counts = gpu.xp.asarray([5, 7, 9, 11])  # an extra that lives on the card, as the parameters do
+    gpubp.save_model(gpu, tmp_path / "m.npz", extra={"classes": np.arange(4), "counts": counts})
     for device in ("cpu", "cuda"):
         net, extra = gpubp.load_model(tmp_path / "m.npz", backend=device)
         assert net.backend.name == device and (net.alpha, net.dtype) == (gpu.alpha, gpu.dtype)
-        assert extra["classes"].tolist() == [0, 1, 2, 3]
+        assert extra["classes"].tolist() == [0, 1, 2, 3] and extra["counts"].tolist() == [5, 7, 9, 11]
         for p, q in zip(net.params, gpu.params):
             assert on_device(p) is (device == "cuda")
             np.testing.assert_array_equal(to_numpy(p), to_numpy(q))  # bitwise: a copy, not a computation
