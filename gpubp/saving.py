@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
 from .backend import get_backend, to_numpy
 from .container import model_block, read, write
 from .errors import DataError
