@@ -787,9 +787,11 @@ class ndarray(np.ndarray):
         _ACTIVITY.sync()
         return bool(_host_view(self))
 
-    def item(self, *args):
+    def item(self):  # CuPy's item takes no index (core.pyx: cpdef item(self)); it needs size 1
+        if self.size != 1:
+            raise ValueError("can only convert an array of size 1 to a Python scalar")
         _ACTIVITY.sync()
-        return _host_view(self).item(*args)
+        return _host_view(self).item()
 
     def tolist(self):
         _ACTIVITY.sync()

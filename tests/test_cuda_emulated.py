@@ -117,6 +117,8 @@ STRICT = {  # what CuPy refuses, with the exception it raises
     "raw kernel given a device array for a by-value scalar": (  # CuPy would pass its CArray's bytes
         lambda cp, x: softmax_rows(cp, scale=cp.ones((), np.float32)), TypeError),
     "a device integer as an index": (lambda cp, x: range(cp.asarray(3)), TypeError),  # no __index__ in CuPy
+    "item with an index": (lambda cp, x: x.item(0), TypeError),  # CuPy's item(self) takes none
+    "item of more than one element": (lambda cp, x: x.item(), ValueError),
     "missing cupy name": (lambda cp, x: cp.insert, AttributeError),
     "take into an out of another dtype": (
         lambda cp, x: cp.take(x, cp.arange(2), axis=0, out=cp.zeros(2, np.float32)), TypeError),
