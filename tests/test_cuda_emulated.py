@@ -9,6 +9,8 @@ here on "cuda" and is compared with the same run on "cpu": float64 to 1e-12, flo
 gpubp.parity's tolerances. The first tests hold the stand-in itself to CuPy's behaviour.
 """
 
+import ast
+import pathlib
 import pickle
 import re
 import sys
@@ -143,6 +145,37 @@ def test_the_stand_in_refuses_what_cupy_refuses(fake_cupy, case):
     x = fake_cupy.zeros(3)
     with pytest.raises(error):
         action(fake_cupy, x)
+
+
+# The functions of gpubp that test isinstance(..., np.ndarray), each given host values only. The
+# stand-in's device arrays are NumPy subclasses (True there), CuPy's are not (False on a card), so
+# such a test of a value that may live on the device passes here and takes the other branch there:
+# use gpubp.backend.is_device_array, or add the function here with why it sees the host alone.
+HOST_ONLY_NDARRAY_TESTS = {
+    "communicator.py:_same": "compares ranks' settings: Python values and host arrays",
+    "estimator_checkpoint.py:jsonable": "a fitted record's floats and lists, on the host",
+    "host_kernels.py:softmax_minus_y": "the CPU backend's kernel, on NumPy arrays",
+}
+
+
+def ndarray_tests(source: str, module: str) -> set[str]:
+    """'module:function' of each function in ``source`` calling isinstance(..., np.ndarray)."""
+    found = set()
+    for function in ast.walk(ast.parse(source)):
+        if isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            for call in ast.walk(function):
+                if (isinstance(call, ast.Call) and getattr(call.func, "id", None) == "isinstance"
+                        and "np.ndarray" in ast.unparse(call.args[1])):
+                    found.add(f"{module}:{function.name}")
+    return found
+
+
+def test_no_isinstance_ndarray_test_meets_a_device_array():
+    package = pathlib.Path(gpubp.__file__).parent
+    found = set().union(*(ndarray_tests(path.read_text(), path.name) for path in package.glob("*.py")))
+    assert found == set(HOST_ONLY_NDARRAY_TESTS)
+    planted = "def f(a):\n    return isinstance(a, (list, np.ndarray))\n"
+    assert ndarray_tests(planted, "m.py") == {"m.py:f"}
 
 
 def test_numpy_and_sys_modules_are_restored_after_the_stand_in():
