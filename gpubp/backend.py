@@ -154,11 +154,6 @@ class Backend:
         """Array ``a`` of this backend (or of NumPy) as a NumPy array."""
         return to_numpy(a)
 
-    def synchronize(self) -> None:
-        """Wait for queued device work to finish (timing needs it; a no-op on the CPU)."""
-        if self.name == "cuda":
-            self.xp.cuda.get_current_stream().synchronize()
-
     def fits(self, nbytes: int) -> bool:
         """Whether ``nbytes`` of data may be kept on this device (always True on the CPU)."""
         if self.name != "cuda":
