@@ -153,6 +153,8 @@ class RawKernel:
         grid3, block3 = (tuple(dims) + (1,) * (3 - len(dims)) for dims in (grid, block))
         if np.prod(block3) > 1024:
             raise ValueError(f"a block of {np.prod(block3)} threads: CUDA allows at most 1024")
+        if 0 in grid3 + block3:  # cuLaunchKernel's CUDA_ERROR_INVALID_VALUE (CuPy's CUDADriverError)
+            raise RuntimeError(f"{self.name}: a grid {grid3} of block {block3}: CUDA_ERROR_INVALID_VALUE")
         if len(args) != len(self.params):
             raise TypeError(f"{self.name} takes {len(self.params)} arguments, {len(args)} given")
         values, floats = [], set()

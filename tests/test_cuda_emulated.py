@@ -78,14 +78,14 @@ def test_device_arrays_behave_as_cupy_arrays(fake_cupy):
 
 
 HOST = np.ones(3)
-def softmax_rows(cp, scale):
-    """gpubp's RawModule kernel softmax_minus_y_rows (float32) on 2 rows of 3 classes, launched with
-    ``scale`` for its float row scale, the other arguments as gpubp.kernels passes them."""
+def softmax_rows(cp, scale, grid=(1,)):
+    """gpubp's RawModule kernel softmax_minus_y_rows (float32) on 2 rows of 3 classes, launched on
+    ``grid`` with ``scale`` for its float row scale, the other arguments as gpubp.kernels passes them."""
     z, y = cp.zeros((2, 3), np.float32), cp.zeros(2, np.int64)
     module = cp.RawModule(code=kernels.read_source("gpubp_math.cuh") + kernels.read_source("softmax_rows.cu"),
                           options=kernels.COMPILE_OPTIONS)
     kernel = module.get_function("gpubp_softmax_minus_y_rows_f32")
-    kernel((1,), (64,), (z, z, np.int32(0), y, scale, z, z, np.int32(0), cp.empty((2, 3), np.float32),
+    kernel(grid, (64,), (z, z, np.int32(0), y, scale, z, z, np.int32(0), cp.empty((2, 3), np.float32),
                          cp.empty(2, np.float32), np.int64(2), np.int64(3)))
 
 
@@ -118,6 +118,8 @@ STRICT = {  # what CuPy refuses, with the exception it raises
         lambda cp, x: cp.ElementwiseKernel("T a, T s", "T b", "b = a * s", "scale_kernel")(x, [2.0], x), TypeError),
     "raw kernel given a device array for a by-value scalar": (  # CuPy would pass its CArray's bytes
         lambda cp, x: softmax_rows(cp, scale=cp.ones((), np.float32)), TypeError),
+    "raw kernel launched on no blocks": (  # cuLaunchKernel: CUDA_ERROR_INVALID_VALUE
+        lambda cp, x: softmax_rows(cp, scale=np.float32(1), grid=(0,)), RuntimeError),
     "a device integer as an index": (lambda cp, x: range(cp.asarray(3)), TypeError),  # no __index__ in CuPy
     "item with an index": (lambda cp, x: x.item(0), TypeError),  # CuPy's item(self) takes none
     "item of more than one element": (lambda cp, x: x.item(), ValueError),
