@@ -390,6 +390,24 @@ def test_streamed_runs_equal_the_resident_run_on_a_gpu(tmp_path, dtype):
     assert_bitwise(train("cuda", folder.X, folder.y, dtype), resident)
 
 
+@pytest.mark.parametrize("device", ["cpu", STAND_IN, pytest.param("card", marks=pytest.mark.gpu)])
+@pytest.mark.parametrize("output", ["identity", "logistic"])
+def test_streamed_float_targets_train_bitwise_as_resident_ones(tmp_path, request, device, output):
+    """Targets (n, k) of floats ride the pinned double buffers in place of int64 labels: a
+    regression (identity) and a multi-label (logistic) output stream as they train resident."""
+    if device == "cuda":
+        request.getfixturevalue("fake_cupy")
+    device = "cuda" if device == "card" else device
+    X, labels = write_folder(tmp_path / "d", n=200)
+    targets = np.eye(3)[labels] if output == "logistic" else X[:, :3] * 0.5 + labels[:, None]  # (200, 3)
+    runs = []
+    for stream in (False, True):
+        net = MLP([7, 12, 3], "relu", device, "float32", seed=2, output=output)
+        history = fit(net, X, targets, **{**SETTINGS, "stream": stream})
+        runs.append(([to_numpy(p) for p in net.params], history))
+    assert_bitwise(*runs)
+
+
 def test_a_memmap_that_is_not_2d_is_refused_clearly(tmp_path):
     from gpubp import MLP, fit
 

@@ -98,17 +98,23 @@ def test_a_checkpoint_resumes_only_on_the_same_weights(tmp_path):
     fit(net(), X, y, sample_weight=w, epochs=3, batch_size=16, resume=ckpt)
 
 
-@pytest.mark.parametrize("device", ["cpu", STAND_IN])
-def test_streamed_weights_train_bitwise_as_resident_ones(request, device):
+@pytest.mark.parametrize("device", ["cpu", STAND_IN, pytest.param("card", marks=pytest.mark.gpu)])
+@pytest.mark.parametrize("first_batch_weighs", [True, False])
+def test_streamed_weights_train_bitwise_as_resident_ones(request, device, first_batch_weighs):
     """The weights travel with their rows through the pinned double buffers (the CuPy stand-in
-    runs the cuda path's Python code)."""
+    runs the cuda path's Python code); a batch that weighs nothing still takes its turn of the
+    buffers, so the batches after it get their own rows."""
     if device == "cuda":
         request.getfixturevalue("fake_cupy")
+    device = "cuda" if device == "card" else device
     X, y, w = problem(n=70)
+    if not first_batch_weighs:
+        w[:16] = 0  # the first batch of each epoch (no shuffling): no step
     runs = []
     for stream in (False, True):
         model = MLP(SIZES, "relu", backend=device, dtype="float32", seed=1, alpha=1e-3)
-        history = fit(model, X, y, sample_weight=w, epochs=3, batch_size=16, seed=2, stream=stream)
+        history = fit(model, X, y, sample_weight=w, epochs=3, batch_size=16, seed=2, stream=stream,
+                      shuffle=first_batch_weighs)
         runs.append((np.concatenate([to_numpy(p).ravel() for p in model.params]),
                      history.train_loss))
     np.testing.assert_array_equal(runs[0][0], runs[1][0])
