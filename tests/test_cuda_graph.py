@@ -8,6 +8,7 @@ plays libcublas over the stand-in's memory. On a card (marker gpu) the graphed f
 the eager one bit for bit: the same kernels and cuBLAS algorithms run in the same order.
 """
 
+import warnings
 from types import SimpleNamespace
 
 import numpy as np
@@ -97,8 +98,6 @@ def test_the_cublas_workspace_outlives_the_graphs(graph_cupy):
 
 def test_the_estimators_take_cuda_graph(graph_cupy):
     """MLPClassifier and MLPRegressor(cuda_graph=True) fit as without it (float64, sgd and adam)."""
-    import warnings
-
     from gpubp import MLPClassifier, MLPRegressor
 
     X, y = blobs(n=120, d=12)
@@ -287,6 +286,38 @@ def test_on_a_card_a_graphed_estimator_fit_equals_the_eager_one():
     fits = [MLPClassifier((64,), max_iter=3, random_state=0, device="cuda", dtype="float32",
                           cuda_graph=cuda_graph).fit(X / 16, y) for cuda_graph in (False, True)]
     assert fits[1].loss_curve_ == fits[0].loss_curve_
+    for a, b in zip(fits[1].coefs_ + fits[1].intercepts_, fits[0].coefs_ + fits[0].intercepts_):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.filterwarnings("ignore:Got `batch_size` less than 1")  # the calls of fewer than 64 rows
+@pytest.mark.parametrize("device", [pytest.param("stand-in", marks=pytest.mark.cupy_stand_in),
+                                    pytest.param("card", marks=pytest.mark.gpu)])
+def test_a_graphed_regressor_equals_the_eager_one_as_its_graphs_are_evicted(request, device):
+    """An identity output's BP1 (CuPy's own elementwise kernels, their temporaries taken inside the
+    capture) graphed, bit for bit as eager; then partial_fit calls of more batch shapes than
+    GraphedGradient.MAX_GRAPHS keeps, each evicted graph freed and the rest replayed, still so."""
+    from sklearn.datasets import load_diabetes
+
+    from gpubp import MLPRegressor
+
+    if device == "stand-in":
+        request.getfixturevalue("graph_cupy")
+    X, y = load_diabetes(return_X_y=True)  # (442, 10)
+    X, y = X / X.std(axis=0), y / y.std()
+    fits = [MLPRegressor(hidden_layer_sizes=(32,), batch_size=64, max_iter=3, random_state=0, device="cuda", dtype="float32",
+                         cuda_graph=cuda_graph) for cuda_graph in (False, True)]
+    for est in fits:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # max_iter reached
+            est.fit(X, y)
+    assert fits[1].loss_curve_ == fits[0].loss_curve_
+    start = 0
+    for rows in range(3, 3 + GraphedGradient.MAX_GRAPHS + 2):  # one shape a call, every shape new
+        for est in fits:
+            est.partial_fit(X[start:start + rows], y[start:start + rows])
+        start += rows
+    assert len(fits[1]._graphs.graphs) == GraphedGradient.MAX_GRAPHS and fits[1].loss_curve_ == fits[0].loss_curve_
     for a, b in zip(fits[1].coefs_ + fits[1].intercepts_, fits[0].coefs_ + fits[0].intercepts_):
         np.testing.assert_array_equal(a, b)
 
