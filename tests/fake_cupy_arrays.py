@@ -1096,11 +1096,13 @@ class CUBLASError(RuntimeError):
 
 
 class CUDARuntimeError(RuntimeError):
-    """cupy_backends.cuda.api.runtime.CUDARuntimeError."""
+    """cupy_backends.cuda.api.runtime.CUDARuntimeError: made from ``status`` alone, as CuPy's is
+    (runtime.pyx; its message is the status's name and CUDA's text of it); the stand-in's own
+    raises add what happened in ``message``."""
 
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str | None = None):
         self.status = status
-        super().__init__(message)
+        super().__init__(message or f"CUDA runtime error {status}")
 
 
 class PinnedMemoryPointer(bytearray):

@@ -408,6 +408,41 @@ def test_streamed_float_targets_train_bitwise_as_resident_ones(tmp_path, request
     assert_bitwise(*runs)
 
 
+@pytest.mark.parametrize("device", [pytest.param("stand-in", marks=pytest.mark.cupy_stand_in),
+                                    pytest.param("card", marks=pytest.mark.gpu)])
+def test_cupys_own_errors_say_which_memory_ran_out_and_a_streamed_fit_names_pinned_memory(tmp_path, request,
+                                                                                          monkeypatch, device):
+    """gpubp.backend.memory_failure on CuPy's classes themselves (the stand-in's copies of them
+    here, the real ones on a card): cudaHostAlloc's failure, as CuPy's pinned pool lets it out, is
+    "pinned"; so a streamed fit whose pinned buffers cannot be had raises DeviceMemoryError saying
+    so, and half the batch trains."""
+    from gpubp import DeviceMemoryError
+    from gpubp.backend import memory_failure
+
+    if device == "stand-in":
+        request.getfixturevalue("fake_cupy")
+    import cupy
+
+    assert memory_failure(cupy.cuda.runtime.CUDARuntimeError(2)) == "pinned"  # cudaErrorMemoryAllocation
+    assert memory_failure(cupy.cuda.runtime.CUDARuntimeError(1)) is None  # cudaErrorInvalidValue
+    assert memory_failure(cupy.cuda.memory.OutOfMemoryError(512, 1024, 2048)) == "device"
+    real = cupy.cuda.alloc_pinned_memory
+
+    def alloc_pinned_memory(nbytes):  # page-locked memory for one 128-row batch of X at most
+        if nbytes > 128 * 20 * 4:
+            raise cupy.cuda.runtime.CUDARuntimeError(2)
+        return real(nbytes)
+
+    monkeypatch.setattr(cupy.cuda, "alloc_pinned_memory", alloc_pinned_memory)
+    X, y = write_folder(tmp_path / "d", n=512, d=20, classes=5)
+    with pytest.raises(DeviceMemoryError, match=r"out of pinned \(page-locked\) host memory .* batch size 256"):
+        fit(MLP([20, 16, 5], "relu", backend="cuda", dtype="float32", seed=0), X, y, epochs=1, batch_size=256,
+            stream=True, seed=0)
+    history = fit(MLP([20, 16, 5], "relu", backend="cuda", dtype="float32", seed=0), X, y, epochs=1, batch_size=128,
+                  stream=True, seed=0)
+    assert history.epochs == 1 and np.isfinite(history.train_loss[-1])
+
+
 def test_a_memmap_that_is_not_2d_is_refused_clearly(tmp_path):
     from gpubp import MLP, fit
 
