@@ -117,6 +117,37 @@ def test_a_checkpoint_written_on_the_gpu_resumes_on_the_cpu(tmp_path):
         assert_close(pc, to_numpy(pg), 1e-10, 1e-12, what="resumed on the CPU vs uninterrupted on the GPU")
 
 
+def test_a_checkpoint_written_on_the_gpu_resumes_on_the_gpu_bit_for_bit(tmp_path):
+    """Parameters, Adam's moments and the shuffling state come back exactly onto the card, and the
+    same kernels run in the same order after: the resumed fit ends as the uninterrupted one."""
+    X, y = data(n=200)
+    settings = dict(epochs=4, batch_size=32, optimizer="adam", seed=2)
+    _, stopped = pair("relu", "float64")
+    fit(stopped, X, y, checkpoint=tmp_path / "c.npz", checkpoint_every=1,
+        callbacks=[lambda epoch, logs: epoch == 2], **settings)
+    (_, resumed), (_, whole) = pair("relu", "float64"), pair("relu", "float64")
+    history = fit(resumed, X, y, resume=tmp_path / "c.npz", **settings)
+    assert history.train_loss == fit(whole, X, y, **settings).train_loss
+    for i, (p, q) in enumerate(zip(resumed.params, whole.params)):
+        np.testing.assert_array_equal(to_numpy(p), to_numpy(q), err_msg=f"parameter {i}")
+
+
+def test_a_model_saved_from_the_gpu_with_a_device_extra_loads_on_either_device(tmp_path):
+    import gpubp
+
+    _, gpu = pair("tanh", "float32")
+    X, y = data(n=96)
+    fit(gpu, X, y, epochs=2, batch_size=32, seed=0)
+    gpubp.save_model(gpu, tmp_path / "m.npz", extra={"counts": gpu.xp.asarray([5, 7, 9])})
+    for device in ("cuda", "cpu"):
+        net, extra = gpubp.load_model(tmp_path / "m.npz", backend=device)
+        assert net.backend.name == device and extra["counts"].tolist() == [5, 7, 9]
+        for p, q in zip(net.params, gpu.params):
+            np.testing.assert_array_equal(to_numpy(p), to_numpy(q))  # a copy, not a computation
+    assert_close(to_numpy(net.predict_proba(X)), to_numpy(gpu.predict_proba(X)), RTOL["float32"], ATOL["float32"],
+                 what="predict_proba on the cpu vs on the card")
+
+
 def test_a_step_that_does_not_fit_on_the_card_raises_device_memory_error_with_a_batch_size_that_fits():
     """CuPy's real out-of-memory error (the stand-in's is tested on the CPU): a 262144-row batch
     of a 200000-wide layer needs 210 GB for z alone, more than any card has (an H200 has 141);
