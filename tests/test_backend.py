@@ -10,6 +10,8 @@ import gpubp.backend as backend_module
 from gpubp.backend import cuda_status, get_backend, to_numpy
 from gpubp.errors import BackendUnavailableError
 
+from .conftest import STAND_IN
+
 
 @pytest.fixture
 def fresh_probe():
@@ -184,17 +186,20 @@ def test_host_data_goes_to_the_device_without_cupy_asarray():
         np.testing.assert_array_equal(copies[-1], expected)
 
 
+@pytest.mark.parametrize("device", ["cpu", STAND_IN])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_the_norm_is_blas_nrm2_in_chunks_of_a_32_bit_count(dtype, monkeypatch):
-    """Backend.norm: the Euclidean norm, a 0-d value of x's dtype, whatever x's shape; past the
-    chunk (nrm2's 32-bit n) the norm of the chunks' norms, which is the same norm."""
-    cpu = get_backend("cpu")
-    x = np.random.default_rng(0).normal(size=(37, 11)).astype(dtype)
-    whole = cpu.norm(x)
-    assert whole.dtype == np.dtype(dtype) and whole.shape == ()
-    assert float(whole) == pytest.approx(float(np.linalg.norm(x.astype(np.float64))), rel=1e-6)
+def test_the_norm_is_blas_nrm2_in_chunks_of_a_32_bit_count(dtype, monkeypatch, request, device):
+    """Backend.norm: the Euclidean norm, a 0-d value of x's dtype on x's device, whatever x's
+    shape; past the chunk (nrm2's 32-bit n) the norm of the chunks' norms, which is the same norm."""
+    if device == "cuda":
+        request.getfixturevalue("fake_cupy")
+    backend = get_backend(device)
+    x = backend.asarray(np.random.default_rng(0).normal(size=(37, 11)).astype(dtype))
+    whole = backend.norm(x)
+    assert whole.dtype == np.dtype(dtype) and whole.shape == () and backend_module.backend_for(whole) is backend
+    assert float(whole) == pytest.approx(float(np.linalg.norm(to_numpy(x).astype(np.float64))), rel=1e-6)
     monkeypatch.setattr(backend_module, "_NORM_CHUNK", 50)  # 407 values: 9 chunks
-    assert float(cpu.norm(x)) == pytest.approx(float(whole), rel=1e-6)
+    assert float(backend.norm(x)) == pytest.approx(float(whole), rel=1e-6)
 
 
 def test_the_norm_of_a_strided_view_is_its_own(fake_cupy):
