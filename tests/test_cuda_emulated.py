@@ -10,7 +10,6 @@ gpubp.parity's tolerances. The first tests hold the stand-in itself to CuPy's be
 """
 
 import ast
-import pathlib
 import pickle
 import re
 import sys
@@ -27,7 +26,7 @@ from gpubp.errors import DeviceMemoryError
 from gpubp.ops import ACTIVATIONS
 
 from . import fake_cupy_arrays
-from .conftest import assert_close
+from .conftest import REPO, assert_close
 
 TOL = {"float64": (1e-12, 1e-14), "float32": parity.MODEL_TOL["float32"]}
 
@@ -173,7 +172,7 @@ def ndarray_tests(source: str, module: str) -> set[str]:
 
 
 def test_no_isinstance_ndarray_test_meets_a_device_array():
-    package = pathlib.Path(gpubp.__file__).parent
+    package = REPO / "gpubp"
     found = set().union(*(ndarray_tests(path.read_text(), path.name) for path in package.glob("*.py")))
     assert found == set(HOST_ONLY_NDARRAY_TESTS)
     planted = "def f(a):\n    return isinstance(a, (list, np.ndarray))\n"
