@@ -25,6 +25,7 @@ from gpubp import distributed, nccl_communicator
 from gpubp.distributed import Communicator, NCCLCommunicator, SingleProcess, first_difference
 from gpubp.errors import BackendUnavailableError
 
+from . import fake_cupy_arrays
 from .mpi_worker import buffer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -303,7 +304,13 @@ def fake_nccl(device_ranges: dict, place) -> types.ModuleType:
     waits for all ranks, allReduce reads and writes through raw pointers, which must lie in a
     device buffer whose ``.data.ptr`` was taken (``device_ranges``: ptr -> bytes). Like NCCL,
     NcclCommunicator fails every rank with NCCL_ERROR_INVALID_USAGE where two ranks have the same
-    ``place()`` (machine, PCI bus id of the current device): "Duplicate GPU detected"."""
+    ``place()`` (machine, PCI bus id of the current device): "Duplicate GPU detected".
+
+    allReduce's stream must be CuPy's current one when it is called: NCCL queues the sum on the
+    stream it is given, and gpubp promises it on the current stream, where the caller's next
+    kernel reads it. The stand-in runs computations at once, so a sum queued on another stream
+    would not show in the values: the handle is checked instead (the stand-in's current stream
+    is one for every thread: ranks played by threads keep the null stream current)."""
     nccl = types.ModuleType("cupy.cuda.nccl")
     nccl.available, nccl.calls, nccl.NcclError, groups = True, [], NcclError, {}
     for code, name in [(0, "INT8"), (1, "UINT8"), (2, "INT32"), (3, "UINT32"), (4, "INT64"), (5, "UINT64"),
@@ -332,6 +339,8 @@ def fake_nccl(device_ranges: dict, place) -> types.ModuleType:
         def allReduce(self, sendbuf, recvbuf, count, datatype, op, stream):
             nccl.calls.append((self.rank, sendbuf, recvbuf, count, datatype, op, stream))
             assert op == nccl.NCCL_SUM
+            current = fake_cupy_arrays.get_current_stream().ptr
+            assert stream == current, f"allReduce on stream {stream:#x} while CuPy's current stream is {current:#x}"
             self.group[self.rank] = memory(sendbuf, count, datatype).copy()
             self.group["barrier"].wait()
             total = sum(self.group[r] for r in range(self.group["barrier"].parties))
@@ -344,7 +353,7 @@ def fake_nccl(device_ranges: dict, place) -> types.ModuleType:
 
 @pytest.fixture
 def cupy_with_nccl(fake_cupy, monkeypatch):
-    """The CuPy stand-in with a fake NCCL, device arrays with ``.data.ptr``, a stream with ``.ptr``;
+    """The CuPy stand-in with a fake NCCL and device arrays with ``.data.ptr``;
     nccl_communicator.node_name gives the machine that :func:`on_two_threads` gave the thread."""
     device_ranges = {}
 
@@ -356,7 +365,6 @@ def cupy_with_nccl(fake_cupy, monkeypatch):
     monkeypatch.setattr(nccl_communicator, "node_name", lambda: getattr(THREAD, "node", "main"), raising=False)
     nccl = fake_nccl(device_ranges, lambda: (nccl_communicator.node_name(), fake_cupy.cuda.Device().pci_bus_id))
     monkeypatch.setattr(fake_cupy.ndarray, "data", property(data))
-    monkeypatch.setattr(fake_cupy.cuda.get_current_stream(), "ptr", 0x5EED, raising=False)
     monkeypatch.setattr(fake_cupy.cuda, "nccl", nccl, raising=False)
     monkeypatch.setitem(sys.modules, "cupy.cuda.nccl", nccl)
     return fake_cupy, nccl
@@ -404,7 +412,7 @@ def test_nccl_allreduce_sums_device_buffers_in_place(cupy_with_nccl, dtype):
         assert got.dtype == dtype and got.tolist() == (host[0] + host[1]).tolist()
     code = {np.float64: 8, np.float32: 7, np.float16: 6, np.int64: 4}[dtype]
     for rank, send, recv, count, datatype, op, stream in nccl.calls:
-        assert send == recv and (count, datatype, op, stream) == (300, code, 0, 0x5EED)
+        assert send == recv and (count, datatype, op, stream) == (300, code, 0, 0)  # the null stream, current
 
 
 def test_data_parallel_training_on_cuda_over_nccl_equals_one_process(cupy_with_nccl):
@@ -512,6 +520,20 @@ def test_nccl_refuses_host_arrays_and_odd_buffers(cupy_with_nccl):
     b = cupy.asarray(np.arange(3.0))
     assert comm.allreduce_sum(b).get().tolist() == [0, 1, 2] and len(nccl.calls) == 1
 
+
+def test_nccl_sums_on_cupys_current_stream(cupy_with_nccl):
+    """Under ``with cupy.cuda.Stream(non_blocking=True)``, allReduce is given that stream's handle
+    (the fake NCCL refuses any other than the current one), and a kernel queued next on it reads
+    the sum."""
+    cupy, nccl = cupy_with_nccl
+    comm = NCCLCommunicator(SingleProcess())
+    with cupy.cuda.Stream(non_blocking=True) as stream:
+        b = cupy.arange(5.0)
+        assert comm.allreduce_sum(b) is b
+        doubled = b * 2
+        stream.synchronize()
+    assert doubled.get().tolist() == [0, 2, 4, 6, 8]
+    assert stream.ptr != 0 and [call[-1] for call in nccl.calls] == [stream.ptr]
 
 ONE_GPU_TWO_RANKS = ("ranks 0, 1 share the GPU at PCI bus id 0000:41:00.0 on machine 'node0': NCCL needs one GPU "
                      "per rank. Start at most as many ranks per machine as it has GPUs (mpirun -n, or --map-by "
