@@ -461,6 +461,50 @@ def test_data_parallel_training_on_cuda_over_nccl_equals_one_process(cupy_with_n
     assert nccl.calls  # the estimator's steps went through NCCL too
 
 
+# the paths test_data_parallel_training_on_cuda_over_nccl_equals_one_process leaves out, one at a
+# time: 161 rows in batches of 32 end with a batch of 1 row, of which rank 1's share is empty; not
+# shuffled, the weights give rank 1's half of the first batch no weight, an empty share mid-epoch
+DP_CASES = {"float32": dict(dtype="float32"), "bfloat16": dict(dtype="bfloat16"), "streamed": dict(stream=True),
+            "no_l2": dict(alpha=0.0), "empty_share": dict(n=161),
+            "empty_share_streamed": dict(n=161, stream=True, dtype="float32"),
+            "weightless_share_streamed": dict(stream=True, shuffle=False,
+                                              sample_weight=np.repeat([1.0, 0.0, 1.0], [16, 16, 128]))}
+
+
+@pytest.mark.parametrize("case", list(DP_CASES))
+def test_data_parallel_on_cuda_over_nccl_equals_one_process_in_each_case(cupy_with_nccl, case):
+    """gpubp.fit with comm=NCCLCommunicator, two ranks played by threads, in float32, in bfloat16,
+    streamed, without an L2 term, and where a rank's share of a batch is empty (fewer rows than
+    ranks, or rows that weigh nothing: it all-reduces zeros), resident and streamed: each rank
+    ends with the one-process run's parameters and losses, float64 to 1e-10, float32 and bfloat16
+    (float32 parameters) to gpubp.parity's whole-model tolerance (the shares sum their rows in
+    another order), and every step went through one allReduce of the flat gradient on each rank."""
+    import gpubp
+    from gpubp.parity import MODEL_TOL
+
+    from .test_cuda_emulated import blobs
+
+    cupy, nccl = cupy_with_nccl
+    settings = {"dtype": "float64", "alpha": 1e-3, "n": 160, **DP_CASES[case]}
+    dtype, alpha, n = (settings.pop(name) for name in ("dtype", "alpha", "n"))
+    rtol, atol = MODEL_TOL["float64" if dtype == "float64" else "float32"]
+    X, y = blobs(n=n, d=6)
+
+    def train(comm=None):
+        net = gpubp.MLP([6, 8, 4], "tanh", "cuda", dtype, seed=0, alpha=alpha)
+        history = gpubp.fit(net, X, y, epochs=3, batch_size=32, seed=0, optimizer="adam", comm=comm, **settings)
+        return gpubp.to_numpy(net.flat_params), history.train_loss
+
+    one = train()
+    assert bool(cupy.pinned) == settings.get("stream", False)  # streamed through pinned buffers, or resident
+    nccl.calls.clear()
+    for params, train_loss in on_two_threads(lambda r, boot: train(NCCLCommunicator(boot))):
+        np.testing.assert_allclose(params, one[0], rtol=rtol, atol=atol)
+        np.testing.assert_allclose(train_loss, one[1], rtol=rtol)
+    gradients = [c for c in nccl.calls if c[3] == one[0].size]
+    assert len(gradients) == 2 * 3 * math.ceil(n / 32)  # ranks * epochs * steps an epoch
+
+
 def test_nccl_communicator_delegates_host_work_to_its_bootstrap(cupy_with_nccl):
     cupy, _ = cupy_with_nccl
 
