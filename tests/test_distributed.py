@@ -724,6 +724,39 @@ def test_nccl_unavailable_and_gpu_choice(monkeypatch):
         distributed.gpu_for_local_rank(2, 2)
 
 
+def test_world_makes_the_local_ranks_gpu_current_before_it_probes_cuda(fake_cupy, monkeypatch):
+    """world("cuda") on local rank 1 of a machine with two GPUs: GPU 1 is CuPy's current device
+    (gpu_for_local_rank) when get_backend probes CUDA, so the probe tests the rank's own GPU, not
+    GPU 0; where CuPy cannot count the GPUs, none is made current and the probe, which says why,
+    still runs."""
+    used, probed = [], []
+
+    class Device:  # cupy.cuda.Device recording which GPU each use() makes current
+        def __init__(self, device=None):
+            self.id = 0 if device is None else int(device)
+
+        def use(self):
+            used.append(self.id)
+
+    bootstrap = SingleProcess()
+    bootstrap.local_rank = 1  # as the launcher says
+    monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "1")
+    monkeypatch.setattr(distributed, "MPICommunicator", lambda: bootstrap)
+    monkeypatch.setattr(distributed, "get_backend",
+                        lambda backend: probed.append(list(used)) or types.SimpleNamespace(name="cuda"))
+    monkeypatch.setattr(distributed, "NCCLCommunicator", lambda boot: "nccl")
+    monkeypatch.setattr(fake_cupy.cuda, "Device", Device)
+    monkeypatch.setattr(fake_cupy.cuda.runtime, "getDeviceCount", lambda: 2)
+    assert distributed.world("cuda") == "nccl" and probed == [[1]]
+
+    def no_device():
+        raise fake_cupy.cuda.runtime.CUDARuntimeError(100, "cudaErrorNoDevice: no CUDA-capable device is detected")
+
+    used.clear()
+    monkeypatch.setattr(fake_cupy.cuda.runtime, "getDeviceCount", no_device)
+    assert distributed.world("cuda") == "nccl" and probed[1:] == [[]]
+
+
 def test_describe_reports_nccl_through_cupy(cupy_with_nccl, monkeypatch):
     assert "NCCL yes (NCCL 2.27.3 through CuPy 14.0.0" in distributed.describe()
     monkeypatch.setattr(cupy_with_nccl[1], "available", False)  # the stand-in has no cupy_backends to load
