@@ -850,6 +850,32 @@ def test_nccl_one_rank_on_a_gpu():
     assert comm.comm.size() == 1 and comm.comm.rank_id() == 0 and comm.comm.device_id() == comm.device
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64", "int32", "int64"])  # what it sums
+def test_nccl_sums_on_cupys_current_stream_on_a_gpu(dtype):
+    """One rank, under ``with cupy.cuda.Stream(non_blocking=True)``: a buffer made by a kernel on
+    that stream, summed, then doubled by the next kernel there, holds twice its values, and NCCL
+    was handed that stream's handle. One rank's in-place sum moves no data, so a sum queued on
+    another stream would not show in the values here: the handle does (as in the stand-in's
+    test_nccl_sums_on_cupys_current_stream)."""
+    import cupy
+    from cupy.cuda import nccl
+
+    if not nccl.available:
+        pytest.skip("CuPy cannot load NCCL (pip install nvidia-nccl-cu12 or -cu13)")
+    comm = NCCLCommunicator(SingleProcess())
+    handles, all_reduce = [], comm.comm.allReduce
+    comm.comm = types.SimpleNamespace(allReduce=lambda *args: handles.append(args[-1]) or all_reduce(*args))
+    n = 1 << 20
+    with cupy.cuda.Stream(non_blocking=True) as stream:
+        b = (cupy.arange(n) % 251).astype(dtype)  # small integers: exact in every dtype, doubled too
+        assert comm.allreduce_sum(b) is b
+        doubled = b * 2
+        stream.synchronize()
+    assert stream.ptr != 0 and handles == [stream.ptr]
+    np.testing.assert_array_equal(doubled.get(), (np.arange(n) % 251 * 2).astype(dtype))
+
+
 def test_a_machine_is_its_host_name_and_its_boot_id(monkeypatch, tmp_path):
     # by host name alone, containers on two hosts given one host name, each rank on its host's
     # GPU at the same bus id, were refused as two ranks on one GPU (NCCL hashes the boot id in too)
