@@ -17,13 +17,13 @@ preflight (30 s)  env.json         card, driver, CUDA driver and runtime, NVRTC,
                                    tiny ElementwiseKernel compiled and run (float32 and float16)
 parity (40 s)     parity.json      every kernel against its NumPy twin and the model against the
                                    CPU, float32 and float64 (gpubp.parity): every row
-tests (130 s)     tests.json,      pytest -m "gpu and not slow": 40 s per test where pytest-timeout
-                  pytest-gpu.xml   is installed, 115 s for the whole run; counts, failed tests
+tests (140 s)     tests.json,      pytest -m "gpu and not slow": 40 s per test where pytest-timeout
+                  pytest-gpu.xml   is installed, 125 s for the whole run; counts, failed tests
 timings (80 s)    timings.json     kernels against a copy and against their plain CuPy chains; the
                                    cost of --fmad=false; a training step against PyTorch eager,
                                    with the kernels each launches and their time on the card
 estimator (40 s)  estimator.json   gpubp.MLPClassifier on cuda against scikit-learn's on the CPU
-precision (40 s)  precision.json   gpubp.precision's TF32 products against IEEE and float64
+precision (30 s)  precision.json   gpubp.precision's TF32 products against IEEE and float64
                                    (benchmarks/precision_stage.py)
                   summary.md       all of it, rewritten after every stage
 
@@ -68,15 +68,16 @@ sys.path.insert(0, str(REPO))
 from benchmarks.device_report import markdown, stage_rows  # noqa: E402
 from benchmarks.device_stages import (  # noqa: E402
     estimator_stage, parity_stage, preflight, tests_stage, timings_stage)
-from benchmarks.precision_stage import precision_stage  # noqa: E402
+from benchmarks.precision_stage import BUDGET_S as PRECISION_BUDGET_S, precision_stage  # noqa: E402
 from benchmarks.results_md import RESULTS, write_results  # noqa: E402
 from benchmarks.timed_command import child_env, run_child, run_command, run_isolated, tail, write_json  # noqa: E402
 
 MAX_OUT_FILES = 8  # what the device machine sends back
 
 # name -> (function(save) -> section, budget in seconds); estimates, see the module docstring
-STAGES = {"preflight": (preflight, 30), "parity": (parity_stage, 40), "tests": (tests_stage, 130),
-          "timings": (timings_stage, 80), "estimator": (estimator_stage, 40), "precision": (precision_stage, 40)}
+STAGES = {"preflight": (preflight, 30), "parity": (parity_stage, 40), "tests": (tests_stage, 140),
+          "timings": (timings_stage, 80), "estimator": (estimator_stage, 40),
+          "precision": (precision_stage, PRECISION_BUDGET_S)}
 
 
 # ------------------------------------------------------------------ running the stages

@@ -55,7 +55,7 @@ SIZE = 4096  # n = k = m
 MODEL_ROWS = 1024  # rows of the TF32 product checked against the CPU model (host time)
 ROUNDING_SHAPE = (4096, 1024)  # X of the X @ I rounding check
 REPEAT = 20
-BUDGET_S = 40
+BUDGET_S = 30
 IEEE_MAX_ERROR = 1e-5
 TF32_ERROR_BAND = (0.3 * TF32_TYPICAL_REL_ERROR, 3 * TF32_TYPICAL_REL_ERROR)
 MODEL_MAX_ERROR = 2e-5
