@@ -9,13 +9,17 @@ way CuPy 14 does (cupy/_core/_kernel.pyx, _reduction.pyx), and at least as stric
   parameter's type;
 - array inputs are bound to element ``i`` as ``const T &``, scalar inputs as const values, raw
   inputs as const arrays, so an operation that writes an input does not compile; outputs are
-  references; non-raw outputs must be arrays of exactly the broadcast shape;
+  references; non-raw outputs must be arrays of exactly the broadcast shape; an
+  ElementwiseKernel called with its inputs only allocates its outputs as CuPy does (the
+  broadcast shape of the non-raw array inputs, types from the inputs; a raw output refused);
 - the loop is compiled by tests/fake_nvrtc.py with NVRTC's behaviour under the kernel's
   ``options``: multiply-adds contracted unless ``--fmad=false``, float32 denormals flushed.
 
 A bfloat16 argument (ml_dtypes) is bound to ``bfloat16``, a host class with the interface of
 CuPy's cupy/bfloat16.cuh (an implicit conversion to float, a rounding assignment), so a kernel
-that computes with bfloat16 compiles and rounds here as it does on the card.
+that computes with bfloat16 compiles and rounds here as it does on the card; a float16 argument
+likewise to ``float16``, the interface of cupy/float16.cuh (converted through g++'s
+``_Float16``: GCC 12 or newer on x86-64).
 
 RawModule runs through tests/fake_cuda_threads.py (one host thread per CUDA thread).
 Not modelled: the order in which the GPU sums a reduction (NumPy's pairwise sum is used), CUDA's
@@ -49,6 +53,7 @@ C_TYPES = {
     np.dtype(np.float32): ("float", ctypes.c_float),
     np.dtype(np.float64): ("double", ctypes.c_double),
     BFLOAT16: ("bfloat16", ctypes.c_uint16),
+    np.dtype(np.float16): ("float16", ctypes.c_uint16),
 }
 # The host twin of CuPy's ``bfloat16`` (cupy/_core/include/cupy/bfloat16.cuh, put in front of a
 # kernel that has a bfloat16 argument, as _scalar.pyx's typename include does): the same
@@ -84,6 +89,43 @@ class bfloat16 {
   }
 };
 """
+
+
+# The host twin of CuPy's ``float16`` (cupy/_core/include/cupy/float16.cuh of v14.2.0, put in
+# front of a kernel with a float16 argument by _scalar.pyx's typename include): an implicit
+# conversion from and to float (__float2half_rn: nearest, ties to even), explicit ones from the
+# other types, a rounding assignment from anything, and no arithmetic operators, so
+# ``y = x * x + x`` computes in float and rounds once, at the assignment, as on the card.
+# (Its bits are kept, not a _Float16: passed by value, it then travels in an integer register,
+# as ctypes passes the c_uint16.)
+FLOAT16_HOST = """
+#include <cstdint>
+#include <cstring>
+class float16 {
+  std::uint16_t bits_;
+ public:
+  float16() : bits_(0) {}
+  float16(float v) {
+    _Float16 h = static_cast<_Float16>(v);
+    std::memcpy(&bits_, &h, sizeof bits_);
+  }
+  explicit float16(double v) : float16(static_cast<float>(v)) {}
+  explicit float16(int v) : float16(static_cast<float>(v)) {}
+  explicit float16(long long v) : float16(static_cast<float>(v)) {}
+  operator float() const {
+    _Float16 h;
+    std::memcpy(&h, &bits_, sizeof h);
+    return static_cast<float>(h);
+  }
+  float16& operator=(const float16&) = default;
+  template <typename T>
+  float16& operator=(const T& rhs) {
+    *this = static_cast<float16>(rhs);
+    return *this;
+  }
+};
+"""
+HOST_CLASSES = {BFLOAT16: BFLOAT16_HOST, np.dtype(np.float16): FLOAT16_HOST}
 
 
 @dataclass(frozen=True)
@@ -154,7 +196,7 @@ class _Loop:
             if not isinstance(arg, np.ndarray):  # a scalar: passed by value, cast as CuPy casts it
                 signature.append(f"const {ctype} {param.name}")
                 scalar = np.asarray(arg).astype(dtype)
-                values.append(c_scalar((scalar.view(np.uint16) if dtype == BFLOAT16 else scalar).item()))
+                values.append(c_scalar((scalar.view(np.uint16) if dtype in HOST_CLASSES else scalar).item()))
                 continue
             if param.raw:
                 buffer = np.ascontiguousarray(arg)
@@ -167,8 +209,8 @@ class _Loop:
                 bindings.append(f"{const}{ctype}& {param.name} = {param.name}_[i];")
             buffers.append((arg, buffer, param))
             values.append(buffer.ctypes.data_as(ctypes.c_void_p))
-        # bfloat16 is computed in float: CuPy's -ftz=true flushes it as it does float32
-        floats = {np.dtype(np.float32) if d == BFLOAT16 else d for d in (dtype_of(p, types) for p in self.params)}
+        # bfloat16 and float16 are computed in float: CuPy's -ftz=true flushes them as it does float32
+        floats = {np.dtype(np.float32) if d in HOST_CLASSES else d for d in (dtype_of(p, types) for p in self.params)}
         floats &= {np.dtype(np.float32), np.dtype(np.float64)}
         source = self._source(types, signature, bindings, ftz=floats == {np.dtype(np.float32)})
         function = getattr(compile_library(source, self.options), self.name)
@@ -179,9 +221,9 @@ class _Loop:
 
     def _source(self, types, signature, bindings, ftz: bool) -> str:
         typedefs = "".join(f"typedef {C_TYPES[t][0]} {p};\n" for p, t in sorted(types.items()))
-        bf16 = BFLOAT16_HOST if BFLOAT16 in types.values() else ""
+        classes = "".join(source for dtype, source in HOST_CLASSES.items() if dtype in types.values())
         return (
-            "#include <cstddef>\n" + FTZ_SCOPE + bf16 + typedefs + self.preamble + "\n"
+            "#include <cstddef>\n" + FTZ_SCOPE + classes + typedefs + self.preamble + "\n"
             f'extern "C" void {self.name}({", ".join(signature + ["long long _size"])}) {{\n'
             f"  gpubp_ftz_scope ftz({'true' if ftz else 'false'});\n"
             "  for (ptrdiff_t i = 0; i < _size; ++i) {\n    "
@@ -202,7 +244,7 @@ def _check_name(name: str) -> None:
 
 
 class ElementwiseKernel:
-    """cupy.ElementwiseKernel with every output passed by the caller (gpubp always does)."""
+    """cupy.ElementwiseKernel: called with every argument, or with the inputs only (new outputs)."""
 
     def __init__(self, in_params, out_params, operation, name="kernel", reduce_dims=True, preamble="",
                  no_return=False, return_tuple=False, options=(), loop_prep="", after_loop=""):
@@ -216,7 +258,7 @@ class ElementwiseKernel:
     def __call__(self, *args, size=-1, stream=None, block_size=128):
         n_in, n_all = len(self.in_params), len(self.in_params) + len(self.out_params)
         if len(args) == n_in:
-            raise NotImplementedError("the emulation needs every output passed: gpubp always passes them")
+            args = (*args, *self._new_outputs(args))
         if len(args) != n_all:
             raise TypeError(f"Wrong number of arguments: it must be either {n_in} or {n_all}, but given {len(args)}")
         if size != -1:
@@ -226,6 +268,19 @@ class ElementwiseKernel:
         if self.no_return:
             return None
         return outputs[0] if len(outputs) == 1 and not self.return_tuple else tuple(outputs)
+
+    def _new_outputs(self, args) -> list[np.ndarray]:
+        """The outputs CuPy allocates for a call with the inputs only (cupy/_core/_kernel.pyx of
+        v14.2.0, ``_get_out_args_with_params``): a raw output raises, the others take the
+        broadcast shape of the non-raw array inputs and their type from the inputs
+        (``_decide_params_type_core``)."""
+        if any(p.raw for p in self.out_params):
+            raise ValueError("Output array size is Undecided")
+        types = decide_types(self.in_params, args)
+        undecided = [p.name for p in self.out_params if p.fixed_dtype is None and p.ctype not in types]
+        if undecided:
+            raise TypeError(f"the type of output {undecided[0]} is not decided by any array input")
+        return [np.empty(_loop_shape(self.in_params, args), dtype_of(p, types)) for p in self.out_params]
 
 
 class ReductionKernel:

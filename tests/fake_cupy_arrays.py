@@ -151,8 +151,12 @@ Looser than CuPy (the stand-in cannot see these; a card can):
 - results are computed by NumPy: the order of summation, cuBLAS and CUDA's libm are not
   modelled (TF32 is: a float32 product computes as gpubp.precision.matmul_as_tf32 when CuPy's
   float32 compute type, ``cupy._core.set_compute_type``, or for a batched product the handle's
-  math mode asks TF32, tests/fake_cupy_core.py; a product with a bfloat16 operand never does) (the kernels are: tests/fake_cupy.py), nor several devices, ``cupy.random``,
-  ``cupy.linalg`` or ``cupyx``; ``ndarray.data.ptr`` is the host address of the array's memory;
+  math mode asks TF32, tests/fake_cupy_core.py; a product with a bfloat16 operand never does)
+  (the kernels are: tests/fake_cupy.py), nor several devices or ``cupyx``; ``cupy.random`` is
+  ``default_rng`` with ``standard_normal`` and ``integers`` only, drawn by NumPy's generator
+  (CuPy's XORWOW gives other values), ``cupy.linalg`` is ``norm``'s default case only;
+  ``ndarray.data`` is a :class:`MemoryPointer` whose ``ptr`` is the host address of the array's
+  memory; a CUDA event's time is the host's clock when it is recorded (:func:`get_elapsed_time`);
 - streams are modelled for copies (:class:`Stream`): computations run at once, after the copies
   queued on the current stream, so a copy on a side stream that overwrites a device buffer a
   computation queued earlier still reads is not caught (on a card it is a race);
@@ -168,6 +172,7 @@ import functools
 import gc
 import itertools
 import sys
+import time
 import types
 import weakref
 
@@ -809,7 +814,7 @@ class ndarray(np.ndarray):
     @property
     def data(self):
         """cupy.cuda.MemoryPointer of the array's first element: ``.ptr``, a real address here."""
-        return types.SimpleNamespace(ptr=self.__array_interface__["data"][0])
+        return MemoryPointer(self.__array_interface__["data"][0])
 
 
 ndarray.__module__ = "cupy"  # gpubp.backend tells CuPy arrays by their type's module
@@ -1153,6 +1158,8 @@ class _StreamState:
         self.pinned_live = weakref.WeakValueDictionary()  # ptr -> pinned buffer still referenced (counted against it)
         self.deferred = weakref.WeakSet()  # the non_blocking streams
         self.by_ptr = weakref.WeakValueDictionary()  # stream handle -> Stream (FakeCublas's SetStream)
+        self.events = weakref.WeakValueDictionary()  # event handle -> Event (runtime.eventElapsedTime)
+        self.host_waits = 0  # times the host waited for the device (a synchronize, a host read)
 
     def check(self) -> None:
         for stream, number, source, snapshot in self.in_flight:
@@ -1165,6 +1172,7 @@ class _StreamState:
     def observed(self, stream, upto: int) -> None:
         """The host has seen ``stream``'s first ``upto`` ops finish: their sources are free."""
         self.check()
+        self.host_waits += 1
         self.in_flight = [e for e in self.in_flight if not (e[0] is stream and e[1] < upto)]
 
 
@@ -1303,7 +1311,7 @@ def _run_in_place(kernel, host: list, args: tuple):
         _ACTIVITY.launch()
         result = kernel(host)
         if isinstance(result, tuple):
-            return tuple(by_id.get(id(r), r) for r in result)
+            return tuple(by_id[id(r)] if id(r) in by_id else _device(r) for r in result)
         return None if result is None else by_id.get(id(result), _device(result))
     arrays = [i for i, h in enumerate(host) if isinstance(h, np.ndarray)]
 
@@ -1522,7 +1530,8 @@ class Stream:
 class Event:
     """cupy.cuda.Event: ``record(stream=None)`` marks the work queued so far on the stream (the
     current one by default); ``synchronize()`` and ``done`` run it and let the host see it done.
-    An event never recorded is done, as in CUDA."""
+    An event never recorded is done, as in CUDA. A timing event (not ``disable_timing``) keeps the
+    host's clock at its record, for :func:`get_elapsed_time`."""
 
     _count = 0
 
@@ -1532,11 +1541,16 @@ class Event:
         Event._count += 1
         self.ptr = Event._count
         self.stream, self.mark = None, 0
+        self.timing = not disable_timing
+        self.recorded_at: float | None = None  # time.perf_counter() at the last record
+        self.waits_at_record = 0  # _STREAMS.host_waits then
+        _STREAMS.events[self.ptr] = self
 
     def record(self, stream=None) -> None:
         _STREAMS.check()
         self.stream = get_current_stream() if stream is None else stream
         self.mark = self.stream.issued
+        self.recorded_at, self.waits_at_record = time.perf_counter(), _STREAMS.host_waits
 
     def synchronize(self) -> None:
         if self.stream is not None and self.stream.capture is not None:
@@ -1549,6 +1563,29 @@ class Event:
     def done(self) -> bool:
         self.synchronize()
         return True
+
+
+def event_elapsed_time(start_ptr: int, end_ptr: int) -> float:
+    """runtime.eventElapsedTime (cupy_backends/cuda/api/runtime.pyx of v14.2.0, ``cpdef float
+    eventElapsedTime(intptr_t start, intptr_t end)``): milliseconds from the start event's record
+    to the end event's, a float, or cudaEventElapsedTime's errors: an event never recorded or made
+    with ``disable_timing`` cudaErrorInvalidResourceHandle (400), an end event the host has not
+    waited for since its record cudaErrorNotReady (600). Stricter than a card, where a short
+    enough piece of work may have finished unwaited: any host wait after the record counts (an
+    event's or a stream's synchronize, a device synchronize, a host read of device memory)."""
+    start, end = _STREAMS.events.get(start_ptr), _STREAMS.events.get(end_ptr)
+    for event in (start, end):
+        if event is None or event.recorded_at is None or not event.timing:
+            raise CUDARuntimeError(400, "cudaErrorInvalidResourceHandle: invalid resource handle")
+    if _STREAMS.host_waits <= end.waits_at_record:
+        raise CUDARuntimeError(600, "cudaErrorNotReady: device not ready")
+    return float(np.float32(1e3 * (end.recorded_at - start.recorded_at)))
+
+
+def get_elapsed_time(start_event: Event, end_event: Event) -> float:
+    """cupy.cuda.get_elapsed_time (cupy/cuda/stream.pyx of v14.2.0):
+    ``runtime.eventElapsedTime(start_event.ptr, end_event.ptr)``, in milliseconds."""
+    return event_elapsed_time(start_event.ptr, end_event.ptr)
 
 
 def get_current_stream(device_id=-1) -> Stream:
@@ -1577,8 +1614,52 @@ def _copy_to_device(target: np.ndarray, arr: np.ndarray, stream) -> None:
 
 def _synchronize_all() -> None:
     """cudaDeviceSynchronize: every queued op of every stream runs (the host sees them done)."""
+    _STREAMS.host_waits += 1
     for stream in list(_STREAMS.deferred):
         stream.synchronize()
+
+
+class MemoryPointer:
+    """cupy.cuda.MemoryPointer (cupy/cuda/memory.pyx of v14.2.0) at device address ``ptr``, as
+    ``ndarray.data`` gives it: ``ptr``, ``device_id`` and the device-to-device copies. Not
+    modelled: ``mem``, offsets (``+``), copies from and to the host, memset."""
+
+    def __init__(self, ptr: int):
+        self.ptr, self.device_id = int(ptr), 0
+
+    def __int__(self):
+        return self.ptr
+
+    def copy_from_device(self, src: "MemoryPointer", size: int) -> None:
+        """``cpdef copy_from_device(self, MemoryPointer src, size_t size)``: on the current stream."""
+        self.copy_from_device_async(src, size)
+
+    def copy_from_device_async(self, src: "MemoryPointer", size: int, stream=None) -> None:
+        """``cpdef copy_from_device_async(self, MemoryPointer src, size_t size, stream=None)``:
+        ``size`` bytes from ``src`` on ``stream`` (None: the current stream), one launch. A
+        pointer whose ``size`` bytes no live device buffer holds raises cudaErrorInvalidValue."""
+        if not isinstance(src, MemoryPointer):
+            raise TypeError("Argument 'src' has incorrect type (expected cupy.cuda.memory.MemoryPointer, "
+                            f"got {type(src).__name__})")
+        if int(size) < 0:
+            raise OverflowError("can't convert negative value to size_t")
+        stream = get_current_stream() if stream is None else stream
+        if stream.capture is not None:
+            raise NotImplementedError("the CuPy stand-in does not model a device copy under stream capture")
+        if not size:
+            return
+        target, source = _device_bytes(self.ptr, int(size)), _device_bytes(src.ptr, int(size))
+        _ACTIVITY.launches += 1
+        stream.submit(lambda: np.copyto(target, source))
+
+
+def _device_bytes(ptr: int, size: int) -> np.ndarray:
+    """The ``size`` bytes at device address ``ptr``, as a view of the live buffer holding them."""
+    found = _MEMORY.resolve(ptr, size)
+    if found is None:
+        raise CUDARuntimeError(1, f"cudaErrorInvalidValue: no device buffer holds {size} bytes at {ptr:#x}")
+    root, offset = found
+    return np.ndarray((size,), np.uint8, buffer=_host_view(root), offset=offset)
 
 
 class Device:
@@ -1642,6 +1723,7 @@ def _make_runtime() -> types.ModuleType:
     runtime.driverGetVersion = lambda: 13000
     runtime.runtimeGetVersion = lambda: 13000
     runtime.deviceSynchronize = _synchronize_all
+    runtime.eventElapsedTime = event_elapsed_time
     runtime.streamCaptureModeGlobal, runtime.streamCaptureModeThreadLocal = CAPTURE_GLOBAL, CAPTURE_THREAD_LOCAL
     runtime.streamCaptureModeRelaxed = CAPTURE_RELAXED
     return runtime
@@ -1664,12 +1746,57 @@ def _nrm2(x, out=None):
     return _run(lambda: np.asarray(np.linalg.norm(host.astype(np.float64)), dtype=host.dtype))
 
 
+class Generator:
+    """cupy.random.Generator (cupy/random/_generator_api.pyx of v14.2.0), for what the device
+    check draws: ``standard_normal`` and ``integers``, with CuPy's signatures and checks, each one
+    launch giving a device array (0-d without ``size``). The values are NumPy's PCG64 draws from
+    the same seed: CuPy's XORWOW draws others."""
+
+    def __init__(self, seed):
+        self._rng = np.random.default_rng(seed)
+
+    def standard_normal(self, size=None, dtype=np.float64, out=None):
+        """float32 or float64 only, as CuPy: ``TypeError('Unsupported dtype ...')`` otherwise."""
+        if out is not None:
+            raise NotImplementedError("the CuPy stand-in's standard_normal takes no out=")
+        dtype = np.dtype(dtype)
+        if dtype.char not in "fd":
+            raise TypeError(f"Unsupported dtype {dtype.name} for standard_normal")
+        return _run(lambda: _np["asarray"](self._rng.standard_normal(() if size is None else size, dtype=dtype)))
+
+    def integers(self, low, high=None, size=None, dtype=np.int64, endpoint=False):
+        """Integers of [low, high) ([0, low) without ``high``; ``endpoint`` closes it), as CuPy."""
+        low, high = (0, int(low)) if high is None else (int(low), int(high))
+        if low > high - (not endpoint):
+            raise ValueError("low >= high")
+        return _run(lambda: _np["asarray"](self._rng.integers(low, high, () if size is None else size, dtype=dtype,
+                                                               endpoint=endpoint)))
+
+
+def default_rng(seed=None) -> Generator:
+    """cupy.random.default_rng (cupy/random/__init__.py of v14.2.0) for an integer seed or None."""
+    return Generator(seed)
+
+
+def _norm(x, ord=None, axis=None, keepdims=False):
+    """cupy.linalg.norm in its default case (cupy/linalg/_norms.py of v14.2.0: ``axis`` and
+    ``ord`` None): ``sqrt((x * x).sum())``, a 0-d device array, an x that is not inexact cast to
+    float first; the other cases, and complex x, are not modelled."""
+    if ord is not None or axis is not None or keepdims:
+        raise NotImplementedError("the CuPy stand-in models cupy.linalg.norm(x) only")
+    if not issubclass(x.dtype.type, np.inexact):
+        x = x.astype(float)
+    if x.dtype.kind == "c":
+        raise NotImplementedError("the CuPy stand-in does not model cupy.linalg.norm of complex arrays")
+    return np.sqrt((x * x).sum())
+
+
 def _make_cuda() -> tuple[types.ModuleType, dict]:
     cuda = types.ModuleType("cupy.cuda")
     runtime = _make_runtime()
     memory = types.ModuleType("cupy.cuda.memory")
     memory.OutOfMemoryError = OutOfMemoryError
-    memory.MemoryPool, memory.using_allocator = UserMemoryPool, using_allocator
+    memory.MemoryPool, memory.using_allocator, memory.MemoryPointer = UserMemoryPool, using_allocator, MemoryPointer
     device = types.ModuleType("cupy.cuda.device")
     device.get_cublas_handle = lambda: CUBLAS_HANDLE
     device.get_compute_capability = lambda: Device().compute_capability  # "90", a str as in CuPy
@@ -1682,8 +1809,11 @@ def _make_cuda() -> tuple[types.ModuleType, dict]:
     cublas.setMathMode = lambda handle, mode: _ACTIVITY.math_modes.__setitem__(handle, int(mode))
     compiler = types.ModuleType("cupy.cuda.compiler")
     compiler.CompileException = fake_nvrtc.CompileException
+    nvrtc = types.ModuleType("cupy_backends.cuda.libs.nvrtc")  # cupy.cuda.nvrtc (cupy/cuda/__init__.py)
+    nvrtc.getVersion = lambda: (13, 0)  # nvrtc.pyx: cpdef tuple getVersion(): (major, minor)
     Stream.null = Stream(null=True)
     cuda.runtime, cuda.memory, cuda.compiler, cuda.device, cuda.cublas = runtime, memory, compiler, device, cublas
+    cuda.nvrtc, cuda.MemoryPointer, cuda.get_elapsed_time = nvrtc, MemoryPointer, get_elapsed_time
     cuda.MemoryPool, cuda.using_allocator, cuda.Graph = UserMemoryPool, using_allocator, Graph
     cuda.Device, cuda.Stream, cuda.Event = Device, Stream, Event
     cuda.get_current_stream = get_current_stream
@@ -1738,6 +1868,11 @@ def make_module(memory: DeviceMemory) -> tuple[types.ModuleType, dict]:
     cupy.cublas = types.ModuleType("cupy.cublas")  # (imported as cupy.cublas: not by import cupy)
     cupy.cublas.nrm2 = _nrm2
     submodules["cupy.cublas"] = cupy.cublas
+    cupy.random = types.ModuleType("cupy.random")  # default_rng only (and its Generator)
+    cupy.random.default_rng = default_rng
+    cupy.linalg = types.ModuleType("cupy.linalg")  # norm only
+    cupy.linalg.norm = _norm
+    submodules["cupy.random"], submodules["cupy.linalg"] = cupy.random, cupy.linalg
     cupy.get_default_memory_pool = lambda: pool
     cupy.get_default_pinned_memory_pool = lambda: pinned
     cupy.is_available = lambda: True
