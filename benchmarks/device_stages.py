@@ -30,6 +30,7 @@ PYTEST_LIMIT_S = 125  # inside the tests stage's 140 s
 ESTIMATOR_SPEEDUP_TARGET = 10.0  # scikit-learn on the CPU / gpubp on cuda, issue 4
 ESTIMATOR_RTOL = 1e-3  # loss curves, gpubp cuda against gpubp cpu, float32
 ESTIMATOR_SETTINGS = dict(hidden_layer_sizes=(512, 512), max_iter=2, random_state=0)
+ESTIMATOR_SAMPLES = 60000  # of 784 features (a test runs the stage on fewer)
 
 
 # ------------------------------------------------------------------ stage 1: preflight
@@ -222,10 +223,10 @@ def timings_summary(result: dict) -> dict:
 
 
 def estimator_data() -> tuple[np.ndarray, np.ndarray]:
-    """60,000 synthetic 784-feature float32 samples of 10 classes (seeded)."""
+    """ESTIMATOR_SAMPLES synthetic 784-feature float32 samples of 10 classes (seeded)."""
     rng = np.random.default_rng(0)
-    y = rng.integers(0, 10, 60000)
-    return (rng.normal(size=(10, 784))[y] + rng.normal(size=(60000, 784))).astype(np.float32), y
+    y = rng.integers(0, 10, ESTIMATOR_SAMPLES)
+    return (rng.normal(size=(10, 784))[y] + rng.normal(size=(ESTIMATOR_SAMPLES, 784))).astype(np.float32), y
 
 
 def timed_fit(estimator, X, y) -> tuple[float, object]:
@@ -251,7 +252,7 @@ def estimator_stage(save) -> dict:
     small = {**ESTIMATOR_SETTINGS, "hidden_layer_sizes": (64,)}
     curves = [MLPClassifier(device=d, **small).fit(X[:5000], y[:5000]).loss_curve_ for d in ("cpu", "cuda")]
     error = float(np.max(np.abs(np.subtract(curves[1], curves[0])) / np.abs(curves[0])))
-    result = {"settings": {**ESTIMATOR_SETTINGS, "data": "60000 x 784 float32, 10 classes"},
+    result = {"settings": {**ESTIMATOR_SETTINGS, "data": f"{ESTIMATOR_SAMPLES} x 784 float32, 10 classes"},
               "loss_curve_rel_error": error, "agree": error <= ESTIMATOR_RTOL}
     save(result)
     result["gpubp_cuda_s"], gpubp = timed_fit(MLPClassifier(device="cuda", **ESTIMATOR_SETTINGS), X, y)
