@@ -155,7 +155,7 @@ def softmax_minus_y(xp, z, y, sample_weight=None, b=None):
     z: (n, C); y: (n,) int labels checked on the host; sample_weight: (n,) on the device, its sum
     taken on the device (no host sync). Twin: ops.softmax_minus_y.
     """
-    n, C = z.shape  # n >= 1, as the twin's 1/n needs (CUDA would refuse a grid of no blocks)
+    n, C = z.shape  # n >= 1, as the twin's 1/n needs (the callers never pass an empty batch)
     z = xp.ascontiguousarray(z)
     y = xp.ascontiguousarray(y, dtype=xp.int64)
     t = z.dtype.type

@@ -150,11 +150,14 @@ class RawKernel:
         self.launcher, self.name, self.params = launcher, name, params
 
     def __call__(self, grid: tuple, block: tuple, args: tuple, shared_mem: int = 0, stream=None):
-        grid3, block3 = (tuple(dims) + (1,) * (3 - len(dims)) for dims in (grid, block))
+        # as cupy/cuda/function.pyx's Function.__call__(self, tuple grid, tuple block, ...): tuples
+        # only, padded to three dimensions, each at least 1 (a zero launches one block)
+        if not isinstance(grid, tuple) or not isinstance(block, tuple):
+            raise TypeError(f"{self.name}: grid and block must be tuples, got {type(grid).__name__} and "
+                            f"{type(block).__name__}")
+        grid3, block3 = (tuple(max(1, int(d)) for d in (dims + (1, 1))[:3]) for dims in (grid, block))
         if np.prod(block3) > 1024:
             raise ValueError(f"a block of {np.prod(block3)} threads: CUDA allows at most 1024")
-        if 0 in grid3 + block3:  # cuLaunchKernel's CUDA_ERROR_INVALID_VALUE (CuPy's CUDADriverError)
-            raise RuntimeError(f"{self.name}: a grid {grid3} of block {block3}: CUDA_ERROR_INVALID_VALUE")
         if len(args) != len(self.params):
             raise TypeError(f"{self.name} takes {len(self.params)} arguments, {len(args)} given")
         values, floats = [], set()

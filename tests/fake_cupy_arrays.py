@@ -1103,9 +1103,9 @@ class CUBLASError(RuntimeError):
 class CUDARuntimeError(RuntimeError):
     """cupy_backends.cuda.api.runtime.CUDARuntimeError: made from ``status`` alone, as CuPy's is
     (runtime.pyx; its message is the status's name and CUDA's text of it); the stand-in's own
-    raises add what happened in ``message``."""
+    raises add what happened in ``message``, a keyword CuPy's has not."""
 
-    def __init__(self, status: int, message: str | None = None):
+    def __init__(self, status: int, *, message: str | None = None):
         self.status = status
         super().__init__(message or f"CUDA runtime error {status}")
 
@@ -1129,7 +1129,7 @@ def alloc_pinned_memory(size: int) -> PinnedMemoryPointer:
     pool lets out (cupy/cuda/pinned_memory.pyx: cudaHostAlloc's cudaErrorMemoryAllocation)."""
     capacity = _STREAMS.pinned_capacity
     if capacity is not None and sum(map(len, _STREAMS.pinned_live.values())) + int(size) > capacity:
-        raise CUDARuntimeError(2, "cudaErrorMemoryAllocation: out of memory")
+        raise CUDARuntimeError(2, message="cudaErrorMemoryAllocation: out of memory")
     pointer = PinnedMemoryPointer(size)
     _STREAMS.pinned_live[pointer.ptr] = pointer
     _STREAMS.pinned.append(int(size))
@@ -1210,7 +1210,7 @@ def _refuse_while_capturing(what: str) -> None:
         capture.invalid = capture.invalid or what
     strict = [s for s in list(_STREAMS.by_ptr.values()) if s.capture is not None and s.capture.mode != CAPTURE_RELAXED]
     if capture is not None or strict:
-        raise CUDARuntimeError(CAPTURE_UNSUPPORTED, f"cudaErrorStreamCaptureUnsupported: operation not "
+        raise CUDARuntimeError(CAPTURE_UNSUPPORTED, message=f"cudaErrorStreamCaptureUnsupported: operation not "
                                                     f"permitted when stream is capturing ({what})")
 
 
@@ -1459,13 +1459,13 @@ class Stream:
         if self.ptr == 0:
             raise RuntimeError("cannot capture on the default (legacy) stream")
         if not self.deferred:
-            raise CUDARuntimeError(906, "cudaErrorStreamCaptureImplicit: operation would make the legacy "
+            raise CUDARuntimeError(906, message="cudaErrorStreamCaptureImplicit: operation would make the legacy "
                                         "stream depend on a capturing blocking stream")
         if self.capture is not None:
-            raise CUDARuntimeError(CAPTURE_UNSUPPORTED, "cudaErrorIllegalState: the stream is already capturing")
+            raise CUDARuntimeError(CAPTURE_UNSUPPORTED, message="cudaErrorIllegalState: the stream is already capturing")
         mode = CAPTURE_RELAXED if mode is None else int(mode)
         if mode not in (CAPTURE_GLOBAL, CAPTURE_THREAD_LOCAL, CAPTURE_RELAXED):
-            raise CUDARuntimeError(1, f"cudaErrorInvalidValue: capture mode {mode}")
+            raise CUDARuntimeError(1, message=f"cudaErrorInvalidValue: capture mode {mode}")
         self.run_until(self.issued)
         self.capture = _Capture(mode)
 
@@ -1473,10 +1473,10 @@ class Stream:
         """Stop capturing; the Graph of what was recorded, or CUDARuntimeError if the capture
         was invalidated (an operation refused while capturing)."""
         if self.capture is None:
-            raise CUDARuntimeError(CAPTURE_UNSUPPORTED, "cudaErrorIllegalState: the stream is not capturing")
+            raise CUDARuntimeError(CAPTURE_UNSUPPORTED, message="cudaErrorIllegalState: the stream is not capturing")
         capture, self.capture = self.capture, None
         if capture.invalid:
-            raise CUDARuntimeError(CAPTURE_INVALIDATED, "cudaErrorStreamCaptureInvalidated: the capture was "
+            raise CUDARuntimeError(CAPTURE_INVALIDATED, message="cudaErrorStreamCaptureInvalidated: the capture was "
                                                         f"invalidated by {capture.invalid}")
         return Graph(capture.ops)
 
@@ -1505,7 +1505,7 @@ class Stream:
     def synchronize(self) -> None:
         if self.capture is not None:
             self.capture.invalid = self.capture.invalid or "a stream synchronize"
-            raise CUDARuntimeError(CAPTURE_UNSUPPORTED, "cudaErrorStreamCaptureUnsupported: operation not "
+            raise CUDARuntimeError(CAPTURE_UNSUPPORTED, message="cudaErrorStreamCaptureUnsupported: operation not "
                                                         "permitted when stream is capturing")
         self.run_until(self.issued)
         _STREAMS.observed(self, self.issued)
@@ -1576,9 +1576,9 @@ def event_elapsed_time(start_ptr: int, end_ptr: int) -> float:
     start, end = _STREAMS.events.get(start_ptr), _STREAMS.events.get(end_ptr)
     for event in (start, end):
         if event is None or event.recorded_at is None or not event.timing:
-            raise CUDARuntimeError(400, "cudaErrorInvalidResourceHandle: invalid resource handle")
+            raise CUDARuntimeError(400, message="cudaErrorInvalidResourceHandle: invalid resource handle")
     if _STREAMS.host_waits <= end.waits_at_record:
-        raise CUDARuntimeError(600, "cudaErrorNotReady: device not ready")
+        raise CUDARuntimeError(600, message="cudaErrorNotReady: device not ready")
     return float(np.float32(1e3 * (end.recorded_at - start.recorded_at)))
 
 
@@ -1621,18 +1621,15 @@ def _synchronize_all() -> None:
 
 class MemoryPointer:
     """cupy.cuda.MemoryPointer (cupy/cuda/memory.pyx of v14.2.0) at device address ``ptr``, as
-    ``ndarray.data`` gives it: ``ptr``, ``device_id`` and the device-to-device copies. Not
-    modelled: ``mem``, offsets (``+``), copies from and to the host, memset."""
+    ``ndarray.data`` gives it: ``ptr``, ``device_id`` and the asynchronous device-to-device copy.
+    Not modelled (so any use fails): ``mem``, offsets (``+``), the synchronous copies (CuPy's run on
+    the legacy default stream, not the current one), copies from and to the host, memset."""
 
     def __init__(self, ptr: int):
         self.ptr, self.device_id = int(ptr), 0
 
     def __int__(self):
         return self.ptr
-
-    def copy_from_device(self, src: "MemoryPointer", size: int) -> None:
-        """``cpdef copy_from_device(self, MemoryPointer src, size_t size)``: on the current stream."""
-        self.copy_from_device_async(src, size)
 
     def copy_from_device_async(self, src: "MemoryPointer", size: int, stream=None) -> None:
         """``cpdef copy_from_device_async(self, MemoryPointer src, size_t size, stream=None)``:
@@ -1657,7 +1654,7 @@ def _device_bytes(ptr: int, size: int) -> np.ndarray:
     """The ``size`` bytes at device address ``ptr``, as a view of the live buffer holding them."""
     found = _MEMORY.resolve(ptr, size)
     if found is None:
-        raise CUDARuntimeError(1, f"cudaErrorInvalidValue: no device buffer holds {size} bytes at {ptr:#x}")
+        raise CUDARuntimeError(1, message=f"cudaErrorInvalidValue: no device buffer holds {size} bytes at {ptr:#x}")
     root, offset = found
     return np.ndarray((size,), np.uint8, buffer=_host_view(root), offset=offset)
 
@@ -1668,7 +1665,7 @@ class Device:
     def __init__(self, device=None):
         self.id = 0 if device is None else int(device)
         if self.id != 0:
-            raise CUDARuntimeError(101, "cudaErrorInvalidDevice: invalid device ordinal")
+            raise CUDARuntimeError(101, message="cudaErrorInvalidDevice: invalid device ordinal")
 
     def __enter__(self):
         return self
@@ -1698,7 +1695,7 @@ class Device:
 
 def _check_device(i: int) -> None:
     if int(i) != 0:
-        raise CUDARuntimeError(101, "cudaErrorInvalidDevice: invalid device ordinal")
+        raise CUDARuntimeError(101, message="cudaErrorInvalidDevice: invalid device ordinal")
 
 
 def _runtime_mem_get_info() -> tuple[int, int]:

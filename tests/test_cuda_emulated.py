@@ -117,8 +117,8 @@ STRICT = {  # what CuPy refuses, with the exception it raises
         lambda cp, x: cp.ElementwiseKernel("T a, T s", "T b", "b = a * s", "scale_kernel")(x, [2.0], x), TypeError),
     "raw kernel given a device array for a by-value scalar": (  # CuPy would pass its CArray's bytes
         lambda cp, x: softmax_rows(cp, scale=cp.ones((), np.float32)), TypeError),
-    "raw kernel launched on no blocks": (  # cuLaunchKernel: CUDA_ERROR_INVALID_VALUE
-        lambda cp, x: softmax_rows(cp, scale=np.float32(1), grid=(0,)), RuntimeError),
+    "raw kernel launched on a list": (  # Function.__call__(self, tuple grid, tuple block, ...)
+        lambda cp, x: softmax_rows(cp, scale=np.float32(1), grid=[1]), TypeError),
     "a device integer as an index": (lambda cp, x: range(cp.asarray(3)), TypeError),  # no __index__ in CuPy
     "item with an index": (lambda cp, x: x.item(0), TypeError),  # CuPy's item(self) takes none
     "item of more than one element": (lambda cp, x: x.item(), ValueError),
