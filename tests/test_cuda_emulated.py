@@ -319,9 +319,10 @@ def test_a_checkpoint_resumes_on_the_other_device(fake_cupy, tmp_path, first, se
         callbacks=[lambda epoch, logs: epoch == 2], **settings)
     checkpoint = gpubp.read_checkpoint(tmp_path / "c.npz")
     assert checkpoint.meta["state"]["epoch"] == 2 and "opt_m" in checkpoint.arrays and "best_0" in checkpoint.arrays
-    resumed = MLP([12, 24, 4], "relu", second, "float64", seed=4)
-    history = fit(resumed, X, y, resume=tmp_path / "c.npz", **settings)
-    assert history.epochs == 5
+    resumed, trained = MLP([12, 24, 4], "relu", second, "float64", seed=99), []  # its own start: the checkpoint's
+    history = fit(resumed, X, y, resume=tmp_path / "c.npz", callbacks=[lambda epoch, logs: trained.append(epoch)],
+                  **settings)
+    assert history.epochs == 5 and trained == [3, 4, 5]
     for device in (first, second):  # uninterrupted on either device
         whole = MLP([12, 24, 4], "relu", device, "float64", seed=4)
         reference = fit(whole, X, y, **settings)

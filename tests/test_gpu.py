@@ -125,9 +125,12 @@ def test_a_checkpoint_written_on_the_gpu_resumes_on_the_gpu_bit_for_bit(tmp_path
     _, stopped = pair("relu", "float64")
     fit(stopped, X, y, checkpoint=tmp_path / "c.npz", checkpoint_every=1,
         callbacks=[lambda epoch, logs: epoch == 2], **settings)
-    (_, resumed), (_, whole) = pair("relu", "float64"), pair("relu", "float64")
-    history = fit(resumed, X, y, resume=tmp_path / "c.npz", **settings)
-    assert history.train_loss == fit(whole, X, y, **settings).train_loss
+    resumed = MLP([20, 32, 16, 5], "relu", backend="cuda", dtype="float64", seed=99, alpha=0.1)  # the checkpoint's start
+    _, whole = pair("relu", "float64")
+    trained = []
+    history = fit(resumed, X, y, resume=tmp_path / "c.npz", callbacks=[lambda epoch, logs: trained.append(epoch)],
+                  **settings)
+    assert trained == [3, 4] and history.train_loss == fit(whole, X, y, **settings).train_loss
     for i, (p, q) in enumerate(zip(resumed.params, whole.params)):
         np.testing.assert_array_equal(to_numpy(p), to_numpy(q), err_msg=f"parameter {i}")
 
