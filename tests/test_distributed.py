@@ -851,13 +851,13 @@ def test_nccl_one_rank_on_a_gpu():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("dtype", ["float16", "float32", "float64", "int32", "int64"])  # what it sums
-def test_nccl_sums_on_cupys_current_stream_on_a_gpu(dtype):
+def test_nccl_sums_on_cupys_current_stream_on_a_gpu():
     """One rank, under ``with cupy.cuda.Stream(non_blocking=True)``: a buffer made by a kernel on
     that stream, summed, then doubled by the next kernel there, holds twice its values, and NCCL
-    was handed that stream's handle. One rank's in-place sum moves no data, so a sum queued on
-    another stream would not show in the values here: the handle does (as in the stand-in's
-    test_nccl_sums_on_cupys_current_stream)."""
+    was handed that stream's handle, for each dtype it sums. One rank's in-place sum moves no data,
+    so neither a sum queued on another stream nor a wrong datatype would show in the values here:
+    the handle does (as in the stand-in's test_nccl_sums_on_cupys_current_stream); the datatypes
+    need two ranks (the stand-in's fake NCCL checks them)."""
     import cupy
     from cupy.cuda import nccl
 
@@ -867,13 +867,15 @@ def test_nccl_sums_on_cupys_current_stream_on_a_gpu(dtype):
     handles, all_reduce = [], comm.comm.allReduce
     comm.comm = types.SimpleNamespace(allReduce=lambda *args: handles.append(args[-1]) or all_reduce(*args))
     n = 1 << 20
-    with cupy.cuda.Stream(non_blocking=True) as stream:
-        b = (cupy.arange(n) % 251).astype(dtype)  # small integers: exact in every dtype, doubled too
-        assert comm.allreduce_sum(b) is b
-        doubled = b * 2
-        stream.synchronize()
-    assert stream.ptr != 0 and handles == [stream.ptr]
-    np.testing.assert_array_equal(doubled.get(), (np.arange(n) % 251 * 2).astype(dtype))
+    for dtype in ("float16", "float32", "float64", "int32", "int64"):  # what the communicator sums
+        handles.clear()
+        with cupy.cuda.Stream(non_blocking=True) as stream:
+            b = (cupy.arange(n) % 251).astype(dtype)  # small integers: exact in every dtype, doubled too
+            assert comm.allreduce_sum(b) is b
+            doubled = b * 2
+            stream.synchronize()
+        assert stream.ptr != 0 and handles == [stream.ptr], dtype
+        np.testing.assert_array_equal(doubled.get(), (np.arange(n) % 251 * 2).astype(dtype), err_msg=dtype)
 
 
 def test_a_machine_is_its_host_name_and_its_boot_id(monkeypatch, tmp_path):
