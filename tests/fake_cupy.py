@@ -18,8 +18,8 @@ way CuPy 14 does (cupy/_core/_kernel.pyx, _reduction.pyx), and at least as stric
 A bfloat16 argument (ml_dtypes) is bound to ``bfloat16``, a host class with the interface of
 CuPy's cupy/bfloat16.cuh (an implicit conversion to float, a rounding assignment), so a kernel
 that computes with bfloat16 compiles and rounds here as it does on the card; a float16 argument
-likewise to ``float16``, the interface of cupy/float16.cuh (converted through g++'s
-``_Float16``: GCC 12 or newer on x86-64).
+likewise to ``float16``, the interface of cupy/float16.cuh (its conversions written out in
+integer operations, so any C++ compiler takes them).
 
 RawModule runs through tests/fake_cuda_threads.py (one host thread per CUDA thread).
 Not modelled: the order in which the GPU sums a reduction (NumPy's pairwise sum is used), CUDA's
@@ -96,27 +96,45 @@ class bfloat16 {
 # conversion from and to float (__float2half_rn: nearest, ties to even), explicit ones from the
 # other types, a rounding assignment from anything, and no arithmetic operators, so
 # ``y = x * x + x`` computes in float and rounds once, at the assignment, as on the card.
-# (Its bits are kept, not a _Float16: passed by value, it then travels in an integer register,
-# as ctypes passes the c_uint16.)
+# (Its bits are kept: passed by value, it travels in an integer register, as ctypes passes the
+# c_uint16; the conversions are bit operations, not GCC 12's _Float16, for older compilers.)
 FLOAT16_HOST = """
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 class float16 {
   std::uint16_t bits_;
+  static std::uint16_t from_float(float v) {  // IEEE binary16, nearest, ties to even
+    std::uint32_t x;
+    std::memcpy(&x, &v, sizeof x);
+    std::uint16_t sign = static_cast<std::uint16_t>((x >> 16) & 0x8000u);
+    std::uint32_t ax = x & 0x7fffffffu;
+    if (ax > 0x7f800000u) return sign | 0x7e00u;                // NaN
+    if (ax >= 0x47800000u) return sign | 0x7c00u;               // >= 65536 (and inf): inf
+    if (ax < 0x38800000u) {                                     // below 2^-14: a multiple of 2^-24
+      float m = std::nearbyint(std::fabs(v) * 16777216.0f);    // exact scaling, then nearest-even
+      return sign | static_cast<std::uint16_t>(m);              // 1024 is the smallest normal
+    }
+    std::uint32_t h = ((((ax >> 23) - 112u) << 10) | ((ax >> 13) & 0x3ffu));  // exponent - 127 + 15
+    std::uint32_t rest = ax & 0x1fffu;
+    if (rest > 0x1000u || (rest == 0x1000u && (h & 1u))) ++h;   // a carry may reach inf: right
+    return sign | static_cast<std::uint16_t>(h);
+  }
+  static float to_float(std::uint16_t b) {
+    std::uint32_t sign = static_cast<std::uint32_t>(b & 0x8000u) << 16, e = (b >> 10) & 0x1fu, m = b & 0x3ffu;
+    if (e == 0) return (sign ? -1.0f : 1.0f) * static_cast<float>(m) * 5.9604644775390625e-8f;  // m 2^-24
+    std::uint32_t x = sign | (e == 31 ? 0x7f800000u | (m << 13) : ((e + 112u) << 23) | (m << 13));
+    float v;
+    std::memcpy(&v, &x, sizeof v);
+    return v;
+  }
  public:
   float16() : bits_(0) {}
-  float16(float v) {
-    _Float16 h = static_cast<_Float16>(v);
-    std::memcpy(&bits_, &h, sizeof bits_);
-  }
+  float16(float v) : bits_(from_float(v)) {}
   explicit float16(double v) : float16(static_cast<float>(v)) {}
   explicit float16(int v) : float16(static_cast<float>(v)) {}
   explicit float16(long long v) : float16(static_cast<float>(v)) {}
-  operator float() const {
-    _Float16 h;
-    std::memcpy(&h, &bits_, sizeof h);
-    return static_cast<float>(h);
-  }
+  operator float() const { return to_float(bits_); }
   float16& operator=(const float16&) = default;
   template <typename T>
   float16& operator=(const T& rhs) {
@@ -221,7 +239,8 @@ class _Loop:
 
     def _source(self, types, signature, bindings, ftz: bool) -> str:
         typedefs = "".join(f"typedef {C_TYPES[t][0]} {p};\n" for p, t in sorted(types.items()))
-        classes = "".join(source for dtype, source in HOST_CLASSES.items() if dtype in types.values())
+        used = [dtype_of(p, types) for p in self.params]  # the type parameters' and the fixed types
+        classes = "".join(source for dtype, source in HOST_CLASSES.items() if dtype in used)
         return (
             "#include <cstddef>\n" + FTZ_SCOPE + classes + typedefs + self.preamble + "\n"
             f'extern "C" void {self.name}({", ".join(signature + ["long long _size"])}) {{\n'

@@ -224,3 +224,28 @@ def test_an_elementwise_kernel_called_with_its_inputs_makes_its_outputs(fake_cup
     assert not np.array_equal(y.get(), x * x + x)  # (so the test tells one rounding from two)
     with pytest.raises(ValueError, match="Output array size is Undecided"):
         cp.ElementwiseKernel("T x", "raw T y", "y[i] = x", "raw_out")(cp.asarray(x))
+
+
+def test_the_stand_ins_float16_converts_as_numpy_rounds(fake_cupy):
+    """cupy/float16.cuh's twin, its conversions written in integer operations: every float16 goes
+    to float and back unchanged, and floats round to float16 to nearest, ties to even, as NumPy's
+    astype does: ties at every spacing, subnormals, overflow to inf, infinities and NaN."""
+    cp = fake_cupy
+    halves = np.arange(2**16, dtype=np.uint16).view(np.float16)
+    halves = halves[~np.isnan(halves)]
+    to_float = cp.ElementwiseKernel("float16 h", "float32 f", "f = h", "half_to_float")
+    to_half = cp.ElementwiseKernel("float32 f", "float16 h", "h = f", "float_to_half")
+    as_float = to_float(cp.asarray(halves)).get()
+    assert np.array_equal(as_float, halves.astype(np.float32))
+    assert np.array_equal(to_half(cp.asarray(as_float)).get().view(np.uint16), halves.view(np.uint16))
+    below_max = halves[np.abs(halves) < np.float16(65504)]  # each with a finite next float16 above it
+    steps = np.nextafter(below_max, np.float16(np.inf)).astype(np.float32) - below_max.astype(np.float32)
+    ties = below_max.astype(np.float32) + steps / 2  # halfway to the next float16 (exact in float32)
+    rng = np.random.default_rng(0)
+    floats = np.concatenate([ties, ties + steps / 4, ties - steps / 4, [65504, 65519.99, 65520, 1e9, -1e9, 1e-9, -0.0,
+                             np.inf, -np.inf], rng.normal(scale=300, size=10000)]).astype(np.float32)
+    got = to_half(cp.asarray(floats)).get()
+    with np.errstate(over="ignore"):  # NumPy's cast of 65520 and above to inf, as it should
+        expected = floats.astype(np.float16)
+    assert np.array_equal(got.view(np.uint16), expected.view(np.uint16))
+    assert np.isnan(to_half(cp.asarray(np.array([np.nan], np.float32))).get()).all()
